@@ -1,0 +1,1144 @@
+//! Numeric tables: CSV (optionally gzipped) and NPY input/output, data-source
+//! strings, train/validation splits and per-column standardisation.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::{io_msg, toy, DataError, Result, TOY_NAMES};
+
+/// A dense numeric table, row-major (`rows x cols`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Table {
+    /// Column names, `cols` of them.
+    pub columns: Vec<String>,
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns (`columns.len()`).
+    pub cols: usize,
+    /// Row-major values, `rows * cols` of them.
+    pub data: Vec<f64>,
+    /// Where the data came from (a file path or `toy:NAME`), for messages.
+    pub source: String,
+}
+
+impl Table {
+    /// Builds a table. Panics if `data.len() != rows * columns.len()` (a programming error).
+    pub fn new(
+        columns: Vec<String>,
+        rows: usize,
+        data: Vec<f64>,
+        source: impl Into<String>,
+    ) -> Table {
+        let cols = columns.len();
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "Table::new: data has {} values, expected rows {} x cols {}",
+            data.len(),
+            rows,
+            cols
+        );
+        Table {
+            columns,
+            rows,
+            cols,
+            data,
+            source: source.into(),
+        }
+    }
+
+    /// Row `i` (panics if out of range, like slice indexing).
+    pub fn row(&self, i: usize) -> &[f64] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// A new table with the given rows, in the given order (indices may repeat).
+    pub fn take_rows(&self, idx: &[usize]) -> Table {
+        let mut data = Vec::with_capacity(idx.len() * self.cols);
+        for &i in idx {
+            data.extend_from_slice(self.row(i));
+        }
+        Table::new(self.columns.clone(), idx.len(), data, self.source.clone())
+    }
+
+    fn column_index(&self, name: &str) -> Result<usize> {
+        self.columns
+            .iter()
+            .position(|c| c == name)
+            .ok_or_else(|| DataError::UnknownColumn {
+                name: name.to_string(),
+                source_name: self.source.clone(),
+                available: self.columns.join(", "),
+            })
+    }
+
+    /// Keep only the `keep` columns (in the given order) if `Some`, then remove
+    /// the `drop` columns. Unknown names are an error naming the source and
+    /// listing the available columns; a name kept twice is an error; selecting
+    /// zero columns is an error. A `drop` name that exists in the table but was
+    /// not kept is ignored.
+    pub fn select(&self, keep: Option<&[String]>, drop: &[String]) -> Result<Table> {
+        let mut idx: Vec<usize> = match keep {
+            Some(names) => {
+                let mut v = Vec::with_capacity(names.len());
+                for n in names {
+                    let i = self.column_index(n)?;
+                    if v.contains(&i) {
+                        return Err(DataError::InvalidArgument(format!(
+                            "column '{n}' of {} selected more than once",
+                            self.source
+                        )));
+                    }
+                    v.push(i);
+                }
+                v
+            }
+            None => (0..self.cols).collect(),
+        };
+        for n in drop {
+            let i = self.column_index(n)?;
+            idx.retain(|&k| k != i);
+        }
+        if idx.is_empty() {
+            return Err(DataError::NoColumns {
+                source_name: self.source.clone(),
+            });
+        }
+        let columns: Vec<String> = idx.iter().map(|&i| self.columns[i].clone()).collect();
+        let mut data = Vec::with_capacity(self.rows * idx.len());
+        for r in 0..self.rows {
+            let row = self.row(r);
+            data.extend(idx.iter().map(|&i| row[i]));
+        }
+        Ok(Table::new(columns, self.rows, data, self.source.clone()))
+    }
+
+    /// Error if the table has no rows, or any value is NaN/Inf (naming the
+    /// 0-based row and the column).
+    pub fn check_finite(&self) -> Result<()> {
+        if self.rows == 0 {
+            return Err(DataError::NoRows {
+                source_name: self.source.clone(),
+            });
+        }
+        // data is non-empty here only if cols > 0, so the divisions are safe
+        if let Some(k) = self.data.iter().position(|v| !v.is_finite()) {
+            return Err(DataError::NonFiniteRow {
+                source_name: self.source.clone(),
+                row: k / self.cols,
+                column: self.columns[k % self.cols].clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn is_gz_name(path: &Path) -> bool {
+    path.to_string_lossy().to_ascii_lowercase().ends_with(".gz")
+}
+
+/// Opens `path` for reading, transparently decompressing gzip (detected by the
+/// magic bytes 1f 8b). Returns the reader and whether it is gzip.
+fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool)> {
+    let p = path_str(path);
+    let mut f = File::open(path).map_err(|e| DataError::Open {
+        path: p.clone(),
+        msg: io_msg(&e),
+    })?;
+    if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(DataError::Open {
+            path: p,
+            msg: "is a directory".to_string(),
+        });
+    }
+    let mut magic = [0u8; 2];
+    let mut got = 0;
+    while got < 2 {
+        match f.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(DataError::Read {
+                    path: p,
+                    msg: io_msg(&e),
+                })
+            }
+        }
+    }
+    let head = std::io::Cursor::new(magic[..got].to_vec());
+    let chained = head.chain(BufReader::new(f));
+    if got == 2 && magic == [0x1f, 0x8b] {
+        Ok((Box::new(MultiGzDecoder::new(chained)), true))
+    } else {
+        Ok((Box::new(chained), false))
+    }
+}
+
+fn parse_cell(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok()
+}
+
+/// Reads a CSV file with a header row (plain or gzip-compressed, detected by the
+/// magic bytes). Fields are trimmed. Every cell must be a finite number.
+pub fn read_csv(path: &Path) -> Result<Table> {
+    let p = path_str(path);
+    let (mut reader, gz) = open_maybe_gz(path)?;
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).map_err(|e| {
+        if gz {
+            DataError::Gzip {
+                path: p.clone(),
+                msg: io_msg(&e),
+            }
+        } else {
+            DataError::Read {
+                path: p.clone(),
+                msg: io_msg(&e),
+            }
+        }
+    })?;
+    drop(reader);
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(&bytes[..]);
+
+    // The csv crate reports a record's start as the position right after the
+    // previous record, i.e. on a skipped blank line if there is one. Recompute
+    // the line from the byte offset: skip line breaks, then count '\n' before.
+    let mut counted = (0usize, 1u64); // (byte offset, line at that offset)
+    let mut line_of = |pos: Option<&csv::Position>, fallback: u64| -> u64 {
+        let Some(pos) = pos else { return fallback };
+        let mut off = usize::try_from(pos.byte())
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        while off < bytes.len() && (bytes[off] == b'\n' || bytes[off] == b'\r') {
+            off += 1;
+        }
+        if off < counted.0 {
+            counted = (0, 1);
+        }
+        let extra = bytes[counted.0..off]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        counted = (off, counted.1 + extra);
+        counted.1
+    };
+
+    let conv_err = |e: csv::Error, line: u64| -> DataError {
+        match e.into_kind() {
+            csv::ErrorKind::Io(io) => DataError::Read {
+                path: p.clone(),
+                msg: io_msg(&io),
+            },
+            csv::ErrorKind::Utf8 { err, .. } => DataError::Csv {
+                path: p.clone(),
+                line,
+                msg: format!("invalid UTF-8 in field {}", err.field() + 1),
+            },
+            other => DataError::Csv {
+                path: p.clone(),
+                line,
+                msg: format!("{other:?}"),
+            },
+        }
+    };
+
+    let mut records = rdr.records();
+    let header = match records.next() {
+        None => return Err(DataError::EmptyFile { path: p }),
+        Some(Err(e)) => {
+            let line = line_of(e.position(), 1);
+            return Err(conv_err(e, line));
+        }
+        Some(Ok(h)) => h,
+    };
+    let header_line = line_of(header.position(), 1);
+    let mut columns: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    if let Some(first) = columns.first_mut() {
+        if let Some(stripped) = first.strip_prefix('\u{feff}') {
+            *first = stripped.trim().to_string();
+        }
+    }
+    if columns.len() == 1 && columns[0].is_empty() {
+        return Err(DataError::EmptyFile { path: p });
+    }
+    for (i, c) in columns.iter().enumerate() {
+        if columns[..i].contains(c) {
+            return Err(DataError::BadHeader {
+                path: p,
+                line: header_line,
+                msg: format!("duplicate column name '{c}'"),
+            });
+        }
+    }
+    let cols = columns.len();
+
+    let mut data = Vec::new();
+    let mut rows = 0usize;
+    let mut last_line = header_line;
+    for rec in records {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                let line = line_of(e.position(), last_line + 1);
+                return Err(conv_err(e, line));
+            }
+        };
+        let line = line_of(rec.position(), last_line + 1);
+        last_line = line;
+        if rec.len() != cols {
+            return Err(DataError::FieldCount {
+                path: p,
+                line,
+                expected: cols,
+                found: rec.len(),
+            });
+        }
+        for (j, cell) in rec.iter().enumerate() {
+            match parse_cell(cell) {
+                None => {
+                    return Err(DataError::NotANumber {
+                        path: p,
+                        line,
+                        column: columns[j].clone(),
+                        value: cell.to_string(),
+                    })
+                }
+                Some(v) if !v.is_finite() => {
+                    return Err(DataError::NonFiniteCell {
+                        path: p,
+                        line,
+                        column: columns[j].clone(),
+                    })
+                }
+                Some(v) => data.push(v),
+            }
+        }
+        rows += 1;
+    }
+    if rows == 0 {
+        return Err(DataError::NoRows { source_name: p });
+    }
+    Ok(Table::new(columns, rows, data, p))
+}
+
+fn describe_dtype(dtype: &npyz::DType) -> String {
+    match dtype {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => other.descr(),
+    }
+}
+
+/// Reads a 2-D NPY array of f32 or f64 (C or Fortran order). Columns are named
+/// `x0, x1, ...`. NaN/Inf is an error naming the 0-based row and the column.
+pub fn read_npy(path: &Path) -> Result<Table> {
+    let p = path_str(path);
+    let f = File::open(path).map_err(|e| DataError::Open {
+        path: p.clone(),
+        msg: io_msg(&e),
+    })?;
+    let npy_err = |msg: String| DataError::Npy {
+        path: p.clone(),
+        msg,
+    };
+    let file = npyz::NpyFile::new(BufReader::new(f))
+        .map_err(|e| npy_err(format!("not a valid .npy file: {}", io_msg(&e))))?;
+    let dtype = file.dtype();
+    let shape = file.shape().to_vec();
+    let order = file.order();
+    let width = match &dtype {
+        npyz::DType::Plain(ts) if ts.type_char() == npyz::TypeChar::Float => ts.size_field(),
+        _ => 0,
+    };
+    if shape.len() != 2 || !(width == 4 || width == 8) {
+        return Err(npy_err(format!(
+            "expected a 2-D array of f32 or f64, found a {}-D array of shape {:?} with dtype '{}'",
+            shape.len(),
+            shape,
+            describe_dtype(&dtype)
+        )));
+    }
+    let too_big = || npy_err(format!("array shape {shape:?} is too large"));
+    let rows = usize::try_from(shape[0]).map_err(|_| too_big())?;
+    let cols = usize::try_from(shape[1]).map_err(|_| too_big())?;
+    rows.checked_mul(cols).ok_or_else(too_big)?;
+    if cols == 0 {
+        return Err(npy_err(format!("array of shape {shape:?} has no columns")));
+    }
+    if rows == 0 {
+        return Err(DataError::NoRows { source_name: p });
+    }
+    let read_err =
+        |e: std::io::Error| npy_err(format!("truncated or unreadable data: {}", io_msg(&e)));
+    let raw: Vec<f64> = if width == 8 {
+        file.into_vec::<f64>().map_err(read_err)?
+    } else {
+        file.into_vec::<f32>()
+            .map_err(read_err)?
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    };
+    if raw.len() != rows * cols {
+        return Err(npy_err(format!(
+            "expected {} values for shape {shape:?}, found {}",
+            rows * cols,
+            raw.len()
+        )));
+    }
+    let data = match order {
+        npyz::Order::C => raw,
+        npyz::Order::Fortran => {
+            let mut d = vec![0.0; rows * cols];
+            for c in 0..cols {
+                for r in 0..rows {
+                    d[r * cols + c] = raw[c * rows + r];
+                }
+            }
+            d
+        }
+    };
+    let columns = (0..cols).map(|i| format!("x{i}")).collect();
+    let t = Table::new(columns, rows, data, p);
+    t.check_finite()?;
+    Ok(t)
+}
+
+/// Writes the CSV text of `t` to `w` and returns the writer, flushed.
+fn write_csv_to<W: Write>(w: W, t: &Table) -> std::result::Result<W, String> {
+    let csv_err = |e: csv::Error| match e.into_kind() {
+        csv::ErrorKind::Io(io) => io_msg(&io),
+        other => format!("{other:?}"),
+    };
+    let mut w = csv::WriterBuilder::new().from_writer(w);
+    w.write_record(&t.columns).map_err(csv_err)?;
+    let mut buf: Vec<String> = Vec::with_capacity(t.cols);
+    for r in 0..t.rows {
+        buf.clear();
+        buf.extend(t.row(r).iter().map(|v| format!("{v}")));
+        w.write_record(&buf).map_err(csv_err)?;
+    }
+    w.into_inner().map_err(|e| io_msg(e.error()))
+}
+
+/// Writes a header row and the rows, values in Rust's shortest round-trip
+/// formatting of f64. A path ending in ".gz" is gzip-compressed.
+pub fn write_csv(path: &Path, t: &Table) -> Result<()> {
+    let p = path_str(path);
+    let werr = |msg: String| DataError::Write {
+        path: p.clone(),
+        msg,
+    };
+    let f = File::create(path).map_err(|e| werr(io_msg(&e)))?;
+    let buffered = if is_gz_name(path) {
+        let gz = write_csv_to(GzEncoder::new(BufWriter::new(f), Compression::default()), t)
+            .map_err(werr)?;
+        gz.finish().map_err(|e| werr(io_msg(&e)))?
+    } else {
+        write_csv_to(BufWriter::new(f), t).map_err(werr)?
+    };
+    buffered
+        .into_inner()
+        .map(|_| ())
+        .map_err(|e| werr(io_msg(e.error())))
+}
+
+/// Writes the table as a 2-D f64 C-order `.npy` array (column names are not stored).
+pub fn write_npy(path: &Path, t: &Table) -> Result<()> {
+    use npyz::WriterBuilder;
+    let p = path_str(path);
+    let werr = |e: std::io::Error| DataError::Write {
+        path: p.clone(),
+        msg: io_msg(&e),
+    };
+    let mut bytes: Vec<u8> = Vec::with_capacity(128 + 8 * t.data.len());
+    {
+        let mut w = npyz::WriteOptions::<f64>::new()
+            .default_dtype()
+            .shape(&[t.rows as u64, t.cols as u64])
+            .writer(&mut bytes)
+            .begin_nd()
+            .map_err(werr)?;
+        w.extend(t.data.iter().copied()).map_err(werr)?;
+        w.finish().map_err(werr)?;
+    }
+    std::fs::write(path, &bytes).map_err(werr)
+}
+
+/// Loads a data source: `toy:NAME` (`toy_n` samples of a built-in generator
+/// with `seed`), `toy:NAME:N` (N samples), a `.npy` file, or anything else as
+/// CSV (plain or gzipped, e.g. `.csv` / `.csv.gz`).
+pub fn load_source(src: &str, toy_n: usize, seed: u64) -> Result<Table> {
+    if let Some(rest) = src.strip_prefix("toy:") {
+        let (name, n) = match rest.split_once(':') {
+            Some((name, n_str)) => {
+                let n = n_str
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| DataError::BadSource {
+                        src: src.to_string(),
+                        msg: format!(
+                            "'{n_str}' is not a sample count (expected toy:NAME or toy:NAME:N)"
+                        ),
+                    })?;
+                (name, n)
+            }
+            None => (rest, toy_n),
+        };
+        if n == 0 {
+            return Err(DataError::BadSource {
+                src: src.to_string(),
+                msg: "number of toy samples must be at least 1".to_string(),
+            });
+        }
+        return toy(name, n, seed);
+    }
+    let path = Path::new(src);
+    if !path.exists() {
+        let mut msg = "No such file or directory".to_string();
+        let lower = src.to_ascii_lowercase();
+        if TOY_NAMES.contains(&lower.as_str()) {
+            msg.push_str(&format!(
+                " (for the built-in toy data set write 'toy:{lower}')"
+            ));
+        }
+        return Err(DataError::Open {
+            path: src.to_string(),
+            msg,
+        });
+    }
+    if src.to_ascii_lowercase().ends_with(".npy") {
+        read_npy(path)
+    } else {
+        read_csv(path)
+    }
+}
+
+/// Reproducible shuffled split of `0..n` into `(train_idx, val_idx)`, both in
+/// shuffled order. `val` gets `round(n * val_fraction)` rows, at least 1 if
+/// `val_fraction > 0` and `n >= 2`, and at most `n - 1` (training keeps at
+/// least one row). `val_fraction` must be in `[0, 1)`.
+pub fn split_indices(n: usize, val_fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    if !(0.0..1.0).contains(&val_fraction) {
+        return Err(DataError::InvalidArgument(format!(
+            "validation fraction must be in [0, 1), got {val_fraction}"
+        )));
+    }
+    let mut n_val = (n as f64 * val_fraction).round() as usize;
+    if val_fraction > 0.0 && n >= 2 {
+        n_val = n_val.max(1);
+    }
+    n_val = n_val.min(n.saturating_sub(1));
+    let mut perm: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    perm.shuffle(&mut rng);
+    let train = perm.split_off(n_val);
+    Ok((train, perm))
+}
+
+/// Per-column standardisation `(x - mean) / std`, fitted on training data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Standardizer {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Standardizer {
+    /// Fits mean and population std (divide by n) per column. Errors on an
+    /// empty table, NaN/Inf values, or a constant column (naming it).
+    pub fn fit(t: &Table) -> Result<Standardizer> {
+        t.check_finite()?;
+        let n = t.rows as f64;
+        let mut mean = vec![0.0; t.cols];
+        for r in 0..t.rows {
+            for (m, v) in mean.iter_mut().zip(t.row(r)) {
+                *m += v;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut var = vec![0.0; t.cols];
+        for r in 0..t.rows {
+            for ((s, v), m) in var.iter_mut().zip(t.row(r)).zip(&mean) {
+                *s += (v - m) * (v - m);
+            }
+        }
+        let std: Vec<f64> = var.iter().map(|s| (s / n).sqrt()).collect();
+        for (c, &sd) in std.iter().enumerate() {
+            let first = t.data[c];
+            let constant = (0..t.rows).all(|r| t.data[r * t.cols + c] == first);
+            if constant || sd.is_nan() || sd <= 0.0 || !sd.is_finite() {
+                return Err(DataError::ConstantColumn {
+                    source_name: t.source.clone(),
+                    column: t.columns[c].clone(),
+                });
+            }
+        }
+        Ok(Standardizer { mean, std })
+    }
+
+    /// mean 0, std 1: a no-op transform.
+    pub fn identity(dim: usize) -> Standardizer {
+        Standardizer {
+            mean: vec![0.0; dim],
+            std: vec![1.0; dim],
+        }
+    }
+
+    /// In place `(x - mean) / std` on row-major data of width `mean.len()`.
+    pub fn apply(&self, data: &mut [f64]) {
+        let d = self.mean.len();
+        if d == 0 {
+            return;
+        }
+        debug_assert_eq!(data.len() % d, 0, "data length not a multiple of dim");
+        for row in data.chunks_exact_mut(d) {
+            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *x = (*x - m) / s;
+            }
+        }
+    }
+
+    /// In place `x * std + mean` (inverse of [`Standardizer::apply`]).
+    pub fn invert(&self, data: &mut [f64]) {
+        let d = self.mean.len();
+        if d == 0 {
+            return;
+        }
+        debug_assert_eq!(data.len() % d, 0, "data length not a multiple of dim");
+        for row in data.chunks_exact_mut(d) {
+            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *x = *x * s + m;
+            }
+        }
+    }
+
+    /// `log|det d(standardised)/d(x)| = -sum(ln std)`: add this to a
+    /// log-density computed in standardised space to get the log-density in
+    /// the data's units.
+    pub fn log_abs_det(&self) -> f64 {
+        -self.std.iter().map(|s| s.ln()).sum::<f64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+    /// A unique temp path whose file name ends with `suffix`.
+    fn tmp(suffix: &str) -> PathBuf {
+        let k = COUNTER.fetch_add(1, Ordering::SeqCst);
+        std::env::temp_dir().join(format!(
+            "nflow_data_test_{}_{}_{}",
+            std::process::id(),
+            k,
+            suffix
+        ))
+    }
+
+    fn write_text(suffix: &str, text: &str) -> PathBuf {
+        let p = tmp(suffix);
+        std::fs::write(&p, text).expect("write temp file");
+        p
+    }
+
+    fn err_of(p: &Path) -> String {
+        let e = read_csv(p).expect_err("expected an error").to_string();
+        let _ = std::fs::remove_file(p);
+        e
+    }
+
+    fn fname(p: &Path) -> String {
+        p.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn sample_table() -> Table {
+        Table::new(
+            vec!["a".into(), "b".into(), "c".into()],
+            4,
+            vec![
+                0.1,
+                -2.5,
+                1e-300, //
+                1.0 / 3.0,
+                7.0,
+                -0.0, //
+                123_456_789.123_456_79,
+                2.0f64.sqrt(),
+                5e17, //
+                -1.5,
+                0.0,
+                1e300,
+            ],
+            "mem",
+        )
+    }
+
+    #[test]
+    fn table_basics_and_select() {
+        let t = sample_table();
+        assert_eq!(t.row(1), &[1.0 / 3.0, 7.0, -0.0]);
+        let s = t.take_rows(&[3, 0]);
+        assert_eq!(s.rows, 2);
+        assert_eq!(s.row(0), t.row(3));
+        assert_eq!(s.row(1), t.row(0));
+        let keep = vec!["c".to_string(), "a".to_string()];
+        let k = t.select(Some(&keep), &[]).unwrap();
+        assert_eq!(k.columns, vec!["c", "a"]);
+        assert_eq!(k.cols, 2);
+        assert_eq!(k.row(2), &[5e17, 123_456_789.123_456_79]);
+        let d = t.select(None, &["b".to_string()]).unwrap();
+        assert_eq!(d.columns, vec!["a", "c"]);
+        assert_eq!(d.row(0), &[0.1, 1e-300]);
+        let kd = t.select(Some(&keep), &["a".to_string()]).unwrap();
+        assert_eq!(kd.columns, vec!["c"]);
+        let e = t
+            .select(None, &["foo".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "unknown column 'foo' in mem (columns: a, b, c)");
+        let e = t
+            .select(Some(&["zz".to_string()]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'zz'") && e.contains("mem") && e.contains("a, b, c"),
+            "{e}"
+        );
+        let all: Vec<String> = t.columns.clone();
+        let e = t.select(None, &all).unwrap_err().to_string();
+        assert!(e.contains("no columns"), "{e}");
+        let e = t.select(Some(&[]), &[]).unwrap_err().to_string();
+        assert!(e.contains("no columns"), "{e}");
+    }
+
+    #[test]
+    fn check_finite_names_row_and_column() {
+        let mut t = sample_table();
+        t.check_finite().unwrap();
+        t.data[2 * 3 + 1] = f64::NAN;
+        let e = t.check_finite().unwrap_err().to_string();
+        assert!(
+            e.contains("row 2 (0-based)") && e.contains("column 'b'"),
+            "{e}"
+        );
+        let empty = Table::new(vec!["a".into()], 0, vec![], "empty.csv");
+        let e = empty.check_finite().unwrap_err().to_string();
+        assert_eq!(e, "empty.csv: no data rows");
+    }
+
+    #[test]
+    fn csv_round_trip_plain_and_gz() {
+        let t = sample_table();
+        for suffix in ["rt.csv", "rt.csv.gz"] {
+            let p = tmp(suffix);
+            write_csv(&p, &t).unwrap();
+            let raw = std::fs::read(&p).unwrap();
+            assert_eq!(
+                raw[..2] == [0x1f, 0x8b],
+                suffix.ends_with(".gz"),
+                "{suffix}"
+            );
+            let r = read_csv(&p).unwrap();
+            assert_eq!(r.columns, t.columns);
+            assert_eq!(r.rows, t.rows);
+            assert_eq!(r.cols, t.cols);
+            // bit-exact round trip (including -0.0)
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&r.data), bits(&t.data), "{suffix}");
+            assert_eq!(r.source, p.display().to_string());
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+
+    #[test]
+    fn csv_gzip_detected_by_magic_not_extension() {
+        let t = sample_table();
+        let gz = tmp("magic.csv.gz");
+        write_csv(&gz, &t).unwrap();
+        let plain_name = tmp("actually_gz.csv");
+        std::fs::copy(&gz, &plain_name).unwrap();
+        assert_eq!(read_csv(&plain_name).unwrap().data, t.data);
+        let _ = std::fs::remove_file(&gz);
+        let _ = std::fs::remove_file(&plain_name);
+    }
+
+    #[test]
+    fn csv_trims_whitespace_and_counts_lines() {
+        let p = write_text("trim.csv", " a , b \n 1 ,2\n\n3,  4.5e0 \n");
+        let t = read_csv(&p).unwrap();
+        assert_eq!(t.columns, vec!["a", "b"]);
+        assert_eq!(t.data, vec![1.0, 2.0, 3.0, 4.5]);
+        let _ = std::fs::remove_file(&p);
+        // blank line 3 still counts in line numbers
+        let p = write_text("lines.csv", "a,b\n1,2\n\n3,x\n");
+        let e = err_of(&p);
+        assert!(e.contains(&fname(&p)), "{e}");
+        assert!(e.contains("line 4, column 'b': 'x' is not a number"), "{e}");
+        let p = write_text("crlf.csv", "a,b\r\n1,2\r\n\r\n\r\n3,x\r\n");
+        let e = err_of(&p);
+        assert!(e.contains("line 5, column 'b': 'x' is not a number"), "{e}");
+        // a quoted field spanning two lines: the next record's line is still right
+        let p = write_text("multi.csv", "a,b\n\"1\n\",2\n3,y\n");
+        let e = err_of(&p);
+        assert!(e.contains("line 4, column 'b': 'y' is not a number"), "{e}");
+    }
+
+    #[test]
+    fn csv_error_not_a_number() {
+        let p = write_text("nan.csv", "x,y,z\n1,2,3\n4,abc,6\n");
+        let e = err_of(&p);
+        assert!(e.contains(&fname(&p)), "{e}");
+        assert!(
+            e.ends_with("line 3, column 'y': 'abc' is not a number"),
+            "{e}"
+        );
+        let p = write_text("emptycell.csv", "x,y\n1,\n");
+        let e = err_of(&p);
+        assert!(e.contains("line 2, column 'y': '' is not a number"), "{e}");
+    }
+
+    #[test]
+    fn csv_error_non_finite() {
+        for (k, bad) in ["NaN", "inf", "-Infinity", "1e400"].iter().enumerate() {
+            let p = write_text(&format!("inf{k}.csv"), &format!("x,y\n1,2\n3,4\n{bad},5\n"));
+            let e = err_of(&p);
+            assert!(e.contains(&fname(&p)), "{e}");
+            assert!(
+                e.ends_with("line 4, column 'x': value is NaN/Inf (not allowed)"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn csv_error_field_count() {
+        let p = write_text("fields.csv", "a,b,c\n1,2,3\n1,2\n");
+        let e = err_of(&p);
+        assert!(e.contains(&fname(&p)), "{e}");
+        assert!(e.ends_with("line 3: expected 3 fields, found 2"), "{e}");
+        let p = write_text("fields2.csv", "a,b\n1,2,3\n");
+        let e = err_of(&p);
+        assert!(e.ends_with("line 2: expected 2 fields, found 3"), "{e}");
+    }
+
+    #[test]
+    fn csv_error_empty_and_no_rows() {
+        let p = write_text("empty.csv", "");
+        let e = err_of(&p);
+        assert!(
+            e.contains(&fname(&p)) && e.ends_with(": empty file (no header)"),
+            "{e}"
+        );
+        let p = write_text("header_only.csv", "a,b,c\n");
+        let e = err_of(&p);
+        assert!(
+            e.contains(&fname(&p)) && e.ends_with(": no data rows"),
+            "{e}"
+        );
+        let p = write_text("dup.csv", "a,b,a\n1,2,3\n");
+        let e = err_of(&p);
+        assert!(e.contains("line 1: duplicate column name 'a'"), "{e}");
+    }
+
+    #[test]
+    fn csv_error_missing_file() {
+        let p = tmp("does_not_exist.csv");
+        let e = read_csv(&p).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("cannot open {}: No such file or directory", p.display())
+        );
+        let e = load_source(&p.display().to_string(), 10, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cannot open ") && e.contains(&fname(&p)),
+            "{e}"
+        );
+        let e = load_source("moons", 10, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot open moons") && e.contains("toy:moons"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn csv_error_corrupt_gzip() {
+        let t = sample_table();
+        let p = tmp("corrupt.csv.gz");
+        write_csv(&p, &t).unwrap();
+        let mut raw = std::fs::read(&p).unwrap();
+        // keep the magic and header, garble the deflate stream
+        for b in raw.iter_mut().skip(12) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&p, &raw).unwrap();
+        let e = err_of(&p);
+        assert!(
+            e.contains(&fname(&p)) && e.contains("corrupt gzip stream"),
+            "{e}"
+        );
+        // truncated gzip
+        let p = tmp("trunc.csv.gz");
+        write_csv(&p, &t).unwrap();
+        let raw = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &raw[..raw.len() / 2]).unwrap();
+        let e = err_of(&p);
+        assert!(
+            e.contains(&fname(&p)) && e.contains("corrupt gzip stream"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn magic04_shared_file() {
+        let p = Path::new("/work/shared/data/tabular/magic04.csv.gz");
+        if !p.exists() {
+            eprintln!("skipping: {} absent", p.display());
+            return;
+        }
+        let t = read_csv(p).unwrap();
+        assert_eq!((t.rows, t.cols), (19020, 11));
+        assert!(t.columns.iter().any(|c| c == "class"));
+        let s = t.select(None, &["class".to_string()]).unwrap();
+        assert_eq!((s.rows, s.cols), (19020, 10));
+        assert!(!s.columns.iter().any(|c| c == "class"));
+        Standardizer::fit(&s).unwrap();
+        let via_source = load_source(&p.display().to_string(), 0, 0).unwrap();
+        assert_eq!(via_source, t);
+    }
+
+    #[test]
+    fn npy_round_trip_f64() {
+        let t = sample_table();
+        let p = tmp("rt.npy");
+        write_npy(&p, &t).unwrap();
+        let r = read_npy(&p).unwrap();
+        assert_eq!(r.columns, vec!["x0", "x1", "x2"]);
+        assert_eq!((r.rows, r.cols), (4, 3));
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&r.data), bits(&t.data));
+        let via_source = load_source(&p.display().to_string(), 0, 0).unwrap();
+        assert_eq!(via_source.data, t.data);
+        let _ = std::fs::remove_file(&p);
+    }
+
+    fn write_npy_with<T: npyz::AutoSerialize + Copy>(
+        p: &Path,
+        shape: &[u64],
+        order: npyz::Order,
+        vals: &[T],
+    ) {
+        use npyz::WriterBuilder;
+        let f = std::io::BufWriter::new(File::create(p).unwrap());
+        let mut w = npyz::WriteOptions::<T>::new()
+            .default_dtype()
+            .shape(shape)
+            .order(order)
+            .writer(f)
+            .begin_nd()
+            .unwrap();
+        w.extend(vals.iter().copied()).unwrap();
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn npy_f32_c_and_fortran() {
+        let p = tmp("f32.npy");
+        write_npy_with(
+            &p,
+            &[2, 3],
+            npyz::Order::C,
+            &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.5],
+        );
+        let r = read_npy(&p).unwrap();
+        assert_eq!((r.rows, r.cols), (2, 3));
+        assert_eq!(r.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]);
+        // Fortran order: column-major storage of the same logical matrix
+        write_npy_with(
+            &p,
+            &[2, 3],
+            npyz::Order::Fortran,
+            &[1.0f32, 4.0, 2.0, 5.0, 3.0, 6.5],
+        );
+        let r = read_npy(&p).unwrap();
+        assert_eq!(r.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]);
+        write_npy_with(
+            &p,
+            &[3, 2],
+            npyz::Order::Fortran,
+            &[1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0],
+        );
+        let r = read_npy(&p).unwrap();
+        assert_eq!(r.data, vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn npy_errors() {
+        let p = tmp("bad.npy");
+        write_npy_with(&p, &[4], npyz::Order::C, &[1.0f64, 2.0, 3.0, 4.0]);
+        let e = read_npy(&p).unwrap_err().to_string();
+        assert!(e.contains(&fname(&p)), "{e}");
+        assert!(
+            e.contains("expected a 2-D array of f32 or f64, found a 1-D array"),
+            "{e}"
+        );
+        write_npy_with(&p, &[2, 2], npyz::Order::C, &[1i64, 2, 3, 4]);
+        let e = read_npy(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("expected a 2-D array of f32 or f64") && e.contains("i8"),
+            "{e}"
+        );
+        write_npy_with(
+            &p,
+            &[2, 2],
+            npyz::Order::C,
+            &[1.0f64, 2.0, f64::INFINITY, 4.0],
+        );
+        let e = read_npy(&p).unwrap_err().to_string();
+        assert!(e.contains(&fname(&p)), "{e}");
+        assert!(
+            e.contains("row 1 (0-based), column 'x0'") && e.contains("NaN/Inf"),
+            "{e}"
+        );
+        write_npy_with(&p, &[0, 2], npyz::Order::C, &[] as &[f64]);
+        let e = read_npy(&p).unwrap_err().to_string();
+        assert!(e.ends_with("no data rows"), "{e}");
+        std::fs::write(&p, b"this is not numpy").unwrap();
+        let e = read_npy(&p).unwrap_err().to_string();
+        assert!(
+            e.contains(&fname(&p)) && e.contains("not a valid .npy"),
+            "{e}"
+        );
+        let _ = std::fs::remove_file(&p);
+        let e = read_npy(&p).unwrap_err().to_string();
+        assert!(
+            e.starts_with("cannot open") && e.contains(&fname(&p)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn load_source_toy_forms() {
+        let a = load_source("toy:moons", 100, 4).unwrap();
+        assert_eq!(a.rows, 100);
+        assert_eq!(a.source, "toy:moons");
+        assert_eq!(a, toy("moons", 100, 4).unwrap());
+        let b = load_source("toy:rings:37", 100, 4).unwrap();
+        assert_eq!(b.rows, 37);
+        let e = load_source("toy:foo", 10, 0).unwrap_err().to_string();
+        assert!(
+            e.starts_with("unknown toy data set 'foo' (known: moons, circles"),
+            "{e}"
+        );
+        let e = load_source("toy:moons:abc", 10, 0).unwrap_err().to_string();
+        assert!(e.contains("toy:moons:abc") && e.contains("'abc'"), "{e}");
+        let e = load_source("toy:moons:0", 10, 0).unwrap_err().to_string();
+        assert!(e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn split_reproducible_disjoint_covering() {
+        let (tr, va) = split_indices(100, 0.2, 42).unwrap();
+        assert_eq!(va.len(), 20);
+        assert_eq!(tr.len(), 80);
+        let (tr2, va2) = split_indices(100, 0.2, 42).unwrap();
+        assert_eq!((&tr, &va), (&tr2, &va2));
+        let (tr3, _) = split_indices(100, 0.2, 43).unwrap();
+        assert_ne!(tr, tr3);
+        let mut all: Vec<usize> = tr.iter().chain(&va).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+        // shuffled, not just a tail split
+        assert_ne!(va, (80..100).collect::<Vec<_>>());
+        // at least one validation row, at least one training row
+        assert_eq!(split_indices(10, 0.01, 0).unwrap().1.len(), 1);
+        assert_eq!(split_indices(2, 0.9, 0).unwrap().0.len(), 1);
+        assert_eq!(split_indices(10, 0.0, 0).unwrap().1.len(), 0);
+        assert_eq!(split_indices(1, 0.5, 0).unwrap(), (vec![0], vec![]));
+        assert_eq!(split_indices(0, 0.5, 0).unwrap(), (vec![], vec![]));
+        assert_eq!(split_indices(7, 0.5, 0).unwrap().1.len(), 4); // round(3.5)
+        for bad in [1.0, -0.1, f64::NAN, 2.0] {
+            let e = split_indices(10, bad, 0).unwrap_err().to_string();
+            assert!(e.contains("[0, 1)"), "{e}");
+        }
+    }
+
+    #[test]
+    fn standardizer_round_trip_and_log_det() {
+        let t = Table::new(
+            vec!["u".into(), "v".into()],
+            4,
+            vec![1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 4.0, 40.0],
+            "mem",
+        );
+        let s = Standardizer::fit(&t).unwrap();
+        assert!((s.mean[0] - 2.5).abs() < 1e-12 && (s.mean[1] - 25.0).abs() < 1e-12);
+        let sd0 = 1.25f64.sqrt(); // population std of 1..4
+        assert!((s.std[0] - sd0).abs() < 1e-12, "{:?}", s.std);
+        assert!((s.std[1] - 10.0 * sd0).abs() < 1e-12, "{:?}", s.std);
+        let mut d = t.data.clone();
+        s.apply(&mut d);
+        for c in 0..2 {
+            let col: Vec<f64> = (0..4).map(|r| d[r * 2 + c]).collect();
+            let m = col.iter().sum::<f64>() / 4.0;
+            let v = col.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 4.0;
+            assert!(m.abs() < 1e-12 && (v - 1.0).abs() < 1e-12);
+        }
+        s.invert(&mut d);
+        for (a, b) in d.iter().zip(&t.data) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        let want = -(sd0.ln() + (10.0 * sd0).ln());
+        assert!((s.log_abs_det() - want).abs() < 1e-12);
+        let id = Standardizer::identity(3);
+        assert_eq!(id.log_abs_det(), 0.0);
+        let mut x = vec![1.5, -2.0, 3.0];
+        id.apply(&mut x);
+        assert_eq!(x, vec![1.5, -2.0, 3.0]);
+    }
+
+    #[test]
+    fn standardizer_errors() {
+        let t = Table::new(
+            vec!["u".into(), "k".into()],
+            3,
+            vec![1.0, 0.1, 2.0, 0.1, 3.0, 0.1],
+            "c.csv",
+        );
+        let e = Standardizer::fit(&t).unwrap_err().to_string();
+        assert!(
+            e.contains("c.csv") && e.contains("column 'k'") && e.contains("constant"),
+            "{e}"
+        );
+        let one = Table::new(vec!["u".into()], 1, vec![5.0], "one.csv");
+        let e = Standardizer::fit(&one).unwrap_err().to_string();
+        assert!(e.contains("column 'u'"), "{e}");
+        let empty = Table::new(vec!["u".into()], 0, vec![], "e.csv");
+        assert!(Standardizer::fit(&empty).is_err());
+        let nan = Table::new(vec!["u".into()], 2, vec![1.0, f64::NAN], "n.csv");
+        let e = Standardizer::fit(&nan).unwrap_err().to_string();
+        assert!(e.contains("row 1 (0-based)"), "{e}");
+    }
+}

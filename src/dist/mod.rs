@@ -1,0 +1,205 @@
+//! Base distributions `p_Z` of a flow: log-density, its gradient (for training), and sampling.
+
+use crate::engine::{randn, Float, Mat, Rng};
+use crate::nn::Param;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+const LN_2PI: f64 = 1.837_877_066_409_345_5;
+
+pub trait Distribution<F: Float>: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn dim(&self) -> usize;
+    /// Per-row log-density.
+    fn log_prob(&self, z: &Mat<F>) -> Vec<F>;
+    /// Given dL/dlog p per row, accumulate parameter gradients and return dL/dz.
+    fn log_prob_backward(&mut self, z: &Mat<F>, dlp: &[F]) -> Mat<F>;
+    fn sample(&self, n: usize, rng: &mut Rng) -> Mat<F>;
+    fn params(&self) -> Vec<&Param<F>> {
+        Vec::new()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+        Vec::new()
+    }
+}
+
+/// Which base distribution a flow uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaseKind {
+    #[default]
+    Normal,
+    DiagNormal,
+    Logistic,
+}
+
+impl BaseKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "normal" => BaseKind::Normal,
+            "diag-normal" => BaseKind::DiagNormal,
+            "logistic" => BaseKind::Logistic,
+            _ => return None,
+        })
+    }
+    pub fn build<F: Float>(self, d: usize) -> Box<dyn Distribution<F>> {
+        match self {
+            BaseKind::Normal => Box::new(StandardNormal { d }),
+            BaseKind::DiagNormal => Box::new(DiagNormal::new(d)),
+            BaseKind::Logistic => Box::new(StandardLogistic { d }),
+        }
+    }
+}
+
+/// `N(0, I)`.
+#[derive(Clone, Debug)]
+pub struct StandardNormal {
+    pub d: usize,
+}
+
+impl<F: Float> Distribution<F> for StandardNormal {
+    fn kind(&self) -> &'static str {
+        "StandardNormal"
+    }
+    fn dim(&self) -> usize {
+        self.d
+    }
+    fn log_prob(&self, z: &Mat<F>) -> Vec<F> {
+        let c = F::c(-0.5 * LN_2PI * self.d as f64);
+        (0..z.rows)
+            .map(|r| c - F::c(0.5) * z.row(r).iter().map(|&v| v * v).sum::<F>())
+            .collect()
+    }
+    fn log_prob_backward(&mut self, z: &Mat<F>, dlp: &[F]) -> Mat<F> {
+        let mut dz = z.clone();
+        for r in 0..z.rows {
+            let g = dlp[r];
+            dz.row_mut(r).iter_mut().for_each(|v| *v = -*v * g);
+        }
+        dz
+    }
+    fn sample(&self, n: usize, rng: &mut Rng) -> Mat<F> {
+        randn(rng, n, self.d)
+    }
+}
+
+/// `N(mu, diag(exp(2 log_sigma)))` with learned `mu` and `log_sigma` (start at the standard normal).
+#[derive(Clone, Debug)]
+pub struct DiagNormal<F> {
+    loc: Param<F>,
+    log_scale: Param<F>,
+}
+
+impl<F: Float> DiagNormal<F> {
+    pub fn new(d: usize) -> Self {
+        DiagNormal {
+            loc: Param::zeros("loc", vec![d]),
+            log_scale: Param::zeros("log_scale", vec![d]),
+        }
+    }
+}
+
+impl<F: Float> Distribution<F> for DiagNormal<F> {
+    fn kind(&self) -> &'static str {
+        "DiagNormal"
+    }
+    fn dim(&self) -> usize {
+        self.loc.value.len()
+    }
+    fn log_prob(&self, z: &Mat<F>) -> Vec<F> {
+        let d = self.dim();
+        let c = F::c(-0.5 * LN_2PI * d as f64) - self.log_scale.value.iter().copied().sum::<F>();
+        (0..z.rows)
+            .map(|r| {
+                let q: F = z
+                    .row(r)
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &v)| ((v - self.loc.value[j]) * (-self.log_scale.value[j]).exp()).powi(2))
+                    .sum();
+                c - F::c(0.5) * q
+            })
+            .collect()
+    }
+    fn log_prob_backward(&mut self, z: &Mat<F>, dlp: &[F]) -> Mat<F> {
+        let d = self.dim();
+        let mut dz = Mat::zeros(z.rows, d);
+        for r in 0..z.rows {
+            let g = dlp[r];
+            for j in 0..d {
+                let inv = (-self.log_scale.value[j]).exp();
+                let u = (z.at(r, j) - self.loc.value[j]) * inv;
+                // log p = -0.5 u^2 - log_sigma + const
+                dz.data[r * d + j] = -u * inv * g;
+                self.loc.grad[j] += u * inv * g;
+                self.log_scale.grad[j] += (u * u - F::one()) * g;
+            }
+        }
+        dz
+    }
+    fn sample(&self, n: usize, rng: &mut Rng) -> Mat<F> {
+        let mut e: Mat<F> = randn(rng, n, self.dim());
+        let d = self.dim();
+        for r in 0..n {
+            for j in 0..d {
+                let v = &mut e.data[r * d + j];
+                *v = self.loc.value[j] + *v * self.log_scale.value[j].exp();
+            }
+        }
+        e
+    }
+    fn params(&self) -> Vec<&Param<F>> {
+        vec![&self.loc, &self.log_scale]
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+        vec![&mut self.loc, &mut self.log_scale]
+    }
+}
+
+/// Standard logistic per feature (NICE's prior): `log p(z) = -sum(softplus(z) + softplus(-z))`.
+#[derive(Clone, Debug)]
+pub struct StandardLogistic {
+    pub d: usize,
+}
+
+fn softplus<F: Float>(x: F) -> F {
+    if x > F::zero() {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+impl<F: Float> Distribution<F> for StandardLogistic {
+    fn kind(&self) -> &'static str {
+        "StandardLogistic"
+    }
+    fn dim(&self) -> usize {
+        self.d
+    }
+    fn log_prob(&self, z: &Mat<F>) -> Vec<F> {
+        (0..z.rows)
+            .map(|r| -z.row(r).iter().map(|&v| softplus(v) + softplus(-v)).sum::<F>())
+            .collect()
+    }
+    fn log_prob_backward(&mut self, z: &Mat<F>, dlp: &[F]) -> Mat<F> {
+        let mut dz = z.clone();
+        for r in 0..z.rows {
+            let g = dlp[r];
+            // d/dz log p = -tanh(z / 2)
+            dz.row_mut(r)
+                .iter_mut()
+                .for_each(|v| *v = -(*v * F::c(0.5)).tanh() * g);
+        }
+        dz
+    }
+    fn sample(&self, n: usize, rng: &mut Rng) -> Mat<F> {
+        let data = (0..n * self.d)
+            .map(|_| {
+                let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+                F::c((u / (1.0 - u)).ln())
+            })
+            .collect();
+        Mat::from_vec(n, self.d, data)
+    }
+}

@@ -1,0 +1,197 @@
+//! The numeric core: a row-major matrix type generic over `f32`/`f64`, the kernels that operate on it
+//! (behind the narrow interface in [`kernels`]), and the seeded random number generator.
+//!
+//! Batches of vectors are `(batch, features)` matrices. Images (later) are `(batch, C*H*W)` matrices whose
+//! transforms know their `(C, H, W)` layout, so the same type carries NCHW tensors without a second tensor type.
+
+pub mod kernels;
+
+use num_traits::{Float as NumFloat, FromPrimitive, ToPrimitive};
+use rand::SeedableRng;
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+/// Floating-point element type of the engine: `f32` for training, `f64` for gradient and Jacobian tests.
+pub trait Float:
+    NumFloat
+    + FromPrimitive
+    + ToPrimitive
+    + Default
+    + Debug
+    + Send
+    + Sync
+    + Sum
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + 'static
+{
+    /// Name used in the weights file (`"f32"` / `"f64"`).
+    const DTYPE: &'static str;
+    fn c(v: f64) -> Self;
+    fn f64(self) -> f64;
+    /// Little-endian bytes, for the weights file.
+    fn to_le(v: &[Self]) -> Vec<u8>;
+    fn from_le(b: &[u8]) -> Vec<Self>;
+}
+
+impl Float for f32 {
+    const DTYPE: &'static str = "f32";
+    #[inline(always)]
+    fn c(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn f64(self) -> f64 {
+        self as f64
+    }
+    fn to_le(v: &[Self]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+    fn from_le(b: &[u8]) -> Vec<Self> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+}
+
+impl Float for f64 {
+    const DTYPE: &'static str = "f64";
+    #[inline(always)]
+    fn c(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn f64(self) -> f64 {
+        self
+    }
+    fn to_le(v: &[Self]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+    fn from_le(b: &[u8]) -> Vec<Self> {
+        b.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
+    }
+}
+
+/// Row-major `rows x cols` matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mat<F> {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<F>,
+}
+
+impl<F: Float> Mat<F> {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Mat {
+            rows,
+            cols,
+            data: vec![F::zero(); rows * cols],
+        }
+    }
+    pub fn from_vec(rows: usize, cols: usize, data: Vec<F>) -> Self {
+        assert_eq!(data.len(), rows * cols, "Mat::from_vec: size mismatch");
+        Mat { rows, cols, data }
+    }
+    pub fn from_f64(rows: usize, cols: usize, data: &[f64]) -> Self {
+        Self::from_vec(rows, cols, data.iter().map(|&v| F::c(v)).collect())
+    }
+    pub fn to_f64(&self) -> Vec<f64> {
+        self.data.iter().map(|v| v.f64()).collect()
+    }
+    #[inline]
+    pub fn row(&self, i: usize) -> &[F] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+    #[inline]
+    pub fn row_mut(&mut self, i: usize) -> &mut [F] {
+        &mut self.data[i * self.cols..(i + 1) * self.cols]
+    }
+    #[inline]
+    pub fn at(&self, i: usize, j: usize) -> F {
+        self.data[i * self.cols + j]
+    }
+    /// Gather columns `idx` into a new `rows x idx.len()` matrix.
+    pub fn gather_cols(&self, idx: &[usize]) -> Mat<F> {
+        let mut out = Mat::zeros(self.rows, idx.len());
+        for r in 0..self.rows {
+            let src = self.row(r);
+            let dst = out.row_mut(r);
+            for (d, &j) in dst.iter_mut().zip(idx) {
+                *d = src[j];
+            }
+        }
+        out
+    }
+    /// Write the columns of `src` into columns `idx` of `self`.
+    pub fn scatter_cols(&mut self, idx: &[usize], src: &Mat<F>) {
+        assert_eq!(src.cols, idx.len());
+        assert_eq!(src.rows, self.rows);
+        for r in 0..self.rows {
+            let s = src.row(r);
+            let cols = self.cols;
+            let d = &mut self.data[r * cols..(r + 1) * cols];
+            for (&v, &j) in s.iter().zip(idx) {
+                d[j] = v;
+            }
+        }
+    }
+    /// `[self | other]` column-wise concatenation.
+    pub fn hcat(&self, other: &Mat<F>) -> Mat<F> {
+        assert_eq!(self.rows, other.rows);
+        let cols = self.cols + other.cols;
+        let mut out = Mat::zeros(self.rows, cols);
+        for r in 0..self.rows {
+            let d = out.row_mut(r);
+            d[..self.cols].copy_from_slice(self.row(r));
+            d[self.cols..].copy_from_slice(other.row(r));
+        }
+        out
+    }
+    /// Rows `idx` of `self`.
+    pub fn take_rows(&self, idx: &[usize]) -> Mat<F> {
+        let mut out = Mat::zeros(idx.len(), self.cols);
+        for (k, &i) in idx.iter().enumerate() {
+            out.row_mut(k).copy_from_slice(self.row(i));
+        }
+        out
+    }
+    /// Rows `start..end`.
+    pub fn slice_rows(&self, start: usize, end: usize) -> Mat<F> {
+        Mat::from_vec(
+            end - start,
+            self.cols,
+            self.data[start * self.cols..end * self.cols].to_vec(),
+        )
+    }
+    /// Index of the first non-finite entry, if any.
+    pub fn first_non_finite(&self) -> Option<(usize, usize)> {
+        self.data
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|p| (p / self.cols.max(1), p % self.cols.max(1)))
+    }
+}
+
+/// The seeded random number generator used everywhere: same seed, same stream, on every platform.
+pub type Rng = rand_chacha::ChaCha8Rng;
+
+pub fn rng(seed: u64) -> Rng {
+    Rng::seed_from_u64(seed)
+}
+
+/// Standard normal draws.
+pub fn randn<F: Float>(rng: &mut Rng, rows: usize, cols: usize) -> Mat<F> {
+    use rand_distr::{Distribution, StandardNormal};
+    let data = (0..rows * cols)
+        .map(|_| {
+            let v: f64 = StandardNormal.sample(rng);
+            F::c(v)
+        })
+        .collect();
+    Mat::from_vec(rows, cols, data)
+}

@@ -1,0 +1,361 @@
+//! A model on disk is a folder: `config.json` (format version, flow spec, column names, data normalisation,
+//! training summary) + `weights.safetensors` (every parameter and buffer, by name) + `train_log.jsonl`.
+//! Folders are written atomically: into a temporary sibling folder, then renamed into place, so an
+//! interrupted save never leaves a half-written model where a good one was.
+
+use crate::data::{Standardizer, Table};
+use crate::engine::{rng, Mat};
+use crate::flows::{Flow, FlowSpec};
+use crate::{Error, Result};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "nflow-model";
+pub const VERSION: u32 = 1;
+const CONFIG: &str = "config.json";
+const WEIGHTS: &str = "weights.safetensors";
+const LOG: &str = "train_log.jsonl";
+
+/// Per-column standardisation as stored in `config.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// What training did, stored with the model and shown by `nflow info`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub data: String,
+    pub n_train: usize,
+    pub n_val: usize,
+    pub steps: usize,
+    pub best_step: usize,
+    pub seconds: f64,
+    /// Validation mean log-likelihood (nats per example, data units) of the saved weights.
+    pub best_val_log_prob: Option<f64>,
+    pub final_train_nll: f64,
+    pub stopped_early: bool,
+    pub config: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ConfigFile {
+    format: String,
+    version: u32,
+    dtype: String,
+    flow: FlowSpec,
+    columns: Vec<String>,
+    #[serde(default)]
+    context_columns: Vec<String>,
+    normalization: Normalization,
+    #[serde(default)]
+    context_normalization: Option<Normalization>,
+    #[serde(default)]
+    training: Option<TrainSummary>,
+}
+
+/// A trained flow with everything needed to use it on raw data: the density is reported in the units of
+/// the data the user gave (the standardisation Jacobian is included).
+pub struct Model {
+    pub spec: FlowSpec,
+    pub flow: Flow<f32>,
+    pub columns: Vec<String>,
+    pub norm: Standardizer,
+    pub context_columns: Vec<String>,
+    pub context_norm: Option<Standardizer>,
+    pub summary: Option<TrainSummary>,
+    /// JSON lines of the training log, saved as `train_log.jsonl`.
+    pub log: Vec<String>,
+}
+
+fn to_norm(s: &Standardizer) -> Normalization {
+    Normalization {
+        mean: s.mean.clone(),
+        std: s.std.clone(),
+    }
+}
+
+fn from_norm(n: &Normalization) -> Standardizer {
+    Standardizer {
+        mean: n.mean.clone(),
+        std: n.std.clone(),
+    }
+}
+
+impl Model {
+    pub fn dim(&self) -> usize {
+        self.spec.dim
+    }
+
+    /// Standardised `f32` matrix of a table's rows, after checking its column count.
+    fn prepare(&self, t: &Table) -> Result<Mat<f32>> {
+        if t.cols != self.dim() {
+            return Err(Error::Shape(format!(
+                "{}: has {} columns ({}), the model expects {} ({})",
+                t.source,
+                t.cols,
+                t.columns.join(", "),
+                self.dim(),
+                self.columns.join(", ")
+            )));
+        }
+        t.check_finite()?;
+        let mut v = t.data.clone();
+        self.norm.apply(&mut v);
+        Ok(Mat::from_f64(t.rows, t.cols, &v))
+    }
+
+    fn prepare_ctx(&self, ctx: Option<&Table>, rows: usize) -> Result<Option<Mat<f32>>> {
+        match (ctx, self.spec.context_dim) {
+            (None, 0) => Ok(None),
+            (Some(c), k) if k > 0 => {
+                if c.cols != k || c.rows != rows {
+                    return Err(Error::Shape(format!(
+                        "{}: context is {}x{}, expected {rows}x{k} ({})",
+                        c.source,
+                        c.rows,
+                        c.cols,
+                        self.context_columns.join(", ")
+                    )));
+                }
+                c.check_finite()?;
+                let mut v = c.data.clone();
+                if let Some(n) = &self.context_norm {
+                    n.apply(&mut v);
+                }
+                Ok(Some(Mat::from_f64(c.rows, c.cols, &v)))
+            }
+            (None, k) => Err(Error::Shape(format!(
+                "the model is conditional: it needs {k} context columns ({})",
+                self.context_columns.join(", ")
+            ))),
+            (Some(c), _) => Err(Error::Shape(format!(
+                "{}: the model takes no context",
+                c.source
+            ))),
+        }
+    }
+
+    /// Log-density of each row in the data's own units (nats), computed in chunks in parallel.
+    pub fn log_prob_table(&self, t: &Table) -> Result<Vec<f64>> {
+        self.log_prob_ctx(t, None)
+    }
+
+    pub fn log_prob_ctx(&self, t: &Table, ctx: Option<&Table>) -> Result<Vec<f64>> {
+        use rayon::prelude::*;
+        let x = self.prepare(t)?;
+        let c = self.prepare_ctx(ctx, t.rows)?;
+        let shift = self.norm.log_abs_det();
+        const CH: usize = 4096;
+        let chunks: Vec<Vec<f64>> = (0..x.rows.div_ceil(CH))
+            .into_par_iter()
+            .map(|k| {
+                let (a, b) = (k * CH, ((k + 1) * CH).min(x.rows));
+                let xs = x.slice_rows(a, b);
+                let cs = c.as_ref().map(|c| c.slice_rows(a, b));
+                self.flow
+                    .log_prob(&xs, cs.as_ref())
+                    .into_iter()
+                    .map(|v| v as f64 + shift)
+                    .collect()
+            })
+            .collect();
+        let lp: Vec<f64> = chunks.concat();
+        if let Some(i) = lp.iter().position(|v| v.is_nan()) {
+            return Err(Error::NonFinite {
+                layer: format!("the log-density of {} row {i}", t.source),
+            });
+        }
+        Ok(lp)
+    }
+
+    /// `n` samples in the data's units (for a conditional model, one per context row; `n` is then ignored).
+    pub fn sample(&self, n: usize, seed: u64, ctx: Option<&Table>) -> Result<Table> {
+        let rows = ctx.map(|c| c.rows).unwrap_or(n);
+        let c = self.prepare_ctx(ctx, rows)?;
+        let mut r = rng(seed);
+        let x = self.flow.sample(rows, &mut r, c.as_ref());
+        let mut v = x.to_f64();
+        self.norm.invert(&mut v);
+        Ok(Table::new(self.columns.clone(), rows, v, "samples"))
+    }
+
+    fn config(&self) -> ConfigFile {
+        ConfigFile {
+            format: FORMAT.into(),
+            version: VERSION,
+            dtype: "f32".into(),
+            flow: self.spec.clone(),
+            columns: self.columns.clone(),
+            context_columns: self.context_columns.clone(),
+            normalization: to_norm(&self.norm),
+            context_normalization: self.context_norm.as_ref().map(to_norm),
+            training: self.summary.clone(),
+        }
+    }
+
+    /// Write the model folder atomically (temporary folder, then rename over any previous model).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let io = |path: &Path| {
+            let p = path.display().to_string();
+            move |source| Error::Io { path: p, source }
+        };
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+        let name = dir
+            .file_name()
+            .ok_or_else(|| Error::Model {
+                path: dir.display().to_string(),
+                msg: "not a folder name".into(),
+            })?
+            .to_string_lossy()
+            .to_string();
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+        let write = || -> Result<()> {
+            let cfg = serde_json::to_string_pretty(&self.config()).expect("config serialises");
+            std::fs::write(tmp.join(CONFIG), cfg).map_err(io(&tmp.join(CONFIG)))?;
+            let named = self.flow.named_params();
+            let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
+                .iter()
+                .map(|(n, p)| (n.clone(), p.shape.clone(), f32::to_le(&p.value)))
+                .collect();
+            let views: Vec<(String, TensorView)> = bytes
+                .iter()
+                .map(|(n, s, b)| {
+                    (
+                        n.clone(),
+                        TensorView::new(Dtype::F32, s.clone(), b).expect("consistent shape"),
+                    )
+                })
+                .collect();
+            let mut meta = HashMap::new();
+            meta.insert("format".to_string(), FORMAT.to_string());
+            safetensors::serialize_to_file(views, Some(meta), &tmp.join(WEIGHTS)).map_err(|e| {
+                Error::Model {
+                    path: tmp.display().to_string(),
+                    msg: format!("cannot write weights: {e}"),
+                }
+            })?;
+            let mut log = self.log.join("\n");
+            if !log.is_empty() {
+                log.push('\n');
+            }
+            std::fs::write(tmp.join(LOG), log).map_err(io(&tmp.join(LOG)))?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        // Move any previous model aside, put the new one in place, then delete the old one.
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        if dir.exists() {
+            if !dir.join(CONFIG).exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(Error::Model {
+                    path: dir.display().to_string(),
+                    msg: "exists and is not an nflow model folder; refusing to replace it".into(),
+                });
+            }
+            std::fs::rename(dir, &old).map_err(io(dir))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        if old.exists() {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        Ok(())
+    }
+
+    /// Load a model folder; every inconsistency is an error naming the folder and the field or tensor.
+    pub fn load(dir: &Path) -> Result<Model> {
+        let bad = |msg: String| Error::Model {
+            path: dir.display().to_string(),
+            msg,
+        };
+        if !dir.is_dir() {
+            return Err(bad("no such folder".into()));
+        }
+        let cfg_path = dir.join(CONFIG);
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| bad(format!("cannot read {CONFIG}: {e} (not an nflow model folder?)")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("{CONFIG} is not valid JSON: {e}")))?;
+        if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(bad(format!("{CONFIG}: field 'format' is not \"{FORMAT}\" (not an nflow model)")));
+        }
+        let ver = v.get("version").and_then(|f| f.as_u64()).unwrap_or(0);
+        if ver != VERSION as u64 {
+            return Err(bad(format!(
+                "{CONFIG}: format version {ver} is not supported (this nflow reads version {VERSION})"
+            )));
+        }
+        let cfg: ConfigFile =
+            serde_json::from_value(v).map_err(|e| bad(format!("{CONFIG}: {e}")))?;
+        let d = cfg.flow.dim;
+        if cfg.columns.len() != d || cfg.normalization.mean.len() != d || cfg.normalization.std.len() != d {
+            return Err(bad(format!(
+                "{CONFIG}: 'columns' / 'normalization' do not match flow.dim = {d}"
+            )));
+        }
+        if cfg.normalization.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(bad(format!("{CONFIG}: normalization.std must be positive")));
+        }
+        let mut flow: Flow<f32> = cfg.flow.build().map_err(|e| bad(format!("{CONFIG}: {e}")))?;
+        let wpath = dir.join(WEIGHTS);
+        let bytes = std::fs::read(&wpath).map_err(|e| bad(format!("cannot read {WEIGHTS}: {e}")))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("{WEIGHTS} is corrupt: {e}")))?;
+        let expected = flow.named_params().len();
+        if st.len() != expected {
+            return Err(bad(format!(
+                "{WEIGHTS} holds {} tensors, the architecture in {CONFIG} has {expected}",
+                st.len()
+            )));
+        }
+        for (name, p) in flow.named_params_mut() {
+            let t = st
+                .tensor(&name)
+                .map_err(|_| bad(format!("{WEIGHTS}: tensor '{name}' is missing")))?;
+            if t.dtype() != Dtype::F32 || t.shape() != p.shape.as_slice() {
+                return Err(bad(format!(
+                    "{WEIGHTS}: tensor '{name}' is {:?} {:?}, expected F32 {:?}",
+                    t.dtype(),
+                    t.shape(),
+                    p.shape
+                )));
+            }
+            let vals = f32::from_le(t.data());
+            if vals.iter().any(|v| !v.is_finite()) {
+                return Err(bad(format!("{WEIGHTS}: tensor '{name}' holds NaN/Inf")));
+            }
+            p.value = vals;
+        }
+        flow.reload();
+        flow.set_training(false);
+        let log = std::fs::read_to_string(dir.join(LOG))
+            .map(|s| s.lines().map(String::from).collect())
+            .unwrap_or_default();
+        Ok(Model {
+            spec: cfg.flow,
+            flow,
+            columns: cfg.columns,
+            norm: from_norm(&cfg.normalization),
+            context_columns: cfg.context_columns,
+            context_norm: cfg.context_normalization.as_ref().map(from_norm),
+            summary: cfg.training,
+            log,
+        })
+    }
+}
+
+use crate::engine::Float as _;

@@ -1,0 +1,47 @@
+//! Conditioner networks and their parameters. Every network has an inference forward, a training forward that
+//! caches what the backward needs, and an analytic backward that accumulates parameter gradients.
+
+pub mod mlp;
+
+pub use mlp::{Activation, Linear, Mlp};
+
+use crate::engine::Float;
+
+/// A named tensor of a module: trainable weights, or a buffer (running statistics, masks, an "initialised"
+/// flag) that is saved with the model but never touched by the optimiser.
+#[derive(Clone, Debug)]
+pub struct Param<F> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub value: Vec<F>,
+    pub grad: Vec<F>,
+    pub trainable: bool,
+}
+
+impl<F: Float> Param<F> {
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, value: Vec<F>) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), value.len());
+        let n = value.len();
+        Param {
+            name: name.into(),
+            shape,
+            value,
+            grad: vec![F::zero(); n],
+            trainable: true,
+        }
+    }
+    pub fn zeros(name: impl Into<String>, shape: Vec<usize>) -> Self {
+        let n = shape.iter().product();
+        Self::new(name, shape, vec![F::zero(); n])
+    }
+    /// A saved, non-trainable tensor.
+    pub fn buffer(name: impl Into<String>, shape: Vec<usize>, value: Vec<F>) -> Self {
+        let mut p = Self::new(name, shape, value);
+        p.trainable = false;
+        p.grad = Vec::new();
+        p
+    }
+    pub fn zero_grad(&mut self) {
+        self.grad.iter_mut().for_each(|g| *g = F::zero());
+    }
+}

@@ -1,0 +1,322 @@
+//! Minibatch maximum-likelihood training: Adam/AdamW, schedules, clipping, validation split, early stopping
+//! on the validation NLL (the best weights are kept), a NaN/Inf guard that names the layer and step, and a
+//! per-evaluation log (JSON lines).
+
+use crate::data::{split_indices, Standardizer, Table};
+use crate::engine::{rng, Mat};
+use crate::flows::FlowSpec;
+use crate::io::{Model, TrainSummary};
+use crate::optim::{clip_grad_norm, Adam, OptimConfig, Schedule};
+use crate::{Error, Result};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Number of passes over the training split (used when `steps` is `None`).
+    pub epochs: usize,
+    /// Number of optimiser steps (takes precedence over `epochs`).
+    pub steps: Option<usize>,
+    pub batch_size: usize,
+    pub optim: OptimConfig,
+    pub schedule: Schedule,
+    /// Clip the global gradient norm to this value.
+    pub clip: Option<f64>,
+    /// Fraction of the rows held out for validation (0: none; then the last weights are kept).
+    pub val_fraction: f64,
+    /// Stop after this many evaluations without improvement of the validation NLL.
+    pub patience: Option<usize>,
+    /// Steps between evaluations (`None`: once per epoch, or 20 times per run with `steps`).
+    pub eval_every: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 50,
+            steps: None,
+            batch_size: 256,
+            optim: OptimConfig::default(),
+            schedule: Schedule::Constant,
+            clip: None,
+            val_fraction: 0.1,
+            patience: Some(10),
+            eval_every: None,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Config(m.into()));
+        if self.batch_size == 0 {
+            return bad("batch size must be at least 1");
+        }
+        if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
+            return bad("need at least one step / epoch");
+        }
+        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
+            return bad("learning rate must be positive");
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad("validation fraction must be in [0, 1)");
+        }
+        Ok(())
+    }
+}
+
+/// What the trainer reports to its caller after every step.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub step: usize,
+    pub total: usize,
+    /// Mean training NLL (standardised space) over the steps since the last evaluation.
+    pub train_nll: f64,
+    /// Validation mean log-likelihood in data units, when this step evaluated.
+    pub val_log_prob: Option<f64>,
+}
+
+/// One evaluation, written as a JSON line to `train_log.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub step: usize,
+    pub epoch: f64,
+    pub seconds: f64,
+    pub lr: f64,
+    /// Training NLL in the data's units (nats per example), averaged since the previous entry.
+    pub train_nll: f64,
+    pub val_nll: Option<f64>,
+    pub best: bool,
+}
+
+/// Result of a run: the model (best weights) and, if training diverged, the error that stopped it.
+pub struct Fitted {
+    pub model: Model,
+    pub log: Vec<LogEntry>,
+    pub diverged: Option<Error>,
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+}
+
+impl Trainer {
+    pub fn new(cfg: TrainConfig) -> Self {
+        Trainer { cfg }
+    }
+
+    /// Fit `spec` to the rows of `table` (and `context`, for a conditional flow), data name `table.source`.
+    pub fn fit(
+        &self,
+        spec: FlowSpec,
+        table: &Table,
+        context: Option<&Table>,
+        mut on_step: impl FnMut(&Progress),
+    ) -> Result<Fitted> {
+        let cfg = &self.cfg;
+        cfg.validate()?;
+        if spec.dim != table.cols {
+            return Err(Error::Shape(format!(
+                "{}: {} columns, flow spec says dim = {}",
+                table.source, table.cols, spec.dim
+            )));
+        }
+        table.check_finite()?;
+        if let Some(c) = context {
+            c.check_finite()?;
+            if c.rows != table.rows || c.cols != spec.context_dim {
+                return Err(Error::Shape(format!(
+                    "{}: context is {}x{}, expected {}x{}",
+                    c.source, c.rows, c.cols, table.rows, spec.context_dim
+                )));
+            }
+        } else if spec.context_dim > 0 {
+            return Err(Error::Shape("conditional flow needs context columns".into()));
+        }
+        let (tr_idx, va_idx) = split_indices(table.rows, cfg.val_fraction, cfg.seed)?;
+        if tr_idx.is_empty() {
+            return Err(Error::Shape(format!("{}: no training rows", table.source)));
+        }
+        let train_t = table.take_rows(&tr_idx);
+        let norm = Standardizer::fit(&train_t)?;
+        let to_mat = |t: &Table, n: &Standardizer| {
+            let mut v = t.data.clone();
+            n.apply(&mut v);
+            Mat::<f32>::from_f64(t.rows, t.cols, &v)
+        };
+        let xtr = to_mat(&train_t, &norm);
+        let xva = to_mat(&table.take_rows(&va_idx), &norm);
+        let (ctr, cva, cnorm) = match context {
+            Some(c) => {
+                let ct = c.take_rows(&tr_idx);
+                let cn = Standardizer::fit(&ct)?;
+                (
+                    Some(to_mat(&ct, &cn)),
+                    Some(to_mat(&c.take_rows(&va_idx), &cn)),
+                    Some(cn),
+                )
+            }
+            None => (None, None, None),
+        };
+        let shift = norm.log_abs_det();
+        let mut flow = spec.build::<f32>()?;
+        flow.set_training(true);
+        let n = xtr.rows;
+        let batch = cfg.batch_size.min(n);
+        let per_epoch = (n / batch).max(1);
+        let total = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
+        let eval_every = cfg
+            .eval_every
+            .unwrap_or(if cfg.steps.is_some() { (total / 20).max(1) } else { per_epoch })
+            .max(1);
+        let mut opt = Adam::new(cfg.optim);
+        let mut r = rng(cfg.seed ^ 0x5eed);
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut pos = n; // forces a shuffle on the first step
+        let t0 = Instant::now();
+        let mut log = Vec::new();
+        let mut best: Option<(f64, usize, Vec<Vec<f32>>)> = None;
+        let mut since_best = 0;
+        let mut acc = (0.0f64, 0usize);
+        let mut last_train = f64::NAN;
+        let mut diverged = None;
+        let mut stopped_early = false;
+        let mut step = 0;
+        let val_lp = |flow: &mut crate::flows::Flow<f32>| -> f64 {
+            flow.set_training(false);
+            let mut s = 0.0;
+            for a in (0..xva.rows).step_by(4096) {
+                let b = (a + 4096).min(xva.rows);
+                let cs = cva.as_ref().map(|c| c.slice_rows(a, b));
+                s += flow
+                    .log_prob(&xva.slice_rows(a, b), cs.as_ref())
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
+            }
+            flow.set_training(true);
+            s / xva.rows as f64 + shift
+        };
+        while step < total {
+            if pos + batch > n {
+                order.shuffle(&mut r);
+                pos = 0;
+            }
+            let idx = &order[pos..pos + batch];
+            pos += batch;
+            let xb = xtr.take_rows(idx);
+            let cb = ctr.as_ref().map(|c| c.take_rows(idx));
+            flow.zero_grad();
+            let loss = match flow.nll_backward(&xb, cb.as_ref()) {
+                Ok(l) => l as f64,
+                Err(Error::NonFinite { layer }) => {
+                    diverged = Some(Error::Diverged { step, layer });
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            {
+                let mut ps: Vec<_> = flow.named_params_mut().into_iter().map(|(_, p)| p).collect();
+                if let Some(c) = cfg.clip {
+                    clip_grad_norm(&mut ps, c);
+                }
+                let lr = cfg.optim.lr * cfg.schedule.factor(step, total);
+                opt.step(&mut ps, lr);
+            }
+            step += 1;
+            acc.0 += loss;
+            acc.1 += 1;
+            let evaluate = step % eval_every == 0 || step == total;
+            let mut val = None;
+            if evaluate {
+                last_train = acc.0 / acc.1 as f64 - shift;
+                acc = (0.0, 0);
+                let vl = if xva.rows > 0 { Some(val_lp(&mut flow)) } else { None };
+                if vl.is_some_and(|v| !v.is_finite()) {
+                    diverged = Some(Error::Diverged {
+                        step,
+                        layer: "the validation log-likelihood".into(),
+                    });
+                    break;
+                }
+                let improved = match (vl, &best) {
+                    (Some(v), Some((b, _, _))) => v > *b,
+                    (Some(_), None) => true,
+                    (None, _) => true,
+                };
+                if improved {
+                    best = Some((vl.unwrap_or(f64::NEG_INFINITY), step, flow.snapshot()));
+                    since_best = 0;
+                } else {
+                    since_best += 1;
+                }
+                log.push(LogEntry {
+                    step,
+                    epoch: step as f64 / per_epoch as f64,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    lr: cfg.optim.lr * cfg.schedule.factor(step - 1, total),
+                    train_nll: last_train,
+                    val_nll: vl.map(|v| -v),
+                    best: improved,
+                });
+                val = vl;
+            }
+            on_step(&Progress {
+                step,
+                total,
+                train_nll: if evaluate { last_train } else { loss - shift },
+                val_log_prob: val,
+            });
+            if evaluate && cfg.patience.is_some_and(|p| since_best >= p) && xva.rows > 0 {
+                stopped_early = true;
+                break;
+            }
+        }
+        let (best_val, best_step) = match best {
+            Some((v, s, snap)) => {
+                flow.restore(&snap);
+                (if v.is_finite() { Some(v) } else { None }, s)
+            }
+            None => {
+                if let Some(e) = diverged {
+                    return Err(e);
+                }
+                (None, step)
+            }
+        };
+        flow.set_training(false);
+        let summary = TrainSummary {
+            data: table.source.clone(),
+            n_train: tr_idx.len(),
+            n_val: va_idx.len(),
+            steps: step,
+            best_step,
+            seconds: t0.elapsed().as_secs_f64(),
+            best_val_log_prob: best_val,
+            final_train_nll: last_train,
+            stopped_early,
+            config: serde_json::to_value(cfg).expect("config serialises"),
+        };
+        let lines = log
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("log serialises"))
+            .collect();
+        Ok(Fitted {
+            model: Model {
+                spec,
+                flow,
+                columns: table.columns.clone(),
+                norm,
+                context_columns: context.map(|c| c.columns.clone()).unwrap_or_default(),
+                context_norm: cnorm,
+                summary: Some(summary),
+                log: lines,
+            },
+            log,
+            diverged,
+        })
+    }
+}

@@ -1,0 +1,404 @@
+//! Coupling layers: NICE's additive coupling (Dinh et al. 2015) and RealNVP's affine coupling
+//! (Dinh et al. 2017). The features are split by a binary mask into an identity part `a` and a transformed
+//! part `b`; a conditioner network sees `x_a` (and the context, if any) and outputs the parameters of an
+//! element-wise map of `x_b`:
+//!
+//! - additive: `z_b = x_b + t(x_a)`, log|det| = 0;
+//! - affine:   `z_b = x_b * exp(l(x_a)) + t(x_a)`, log|det| = sum l, with `l` bounded (see [`ScaleBound`]).
+
+use super::Transform;
+use crate::engine::{Float, Mat, Rng};
+use crate::nn::{Activation, Mlp, Param};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+/// Which features a coupling layer transforms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mask {
+    /// Alternating features (even / odd by layer parity): the vector form of RealNVP's checkerboard.
+    #[default]
+    Alternate,
+    /// First half / second half, swapping by layer parity (NICE's partition).
+    Halves,
+    /// A random half of the features per layer.
+    Random,
+}
+
+impl Mask {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "alternate" | "checkerboard" => Mask::Alternate,
+            "halves" => Mask::Halves,
+            "random" => Mask::Random,
+            _ => return None,
+        })
+    }
+    /// `true` for transformed features, for layer number `layer` of `d` features.
+    pub fn build(self, d: usize, layer: usize, rng: &mut Rng) -> Vec<bool> {
+        let mut m: Vec<bool> = match self {
+            Mask::Alternate => (0..d).map(|j| j % 2 == (layer + 1) % 2).collect(),
+            Mask::Halves => (0..d).map(|j| (j >= d / 2) == (layer % 2 == 0)).collect(),
+            Mask::Random => {
+                let mut idx: Vec<usize> = (0..d).collect();
+                idx.shuffle(rng);
+                let mut m = vec![false; d];
+                for &j in &idx[..d / 2] {
+                    m[j] = true;
+                }
+                m
+            }
+        };
+        // A 1-D flow has nothing to condition on: transform the single feature (the conditioner then only
+        // sees the context, or learns a constant).
+        if d == 1 {
+            m[0] = true;
+        }
+        m
+    }
+}
+
+/// How the affine coupling bounds its log-scale `l` given the raw network output `h`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ScaleBound {
+    /// `l = B tanh(h / B)`: soft clamp to (-B, B); identity near 0 (the default, B = 5).
+    SoftClamp { bound: f64 },
+    /// `exp(l) = sigmoid(h + 2)` (Glow): scales in (0, 1), contraction only.
+    Sigmoid,
+}
+
+impl Default for ScaleBound {
+    fn default() -> Self {
+        ScaleBound::SoftClamp { bound: 5.0 }
+    }
+}
+
+impl ScaleBound {
+    /// `(l, dl/dh)`.
+    #[inline(always)]
+    fn eval<F: Float>(self, h: F) -> (F, F) {
+        match self {
+            ScaleBound::SoftClamp { bound } => {
+                let b = F::c(bound);
+                let t = (h / b).tanh();
+                (b * t, F::one() - t * t)
+            }
+            ScaleBound::Sigmoid => {
+                let u = h + F::c(2.0);
+                // log sigmoid(u) = -softplus(-u), d/du = sigmoid(-u)
+                let sp = if u > F::zero() {
+                    (-u).exp().ln_1p()
+                } else {
+                    -u + u.exp().ln_1p()
+                };
+                let sneg = F::one() / (F::one() + u.exp());
+                (-sp, sneg)
+            }
+        }
+    }
+}
+
+/// Shared part of coupling layers: the mask and the conditioner.
+#[derive(Clone, Debug)]
+struct CouplingCore<F> {
+    mask: Param<F>,
+    /// identity features (conditioner input)
+    ia: Vec<usize>,
+    /// transformed features
+    ib: Vec<usize>,
+    net: Mlp<F>,
+    ctx_dim: usize,
+    dim: usize,
+}
+
+impl<F: Float> CouplingCore<F> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        mask: &[bool],
+        ctx_dim: usize,
+        hidden: usize,
+        depth: usize,
+        act: Activation,
+        outputs_per_feature: usize,
+        rng: &mut Rng,
+    ) -> Self {
+        let d = mask.len();
+        let mask_p = Param::buffer(
+            "mask",
+            vec![d],
+            mask.iter().map(|&b| if b { F::one() } else { F::zero() }).collect(),
+        );
+        let (ia, ib) = split(mask);
+        let net = Mlp::new(
+            "net",
+            ia.len() + ctx_dim,
+            hidden,
+            depth,
+            outputs_per_feature * ib.len(),
+            act,
+            rng,
+        );
+        CouplingCore {
+            mask: mask_p,
+            ia,
+            ib,
+            net,
+            ctx_dim,
+            dim: d,
+        }
+    }
+    fn net_input(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
+        let xa = x.gather_cols(&self.ia);
+        match (ctx, self.ctx_dim) {
+            (_, 0) => xa,
+            (Some(c), k) => {
+                assert_eq!(c.cols, k, "context has {} columns, expected {k}", c.cols);
+                xa.hcat(c)
+            }
+            (None, k) => panic!("conditional coupling needs a context of {k} columns"),
+        }
+    }
+    fn reload(&mut self) {
+        let m: Vec<bool> = self.mask.value.iter().map(|v| v.f64() > 0.5).collect();
+        let (ia, ib) = split(&m);
+        self.ia = ia;
+        self.ib = ib;
+    }
+    /// Add the conditioner's input gradient (first |a| columns of `din`) into `dx`.
+    fn add_input_grad(&self, dx: &mut Mat<F>, din: &Mat<F>) {
+        for r in 0..dx.rows {
+            let src = din.row(r);
+            let cols = dx.cols;
+            let dst = &mut dx.data[r * cols..(r + 1) * cols];
+            for (k, &j) in self.ia.iter().enumerate() {
+                dst[j] += src[k];
+            }
+        }
+    }
+    fn params(&self) -> Vec<&Param<F>> {
+        let mut v = vec![&self.mask];
+        v.extend(self.net.params());
+        v
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+        let mut v = vec![&mut self.mask];
+        v.extend(self.net.params_mut());
+        v
+    }
+}
+
+fn split(mask: &[bool]) -> (Vec<usize>, Vec<usize>) {
+    let ia = (0..mask.len()).filter(|&j| !mask[j]).collect();
+    let ib = (0..mask.len()).filter(|&j| mask[j]).collect();
+    (ia, ib)
+}
+
+/// NICE additive coupling: `z_b = x_b + t(x_a)`.
+#[derive(Clone, Debug)]
+pub struct AdditiveCoupling<F> {
+    core: CouplingCore<F>,
+}
+
+impl<F: Float> AdditiveCoupling<F> {
+    /// `mask[j]` is true for the features that get transformed.
+    pub fn new(
+        mask: &[bool],
+        ctx_dim: usize,
+        hidden: usize,
+        depth: usize,
+        act: Activation,
+        rng: &mut Rng,
+    ) -> Self {
+        AdditiveCoupling {
+            core: CouplingCore::new(mask, ctx_dim, hidden, depth, act, 1, rng),
+        }
+    }
+    fn shifted(&self, x: &Mat<F>, t: &Mat<F>, sign: F) -> Mat<F> {
+        let mut z = x.clone();
+        let ib = &self.core.ib;
+        for r in 0..z.rows {
+            let tr = t.row(r);
+            let zr = z.row_mut(r);
+            for (k, &j) in ib.iter().enumerate() {
+                zr[j] += sign * tr[k];
+            }
+        }
+        z
+    }
+}
+
+impl<F: Float> Transform<F> for AdditiveCoupling<F> {
+    fn kind(&self) -> &'static str {
+        "AdditiveCoupling"
+    }
+    fn dim(&self) -> usize {
+        self.core.dim
+    }
+    fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let t = self.core.net.forward(&self.core.net_input(x, ctx));
+        (self.shifted(x, &t, F::one()), vec![F::zero(); x.rows])
+    }
+    fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        // x_a = z_a, so the conditioner input is available from z directly.
+        let t = self.core.net.forward(&self.core.net_input(z, ctx));
+        (self.shifted(z, &t, -F::one()), vec![F::zero(); z.rows])
+    }
+    fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let inp = self.core.net_input(x, ctx);
+        let t = self.core.net.forward_train(&inp);
+        (self.shifted(x, &t, F::one()), vec![F::zero(); x.rows])
+    }
+    fn backward(&mut self, dz: &Mat<F>, _dlogdet: &[F]) -> Mat<F> {
+        let dt = dz.gather_cols(&self.core.ib);
+        let mut dx = dz.clone();
+        let din = self.core.net.backward(&dt, true).expect("input gradient");
+        self.core.add_input_grad(&mut dx, &din);
+        dx
+    }
+    fn params(&self) -> Vec<&Param<F>> {
+        self.core.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+        self.core.params_mut()
+    }
+    fn reload(&mut self) {
+        self.core.reload()
+    }
+}
+
+/// RealNVP affine coupling: `z_b = x_b * exp(l) + t`, `(t, h) = net(x_a, ctx)`, `l = bound(h)`.
+#[derive(Clone, Debug)]
+pub struct AffineCoupling<F> {
+    core: CouplingCore<F>,
+    bound: ScaleBound,
+    /// training cache: x_b, exp(l), dl/dh (each rows x |b|)
+    xb: Vec<F>,
+    s: Vec<F>,
+    dl: Vec<F>,
+}
+
+impl<F: Float> AffineCoupling<F> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mask: &[bool],
+        ctx_dim: usize,
+        hidden: usize,
+        depth: usize,
+        act: Activation,
+        bound: ScaleBound,
+        rng: &mut Rng,
+    ) -> Self {
+        AffineCoupling {
+            core: CouplingCore::new(mask, ctx_dim, hidden, depth, act, 2, rng),
+            bound,
+            xb: Vec::new(),
+            s: Vec::new(),
+            dl: Vec::new(),
+        }
+    }
+
+    /// One fused pass: scale, shift and log-det. `cache` receives (x_b, s, dl/dh) when training.
+    fn apply(
+        &self,
+        x: &Mat<F>,
+        h: &Mat<F>,
+        inverse: bool,
+        mut cache: Option<(&mut Vec<F>, &mut Vec<F>, &mut Vec<F>)>,
+    ) -> (Mat<F>, Vec<F>) {
+        let nb = self.core.ib.len();
+        let mut z = x.clone();
+        let mut ld = vec![F::zero(); x.rows];
+        if let Some((xb, s, dl)) = cache.as_mut() {
+            xb.clear();
+            s.clear();
+            dl.clear();
+        }
+        for (r, ldr) in ld.iter_mut().enumerate() {
+            let hr = h.row(r);
+            let zr = z.row_mut(r);
+            let mut acc = F::zero();
+            for (k, &j) in self.core.ib.iter().enumerate() {
+                let t = hr[k];
+                let (l, dldh) = self.bound.eval(hr[nb + k]);
+                acc += l;
+                if inverse {
+                    zr[j] = (zr[j] - t) * (-l).exp();
+                } else {
+                    let e = l.exp();
+                    if let Some((xb, s, dl)) = cache.as_mut() {
+                        xb.push(zr[j]);
+                        s.push(e);
+                        dl.push(dldh);
+                    }
+                    zr[j] = zr[j] * e + t;
+                }
+            }
+            *ldr = if inverse { -acc } else { acc };
+        }
+        (z, ld)
+    }
+}
+
+impl<F: Float> Transform<F> for AffineCoupling<F> {
+    fn kind(&self) -> &'static str {
+        "AffineCoupling"
+    }
+    fn dim(&self) -> usize {
+        self.core.dim
+    }
+    fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let h = self.core.net.forward(&self.core.net_input(x, ctx));
+        self.apply(x, &h, false, None)
+    }
+    fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let h = self.core.net.forward(&self.core.net_input(z, ctx));
+        self.apply(z, &h, true, None)
+    }
+    fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let inp = self.core.net_input(x, ctx);
+        let h = self.core.net.forward_train(&inp);
+        let (mut xb, mut s, mut dl) = (
+            std::mem::take(&mut self.xb),
+            std::mem::take(&mut self.s),
+            std::mem::take(&mut self.dl),
+        );
+        let out = self.apply(x, &h, false, Some((&mut xb, &mut s, &mut dl)));
+        self.xb = xb;
+        self.s = s;
+        self.dl = dl;
+        out
+    }
+    fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        let nb = self.core.ib.len();
+        let mut dx = dz.clone();
+        let mut dh = Mat::zeros(dz.rows, 2 * nb);
+        for r in 0..dz.rows {
+            let g = dlogdet[r];
+            let dzr = dz.row(r);
+            let cols = dx.cols;
+            let dxr = &mut dx.data[r * cols..(r + 1) * cols];
+            let dhr = dh.row_mut(r);
+            for (k, &j) in self.core.ib.iter().enumerate() {
+                let c = r * nb + k;
+                let s = self.s[c];
+                let d = dzr[j];
+                dxr[j] = d * s;
+                dhr[k] = d;
+                dhr[nb + k] = (d * self.xb[c] * s + g) * self.dl[c];
+            }
+        }
+        let din = self.core.net.backward(&dh, true).expect("input gradient");
+        self.core.add_input_grad(&mut dx, &din);
+        dx
+    }
+    fn params(&self) -> Vec<&Param<F>> {
+        self.core.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+        self.core.params_mut()
+    }
+    fn reload(&mut self) {
+        self.core.reload()
+    }
+}
