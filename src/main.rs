@@ -1,3 +1,14 @@
+//! `nflow`: train, evaluate, sample and plot normalizing flows from the command line.
+//! A thin layer over the library: argument parsing, files and printing only.
+
+mod cli;
+
+use clap::Parser;
+
 fn main() {
-    println!("Hello, world!");
+    let args = cli::Cli::parse();
+    if let Err(e) = cli::run(args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

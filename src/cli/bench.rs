@@ -1,0 +1,96 @@
+//! `nflow bench`: the workloads of `shared/bench/peers.py step`, timed the same way (median ms over repeats
+//! after warm-up), printed as one JSON line with the same fields so the two can be set side by side.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use nflow::engine::{randn, rng, Mat};
+use nflow::flows::{FlowKind, FlowSpec};
+use nflow::optim::{Adam, OptimConfig};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// w1: RealNVP 8 couplings, MLP 2x128, D=2, batch 512; w3: RealNVP 6 couplings, MLP 2x1024, D=784,
+    /// batch 256. (w2, MAF D=64, comes with the autoregressive flows.)
+    #[arg(long, default_value = "w1")]
+    workload: String,
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    #[arg(long, default_value_t = 30)]
+    repeats: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let (kind, d, layers, hidden, b) = match a.workload.as_str() {
+        "w1" => (FlowKind::Realnvp, 2, 8, 128, 512),
+        "w3" => (FlowKind::Realnvp, 784, 6, 1024, 256),
+        "w2" => bail!("workload w2 (MAF, D=64) needs the autoregressive flows, not built yet"),
+        w => bail!("unknown workload '{w}' (known: w1, w3)"),
+    };
+    if a.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    // Same synthetic data as peers.py: n ~ N(0, I), x[:, 1:] = n[:, 1:] + 0.5 (n[:, :-1]^2 - 1).
+    let mut r = rng(0);
+    let n: Mat<f32> = randn(&mut r, b, d);
+    let mut x = n.clone();
+    for i in 0..b {
+        for j in 1..d {
+            x.data[i * d + j] = n.at(i, j) + 0.5 * (n.at(i, j - 1).powi(2) - 1.0);
+        }
+    }
+    let spec = FlowSpec {
+        layers,
+        hidden,
+        depth: 2,
+        ..FlowSpec::preset(kind, d)
+    };
+    let mut flow = spec.build::<f32>()?;
+    let mut opt = Adam::new(OptimConfig {
+        lr: 1e-4,
+        ..OptimConfig::default()
+    });
+    let mut ts = Vec::new();
+    for s in 0..a.warmup + a.repeats {
+        let t0 = Instant::now();
+        flow.zero_grad();
+        flow.nll_backward(&x, None)?;
+        let mut ps: Vec<_> = flow.named_params_mut().into_iter().map(|(_, p)| p).collect();
+        opt.step(&mut ps, 1e-4);
+        if s >= a.warmup {
+            ts.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    flow.set_training(false);
+    let (mut tf, mut tsm) = (Vec::new(), Vec::new());
+    let mut sr = rng(1);
+    for _ in 0..(a.repeats / 2).max(5) {
+        let t0 = Instant::now();
+        let lp = flow.log_prob(&x, None);
+        std::hint::black_box(lp);
+        tf.push(t0.elapsed().as_secs_f64() * 1e3);
+        let t0 = Instant::now();
+        let s = flow.sample(b, &mut sr, None);
+        std::hint::black_box(s);
+        tsm.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let o = serde_json::json!({
+        "mode": "step", "lib": "nflow", "workload": a.workload,
+        "train_step_ms": (median(ts) * 1e3).round() / 1e3,
+        "log_prob_ms": (median(tf) * 1e3).round() / 1e3,
+        "sample_ms": (median(tsm) * 1e3).round() / 1e3,
+        "batch": b, "params": flow.num_params(), "threads": rayon::current_num_threads(),
+    });
+    println!("{o}");
+    Ok(())
+}
