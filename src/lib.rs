@@ -20,6 +20,9 @@
 //! # let _ = (lp, samples);
 //! ```
 
+// Numeric kernels index several parallel buffers by the same loop variable on purpose.
+#![allow(clippy::needless_range_loop)]
+
 pub mod data;
 pub mod dist;
 pub mod engine;

@@ -100,7 +100,10 @@ impl<F: Float> Adam<F> {
     pub fn step(&mut self, params: &mut [&mut Param<F>], lr: f64) {
         let params: Vec<&mut &mut Param<F>> = params.iter_mut().filter(|p| p.trainable).collect();
         if self.m.is_empty() {
-            self.m = params.iter().map(|p| vec![F::zero(); p.value.len()]).collect();
+            self.m = params
+                .iter()
+                .map(|p| vec![F::zero(); p.value.len()])
+                .collect();
             self.v = self.m.clone();
         }
         self.t += 1;
@@ -164,7 +167,11 @@ mod tests {
             p.grad = p.value.iter().map(|&w| 2.0 * (w - 1.0)).collect();
             opt.step(&mut [&mut p], 0.05);
         }
-        assert!(p.value.iter().all(|&w| (w - 1.0).abs() < 1e-3), "{:?}", p.value);
+        assert!(
+            p.value.iter().all(|&w| (w - 1.0).abs() < 1e-3),
+            "{:?}",
+            p.value
+        );
     }
 
     #[test]
@@ -183,7 +190,11 @@ mod tests {
             ..OptimConfig::default()
         };
         Adam::new(cfg).step(&mut [&mut q], 0.1);
-        assert!((q.value[0] - (2.0 - 0.1 * 0.5 * 2.0 - 0.1)).abs() < 1e-6, "{}", q.value[0]);
+        assert!(
+            (q.value[0] - (2.0 - 0.1 * 0.5 * 2.0 - 0.1)).abs() < 1e-6,
+            "{}",
+            q.value[0]
+        );
     }
 
     #[test]

@@ -65,7 +65,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let t0 = Instant::now();
         flow.zero_grad();
         flow.nll_backward(&x, None)?;
-        let mut ps: Vec<_> = flow.named_params_mut().into_iter().map(|(_, p)| p).collect();
+        let mut ps: Vec<_> = flow
+            .named_params_mut()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
         opt.step(&mut ps, 1e-4);
         if s >= a.warmup {
             ts.push(t0.elapsed().as_secs_f64() * 1e3);

@@ -16,7 +16,11 @@ use nflow::Model;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
-#[command(name = "nflow", version, about = "Normalizing flows: exact density estimation and sampling")]
+#[command(
+    name = "nflow",
+    version,
+    about = "Normalizing flows: exact density estimation and sampling"
+)]
 pub struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
@@ -30,7 +34,7 @@ enum Cmd {
     /// Train a flow on built-in 2-D data, print its test log-likelihood, write samples and a plot.
     Demo(DemoArgs),
     /// Fit a flow by maximum likelihood and save it as a model folder.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Log-likelihood of data under a saved model (nats per example, in the data's units).
     Eval(EvalArgs),
     /// Draw samples from a saved model.
@@ -234,7 +238,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.cmd {
         Cmd::Demo(a) => demo(a),
-        Cmd::Train(a) => train(a),
+        Cmd::Train(a) => train(*a),
         Cmd::Eval(a) => eval(a),
         Cmd::Sample(a) => sample(a),
         Cmd::Plot(a) => plot(a),
@@ -287,7 +291,12 @@ fn build_spec(a: &TrainArgs, dim: usize) -> Result<FlowSpec> {
         &a.activation,
         "relu, tanh, elu, leaky-relu, silu",
     )?;
-    spec.mask = parse_or(Mask::parse(&a.mask), "mask", &a.mask, "alternate, halves, random")?;
+    spec.mask = parse_or(
+        Mask::parse(&a.mask),
+        "mask",
+        &a.mask,
+        "alternate, halves, random",
+    )?;
     spec.scale = if a.sigmoid_scale {
         ScaleBound::Sigmoid
     } else {
@@ -349,8 +358,10 @@ fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
     }
     let pb = ProgressBar::new(total as u64);
     pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
     );
     pb
 }
@@ -363,9 +374,14 @@ fn fit_and_save(
     out: &Path,
     quiet: bool,
 ) -> Result<Model> {
-    let total = cfg
-        .steps
-        .unwrap_or(cfg.epochs * (table.rows.saturating_sub((table.rows as f64 * cfg.val_fraction) as usize) / cfg.batch_size.max(1)).max(1));
+    let total = cfg.steps.unwrap_or(
+        cfg.epochs
+            * (table
+                .rows
+                .saturating_sub((table.rows as f64 * cfg.val_fraction) as usize)
+                / cfg.batch_size.max(1))
+            .max(1),
+    );
     let pb = progress_bar(total, quiet);
     let mut val_msg = String::new();
     let fitted = Trainer::new(cfg).fit(spec, table, None, |p| {
@@ -391,7 +407,11 @@ fn fit_and_save(
         "trained {} steps in {:.1}s ({}), best at step {}{}; model saved to {}",
         s.steps,
         s.seconds,
-        if s.stopped_early { "stopped early" } else { "completed" },
+        if s.stopped_early {
+            "stopped early"
+        } else {
+            "completed"
+        },
         s.best_step,
         s.best_val_log_prob
             .map(|v| format!(", validation log-likelihood {v:.4} nats"))
@@ -456,7 +476,10 @@ fn write_table(path: &Path, t: &Table) -> Result<()> {
     } else if name.ends_with(".csv") || name.ends_with(".csv.gz") {
         data::write_csv(path, t)?;
     } else {
-        bail!("{}: unknown output format (use .csv, .csv.gz or .npy)", path.display());
+        bail!(
+            "{}: unknown output format (use .csv, .csv.gz or .npy)",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -487,10 +510,20 @@ fn extent(pts: &[[f64; 2]]) -> [f64; 4] {
     [x0, x1, y0, y1]
 }
 
-fn plot_model(model: &Model, data: Option<&Table>, out: &Path, n: usize, grid: usize, max_dims: usize, seed: u64) -> Result<()> {
+fn plot_model(
+    model: &Model,
+    data: Option<&Table>,
+    out: &Path,
+    n: usize,
+    grid: usize,
+    max_dims: usize,
+    seed: u64,
+) -> Result<()> {
     let s = model.sample(n, seed, None)?;
     if model.dim() == 2 {
-        let pts = |t: &Table| -> Vec<[f64; 2]> { (0..t.rows).map(|i| [t.row(i)[0], t.row(i)[1]]).collect() };
+        let pts = |t: &Table| -> Vec<[f64; 2]> {
+            (0..t.rows).map(|i| [t.row(i)[0], t.row(i)[1]]).collect()
+        };
         let sp = pts(&s);
         let dp = data.map(pts);
         let ext = extent(dp.as_deref().unwrap_or(&sp));
@@ -506,7 +539,13 @@ fn plot_model(model: &Model, data: Option<&Table>, out: &Path, n: usize, grid: u
         let lp = model.log_prob_table(&gt)?;
         nflow::plot::density_2d_png(out, &lp, g, g, ext, &sp, dp.as_deref())?;
     } else {
-        nflow::plot::pairs_png(out, &s.data, data.map(|d| d.data.as_slice()), model.dim(), max_dims)?;
+        nflow::plot::pairs_png(
+            out,
+            &s.data,
+            data.map(|d| d.data.as_slice()),
+            model.dim(),
+            max_dims,
+        )?;
     }
     Ok(())
 }
@@ -514,10 +553,21 @@ fn plot_model(model: &Model, data: Option<&Table>, out: &Path, n: usize, grid: u
 fn plot(a: PlotArgs) -> Result<()> {
     let model = Model::load(&a.model)?;
     let data = match &a.data {
-        Some(src) => Some(model_columns(&model, load(src, &a.sel, a.seed.wrapping_add(1))?)?),
+        Some(src) => Some(model_columns(
+            &model,
+            load(src, &a.sel, a.seed.wrapping_add(1))?,
+        )?),
         None => None,
     };
-    plot_model(&model, data.as_ref(), &a.out, a.samples, a.grid, a.max_dims, a.seed)?;
+    plot_model(
+        &model,
+        data.as_ref(),
+        &a.out,
+        a.samples,
+        a.grid,
+        a.max_dims,
+        a.seed,
+    )?;
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }
@@ -525,7 +575,12 @@ fn plot(a: PlotArgs) -> Result<()> {
 fn info(a: InfoArgs) -> Result<()> {
     let m = Model::load(&a.model)?;
     println!("model folder   {}", a.model.display());
-    println!("flow           {} ({} features: {})", m.spec.kind.name(), m.dim(), m.columns.join(", "));
+    println!(
+        "flow           {} ({} features: {})",
+        m.spec.kind.name(),
+        m.dim(),
+        m.columns.join(", ")
+    );
     println!(
         "architecture   {} layers, conditioner {}x{} {:?}, mask {:?}, scale {:?}, batch norm {}, actnorm {}",
         m.spec.layers, m.spec.depth, m.spec.hidden, m.spec.activation, m.spec.mask, m.spec.scale, m.spec.batch_norm, m.spec.actnorm
@@ -537,8 +592,17 @@ fn info(a: InfoArgs) -> Result<()> {
     if let Some(s) = &m.summary {
         println!(
             "training       {} ({} train / {} validation rows), {} steps in {:.1}s, best step {}{}",
-            s.data, s.n_train, s.n_val, s.steps, s.seconds, s.best_step,
-            if s.stopped_early { ", stopped early" } else { "" }
+            s.data,
+            s.n_train,
+            s.n_val,
+            s.steps,
+            s.seconds,
+            s.best_step,
+            if s.stopped_early {
+                ", stopped early"
+            } else {
+                ""
+            }
         );
         if let Some(v) = s.best_val_log_prob {
             println!("validation     mean log-likelihood {v:.4} nats");
@@ -563,13 +627,25 @@ fn demo(a: DemoArgs) -> Result<()> {
         "demo: RealNVP ({} affine couplings, MLP {}x{}) on toy:{} (20000 train rows), {} steps",
         spec.layers, spec.depth, spec.hidden, a.toy, a.steps
     );
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let model = fit_and_save(spec, cfg, &train_t, &a.out.join("model"), false)?;
     let (mean, se) = stats(&model.log_prob_table(&test_t)?);
-    println!("test mean log-likelihood: {mean:.4} ± {se:.4} nats (10000 fresh toy:{} points)", a.toy);
+    println!(
+        "test mean log-likelihood: {mean:.4} ± {se:.4} nats (10000 fresh toy:{} points)",
+        a.toy
+    );
     let s = model.sample(2000, a.seed, None)?;
     data::write_csv(&a.out.join("samples.csv"), &s)?;
-    plot_model(&model, Some(&test_t), &a.out.join("plot.png"), 3000, 200, 5, a.seed)?;
+    plot_model(
+        &model,
+        Some(&test_t),
+        &a.out.join("plot.png"),
+        3000,
+        200,
+        5,
+        a.seed,
+    )?;
     println!(
         "wrote {0}/model/, {0}/samples.csv and {0}/plot.png",
         a.out.display()

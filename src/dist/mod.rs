@@ -115,7 +115,9 @@ impl<F: Float> Distribution<F> for DiagNormal<F> {
                     .row(r)
                     .iter()
                     .enumerate()
-                    .map(|(j, &v)| ((v - self.loc.value[j]) * (-self.log_scale.value[j]).exp()).powi(2))
+                    .map(|(j, &v)| {
+                        ((v - self.loc.value[j]) * (-self.log_scale.value[j]).exp()).powi(2)
+                    })
                     .sum();
                 c - F::c(0.5) * q
             })
@@ -179,7 +181,12 @@ impl<F: Float> Distribution<F> for StandardLogistic {
     }
     fn log_prob(&self, z: &Mat<F>) -> Vec<F> {
         (0..z.rows)
-            .map(|r| -z.row(r).iter().map(|&v| softplus(v) + softplus(-v)).sum::<F>())
+            .map(|r| {
+                -z.row(r)
+                    .iter()
+                    .map(|&v| softplus(v) + softplus(-v))
+                    .sum::<F>()
+            })
             .collect()
     }
     fn log_prob_backward(&mut self, z: &Mat<F>, dlp: &[F]) -> Mat<F> {

@@ -29,8 +29,16 @@ pub fn gemm<F: Float>(
     c: &mut [F],
     accumulate: bool,
 ) {
-    let (m, k) = if ta { (a_cols, a_rows) } else { (a_rows, a_cols) };
-    let (k2, n) = if tb { (b_cols, b_rows) } else { (b_rows, b_cols) };
+    let (m, k) = if ta {
+        (a_cols, a_rows)
+    } else {
+        (a_rows, a_cols)
+    };
+    let (k2, n) = if tb {
+        (b_cols, b_rows)
+    } else {
+        (b_rows, b_cols)
+    };
     assert_eq!(k, k2, "gemm: inner dimensions differ");
     assert_eq!(c.len(), m * n, "gemm: output size");
     assert_eq!(a.len(), a_rows * a_cols);
@@ -95,7 +103,18 @@ pub fn linear<F: Float>(x: &Mat<F>, w: &[F], b: &[F], out: usize, y: &mut Mat<F>
     for r in 0..y.rows {
         y.row_mut(r).copy_from_slice(b);
     }
-    gemm(&x.data, x.rows, x.cols, false, w, out, x.cols, true, &mut y.data, true);
+    gemm(
+        &x.data,
+        x.rows,
+        x.cols,
+        false,
+        w,
+        out,
+        x.cols,
+        true,
+        &mut y.data,
+        true,
+    );
 }
 
 /// In-place element-wise map, parallel over fixed chunks for large buffers.
@@ -132,7 +151,9 @@ pub fn add_col_sums<F: Float>(m: &Mat<F>, acc: &mut [F]) {
 
 /// `out[i] = sum_j m[i, j]` (row sums).
 pub fn row_sums<F: Float>(m: &Mat<F>) -> Vec<F> {
-    (0..m.rows).map(|r| m.row(r).iter().copied().sum()).collect()
+    (0..m.rows)
+        .map(|r| m.row(r).iter().copied().sum())
+        .collect()
 }
 
 #[cfg(test)]
@@ -140,8 +161,13 @@ mod tests {
     use super::*;
 
     fn naive(a: &Mat<f64>, ta: bool, b: &Mat<f64>, tb: bool) -> Mat<f64> {
-        let get = |m: &Mat<f64>, t: bool, i: usize, j: usize| if t { m.at(j, i) } else { m.at(i, j) };
-        let (m, k) = if ta { (a.cols, a.rows) } else { (a.rows, a.cols) };
+        let get =
+            |m: &Mat<f64>, t: bool, i: usize, j: usize| if t { m.at(j, i) } else { m.at(i, j) };
+        let (m, k) = if ta {
+            (a.cols, a.rows)
+        } else {
+            (a.rows, a.cols)
+        };
         let n = if tb { b.rows } else { b.cols };
         let mut c = Mat::zeros(m, n);
         for i in 0..m {
@@ -174,11 +200,15 @@ mod tests {
                     };
                     let want = naive(&a, ta, &b, tb);
                     let mut c = vec![1.0; m * n];
-                    gemm(&a.data, a.rows, a.cols, ta, &b.data, b.rows, b.cols, tb, &mut c, true);
+                    gemm(
+                        &a.data, a.rows, a.cols, ta, &b.data, b.rows, b.cols, tb, &mut c, true,
+                    );
                     for (x, y) in c.iter().zip(&want.data) {
                         assert!((x - 1.0 - y).abs() < 1e-10, "{x} vs {y}");
                     }
-                    gemm(&a.data, a.rows, a.cols, ta, &b.data, b.rows, b.cols, tb, &mut c, false);
+                    gemm(
+                        &a.data, a.rows, a.cols, ta, &b.data, b.rows, b.cols, tb, &mut c, false,
+                    );
                     for (x, y) in c.iter().zip(&want.data) {
                         assert!((x - y).abs() < 1e-10);
                     }

@@ -205,7 +205,9 @@ impl<F: Float> Flow<F> {
             )));
         }
         if let Some((r, c)) = x.first_non_finite() {
-            return Err(Error::Shape(format!("row {r}, column {c}: value is NaN/Inf")));
+            return Err(Error::Shape(format!(
+                "row {r}, column {c}: value is NaN/Inf"
+            )));
         }
         match (ctx, self.context_dim) {
             (None, 0) => Ok(()),
@@ -373,7 +375,10 @@ impl<F: Float> Flow<F> {
 
     /// Snapshot of all parameter values (for keeping the best weights).
     pub fn snapshot(&self) -> Vec<Vec<F>> {
-        self.named_params().iter().map(|(_, p)| p.value.clone()).collect()
+        self.named_params()
+            .iter()
+            .map(|(_, p)| p.value.clone())
+            .collect()
     }
 
     pub fn restore(&mut self, snap: &[Vec<F>]) {
@@ -390,7 +395,12 @@ impl<F: Float> Flow<F> {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let n: usize = t.params().iter().filter(|p| p.trainable).map(|p| p.value.len()).sum();
+                let n: usize = t
+                    .params()
+                    .iter()
+                    .filter(|p| p.trainable)
+                    .map(|p| p.value.len())
+                    .sum();
                 format!("{i:>3}  {:<18} {n:>9} params", t.kind())
             })
             .collect();

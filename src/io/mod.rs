@@ -260,7 +260,11 @@ impl Model {
         // Move any previous model aside, put the new one in place, then delete the old one.
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
         if dir.exists() {
-            if !dir.join(CONFIG).exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            if !dir.join(CONFIG).exists()
+                && std::fs::read_dir(dir)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(true)
+            {
                 let _ = std::fs::remove_dir_all(&tmp);
                 return Err(Error::Model {
                     path: dir.display().to_string(),
@@ -286,12 +290,17 @@ impl Model {
             return Err(bad("no such folder".into()));
         }
         let cfg_path = dir.join(CONFIG);
-        let text = std::fs::read_to_string(&cfg_path)
-            .map_err(|e| bad(format!("cannot read {CONFIG}: {e} (not an nflow model folder?)")))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("{CONFIG} is not valid JSON: {e}")))?;
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            bad(format!(
+                "cannot read {CONFIG}: {e} (not an nflow model folder?)"
+            ))
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("{CONFIG} is not valid JSON: {e}")))?;
         if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
-            return Err(bad(format!("{CONFIG}: field 'format' is not \"{FORMAT}\" (not an nflow model)")));
+            return Err(bad(format!(
+                "{CONFIG}: field 'format' is not \"{FORMAT}\" (not an nflow model)"
+            )));
         }
         let ver = v.get("version").and_then(|f| f.as_u64()).unwrap_or(0);
         if ver != VERSION as u64 {
@@ -302,17 +311,29 @@ impl Model {
         let cfg: ConfigFile =
             serde_json::from_value(v).map_err(|e| bad(format!("{CONFIG}: {e}")))?;
         let d = cfg.flow.dim;
-        if cfg.columns.len() != d || cfg.normalization.mean.len() != d || cfg.normalization.std.len() != d {
+        if cfg.columns.len() != d
+            || cfg.normalization.mean.len() != d
+            || cfg.normalization.std.len() != d
+        {
             return Err(bad(format!(
                 "{CONFIG}: 'columns' / 'normalization' do not match flow.dim = {d}"
             )));
         }
-        if cfg.normalization.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        if cfg
+            .normalization
+            .std
+            .iter()
+            .any(|s| !(s.is_finite() && *s > 0.0))
+        {
             return Err(bad(format!("{CONFIG}: normalization.std must be positive")));
         }
-        let mut flow: Flow<f32> = cfg.flow.build().map_err(|e| bad(format!("{CONFIG}: {e}")))?;
+        let mut flow: Flow<f32> = cfg
+            .flow
+            .build()
+            .map_err(|e| bad(format!("{CONFIG}: {e}")))?;
         let wpath = dir.join(WEIGHTS);
-        let bytes = std::fs::read(&wpath).map_err(|e| bad(format!("cannot read {WEIGHTS}: {e}")))?;
+        let bytes =
+            std::fs::read(&wpath).map_err(|e| bad(format!("cannot read {WEIGHTS}: {e}")))?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(format!("{WEIGHTS} is corrupt: {e}")))?;
         let expected = flow.named_params().len();

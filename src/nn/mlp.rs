@@ -102,7 +102,9 @@ impl<F: Float> Linear<F> {
         let w = (0..inp * out)
             .map(|_| F::c(rng.gen_range(-bound..bound)))
             .collect();
-        let b = (0..out).map(|_| F::c(rng.gen_range(-bound..bound))).collect();
+        let b = (0..out)
+            .map(|_| F::c(rng.gen_range(-bound..bound)))
+            .collect();
         Linear {
             weight: Param::new(format!("{name}.weight"), vec![out, inp], w),
             bias: Param::new(format!("{name}.bias"), vec![out], b),

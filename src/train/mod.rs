@@ -134,7 +134,9 @@ impl Trainer {
                 )));
             }
         } else if spec.context_dim > 0 {
-            return Err(Error::Shape("conditional flow needs context columns".into()));
+            return Err(Error::Shape(
+                "conditional flow needs context columns".into(),
+            ));
         }
         let (tr_idx, va_idx) = split_indices(table.rows, cfg.val_fraction, cfg.seed)?;
         if tr_idx.is_empty() {
@@ -170,7 +172,11 @@ impl Trainer {
         let total = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
         let eval_every = cfg
             .eval_every
-            .unwrap_or(if cfg.steps.is_some() { (total / 20).max(1) } else { per_epoch })
+            .unwrap_or(if cfg.steps.is_some() {
+                (total / 20).max(1)
+            } else {
+                per_epoch
+            })
             .max(1);
         let mut opt = Adam::new(cfg.optim);
         let mut r = rng(cfg.seed ^ 0x5eed);
@@ -219,7 +225,11 @@ impl Trainer {
                 Err(e) => return Err(e),
             };
             {
-                let mut ps: Vec<_> = flow.named_params_mut().into_iter().map(|(_, p)| p).collect();
+                let mut ps: Vec<_> = flow
+                    .named_params_mut()
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .collect();
                 if let Some(c) = cfg.clip {
                     clip_grad_norm(&mut ps, c);
                 }
@@ -234,7 +244,11 @@ impl Trainer {
             if evaluate {
                 last_train = acc.0 / acc.1 as f64 - shift;
                 acc = (0.0, 0);
-                let vl = if xva.rows > 0 { Some(val_lp(&mut flow)) } else { None };
+                let vl = if xva.rows > 0 {
+                    Some(val_lp(&mut flow))
+                } else {
+                    None
+                };
                 if vl.is_some_and(|v| !v.is_finite()) {
                     diverged = Some(Error::Diverged {
                         step,

@@ -54,7 +54,11 @@ impl<F: Float> BatchNorm<F> {
         (z, vec![if inverse { -ld } else { ld }; x.rows])
     }
     fn running_sd(&self) -> Vec<F> {
-        self.running_var.value.iter().map(|&v| (v + F::c(EPS)).sqrt()).collect()
+        self.running_var
+            .value
+            .iter()
+            .map(|&v| (v + F::c(EPS)).sqrt())
+            .collect()
     }
 }
 

@@ -38,7 +38,9 @@ impl Mask {
     pub fn build(self, d: usize, layer: usize, rng: &mut Rng) -> Vec<bool> {
         let mut m: Vec<bool> = match self {
             Mask::Alternate => (0..d).map(|j| j % 2 == (layer + 1) % 2).collect(),
-            Mask::Halves => (0..d).map(|j| (j >= d / 2) == (layer % 2 == 0)).collect(),
+            Mask::Halves => (0..d)
+                .map(|j| (j >= d / 2) == layer.is_multiple_of(2))
+                .collect(),
             Mask::Random => {
                 let mut idx: Vec<usize> = (0..d).collect();
                 idx.shuffle(rng);
@@ -127,7 +129,9 @@ impl<F: Float> CouplingCore<F> {
         let mask_p = Param::buffer(
             "mask",
             vec![d],
-            mask.iter().map(|&b| if b { F::one() } else { F::zero() }).collect(),
+            mask.iter()
+                .map(|&b| if b { F::one() } else { F::zero() })
+                .collect(),
         );
         let (ia, ib) = split(mask);
         let net = Mlp::new(

@@ -129,11 +129,33 @@ impl<F: Float> Transform<F> for LuLinear<F> {
         let d = self.d();
         let w = self.weight();
         let mut dx = Mat::zeros(dz.rows, d);
-        gemm(&dz.data, dz.rows, d, false, &w, d, d, false, &mut dx.data, false);
+        gemm(
+            &dz.data,
+            dz.rows,
+            d,
+            false,
+            &w,
+            d,
+            d,
+            false,
+            &mut dx.data,
+            false,
+        );
         crate::engine::kernels::add_col_sums(dz, &mut self.bias.grad);
         // dW = dz^T x, then through W = P M: dM[perm[i], :] = dW[i, :]
         let mut dw = vec![F::zero(); d * d];
-        gemm(&dz.data, dz.rows, d, true, &self.x.data, self.x.rows, d, false, &mut dw, false);
+        gemm(
+            &dz.data,
+            dz.rows,
+            d,
+            true,
+            &self.x.data,
+            self.x.rows,
+            d,
+            false,
+            &mut dw,
+            false,
+        );
         let p = self.perm();
         let mut dm = vec![F::zero(); d * d];
         for i in 0..d {
@@ -160,7 +182,13 @@ impl<F: Float> Transform<F> for LuLinear<F> {
         dx
     }
     fn params(&self) -> Vec<&Param<F>> {
-        vec![&self.perm, &self.lower, &self.upper, &self.log_diag, &self.bias]
+        vec![
+            &self.perm,
+            &self.lower,
+            &self.upper,
+            &self.log_diag,
+            &self.bias,
+        ]
     }
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         vec![

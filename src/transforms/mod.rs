@@ -72,12 +72,19 @@ mod tests {
 
     #[test]
     fn affine_coupling_all_masks_and_bounds() {
-        for (i, mask) in [Mask::Alternate, Mask::Halves, Mask::Random].into_iter().enumerate() {
+        for (i, mask) in [Mask::Alternate, Mask::Halves, Mask::Random]
+            .into_iter()
+            .enumerate()
+        {
             for bound in [ScaleBound::SoftClamp { bound: 2.0 }, ScaleBound::Sigmoid] {
                 for act in [Activation::Tanh, Activation::Silu, Activation::Elu] {
                     let mut r = rng(i as u64);
                     let m = mask.build(5, i, &mut r);
-                    run(Box::new(AffineCoupling::new(&m, 0, 8, 2, act, bound, &mut r)), 0, 1);
+                    run(
+                        Box::new(AffineCoupling::new(&m, 0, 8, 2, act, bound, &mut r)),
+                        0,
+                        1,
+                    );
                 }
             }
         }
@@ -103,7 +110,11 @@ mod tests {
     fn additive_coupling() {
         let mut r = rng(5);
         let m = Mask::Halves.build(6, 0, &mut r);
-        run(Box::new(AdditiveCoupling::new(&m, 0, 8, 2, Activation::Tanh, &mut r)), 0, 6);
+        run(
+            Box::new(AdditiveCoupling::new(&m, 0, 8, 2, Activation::Tanh, &mut r)),
+            0,
+            6,
+        );
     }
 
     #[test]
@@ -114,7 +125,11 @@ mod tests {
         run(Box::new(Scaling::<f64>::new(4)), 0, 10);
         run(Box::new(ActNorm::<f64>::new(4)), 0, 11);
         run(Box::new(LuLinear::<f64>::new(5, None)), 0, 12);
-        run(Box::new(LuLinear::<f64>::new(5, Some(vec![2, 0, 4, 1, 3]))), 0, 13);
+        run(
+            Box::new(LuLinear::<f64>::new(5, Some(vec![2, 0, 4, 1, 3]))),
+            0,
+            13,
+        );
     }
 
     #[test]
@@ -171,7 +186,11 @@ mod tests {
                 let (x, l) = self.0.inverse(z, c);
                 (x, l.iter().map(|v| v * 1.01).collect())
             }
-            fn forward_train(&mut self, x: &Mat<f64>, c: Option<&Mat<f64>>) -> (Mat<f64>, Vec<f64>) {
+            fn forward_train(
+                &mut self,
+                x: &Mat<f64>,
+                c: Option<&Mat<f64>>,
+            ) -> (Mat<f64>, Vec<f64>) {
                 self.0.forward_train(x, c)
             }
             fn backward(&mut self, dz: &Mat<f64>, g: &[f64]) -> Mat<f64> {
@@ -185,6 +204,9 @@ mod tests {
             }
         }
         let res = std::panic::catch_unwind(|| run(Box::new(Wrong(Scaling::new(3))), 0, 18));
-        assert!(res.is_err(), "a wrong log-det passed the finite-difference check");
+        assert!(
+            res.is_err(),
+            "a wrong log-det passed the finite-difference check"
+        );
     }
 }

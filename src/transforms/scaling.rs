@@ -19,7 +19,12 @@ impl<F: Float> Scaling<F> {
         }
     }
     fn scaled(&self, x: &Mat<F>, sign: F) -> (Mat<F>, Vec<F>) {
-        let e: Vec<F> = self.log_scale.value.iter().map(|&s| (sign * s).exp()).collect();
+        let e: Vec<F> = self
+            .log_scale
+            .value
+            .iter()
+            .map(|&s| (sign * s).exp())
+            .collect();
         let mut z = x.clone();
         for r in 0..z.rows {
             z.row_mut(r).iter_mut().zip(&e).for_each(|(v, &e)| *v *= e);

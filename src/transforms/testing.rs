@@ -44,12 +44,7 @@ pub fn log_abs_det(a: &[f64], n: usize) -> f64 {
 }
 
 /// Jacobian of `x -> forward(x)` at one point by central differences.
-pub fn fd_jacobian(
-    t: &dyn Transform<f64>,
-    x: &[f64],
-    ctx: Option<&[f64]>,
-    h: f64,
-) -> Vec<f64> {
+pub fn fd_jacobian(t: &dyn Transform<f64>, x: &[f64], ctx: Option<&[f64]>, h: f64) -> Vec<f64> {
     let d = x.len();
     let c = ctx.map(|c| Mat::from_vec(1, c.len(), c.to_vec()));
     let mut jac = vec![0.0; d * d];
@@ -87,7 +82,12 @@ fn train_loss(
 
 /// Run every generic check on `t` (already randomised) at the points `x` (rows) with optional context.
 /// Panics with a message naming the check, the transform and the error.
-pub fn check_transform(t: &mut dyn Transform<f64>, x: &Mat<f64>, ctx: Option<&Mat<f64>>, rng: &mut Rng) {
+pub fn check_transform(
+    t: &mut dyn Transform<f64>,
+    x: &Mat<f64>,
+    ctx: Option<&Mat<f64>>,
+    rng: &mut Rng,
+) {
     let kind = t.kind();
     let d = t.dim();
     assert_eq!(x.cols, d);
@@ -95,17 +95,26 @@ pub fn check_transform(t: &mut dyn Transform<f64>, x: &Mat<f64>, ctx: Option<&Ma
     let (z, ld_f) = t.forward(x, ctx);
     let (xr, ld_i) = t.inverse(&z, ctx);
     for (a, b) in x.data.iter().zip(&xr.data) {
-        assert!(max_rel_err(*a, *b) < 1e-9, "{kind}: inverse(forward(x)) != x: {a} vs {b}");
+        assert!(
+            max_rel_err(*a, *b) < 1e-9,
+            "{kind}: inverse(forward(x)) != x: {a} vs {b}"
+        );
     }
     for (a, b) in ld_f.iter().zip(&ld_i) {
-        assert!((a + b).abs() < 1e-9, "{kind}: forward log-det {a} != -inverse log-det {b}");
+        assert!(
+            (a + b).abs() < 1e-9,
+            "{kind}: forward log-det {a} != -inverse log-det {b}"
+        );
     }
     // forward(inverse(z)) = z as well, from fresh noise
     let e: Mat<f64> = randn(rng, x.rows, d);
     let (xe, _) = t.inverse(&e, ctx);
     let (ze, _) = t.forward(&xe, ctx);
     for (a, b) in e.data.iter().zip(&ze.data) {
-        assert!(max_rel_err(*a, *b) < 1e-9, "{kind}: forward(inverse(z)) != z: {a} vs {b}");
+        assert!(
+            max_rel_err(*a, *b) < 1e-9,
+            "{kind}: forward(inverse(z)) != z: {a} vs {b}"
+        );
     }
     // 2. log-det against a central-difference Jacobian, per example
     for r in 0..x.rows {
@@ -134,7 +143,8 @@ pub fn check_transform(t: &mut dyn Transform<f64>, x: &Mat<f64>, ctx: Option<&Ma
             let mut xm = x.clone();
             xp.data[r * d + j] += h;
             xm.data[r * d + j] -= h;
-            let fd = (train_loss(t, &xp, ctx, &w, &c) - train_loss(t, &xm, ctx, &w, &c)) / (2.0 * h);
+            let fd =
+                (train_loss(t, &xp, ctx, &w, &c) - train_loss(t, &xm, ctx, &w, &c)) / (2.0 * h);
             let an = dx.data[r * d + j];
             assert!(
                 (fd - an).abs() < 1e-5 * (1.0 + fd.abs()),
@@ -156,7 +166,11 @@ pub fn check_transform(t: &mut dyn Transform<f64>, x: &Mat<f64>, ctx: Option<&Ma
         for k in (0..n).step_by(step) {
             let set = |t: &mut dyn Transform<f64>, delta: f64| {
                 let mut ps = t.params_mut();
-                let p = ps.iter_mut().filter(|p| p.trainable).nth(pi).expect("param");
+                let p = ps
+                    .iter_mut()
+                    .filter(|p| p.trainable)
+                    .nth(pi)
+                    .expect("param");
                 p.value[k] += delta;
             };
             set(t, h);

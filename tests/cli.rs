@@ -1,0 +1,412 @@
+//! The `nflow` command end to end, and every bad input getting a clear error (never a panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn nflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nflow"))
+        .args(args)
+        .output()
+        .expect("run nflow")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nflow-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "nflow failed: {err}");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// The command fails with exit code 1 and an error message containing every `needle`, without a panic.
+fn fails(o: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "error message {err:?} does not mention {n:?}"
+        );
+    }
+}
+
+fn train_small(data: &str, out: &Path, extra: &[&str]) -> Output {
+    let o = out.to_str().unwrap();
+    let mut args = vec![
+        "train",
+        "--data",
+        data,
+        "--layers",
+        "2",
+        "--hidden",
+        "16",
+        "--steps",
+        "40",
+        "--batch-size",
+        "64",
+        "--quiet",
+        "--out",
+        o,
+    ];
+    args.extend_from_slice(extra);
+    nflow(&args)
+}
+
+#[test]
+fn train_eval_sample_plot_info_end_to_end() {
+    let d = tmp("e2e");
+    let model = d.join("model");
+    ok(&train_small(
+        "toy:moons:2000",
+        &model,
+        &["--test", "toy:moons:500"],
+    ));
+    for f in ["config.json", "weights.safetensors", "train_log.jsonl"] {
+        assert!(model.join(f).exists(), "{f} missing");
+    }
+    let log = std::fs::read_to_string(model.join("train_log.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(first["val_nll"].is_number() && first["step"].is_number());
+    let m = model.to_str().unwrap();
+
+    // eval --json and --per-sample
+    let per = d.join("lp.csv");
+    let out = ok(&nflow(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        "toy:moons:300",
+        "--json",
+        "--per-sample",
+        per.to_str().unwrap(),
+    ]));
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for k in ["n", "dim", "mean_log_prob", "stderr", "nll"] {
+        assert!(!j[k].is_null(), "eval --json lacks {k}: {out}");
+    }
+    assert_eq!(j["n"], 300);
+    assert_eq!(j["dim"], 2);
+    let mean = j["mean_log_prob"].as_f64().unwrap();
+    assert!((j["nll"].as_f64().unwrap() + mean).abs() < 1e-12);
+    let lines: Vec<String> = std::fs::read_to_string(&per)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 301);
+    let mean_file: f64 = lines[1..]
+        .iter()
+        .map(|l| l.parse::<f64>().unwrap())
+        .sum::<f64>()
+        / 300.0;
+    assert!((mean_file - mean).abs() < 1e-9);
+
+    // eval on a CSV file with an extra label column: columns are matched by name
+    let csv = d.join("data.csv");
+    let mut text = String::from("label,x,y\n");
+    for i in 0..50 {
+        text.push_str(&format!(
+            "{},{},{}\n",
+            i % 2,
+            (i as f64 * 0.1).sin(),
+            (i as f64 * 0.1).cos() * 0.5
+        ));
+    }
+    std::fs::write(&csv, text).unwrap();
+    ok(&nflow(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        csv.to_str().unwrap(),
+    ]));
+
+    // sample to CSV and NPY
+    let s = d.join("s.csv");
+    ok(&nflow(&[
+        "sample",
+        "--model",
+        m,
+        "-n",
+        "50",
+        "--seed",
+        "3",
+        "--out",
+        s.to_str().unwrap(),
+    ]));
+    let body = std::fs::read_to_string(&s).unwrap();
+    assert_eq!(body.lines().count(), 51);
+    assert_eq!(body.lines().next().unwrap(), "x,y");
+    let s2 = d.join("s2.csv");
+    ok(&nflow(&[
+        "sample",
+        "--model",
+        m,
+        "-n",
+        "50",
+        "--seed",
+        "3",
+        "--out",
+        s2.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        body,
+        std::fs::read_to_string(&s2).unwrap(),
+        "same seed, same samples"
+    );
+    let npy = d.join("s.npy");
+    ok(&nflow(&[
+        "sample",
+        "--model",
+        m,
+        "-n",
+        "20",
+        "--out",
+        npy.to_str().unwrap(),
+    ]));
+    let back = nflow::data::read_npy(&npy).unwrap();
+    assert_eq!((back.rows, back.cols), (20, 2));
+
+    // plot (2-D heat map) and info
+    let png = d.join("p.png");
+    ok(&nflow(&[
+        "plot",
+        "--model",
+        m,
+        "--data",
+        "toy:moons:500",
+        "--grid",
+        "40",
+        "--out",
+        png.to_str().unwrap(),
+    ]));
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    let info = ok(&nflow(&["info", "--model", m]));
+    assert!(
+        info.contains("realnvp") && info.contains("parameters") && info.contains("AffineCoupling"),
+        "{info}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn higher_dimensional_csv_and_pairs_plot() {
+    let d = tmp("hd");
+    let csv = d.join("d.csv.gz");
+    let rows = 400;
+    let mut v = Vec::new();
+    for i in 0..rows {
+        let t = i as f64 * 0.37;
+        v.extend_from_slice(&[
+            t.sin(),
+            t.cos() + 0.1 * t.sin(),
+            (2.0 * t).sin(),
+            (i % 3) as f64,
+        ]);
+    }
+    let table = nflow::data::Table::new(
+        ["a", "b", "c", "class"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        rows,
+        v,
+        "d",
+    );
+    nflow::data::write_csv(&csv, &table).unwrap();
+    let model = d.join("m");
+    ok(&train_small(
+        csv.to_str().unwrap(),
+        &model,
+        &["--drop", "class", "--flow", "nice"],
+    ));
+    let cfg = std::fs::read_to_string(model.join("config.json")).unwrap();
+    assert!(cfg.contains("\"nice\""));
+    let png = d.join("pairs.png");
+    ok(&nflow(&[
+        "plot",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        csv.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]));
+    assert!(png.exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let d = tmp("bad");
+    let model = d.join("m");
+    let ms = model.to_str().unwrap();
+
+    // unknown flow name / option values
+    fails(
+        &train_small("toy:moons:500", &model, &["--flow", "glowish"]),
+        &["unknown flow 'glowish'", "realnvp"],
+    );
+    fails(
+        &train_small("toy:moons:500", &model, &["--activation", "sigmoidz"]),
+        &["unknown activation"],
+    );
+    fails(
+        &train_small("toy:nosuch", &model, &[]),
+        &["unknown toy data set 'nosuch'"],
+    );
+    assert!(!model.exists(), "a failed run left a model folder");
+
+    // missing file
+    fails(
+        &train_small(d.join("missing.csv").to_str().unwrap(), &model, &[]),
+        &["missing.csv"],
+    );
+
+    // CSV with a non-number: names line and column
+    let bad = d.join("bad.csv");
+    std::fs::write(&bad, "x,y\n1,2\n3,abc\n").unwrap();
+    fails(
+        &train_small(bad.to_str().unwrap(), &model, &[]),
+        &["bad.csv", "line 3", "'y'", "abc"],
+    );
+    // NaN cell
+    std::fs::write(&bad, "x,y\n1,2\nNaN,4\n5,6\n").unwrap();
+    fails(
+        &train_small(bad.to_str().unwrap(), &model, &[]),
+        &["bad.csv", "line 3", "'x'", "NaN"],
+    );
+    // ragged row
+    std::fs::write(&bad, "x,y\n1,2\n3\n").unwrap();
+    fails(
+        &train_small(bad.to_str().unwrap(), &model, &[]),
+        &["line 3", "expected 2 fields"],
+    );
+    // empty data
+    std::fs::write(&bad, "x,y\n").unwrap();
+    fails(
+        &train_small(bad.to_str().unwrap(), &model, &[]),
+        &["bad.csv", "no data rows"],
+    );
+    std::fs::write(&bad, "").unwrap();
+    fails(
+        &train_small(bad.to_str().unwrap(), &model, &[]),
+        &["bad.csv", "empty"],
+    );
+    // unknown column
+    fails(
+        &train_small("toy:moons:500", &model, &["--drop", "zz"]),
+        &["unknown column 'zz'"],
+    );
+    assert!(!model.exists());
+
+    // a good model, then inputs that do not fit it
+    ok(&train_small("toy:moons:1000", &model, &[]));
+    let three = d.join("three.csv");
+    std::fs::write(&three, "p,q,r\n1,2,3\n4,5,6\n").unwrap();
+    fails(
+        &nflow(&["eval", "--model", ms, "--data", three.to_str().unwrap()]),
+        &["three.csv", "3 columns", "expects 2"],
+    );
+
+    // a failed training run does not touch the good model folder
+    let before = std::fs::read(model.join("weights.safetensors")).unwrap();
+    std::fs::write(&bad, "x,y\n1,2\n3,abc\n").unwrap();
+    fails(
+        &train_small(bad.to_str().unwrap(), &model, &[]),
+        &["line 3"],
+    );
+    assert_eq!(
+        before,
+        std::fs::read(model.join("weights.safetensors")).unwrap()
+    );
+
+    // corrupt weights
+    let corrupt = d.join("corrupt");
+    copy_dir(&model, &corrupt);
+    std::fs::write(
+        corrupt.join("weights.safetensors"),
+        b"not a safetensors file",
+    )
+    .unwrap();
+    fails(
+        &nflow(&["info", "--model", corrupt.to_str().unwrap()]),
+        &["corrupt", "weights.safetensors"],
+    );
+    // corrupt config
+    std::fs::write(corrupt.join("config.json"), "{ not json").unwrap();
+    fails(
+        &nflow(&[
+            "eval",
+            "--model",
+            corrupt.to_str().unwrap(),
+            "--data",
+            "toy:moons:10",
+        ]),
+        &["config.json"],
+    );
+    // foreign folder
+    let foreign = d.join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(
+        foreign.join("config.json"),
+        "{\"format\": \"something-else\"}",
+    )
+    .unwrap();
+    fails(
+        &nflow(&[
+            "sample",
+            "--model",
+            foreign.to_str().unwrap(),
+            "--out",
+            "x.csv",
+        ]),
+        &["not an nflow model"],
+    );
+    fails(
+        &nflow(&["info", "--model", d.join("nothing").to_str().unwrap()]),
+        &["no such folder"],
+    );
+    // training into a non-model folder that has files is refused, and the files stay
+    let precious = d.join("precious");
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), "keep me").unwrap();
+    fails(
+        &train_small("toy:moons:300", &precious, &[]),
+        &["not an nflow model folder"],
+    );
+    assert!(precious.join("notes.txt").exists());
+    // unknown sample format
+    fails(
+        &nflow(&[
+            "sample",
+            "--model",
+            ms,
+            "--out",
+            d.join("s.xlsx").to_str().unwrap(),
+        ]),
+        &["unknown output format"],
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}

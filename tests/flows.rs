@@ -1,0 +1,280 @@
+//! Flow-level properties: normalisation, sampling consistency, save/load, determinism, gradients, NaN guard.
+
+use nflow::data::{self, Table};
+use nflow::engine::{randn, rng, Mat};
+use nflow::flows::{Flow, FlowKind, FlowSpec};
+use nflow::train::{TrainConfig, Trainer};
+use nflow::{Error, Model};
+
+fn small_spec(kind: FlowKind, dim: usize) -> FlowSpec {
+    FlowSpec {
+        layers: 4,
+        hidden: 24,
+        depth: 2,
+        ..FlowSpec::preset(kind, dim)
+    }
+}
+
+fn quick_fit(spec: FlowSpec, t: &Table, steps: usize, seed: u64) -> Model {
+    let cfg = TrainConfig {
+        steps: Some(steps),
+        batch_size: 128,
+        seed,
+        ..TrainConfig::default()
+    };
+    Trainer::new(cfg)
+        .fit(spec, t, None, |_| {})
+        .expect("training")
+        .model
+}
+
+/// Perturb every trainable parameter so flows are not the identity.
+fn randomize(flow: &mut Flow<f64>, seed: u64, scale: f64) {
+    use rand::Rng;
+    let mut r = rng(seed);
+    for (_, p) in flow.named_params_mut() {
+        if p.trainable {
+            p.value
+                .iter_mut()
+                .for_each(|v| *v += scale * r.gen_range(-1.0..1.0));
+        }
+    }
+}
+
+#[test]
+fn trained_density_integrates_to_one() {
+    let t = data::toy("moons", 4000, 0).unwrap();
+    for kind in [FlowKind::Realnvp, FlowKind::Nice] {
+        let model = quick_fit(small_spec(kind, 2), &t, 300, 0);
+        // Riemann sum on a fine grid far beyond the data (moons lives in about [-1.5, 2.5] x [-1, 1.5]).
+        let (lo, hi, g) = (-8.0, 8.0, 500);
+        let h = (hi - lo) / g as f64;
+        let mut pts = Vec::with_capacity(g * g * 2);
+        for j in 0..g {
+            for i in 0..g {
+                pts.push(lo + (i as f64 + 0.5) * h);
+                pts.push(lo + (j as f64 + 0.5) * h);
+            }
+        }
+        let grid = Table::new(vec!["x".into(), "y".into()], g * g, pts, "grid");
+        let lp = model.log_prob_table(&grid).unwrap();
+        let mass: f64 = lp.iter().map(|v| v.exp()).sum::<f64>() * h * h;
+        assert!(
+            (mass - 1.0).abs() < 0.01,
+            "{kind:?}: density integrates to {mass}"
+        );
+        // and it learned something: clearly better on held-out data than after a single step
+        let test = data::toy("moons", 2000, 1).unwrap();
+        let mean = |m: &Model| m.log_prob_table(&test).unwrap().iter().sum::<f64>() / 2000.0;
+        let start = quick_fit(small_spec(kind, 2), &t, 1, 0);
+        let (m, m0) = (mean(&model), mean(&start));
+        assert!(
+            m > m0 + 0.15,
+            "{kind:?}: test log-likelihood {m}, at the start {m0}"
+        );
+    }
+}
+
+#[test]
+fn sample_then_log_prob_agrees_with_sample_and_log_prob() {
+    for (kind, bn) in [(FlowKind::Realnvp, true), (FlowKind::Nice, false)] {
+        let spec = FlowSpec {
+            batch_norm: bn,
+            actnorm: bn,
+            ..small_spec(kind, 3)
+        };
+        let mut flow = spec.build::<f64>().unwrap();
+        randomize(&mut flow, 1, 0.2);
+        flow.set_training(false);
+        let (x, lp) = flow.sample_and_log_prob(64, &mut rng(5), None);
+        let x2 = flow.sample(64, &mut rng(5), None);
+        assert_eq!(x.data, x2.data, "same seed, same samples");
+        let lp2 = flow.log_prob(&x, None);
+        for (a, b) in lp.iter().zip(&lp2) {
+            assert!((a - b).abs() < 1e-9, "{kind:?}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn save_load_gives_identical_log_probs() {
+    let t = data::toy("8gaussians", 3000, 2).unwrap();
+    let spec = FlowSpec {
+        batch_norm: true,
+        actnorm: true,
+        ..small_spec(FlowKind::Realnvp, 2)
+    };
+    let model = quick_fit(spec, &t, 60, 3);
+    let dir = std::env::temp_dir().join(format!("nflow-test-saveload-{}", std::process::id()));
+    model.save(&dir).unwrap();
+    let back = Model::load(&dir).unwrap();
+    let test = data::toy("8gaussians", 500, 9).unwrap();
+    let a = model.log_prob_table(&test).unwrap();
+    let b = back.log_prob_table(&test).unwrap();
+    assert_eq!(a, b, "log-probabilities differ after save/load");
+    // ActNorm's initialised state survives: a training pass after loading must not re-initialise
+    let names: Vec<String> = back
+        .flow
+        .named_params()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with("initialized")));
+    for (n, p) in back.flow.named_params() {
+        if n.ends_with("initialized") {
+            assert_eq!(p.value, vec![1.0], "{n}");
+        }
+    }
+    assert_eq!(
+        model.sample(10, 4, None).unwrap(),
+        back.sample(10, 4, None).unwrap()
+    );
+    // saving again over the existing folder replaces it atomically
+    back.save(&dir).unwrap();
+    assert_eq!(Model::load(&dir).unwrap().log_prob_table(&test).unwrap(), a);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn same_seed_same_model() {
+    let t = data::toy("rings", 2000, 0).unwrap();
+    let fit = |seed| {
+        let spec = FlowSpec {
+            seed,
+            ..small_spec(FlowKind::Realnvp, 2)
+        };
+        quick_fit(spec, &t, 40, seed).flow.snapshot()
+    };
+    let a = fit(7);
+    assert_eq!(a, fit(7), "same seed gave a different model");
+    assert_ne!(a, fit(8), "different seeds gave the same model");
+}
+
+#[test]
+fn flow_parameter_gradients_match_finite_differences() {
+    // the whole training path: couplings, ActNorm, BatchNorm (batch statistics), base distribution
+    for (kind, base) in [
+        (FlowKind::Realnvp, nflow::dist::BaseKind::DiagNormal),
+        (FlowKind::Nice, nflow::dist::BaseKind::Logistic),
+    ] {
+        let spec = FlowSpec {
+            layers: 3,
+            hidden: 6,
+            batch_norm: true,
+            actnorm: true,
+            base: Some(base),
+            ..FlowSpec::preset(kind, 3)
+        };
+        let mut flow = spec.build::<f64>().unwrap();
+        let x: Mat<f64> = randn(&mut rng(3), 16, 3);
+        flow.nll_backward(&x, None).unwrap(); // initialises ActNorm
+        randomize(&mut flow, 4, 0.3);
+        flow.zero_grad();
+        flow.nll_backward(&x, None).unwrap();
+        let grads: Vec<(String, Vec<f64>)> = flow
+            .named_params()
+            .iter()
+            .filter(|(_, p)| p.trainable)
+            .map(|(n, p)| (n.clone(), p.grad.clone()))
+            .collect();
+        let h = 1e-6;
+        for (name, g) in &grads {
+            for k in (0..g.len()).step_by((g.len() / 5).max(1)) {
+                let shift = |flow: &mut Flow<f64>, d: f64| {
+                    for (n, p) in flow.named_params_mut() {
+                        if &n == name {
+                            p.value[k] += d;
+                        }
+                    }
+                };
+                shift(&mut flow, h);
+                let lp = flow.nll_backward(&x, None).unwrap();
+                shift(&mut flow, -2.0 * h);
+                let lm = flow.nll_backward(&x, None).unwrap();
+                shift(&mut flow, h);
+                let fd = (lp - lm) / (2.0 * h);
+                assert!(
+                    (fd - g[k]).abs() < 1e-5 * (1.0 + fd.abs()),
+                    "{kind:?} {name}[{k}]: analytic {} vs finite difference {fd}",
+                    g[k]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn nan_guard_names_the_layer() {
+    let mut flow = small_spec(FlowKind::Nice, 2).build::<f32>().unwrap();
+    // NICE's last layer is the diagonal scaling: make it overflow
+    let last = flow.transforms.len() - 1;
+    for (n, p) in flow.named_params_mut() {
+        if n == format!("{last}.log_scale") {
+            p.value = vec![200.0, 0.0];
+        }
+    }
+    let x: Mat<f32> = randn(&mut rng(0), 8, 2);
+    match flow.nll_backward(&x, None) {
+        Err(Error::NonFinite { layer }) => {
+            assert!(
+                layer.contains(&format!("layer {last}")) && layer.contains("Scaling"),
+                "{layer}"
+            )
+        }
+        other => panic!("expected a NonFinite error, got {other:?}"),
+    }
+}
+
+#[test]
+fn trainer_reports_divergence_and_keeps_last_good_model() {
+    // A learning rate this large sends the weights to Inf/NaN within a few steps.
+    let t = data::toy("moons", 2000, 0).unwrap();
+    let cfg = TrainConfig {
+        steps: Some(400),
+        eval_every: Some(1),
+        batch_size: 64,
+        optim: nflow::optim::OptimConfig {
+            lr: 1e6,
+            ..Default::default()
+        },
+        patience: None,
+        ..TrainConfig::default()
+    };
+    let spec = FlowSpec {
+        scale: nflow::transforms::ScaleBound::SoftClamp { bound: 80.0 },
+        ..small_spec(FlowKind::Realnvp, 2)
+    };
+    match Trainer::new(cfg).fit(spec, &t, None, |_| {}) {
+        Ok(f) => {
+            let e = f.diverged.expect("training with lr=1e6 should diverge");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("step") && (msg.contains("layer") || msg.contains("validation")),
+                "{msg}"
+            );
+            // the model kept is a finite one
+            let lp = f.model.log_prob_table(&data::toy("moons", 100, 1).unwrap());
+            assert!(lp.is_ok(), "{lp:?}");
+        }
+        Err(e) => assert!(matches!(e, Error::Diverged { .. }), "{e}"),
+    }
+}
+
+#[test]
+fn reported_log_likelihood_is_in_data_units() {
+    // Scaling the data by 10 in both coordinates lowers the log-density by exactly 2 ln 10 per point.
+    let t = data::toy("moons", 3000, 0).unwrap();
+    let mut t10 = t.clone();
+    t10.data.iter_mut().for_each(|v| *v *= 10.0);
+    let spec = small_spec(FlowKind::Realnvp, 2);
+    let a = quick_fit(spec.clone(), &t, 50, 0);
+    let b = quick_fit(spec, &t10, 50, 0);
+    let test = data::toy("moons", 200, 5).unwrap();
+    let mut test10 = test.clone();
+    test10.data.iter_mut().for_each(|v| *v *= 10.0);
+    let la = a.log_prob_table(&test).unwrap();
+    let lb = b.log_prob_table(&test10).unwrap();
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y - 2.0 * 10f64.ln()).abs() < 1e-3, "{x} vs {y}");
+    }
+}
