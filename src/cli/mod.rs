@@ -252,25 +252,9 @@ fn load(src: &str, sel: &DataSel, seed: u64) -> Result<Table> {
     Ok(t.select(sel.columns.as_deref(), &sel.drop)?)
 }
 
-/// The model's columns from a table: by name when the table has them all, else the table as is.
+/// The model's columns from a table (by name when it has them all).
 fn model_columns(model: &Model, t: Table) -> Result<Table> {
-    if t.columns == model.columns {
-        return Ok(t);
-    }
-    if model.columns.iter().all(|c| t.columns.contains(c)) {
-        return Ok(t.select(Some(&model.columns), &[])?);
-    }
-    if t.cols != model.dim() {
-        bail!(
-            "{}: has {} columns ({}), the model expects {} ({})",
-            t.source,
-            t.cols,
-            t.columns.join(", "),
-            model.dim(),
-            model.columns.join(", ")
-        );
-    }
-    Ok(t)
+    Ok(model.select_columns(t)?)
 }
 
 fn parse_or<T>(v: Option<T>, what: &str, got: &str, known: &str) -> Result<T> {
@@ -352,11 +336,11 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
-fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
+fn progress_bar(quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new(total as u64);
+    let pb = ProgressBar::new(0);
     pb.set_style(
         ProgressStyle::with_template(
             "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
@@ -374,17 +358,10 @@ fn fit_and_save(
     out: &Path,
     quiet: bool,
 ) -> Result<Model> {
-    let total = cfg.steps.unwrap_or(
-        cfg.epochs
-            * (table
-                .rows
-                .saturating_sub((table.rows as f64 * cfg.val_fraction) as usize)
-                / cfg.batch_size.max(1))
-            .max(1),
-    );
-    let pb = progress_bar(total, quiet);
+    let pb = progress_bar(quiet);
     let mut val_msg = String::new();
     let fitted = Trainer::new(cfg).fit(spec, table, None, |p| {
+        pb.set_length(p.total as u64);
         pb.set_position(p.step as u64);
         if let Some(v) = p.val_log_prob {
             val_msg = format!("val log-lik {v:.4}");

@@ -90,17 +90,33 @@ impl Model {
         self.spec.dim
     }
 
+    /// The model's columns of a table: by name when the table has them all (a label column, say, is left
+    /// out), else the table as is if it has the right number of columns; otherwise an error naming both.
+    pub fn select_columns(&self, t: Table) -> Result<Table> {
+        if t.columns != self.columns && self.columns.iter().all(|c| t.columns.contains(c)) {
+            return Ok(t.select(Some(&self.columns), &[])?);
+        }
+        if t.cols != self.dim() {
+            return Err(self.column_mismatch(&t));
+        }
+        Ok(t)
+    }
+
+    fn column_mismatch(&self, t: &Table) -> Error {
+        Error::Shape(format!(
+            "{}: has {} columns ({}), the model expects {} ({})",
+            t.source,
+            t.cols,
+            t.columns.join(", "),
+            self.dim(),
+            self.columns.join(", ")
+        ))
+    }
+
     /// Standardised `f32` matrix of a table's rows, after checking its column count.
     fn prepare(&self, t: &Table) -> Result<Mat<f32>> {
         if t.cols != self.dim() {
-            return Err(Error::Shape(format!(
-                "{}: has {} columns ({}), the model expects {} ({})",
-                t.source,
-                t.cols,
-                t.columns.join(", "),
-                self.dim(),
-                self.columns.join(", ")
-            )));
+            return Err(self.column_mismatch(t));
         }
         t.check_finite()?;
         let mut v = t.data.clone();
