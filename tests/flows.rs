@@ -44,7 +44,7 @@ fn randomize(flow: &mut Flow<f64>, seed: u64, scale: f64) {
 #[test]
 fn trained_density_integrates_to_one() {
     let t = data::toy("moons", 4000, 0).unwrap();
-    for kind in [FlowKind::Realnvp, FlowKind::Nice] {
+    for kind in [FlowKind::Realnvp, FlowKind::Nice, FlowKind::Maf] {
         let model = quick_fit(small_spec(kind, 2), &t, 300, 0);
         // Riemann sum on a fine grid far beyond the data (moons lives in about [-1.5, 2.5] x [-1, 1.5]).
         let (lo, hi, g) = (-8.0, 8.0, 500);
@@ -77,7 +77,11 @@ fn trained_density_integrates_to_one() {
 
 #[test]
 fn sample_then_log_prob_agrees_with_sample_and_log_prob() {
-    for (kind, bn) in [(FlowKind::Realnvp, true), (FlowKind::Nice, false)] {
+    for (kind, bn) in [
+        (FlowKind::Realnvp, true),
+        (FlowKind::Nice, false),
+        (FlowKind::Maf, true),
+    ] {
         let spec = FlowSpec {
             batch_norm: bn,
             actnorm: bn,
@@ -136,6 +140,26 @@ fn save_load_gives_identical_log_probs() {
 }
 
 #[test]
+fn maf_save_load_keeps_orderings_and_masks() {
+    let t = data::toy("checkerboard", 3000, 2).unwrap();
+    let spec = FlowSpec {
+        order: nflow::transforms::Order::Random,
+        batch_norm: true,
+        ..small_spec(FlowKind::Maf, 2)
+    };
+    let model = quick_fit(spec, &t, 60, 3);
+    let dir = std::env::temp_dir().join(format!("nflow-test-maf-{}", std::process::id()));
+    model.save(&dir).unwrap();
+    let back = Model::load(&dir).unwrap();
+    let test = data::toy("checkerboard", 300, 9).unwrap();
+    assert_eq!(
+        model.log_prob_table(&test).unwrap(),
+        back.log_prob_table(&test).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn same_seed_same_model() {
     let t = data::toy("rings", 2000, 0).unwrap();
     let fit = |seed| {
@@ -156,6 +180,7 @@ fn flow_parameter_gradients_match_finite_differences() {
     for (kind, base) in [
         (FlowKind::Realnvp, nflow::dist::BaseKind::DiagNormal),
         (FlowKind::Nice, nflow::dist::BaseKind::Logistic),
+        (FlowKind::Maf, nflow::dist::BaseKind::Normal),
     ] {
         let spec = FlowSpec {
             layers: 3,

@@ -11,7 +11,7 @@ use nflow::flows::{FlowKind, FlowSpec};
 use nflow::nn::Activation;
 use nflow::optim::{OptimConfig, OptimKind, Schedule};
 use nflow::train::{TrainConfig, Trainer};
-use nflow::transforms::{Mask, ScaleBound};
+use nflow::transforms::{Mask, Order, ScaleBound};
 use nflow::Model;
 use std::path::{Path, PathBuf};
 
@@ -71,7 +71,7 @@ struct TrainArgs {
     /// Optional test data (same columns), evaluated after training.
     #[arg(long)]
     test: Option<String>,
-    /// Flow: nice | realnvp.
+    /// Flow: nice | realnvp | maf.
     #[arg(long, default_value = "realnvp")]
     flow: String,
     /// Number of coupling layers (default: 4 for nice, 8 for realnvp).
@@ -89,16 +89,19 @@ struct TrainArgs {
     /// alternate | halves | random.
     #[arg(long, default_value = "alternate")]
     mask: String,
+    /// Autoregressive ordering of maf layers: alternate | natural | reversed | random.
+    #[arg(long, default_value = "alternate")]
+    order: String,
     /// Soft-clamp bound B of the affine log-scale (l = B tanh(h/B)).
     #[arg(long, default_value_t = 5.0)]
     scale_bound: f64,
     /// Use Glow's sigmoid(h + 2) scale instead of the soft clamp.
     #[arg(long)]
     sigmoid_scale: bool,
-    /// Batch-norm bijector between couplings (realnvp).
+    /// Batch-norm bijector between layers (realnvp, maf).
     #[arg(long)]
     batch_norm: bool,
-    /// ActNorm before every coupling (realnvp).
+    /// ActNorm before every layer (realnvp, maf).
     #[arg(long)]
     actnorm: bool,
     /// Base distribution: normal | diag-normal | logistic (default: logistic for nice, normal otherwise).
@@ -280,6 +283,12 @@ fn build_spec(a: &TrainArgs, dim: usize) -> Result<FlowSpec> {
         "mask",
         &a.mask,
         "alternate, halves, random",
+    )?;
+    spec.order = parse_or(
+        Order::parse(&a.order),
+        "order",
+        &a.order,
+        "alternate, natural, reversed, random",
     )?;
     spec.scale = if a.sigmoid_scale {
         ScaleBound::Sigmoid

@@ -6,7 +6,8 @@ use crate::dist::{BaseKind, Distribution};
 use crate::engine::{rng, Float, Mat, Rng};
 use crate::nn::{Activation, Param};
 use crate::transforms::{
-    ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, Mask, ScaleBound, Scaling, Transform,
+    ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, Maf, Mask, Order, ScaleBound, Scaling,
+    Transform,
 };
 use crate::Error;
 use serde::{Deserialize, Serialize};
@@ -19,14 +20,18 @@ pub enum FlowKind {
     Nice,
     /// RealNVP (Dinh et al. 2017): affine couplings, optional batch norm between them, Gaussian prior.
     Realnvp,
+    /// MAF (Papamakarios et al. 2017): masked affine autoregressive layers (MADE conditioners) with
+    /// alternating orderings, optional batch norm between them, Gaussian prior.
+    Maf,
 }
 
 impl FlowKind {
-    pub const NAMES: &'static [&'static str] = &["nice", "realnvp"];
+    pub const NAMES: &'static [&'static str] = &["nice", "realnvp", "maf"];
     pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "nice" => Ok(FlowKind::Nice),
             "realnvp" => Ok(FlowKind::Realnvp),
+            "maf" => Ok(FlowKind::Maf),
             _ => Err(Error::Config(format!(
                 "unknown flow '{s}' (known: {})",
                 Self::NAMES.join(", ")
@@ -37,6 +42,7 @@ impl FlowKind {
         match self {
             FlowKind::Nice => "nice",
             FlowKind::Realnvp => "realnvp",
+            FlowKind::Maf => "maf",
         }
     }
 }
@@ -60,6 +66,9 @@ pub struct FlowSpec {
     pub activation: Activation,
     #[serde(default)]
     pub mask: Mask,
+    /// Autoregressive ordering of MAF layers.
+    #[serde(default)]
+    pub order: Order,
     #[serde(default)]
     pub scale: ScaleBound,
     /// Batch-norm bijector between couplings (RealNVP).
@@ -86,11 +95,13 @@ impl FlowSpec {
             layers: match kind {
                 FlowKind::Nice => 4,
                 FlowKind::Realnvp => 8,
+                FlowKind::Maf => 5,
             },
             hidden: 128,
             depth: 2,
             activation: Activation::Relu,
             mask: Mask::Alternate,
+            order: Order::Alternate,
             scale: ScaleBound::default(),
             batch_norm: false,
             actnorm: false,
@@ -110,6 +121,9 @@ impl FlowSpec {
         if self.hidden == 0 {
             return bad("hidden must be at least 1".into());
         }
+        if self.kind == FlowKind::Maf && self.depth == 0 {
+            return bad("maf needs at least one hidden layer (depth >= 1)".into());
+        }
         if let ScaleBound::SoftClamp { bound } = self.scale {
             if !(bound.is_finite() && bound > 0.0) {
                 return bad(format!("scale bound must be positive, got {bound}"));
@@ -121,7 +135,7 @@ impl FlowSpec {
     pub fn base_kind(&self) -> BaseKind {
         self.base.unwrap_or(match self.kind {
             FlowKind::Nice => BaseKind::Logistic,
-            FlowKind::Realnvp => BaseKind::Normal,
+            FlowKind::Realnvp | FlowKind::Maf => BaseKind::Normal,
         })
     }
 
@@ -153,6 +167,26 @@ impl FlowSpec {
                         self.depth,
                         self.activation,
                         self.scale,
+                        &mut r,
+                    )));
+                    if self.batch_norm && l + 1 < self.layers {
+                        ts.push(Box::new(BatchNorm::new(d)));
+                    }
+                }
+                FlowKind::Maf => {
+                    if self.actnorm {
+                        ts.push(Box::new(ActNorm::new(d)));
+                    }
+                    let order = self.order.build(d, l, &mut r);
+                    ts.push(Box::new(Maf::new(
+                        d,
+                        self.context_dim,
+                        self.hidden,
+                        self.depth,
+                        self.activation,
+                        self.scale,
+                        &order,
+                        false,
                         &mut r,
                     )));
                     if self.batch_norm && l + 1 < self.layers {

@@ -93,6 +93,9 @@ pub struct Linear<F> {
     pub bias: Param<F>,
     pub inp: usize,
     pub out: usize,
+    /// Connectivity mask of a masked layer (MADE), `(out, in)`: masked weights are zero and stay zero
+    /// because their gradients are masked too.
+    pub mask: Option<Vec<F>>,
 }
 
 impl<F: Float> Linear<F> {
@@ -110,15 +113,43 @@ impl<F: Float> Linear<F> {
             bias: Param::new(format!("{name}.bias"), vec![out], b),
             inp,
             out,
+            mask: None,
         }
+    }
+    /// Make this a masked layer: zero the disconnected weights now and their gradients in every backward.
+    pub fn set_mask(&mut self, mask: Vec<F>) {
+        assert_eq!(mask.len(), self.weight.value.len());
+        self.weight
+            .value
+            .iter_mut()
+            .zip(&mask)
+            .for_each(|(w, &m)| *w *= m);
+        self.mask = Some(mask);
     }
     pub fn zero_init(&mut self) {
         self.weight.value.iter_mut().for_each(|v| *v = F::zero());
         self.bias.value.iter_mut().for_each(|v| *v = F::zero());
     }
+    /// `W ⊙ M` for a masked layer (so masked entries are no parameters at all), else `W`.
+    fn effective_weight(&self) -> std::borrow::Cow<'_, [F]> {
+        match &self.mask {
+            None => std::borrow::Cow::Borrowed(&self.weight.value),
+            Some(m) => {
+                let mut w = self.weight.value.clone();
+                kernels::zip_inplace(&mut w, m, |a, b| a * b);
+                std::borrow::Cow::Owned(w)
+            }
+        }
+    }
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
         let mut y = Mat::zeros(x.rows, self.out);
-        kernels::linear(x, &self.weight.value, &self.bias.value, self.out, &mut y);
+        kernels::linear(
+            x,
+            &self.effective_weight(),
+            &self.bias.value,
+            self.out,
+            &mut y,
+        );
         y
     }
     /// Accumulate `dW += dy^T x`, `db += sum dy`; return `dx = dy W` if asked.
@@ -135,6 +166,9 @@ impl<F: Float> Linear<F> {
             &mut self.weight.grad,
             true,
         );
+        if let Some(m) = &self.mask {
+            kernels::zip_inplace(&mut self.weight.grad, m, |g, m| g * m);
+        }
         kernels::add_col_sums(dy, &mut self.bias.grad);
         want_dx.then(|| {
             let mut dx = Mat::zeros(dy.rows, self.inp);
@@ -143,7 +177,7 @@ impl<F: Float> Linear<F> {
                 dy.rows,
                 dy.cols,
                 false,
-                &self.weight.value,
+                &self.effective_weight(),
                 self.out,
                 self.inp,
                 false,

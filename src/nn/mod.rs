@@ -1,8 +1,10 @@
 //! Conditioner networks and their parameters. Every network has an inference forward, a training forward that
 //! caches what the backward needs, and an analytic backward that accumulates parameter gradients.
 
+pub mod made;
 pub mod mlp;
 
+pub use made::Made;
 pub use mlp::{Activation, Linear, Mlp};
 
 use crate::engine::Float;

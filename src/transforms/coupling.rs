@@ -79,7 +79,7 @@ impl Default for ScaleBound {
 impl ScaleBound {
     /// `(l, dl/dh)`.
     #[inline(always)]
-    fn eval<F: Float>(self, h: F) -> (F, F) {
+    pub(crate) fn eval<F: Float>(self, h: F) -> (F, F) {
         match self {
             ScaleBound::SoftClamp { bound } => {
                 let b = F::c(bound);

@@ -1,0 +1,170 @@
+//! MADE: masked autoencoder for distribution estimation (Germain et al. 2015). An MLP whose weight matrices are
+//! masked so that every output belonging to input feature `i` depends only on the features that come before
+//! `i` in a chosen ordering (and on the context, which every unit may see).
+//!
+//! Degrees: input feature `i` has degree `order[i] + 1` (1..=D), context inputs degree 0; a hidden unit of
+//! degree `m` connects to inputs of degree `<= m`; an output of feature `i` connects to hidden units of degree
+//! `< order[i] + 1`. Hidden degrees are cycled over 1..D-1 or drawn at random.
+
+use super::{Activation, Mlp, Param};
+use crate::engine::{Float, Mat, Rng};
+use rand::Rng as _;
+
+#[derive(Clone, Debug)]
+pub struct Made<F> {
+    pub net: Mlp<F>,
+    /// Position of each feature in the autoregressive ordering (buffer, saved).
+    order: Param<F>,
+    /// Degrees of the hidden units, one buffer per hidden layer (saved).
+    hidden_degrees: Vec<Param<F>>,
+    d: usize,
+    ctx_dim: usize,
+    outputs_per_feature: usize,
+}
+
+impl<F: Float> Made<F> {
+    /// `order[i]`: position of feature `i` (a permutation of 0..d). Outputs: `outputs_per_feature` blocks of
+    /// `d` (block `k` holds output `k` of every feature, in feature order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        d: usize,
+        ctx_dim: usize,
+        hidden: usize,
+        depth: usize,
+        outputs_per_feature: usize,
+        act: Activation,
+        order: &[usize],
+        random_degrees: bool,
+        rng: &mut Rng,
+    ) -> Self {
+        assert_eq!(order.len(), d);
+        assert!(depth >= 1, "MADE needs at least one hidden layer");
+        let net = Mlp::new(
+            "made",
+            d + ctx_dim,
+            hidden,
+            depth,
+            outputs_per_feature * d,
+            act,
+            rng,
+        );
+        let top = (d.max(2) - 1) as u64; // hidden degrees in 1..=D-1
+        let mut prev_min = 1u64;
+        let mut hidden_degrees = Vec::new();
+        for l in 0..depth {
+            let deg: Vec<F> = (0..hidden)
+                .map(|j| {
+                    let m = if random_degrees {
+                        rng.gen_range(prev_min.min(top)..=top)
+                    } else {
+                        (j as u64 % top) + 1
+                    };
+                    F::c(m as f64)
+                })
+                .collect();
+            prev_min = deg.iter().map(|v| v.f64() as u64).min().unwrap_or(1);
+            hidden_degrees.push(Param::buffer(
+                format!("made.degrees.{l}"),
+                vec![hidden],
+                deg,
+            ));
+        }
+        let mut made = Made {
+            net,
+            order: Param::buffer(
+                "made.order",
+                vec![d],
+                order.iter().map(|&o| F::c(o as f64)).collect(),
+            ),
+            hidden_degrees,
+            d,
+            ctx_dim,
+            outputs_per_feature,
+        };
+        made.apply_masks();
+        made
+    }
+
+    pub fn order(&self) -> Vec<usize> {
+        self.order.value.iter().map(|v| v.f64() as usize).collect()
+    }
+
+    /// (Re)build the masks from the saved degrees.
+    pub fn apply_masks(&mut self) {
+        let order = self.order();
+        let mut deg_in: Vec<usize> = order.iter().map(|&o| o + 1).collect();
+        deg_in.extend(std::iter::repeat_n(0, self.ctx_dim));
+        let hid: Vec<Vec<usize>> = self
+            .hidden_degrees
+            .iter()
+            .map(|p| p.value.iter().map(|v| v.f64() as usize).collect())
+            .collect();
+        let n = self.net.layers.len();
+        for l in 0..n {
+            let prev: &[usize] = if l == 0 { &deg_in } else { &hid[l - 1] };
+            let layer = &mut self.net.layers[l];
+            let mut mask = vec![F::zero(); layer.out * layer.inp];
+            for o in 0..layer.out {
+                for i in 0..layer.inp {
+                    let on = if l + 1 < n {
+                        hid[l][o] >= prev[i]
+                    } else {
+                        order[o % self.d] + 1 > prev[i]
+                    };
+                    if on {
+                        mask[o * layer.inp + i] = F::one();
+                    }
+                }
+            }
+            layer.set_mask(mask);
+        }
+    }
+
+    fn input(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
+        match (ctx, self.ctx_dim) {
+            (_, 0) => x.clone(),
+            (Some(c), k) => {
+                assert_eq!(c.cols, k, "context has {} columns, expected {k}", c.cols);
+                x.hcat(c)
+            }
+            (None, k) => panic!("conditional MADE needs a context of {k} columns"),
+        }
+    }
+
+    pub fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
+        self.net.forward(&self.input(x, ctx))
+    }
+
+    pub fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
+        let inp = self.input(x, ctx);
+        self.net.forward_train(&inp)
+    }
+
+    /// Gradient w.r.t. the `d` data inputs (context columns dropped).
+    pub fn backward(&mut self, dy: &Mat<F>) -> Mat<F> {
+        let din = self.net.backward(dy, true).expect("input gradient");
+        if self.ctx_dim == 0 {
+            din
+        } else {
+            let idx: Vec<usize> = (0..self.d).collect();
+            din.gather_cols(&idx)
+        }
+    }
+
+    pub fn outputs_per_feature(&self) -> usize {
+        self.outputs_per_feature
+    }
+
+    pub fn params(&self) -> Vec<&Param<F>> {
+        let mut v = vec![&self.order];
+        v.extend(self.hidden_degrees.iter());
+        v.extend(self.net.params());
+        v
+    }
+    pub fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+        let mut v = vec![&mut self.order];
+        v.extend(self.hidden_degrees.iter_mut());
+        v.extend(self.net.params_mut());
+        v
+    }
+}
