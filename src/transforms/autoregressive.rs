@@ -95,6 +95,37 @@ impl<F: Float> Maf<F> {
     pub fn made(&self) -> &Made<F> {
         &self.made
     }
+    /// The density direction in one fused pass: `z = x exp(l) + t`, log-det; with `cache`, also keeps
+    /// `exp(l)` and `dl/dh` for the backward.
+    fn apply(
+        &self,
+        x: &Mat<F>,
+        h: &Mat<F>,
+        mut cache: Option<(&mut Vec<F>, &mut Vec<F>)>,
+    ) -> (Mat<F>, Vec<F>) {
+        let d = self.d;
+        if let Some((s, dl)) = cache.as_mut() {
+            s.clear();
+            dl.clear();
+        }
+        let mut z = x.clone();
+        let mut ld = vec![F::zero(); x.rows];
+        for (r, ldr) in ld.iter_mut().enumerate() {
+            let hr = h.row(r);
+            let zr = z.row_mut(r);
+            for i in 0..d {
+                let (l, dldh) = self.bound.eval(hr[d + i]);
+                let e = l.exp();
+                if let Some((s, dl)) = cache.as_mut() {
+                    s.push(e);
+                    dl.push(dldh);
+                }
+                zr[i] = zr[i] * e + hr[i];
+                *ldr += l;
+            }
+        }
+        (z, ld)
+    }
 }
 
 impl<F: Float> Transform<F> for Maf<F> {
@@ -106,19 +137,7 @@ impl<F: Float> Transform<F> for Maf<F> {
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let h = self.made.forward(x, ctx);
-        let d = self.d;
-        let mut z = x.clone();
-        let mut ld = vec![F::zero(); x.rows];
-        for (r, ldr) in ld.iter_mut().enumerate() {
-            let hr = h.row(r);
-            let zr = z.row_mut(r);
-            for i in 0..d {
-                let (l, _) = self.bound.eval(hr[d + i]);
-                zr[i] = zr[i] * l.exp() + hr[i];
-                *ldr += l;
-            }
-        }
-        (z, ld)
+        self.apply(x, &h, None)
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let d = self.d;
@@ -143,26 +162,13 @@ impl<F: Float> Transform<F> for Maf<F> {
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let h = self.made.forward_train(x, ctx);
-        let d = self.d;
+        let (mut s, mut dl) = (std::mem::take(&mut self.s), std::mem::take(&mut self.dl));
+        let out = self.apply(x, &h, Some((&mut s, &mut dl)));
         self.x.clear();
-        self.s.clear();
-        self.dl.clear();
         self.x.extend_from_slice(&x.data);
-        let mut z = x.clone();
-        let mut ld = vec![F::zero(); x.rows];
-        for (r, ldr) in ld.iter_mut().enumerate() {
-            let hr = h.row(r);
-            let zr = z.row_mut(r);
-            for i in 0..d {
-                let (l, dldh) = self.bound.eval(hr[d + i]);
-                let e = l.exp();
-                self.s.push(e);
-                self.dl.push(dldh);
-                zr[i] = zr[i] * e + hr[i];
-                *ldr += l;
-            }
-        }
-        (z, ld)
+        self.s = s;
+        self.dl = dl;
+        out
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         let d = self.d;
