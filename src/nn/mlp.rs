@@ -93,9 +93,6 @@ pub struct Linear<F> {
     pub bias: Param<F>,
     pub inp: usize,
     pub out: usize,
-    /// Connectivity mask of a masked layer (MADE), `(out, in)`: masked weights are zero and stay zero
-    /// because their gradients are masked too.
-    pub mask: Option<Vec<F>>,
 }
 
 impl<F: Float> Linear<F> {
@@ -113,43 +110,20 @@ impl<F: Float> Linear<F> {
             bias: Param::new(format!("{name}.bias"), vec![out], b),
             inp,
             out,
-            mask: None,
         }
     }
-    /// Make this a masked layer: zero the disconnected weights now and their gradients in every backward.
+    /// Make this a masked layer (MADE): `mask` is `(out, in)`; disconnected weights are zero from now on and
+    /// stay zero because their gradients are masked in every backward.
     pub fn set_mask(&mut self, mask: Vec<F>) {
-        assert_eq!(mask.len(), self.weight.value.len());
-        self.weight
-            .value
-            .iter_mut()
-            .zip(&mask)
-            .for_each(|(w, &m)| *w *= m);
-        self.mask = Some(mask);
+        self.weight.set_mask(mask);
     }
     pub fn zero_init(&mut self) {
         self.weight.value.iter_mut().for_each(|v| *v = F::zero());
         self.bias.value.iter_mut().for_each(|v| *v = F::zero());
     }
-    /// `W ⊙ M` for a masked layer (so masked entries are no parameters at all), else `W`.
-    fn effective_weight(&self) -> std::borrow::Cow<'_, [F]> {
-        match &self.mask {
-            None => std::borrow::Cow::Borrowed(&self.weight.value),
-            Some(m) => {
-                let mut w = self.weight.value.clone();
-                kernels::zip_inplace(&mut w, m, |a, b| a * b);
-                std::borrow::Cow::Owned(w)
-            }
-        }
-    }
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
         let mut y = Mat::zeros(x.rows, self.out);
-        kernels::linear(
-            x,
-            &self.effective_weight(),
-            &self.bias.value,
-            self.out,
-            &mut y,
-        );
+        kernels::linear(x, &self.weight.value, &self.bias.value, self.out, &mut y);
         y
     }
     /// Accumulate `dW += dy^T x`, `db += sum dy`; return `dx = dy W` if asked.
@@ -166,7 +140,7 @@ impl<F: Float> Linear<F> {
             &mut self.weight.grad,
             true,
         );
-        if let Some(m) = &self.mask {
+        if let Some(m) = &self.weight.mask {
             kernels::zip_inplace(&mut self.weight.grad, m, |g, m| g * m);
         }
         kernels::add_col_sums(dy, &mut self.bias.grad);
@@ -177,7 +151,7 @@ impl<F: Float> Linear<F> {
                 dy.rows,
                 dy.cols,
                 false,
-                &self.effective_weight(),
+                &self.weight.value,
                 self.out,
                 self.inp,
                 false,

@@ -18,6 +18,9 @@ pub struct Param<F> {
     pub value: Vec<F>,
     pub grad: Vec<F>,
     pub trainable: bool,
+    /// Structural zeros (MADE's masked weights): entries where the mask is 0 are not parameters. They hold 0,
+    /// their gradients are zeroed by the module that owns them, and gradient checks skip them.
+    pub mask: Option<Vec<F>>,
 }
 
 impl<F: Float> Param<F> {
@@ -30,6 +33,7 @@ impl<F: Float> Param<F> {
             value,
             grad: vec![F::zero(); n],
             trainable: true,
+            mask: None,
         }
     }
     pub fn zeros(name: impl Into<String>, shape: Vec<usize>) -> Self {
@@ -45,5 +49,15 @@ impl<F: Float> Param<F> {
     }
     pub fn zero_grad(&mut self) {
         self.grad.iter_mut().for_each(|g| *g = F::zero());
+    }
+    /// Whether entry `k` is a free parameter (not a structural zero).
+    pub fn is_free(&self, k: usize) -> bool {
+        self.mask.as_ref().is_none_or(|m| m[k] != F::zero())
+    }
+    /// Declare structural zeros: zero the masked entries now (their gradients are masked by the owner).
+    pub fn set_mask(&mut self, mask: Vec<F>) {
+        assert_eq!(mask.len(), self.value.len());
+        self.value.iter_mut().zip(&mask).for_each(|(w, &m)| *w *= m);
+        self.mask = Some(mask);
     }
 }
