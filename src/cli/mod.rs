@@ -74,7 +74,7 @@ struct TrainArgs {
     /// Flow: nice | realnvp | maf.
     #[arg(long, default_value = "realnvp")]
     flow: String,
-    /// Number of coupling layers (default: 4 for nice, 8 for realnvp).
+    /// Number of flow layers (default: 4 for nice, 8 for realnvp, 5 for maf).
     #[arg(long)]
     layers: Option<usize>,
     /// Hidden width of the conditioner networks.
@@ -255,11 +255,6 @@ fn load(src: &str, sel: &DataSel, seed: u64) -> Result<Table> {
     Ok(t.select(sel.columns.as_deref(), &sel.drop)?)
 }
 
-/// The model's columns from a table (by name when it has them all).
-fn model_columns(model: &Model, t: Table) -> Result<Table> {
-    Ok(model.select_columns(t)?)
-}
-
 fn parse_or<T>(v: Option<T>, what: &str, got: &str, known: &str) -> Result<T> {
     v.with_context(|| format!("unknown {what} '{got}' (known: {known})"))
 }
@@ -413,7 +408,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let cfg = train_config(&a)?;
     let model = fit_and_save(spec, cfg, &table, &a.out, a.quiet)?;
     if let Some(test) = &a.test {
-        let t = model_columns(&model, load(test, &a.sel, a.seed.wrapping_add(1))?)?;
+        let t = model.select_columns(load(test, &a.sel, a.seed.wrapping_add(1))?)?;
         let s = stats(&model.log_prob_table(&t)?);
         println!(
             "test mean log-likelihood {:.4} ± {:.4} nats ({} rows of {})",
@@ -433,7 +428,7 @@ fn stats(lp: &[f64]) -> (f64, f64) {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let model = Model::load(&a.model)?;
-    let t = model_columns(&model, load(&a.data, &a.sel, a.seed)?)?;
+    let t = model.select_columns(load(&a.data, &a.sel, a.seed)?)?;
     let lp = model.log_prob_table(&t)?;
     let (mean, se) = stats(&lp);
     if let Some(p) = &a.per_sample {
@@ -539,10 +534,7 @@ fn plot_model(
 fn plot(a: PlotArgs) -> Result<()> {
     let model = Model::load(&a.model)?;
     let data = match &a.data {
-        Some(src) => Some(model_columns(
-            &model,
-            load(src, &a.sel, a.seed.wrapping_add(1))?,
-        )?),
+        Some(src) => Some(model.select_columns(load(src, &a.sel, a.seed.wrapping_add(1))?)?),
         None => None,
     };
     plot_model(

@@ -149,13 +149,6 @@ pub fn add_col_sums<F: Float>(m: &Mat<F>, acc: &mut [F]) {
     }
 }
 
-/// `out[i] = sum_j m[i, j]` (row sums).
-pub fn row_sums<F: Float>(m: &Mat<F>) -> Vec<F> {
-    (0..m.rows)
-        .map(|r| m.row(r).iter().copied().sum())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

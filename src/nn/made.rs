@@ -19,7 +19,6 @@ pub struct Made<F> {
     hidden_degrees: Vec<Param<F>>,
     d: usize,
     ctx_dim: usize,
-    outputs_per_feature: usize,
 }
 
 impl<F: Float> Made<F> {
@@ -79,7 +78,6 @@ impl<F: Float> Made<F> {
             hidden_degrees,
             d,
             ctx_dim,
-            outputs_per_feature,
         };
         made.apply_masks();
         made
@@ -149,10 +147,6 @@ impl<F: Float> Made<F> {
             let idx: Vec<usize> = (0..self.d).collect();
             din.gather_cols(&idx)
         }
-    }
-
-    pub fn outputs_per_feature(&self) -> usize {
-        self.outputs_per_feature
     }
 
     pub fn params(&self) -> Vec<&Param<F>> {

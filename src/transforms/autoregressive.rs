@@ -92,9 +92,6 @@ impl<F: Float> Maf<F> {
             dl: Vec::new(),
         }
     }
-    pub fn made(&self) -> &Made<F> {
-        &self.made
-    }
     /// The density direction in one fused pass: `z = x exp(l) + t`, log-det; with `cache`, also keeps
     /// `exp(l)` and `dl/dh` for the backward.
     fn apply(

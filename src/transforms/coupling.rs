@@ -6,7 +6,7 @@
 //! - additive: `z_b = x_b + t(x_a)`, log|det| = 0;
 //! - affine:   `z_b = x_b * exp(l(x_a)) + t(x_a)`, log|det| = sum l, with `l` bounded (see [`ScaleBound`]).
 
-use super::Transform;
+use super::{zeros_logdet, Transform};
 use crate::engine::{Float, Mat, Rng};
 use crate::nn::{Activation, Mlp, Param};
 use rand::seq::SliceRandom;
@@ -241,17 +241,17 @@ impl<F: Float> Transform<F> for AdditiveCoupling<F> {
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let t = self.core.net.forward(&self.core.net_input(x, ctx));
-        (self.shifted(x, &t, F::one()), vec![F::zero(); x.rows])
+        (self.shifted(x, &t, F::one()), zeros_logdet(x.rows))
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         // x_a = z_a, so the conditioner input is available from z directly.
         let t = self.core.net.forward(&self.core.net_input(z, ctx));
-        (self.shifted(z, &t, -F::one()), vec![F::zero(); z.rows])
+        (self.shifted(z, &t, -F::one()), zeros_logdet(z.rows))
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let inp = self.core.net_input(x, ctx);
         let t = self.core.net.forward_train(&inp);
-        (self.shifted(x, &t, F::one()), vec![F::zero(); x.rows])
+        (self.shifted(x, &t, F::one()), zeros_logdet(x.rows))
     }
     fn backward(&mut self, dz: &Mat<F>, _dlogdet: &[F]) -> Mat<F> {
         let dt = dz.gather_cols(&self.core.ib);

@@ -49,7 +49,7 @@ pub trait Transform<F: Float>: Send + Sync {
     fn reload(&mut self) {}
 }
 
-/// Sum of `log(s)` style per-row values helper: `out[r] = sum_j m[r, j]`.
+/// The log-det of a volume-preserving map: zero for each of `n` rows.
 pub(crate) fn zeros_logdet<F: Float>(n: usize) -> Vec<F> {
     vec![F::zero(); n]
 }
