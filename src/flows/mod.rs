@@ -145,40 +145,34 @@ impl FlowSpec {
         let mut r = rng(self.seed);
         let d = self.dim;
         let mut ts: Vec<Box<dyn Transform<F>>> = Vec::new();
+        // ActNorm / batch norm wrap the layers of RealNVP and MAF; NICE has neither.
+        let normalised = self.kind != FlowKind::Nice;
         for l in 0..self.layers {
             let mask = self.mask.build(d, l, &mut r);
-            match self.kind {
-                FlowKind::Nice => ts.push(Box::new(AdditiveCoupling::new(
+            if normalised && self.actnorm {
+                ts.push(Box::new(ActNorm::new(d)));
+            }
+            let layer: Box<dyn Transform<F>> = match self.kind {
+                FlowKind::Nice => Box::new(AdditiveCoupling::new(
                     &mask,
                     self.context_dim,
                     self.hidden,
                     self.depth,
                     self.activation,
                     &mut r,
-                ))),
-                FlowKind::Realnvp => {
-                    if self.actnorm {
-                        ts.push(Box::new(ActNorm::new(d)));
-                    }
-                    ts.push(Box::new(AffineCoupling::new(
-                        &mask,
-                        self.context_dim,
-                        self.hidden,
-                        self.depth,
-                        self.activation,
-                        self.scale,
-                        &mut r,
-                    )));
-                    if self.batch_norm && l + 1 < self.layers {
-                        ts.push(Box::new(BatchNorm::new(d)));
-                    }
-                }
+                )),
+                FlowKind::Realnvp => Box::new(AffineCoupling::new(
+                    &mask,
+                    self.context_dim,
+                    self.hidden,
+                    self.depth,
+                    self.activation,
+                    self.scale,
+                    &mut r,
+                )),
                 FlowKind::Maf => {
-                    if self.actnorm {
-                        ts.push(Box::new(ActNorm::new(d)));
-                    }
                     let order = self.order.build(d, l, &mut r);
-                    ts.push(Box::new(Maf::new(
+                    Box::new(Maf::new(
                         d,
                         self.context_dim,
                         self.hidden,
@@ -188,11 +182,12 @@ impl FlowSpec {
                         &order,
                         false,
                         &mut r,
-                    )));
-                    if self.batch_norm && l + 1 < self.layers {
-                        ts.push(Box::new(BatchNorm::new(d)));
-                    }
+                    ))
                 }
+            };
+            ts.push(layer);
+            if normalised && self.batch_norm && l + 1 < self.layers {
+                ts.push(Box::new(BatchNorm::new(d)));
             }
         }
         if self.kind == FlowKind::Nice {
