@@ -118,7 +118,8 @@ impl<F: Float> Made<F> {
         }
     }
 
-    fn input(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
+    /// The network's input: `x`, with the context columns appended for a conditional MADE.
+    pub fn input(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
         match (ctx, self.ctx_dim) {
             (_, 0) => x.clone(),
             (Some(c), k) => {
@@ -147,6 +148,29 @@ impl<F: Float> Made<F> {
             let idx: Vec<usize> = (0..self.d).collect();
             din.gather_cols(&idx)
         }
+    }
+
+    /// Accumulate parameter gradients only (no input gradient).
+    pub fn backward_params(&mut self, dy: &Mat<F>) {
+        self.net.backward(dy, false);
+    }
+
+    /// Like [`Made::backward`] but leaves parameter gradients untouched.
+    pub fn backward_input(&self, dy: &Mat<F>) -> Mat<F> {
+        let din = self.net.backward_input(dy);
+        if self.ctx_dim == 0 {
+            din
+        } else {
+            let idx: Vec<usize> = (0..self.d).collect();
+            din.gather_cols(&idx)
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+    pub fn context_dim(&self) -> usize {
+        self.ctx_dim
     }
 
     pub fn params(&self) -> Vec<&Param<F>> {

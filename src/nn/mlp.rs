@@ -211,6 +211,36 @@ impl<F: Float> Mlp<F> {
         h
     }
 
+    /// Inference forward into reusable buffers (`ws` holds one matrix per layer and is resized only when the
+    /// batch size changes): the allocation-free pass for sequential (autoregressive) sampling.
+    pub fn forward_into<'a>(&self, x: &Mat<F>, ws: &'a mut Vec<Mat<F>>) -> &'a Mat<F> {
+        let n = self.layers.len();
+        if ws.len() != n || ws[0].rows != x.rows {
+            *ws = self
+                .layers
+                .iter()
+                .map(|l| Mat::zeros(x.rows, l.out))
+                .collect();
+        }
+        for l in 0..n {
+            let (done, rest) = ws.split_at_mut(l);
+            let inp = if l == 0 { x } else { &done[l - 1] };
+            let y = &mut rest[0];
+            kernels::linear(
+                inp,
+                &self.layers[l].weight.value,
+                &self.layers[l].bias.value,
+                self.layers[l].out,
+                y,
+            );
+            if l + 1 < n {
+                let act = self.act;
+                kernels::map_inplace(&mut y.data, move |v| act.apply(v));
+            }
+        }
+        &ws[n - 1]
+    }
+
     pub fn forward_train(&mut self, x: &Mat<F>) -> Mat<F> {
         let n = self.layers.len();
         self.inputs.clear();
@@ -249,6 +279,44 @@ impl<F: Float> Mlp<F> {
             g = dx;
         }
         None
+    }
+
+    /// dL/dx of the cached forward for an output gradient `dy`, leaving parameter gradients untouched (a
+    /// vector-Jacobian product, used by implicit differentiation through IAF's sequential solve).
+    pub fn backward_input(&self, dy: &Mat<F>) -> Mat<F> {
+        let n = self.layers.len();
+        assert_eq!(
+            self.inputs.len(),
+            n,
+            "Mlp::backward_input without forward_train"
+        );
+        let mut g = dy.clone();
+        for l in (0..n).rev() {
+            let layer = &self.layers[l];
+            let mut dx = Mat::zeros(g.rows, layer.inp);
+            kernels::gemm(
+                &g.data,
+                g.rows,
+                g.cols,
+                false,
+                &layer.weight.value,
+                layer.out,
+                layer.inp,
+                false,
+                &mut dx.data,
+                false,
+            );
+            if l > 0 {
+                let act = self.act;
+                let pre = &self.pre[l - 1].data;
+                let post = &self.inputs[l].data;
+                for ((d, &h), &a) in dx.data.iter_mut().zip(pre).zip(post) {
+                    *d *= act.deriv(h, a);
+                }
+            }
+            g = dx;
+        }
+        g
     }
 
     pub fn params(&self) -> Vec<&Param<F>> {

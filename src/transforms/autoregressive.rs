@@ -1,7 +1,12 @@
-//! Masked affine autoregressive transform, MAF (Papamakarios et al. 2017):
-//! `z_i = x_i * exp(l_i(x_<i)) + t_i(x_<i)` with `(t, h) = MADE(x)`, `l = bound(h)`, log|det| = sum l.
-//! The density direction (forward) is one MADE pass; the inverse (sampling) needs D sequential passes,
-//! because `x_i` can only be computed once every `x_<i` is known.
+//! Masked affine autoregressive transforms built on one MADE conditioner `(t, h) = MADE(u)`, `l = bound(h)`:
+//!
+//! `g(u) = u * exp(l(u)) + t(u)`, `log|det dg/du| = sum l`, where `t_i, l_i` depend only on the `u` that come
+//! before feature `i` in the ordering. `g` costs one MADE pass; `g^-1` costs D sequential passes, because `u_i`
+//! can only be computed once every earlier `u` is known.
+//!
+//! - MAF (Papamakarios et al. 2017) uses `g` as the density direction: `z = g(x)`. log p is one pass, sampling D.
+//! - IAF (Kingma et al. 2016) uses `g` as the sampling direction: `x = g(z)`. Sampling (with the density of the
+//!   sample) is one pass; log p of an arbitrary point is D passes.
 
 use super::{ScaleBound, Transform};
 use crate::engine::{Float, Mat, Rng};
@@ -49,20 +54,21 @@ impl Order {
     }
 }
 
+/// The shared core: `g`, its sequential inverse, and the backward passes of both.
 #[derive(Clone, Debug)]
-pub struct Maf<F> {
+struct AffineAr<F> {
     made: Made<F>,
     bound: ScaleBound,
     d: usize,
-    // training cache (rows x d): x, exp(l), dl/dh
-    x: Vec<F>,
+    // training cache at the point `u` where g was evaluated (rows x d): u, exp(l), dl/dh
+    u: Vec<F>,
     s: Vec<F>,
     dl: Vec<F>,
 }
 
-impl<F: Float> Maf<F> {
+impl<F: Float> AffineAr<F> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    fn new(
         d: usize,
         ctx_dim: usize,
         hidden: usize,
@@ -73,7 +79,7 @@ impl<F: Float> Maf<F> {
         random_degrees: bool,
         rng: &mut Rng,
     ) -> Self {
-        Maf {
+        AffineAr {
             made: Made::new(
                 d,
                 ctx_dim,
@@ -87,16 +93,16 @@ impl<F: Float> Maf<F> {
             ),
             bound,
             d,
-            x: Vec::new(),
+            u: Vec::new(),
             s: Vec::new(),
             dl: Vec::new(),
         }
     }
-    /// The density direction in one fused pass: `z = x exp(l) + t`, log-det; with `cache`, also keeps
-    /// `exp(l)` and `dl/dh` for the backward.
-    fn apply(
+
+    /// `g(u)` and `sum l` in one fused pass over MADE's outputs `h`; with `cache`, keeps exp(l) and dl/dh.
+    fn apply_h(
         &self,
-        x: &Mat<F>,
+        u: &Mat<F>,
         h: &Mat<F>,
         mut cache: Option<(&mut Vec<F>, &mut Vec<F>)>,
     ) -> (Mat<F>, Vec<F>) {
@@ -105,11 +111,11 @@ impl<F: Float> Maf<F> {
             s.clear();
             dl.clear();
         }
-        let mut z = x.clone();
-        let mut ld = vec![F::zero(); x.rows];
+        let mut y = u.clone();
+        let mut ld = vec![F::zero(); u.rows];
         for (r, ldr) in ld.iter_mut().enumerate() {
             let hr = h.row(r);
-            let zr = z.row_mut(r);
+            let yr = y.row_mut(r);
             for i in 0..d {
                 let (l, dldh) = self.bound.eval(hr[d + i]);
                 let e = l.exp();
@@ -117,12 +123,175 @@ impl<F: Float> Maf<F> {
                     s.push(e);
                     dl.push(dldh);
                 }
-                zr[i] = zr[i] * e + hr[i];
+                yr[i] = yr[i] * e + hr[i];
                 *ldr += l;
             }
         }
-        (z, ld)
+        (y, ld)
     }
+
+    fn apply(&self, u: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let h = self.made.forward(u, ctx);
+        self.apply_h(u, &h, None)
+    }
+
+    fn apply_train(&mut self, u: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let h = self.made.forward_train(u, ctx);
+        let (mut s, mut dl) = (std::mem::take(&mut self.s), std::mem::take(&mut self.dl));
+        let out = self.apply_h(u, &h, Some((&mut s, &mut dl)));
+        self.u.clear();
+        self.u.extend_from_slice(&u.data);
+        self.s = s;
+        self.dl = dl;
+        out
+    }
+
+    /// `g^-1(y)` and `sum l` at the solution: pass `k` fixes the feature at position `k` (its outputs depend only
+    /// on features already fixed). The MADE input (with context columns) and the layer buffers are allocated
+    /// once and reused by every pass.
+    fn solve(&self, y: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let d = self.d;
+        let rows = y.rows;
+        let mut by_pos = vec![0; d];
+        for (i, p) in self.made.order().into_iter().enumerate() {
+            by_pos[p] = i;
+        }
+        let mut inp = self.made.input(&Mat::zeros(rows, d), ctx);
+        let w = inp.cols;
+        let mut ws = Vec::new();
+        let mut sl = vec![F::zero(); rows];
+        for &i in &by_pos {
+            let h = self.made.net.forward_into(&inp, &mut ws);
+            for r in 0..rows {
+                let hr = &h.data[r * 2 * d..(r + 1) * 2 * d];
+                let (l, _) = self.bound.eval(hr[d + i]);
+                inp.data[r * w + i] = (y.data[r * d + i] - hr[i]) * (-l).exp();
+                sl[r] += l;
+            }
+        }
+        let u = if w == d {
+            inp
+        } else {
+            inp.gather_cols(&(0..d).collect::<Vec<_>>())
+        };
+        (u, sl)
+    }
+
+    /// The MADE output gradient `(dt, dh)` from per-entry closures of the cache index.
+    fn made_grad(&self, rows: usize, dt: impl Fn(usize) -> F, dh: impl Fn(usize) -> F) -> Mat<F> {
+        let d = self.d;
+        let mut g = Mat::zeros(rows, 2 * d);
+        for r in 0..rows {
+            for i in 0..d {
+                let c = r * d + i;
+                g.data[r * 2 * d + i] = dt(c);
+                g.data[r * 2 * d + d + i] = dh(c);
+            }
+        }
+        g
+    }
+
+    /// Backward of `(y, ld) = (g(u), sum l)` given dL/dy and dL/dld: accumulates parameter gradients, returns dL/du.
+    fn backward_apply(&mut self, dy: &Mat<F>, gld: &[F]) -> Mat<F> {
+        let d = self.d;
+        let (s, u, dl) = (&self.s, &self.u, &self.dl);
+        let dh = self.made_grad(
+            dy.rows,
+            |c| dy.data[c],
+            |c| (dy.data[c] * u[c] * s[c] + gld[c / d]) * dl[c],
+        );
+        let mut du = Mat::from_vec(
+            dy.rows,
+            d,
+            dy.data.iter().zip(s).map(|(&a, &b)| a * b).collect(),
+        );
+        let din = self.made.backward(&dh);
+        crate::engine::kernels::zip_inplace(&mut du.data, &din.data, |a, b| a + b);
+        du
+    }
+
+    /// Backward of `(u, ld) = (g^-1(y), -sum l(u))` by implicit differentiation at the cached solution `u`:
+    /// with `J = dg/du` (triangular in the ordering), `dL/dy = J^-T (dL/du - gld * d(sum l)/du)`, solved by
+    /// back-substitution `v <- (b - N^T v) / exp(l)` where `N^T v` is one input-only MADE backward; exact after
+    /// at most D sweeps. Parameter gradients: `-v^T dg/dtheta - gld * d(sum l)/dtheta`.
+    fn backward_solve(&mut self, du: &Mat<F>, gld: &[F]) -> Mat<F> {
+        let d = self.d;
+        let rows = du.rows;
+        let (s, u, dl) = (&self.s, &self.u, &self.dl);
+        let gsum = self.made_grad(rows, |_| F::zero(), |c| gld[c / d] * dl[c]);
+        let w = self.made.backward_input(&gsum);
+        let b: Vec<F> = du.data.iter().zip(&w.data).map(|(&a, &w)| a - w).collect();
+        let mut v: Vec<F> = b.iter().zip(s).map(|(&b, &s)| b / s).collect();
+        for _ in 0..d {
+            let g = self.made_grad(rows, |c| v[c], |c| v[c] * u[c] * s[c] * dl[c]);
+            let nv = self.made.backward_input(&g);
+            let next: Vec<F> = b
+                .iter()
+                .zip(&nv.data)
+                .zip(s)
+                .map(|((&b, &n), &s)| (b - n) / s)
+                .collect();
+            let done = next == v;
+            v = next;
+            if done {
+                break;
+            }
+        }
+        let gp = self.made_grad(
+            rows,
+            |c| -v[c],
+            |c| (-v[c] * u[c] * s[c] - gld[c / d]) * dl[c],
+        );
+        self.made.backward_params(&gp);
+        Mat::from_vec(rows, d, v)
+    }
+}
+
+/// Masked autoregressive flow layer: `z = g(x)` (density in one pass, sampling in D).
+#[derive(Clone, Debug)]
+pub struct Maf<F>(AffineAr<F>);
+
+/// Inverse autoregressive flow layer: `x = g(z)` (sampling in one pass, density of a given point in D).
+#[derive(Clone, Debug)]
+pub struct Iaf<F>(AffineAr<F>);
+
+macro_rules! ar_constructor {
+    ($t:ident) => {
+        impl<F: Float> $t<F> {
+            /// `order[i]`: position of feature `i`; `random_degrees`: hidden degrees drawn at random (else cycled).
+            #[allow(clippy::too_many_arguments)]
+            pub fn new(
+                d: usize,
+                ctx_dim: usize,
+                hidden: usize,
+                depth: usize,
+                act: Activation,
+                bound: ScaleBound,
+                order: &[usize],
+                random_degrees: bool,
+                rng: &mut Rng,
+            ) -> Self {
+                $t(AffineAr::new(
+                    d,
+                    ctx_dim,
+                    hidden,
+                    depth,
+                    act,
+                    bound,
+                    order,
+                    random_degrees,
+                    rng,
+                ))
+            }
+        }
+    };
+}
+ar_constructor!(Maf);
+ar_constructor!(Iaf);
+
+fn negate<F: Float>(mut v: Vec<F>) -> Vec<F> {
+    v.iter_mut().for_each(|a| *a = -*a);
+    v
 }
 
 impl<F: Float> Transform<F> for Maf<F> {
@@ -130,68 +299,62 @@ impl<F: Float> Transform<F> for Maf<F> {
         "MAF"
     }
     fn dim(&self) -> usize {
-        self.d
+        self.0.d
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let h = self.made.forward(x, ctx);
-        self.apply(x, &h, None)
+        self.0.apply(x, ctx)
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let d = self.d;
-        let order = self.made.order();
-        let mut by_pos = vec![0; d];
-        for (i, &p) in order.iter().enumerate() {
-            by_pos[p] = i;
-        }
-        let mut x = Mat::zeros(z.rows, d);
-        let mut ld = vec![F::zero(); z.rows];
-        // Pass k fixes the feature at position k; its outputs depend only on features already fixed.
-        for &i in &by_pos {
-            let h = self.made.forward(&x, ctx);
-            for r in 0..z.rows {
-                let hr = h.row(r);
-                let (l, _) = self.bound.eval(hr[d + i]);
-                x.data[r * d + i] = (z.at(r, i) - hr[i]) * (-l).exp();
-                ld[r] -= l;
-            }
-        }
-        (x, ld)
+        let (x, sl) = self.0.solve(z, ctx);
+        (x, negate(sl))
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let h = self.made.forward_train(x, ctx);
-        let (mut s, mut dl) = (std::mem::take(&mut self.s), std::mem::take(&mut self.dl));
-        let out = self.apply(x, &h, Some((&mut s, &mut dl)));
-        self.x.clear();
-        self.x.extend_from_slice(&x.data);
-        self.s = s;
-        self.dl = dl;
-        out
+        self.0.apply_train(x, ctx)
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let d = self.d;
-        let mut dx = Mat::zeros(dz.rows, d);
-        let mut dh = Mat::zeros(dz.rows, 2 * d);
-        for r in 0..dz.rows {
-            let g = dlogdet[r];
-            for i in 0..d {
-                let c = r * d + i;
-                let dzv = dz.data[c];
-                dx.data[c] = dzv * self.s[c];
-                dh.data[r * 2 * d + i] = dzv;
-                dh.data[r * 2 * d + d + i] = (dzv * self.x[c] * self.s[c] + g) * self.dl[c];
-            }
-        }
-        let din = self.made.backward(&dh);
-        crate::engine::kernels::zip_inplace(&mut dx.data, &din.data, |a, b| a + b);
-        dx
+        self.0.backward_apply(dz, dlogdet)
     }
     fn params(&self) -> Vec<&Param<F>> {
-        self.made.params()
+        self.0.made.params()
     }
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
-        self.made.params_mut()
+        self.0.made.params_mut()
     }
     fn reload(&mut self) {
-        self.made.apply_masks();
+        self.0.made.apply_masks();
+    }
+}
+
+impl<F: Float> Transform<F> for Iaf<F> {
+    fn kind(&self) -> &'static str {
+        "IAF"
+    }
+    fn dim(&self) -> usize {
+        self.0.d
+    }
+    fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let (z, sl) = self.0.solve(x, ctx);
+        (z, negate(sl))
+    }
+    fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        self.0.apply(z, ctx)
+    }
+    /// Solves for `z` (D passes), then evaluates `g` once more at `z` to cache what the implicit backward needs.
+    fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let (z, _) = self.0.solve(x, ctx);
+        let (_, sl) = self.0.apply_train(&z, ctx);
+        (z, negate(sl))
+    }
+    fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        self.0.backward_solve(dz, dlogdet)
+    }
+    fn params(&self) -> Vec<&Param<F>> {
+        self.0.made.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+        self.0.made.params_mut()
+    }
+    fn reload(&mut self) {
+        self.0.made.apply_masks();
     }
 }

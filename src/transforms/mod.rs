@@ -16,7 +16,7 @@ pub mod scaling;
 pub mod testing;
 
 pub use actnorm::ActNorm;
-pub use autoregressive::{Maf, Order};
+pub use autoregressive::{Iaf, Maf, Order};
 pub use batchnorm::BatchNorm;
 pub use coupling::{AdditiveCoupling, AffineCoupling, Mask, ScaleBound};
 pub use lu_linear::LuLinear;
@@ -169,73 +169,97 @@ mod tests {
         assert_eq!(before, a.params()[0].value);
     }
 
-    #[test]
-    fn maf_generic_checks() {
-        for (order, random_degrees, ctx, depth) in [
-            (Order::Natural, false, 0, 2),
-            (Order::Reversed, true, 0, 1),
-            (Order::Random, true, 2, 2),
-            (Order::Random, false, 3, 3),
-        ] {
-            let mut r = rng(20);
-            let o = order.build(5, 1, &mut r);
-            let t = Maf::new(
-                5,
+    /// A MAF or IAF layer (same constructor) for the shared tests.
+    #[allow(clippy::too_many_arguments)]
+    fn ar_layer(
+        iaf: bool,
+        d: usize,
+        ctx: usize,
+        depth: usize,
+        order: &[usize],
+        random_degrees: bool,
+        r: &mut crate::engine::Rng,
+    ) -> Box<dyn Transform<f64>> {
+        let (act, bound) = (Activation::Tanh, ScaleBound::default());
+        if iaf {
+            Box::new(Iaf::new(
+                d,
                 ctx,
                 12,
                 depth,
-                Activation::Tanh,
-                ScaleBound::default(),
-                &o,
+                act,
+                bound,
+                order,
                 random_degrees,
-                &mut r,
-            );
-            run(Box::new(t), ctx, 21);
+                r,
+            ))
+        } else {
+            Box::new(Maf::new(
+                d,
+                ctx,
+                12,
+                depth,
+                act,
+                bound,
+                order,
+                random_degrees,
+                r,
+            ))
         }
     }
 
     #[test]
-    fn maf_is_autoregressive() {
+    fn maf_and_iaf_generic_checks() {
+        for iaf in [false, true] {
+            for (order, random_degrees, ctx, depth) in [
+                (Order::Natural, false, 0, 2),
+                (Order::Reversed, true, 0, 1),
+                (Order::Random, true, 2, 2),
+                (Order::Random, false, 3, 3),
+            ] {
+                let mut r = rng(20);
+                let o = order.build(5, 1, &mut r);
+                let t = ar_layer(iaf, 5, ctx, depth, &o, random_degrees, &mut r);
+                run(t, ctx, 21);
+            }
+        }
+    }
+
+    #[test]
+    fn maf_and_iaf_are_autoregressive() {
         // dz_i/dx_j = 0 whenever feature j comes at or after feature i in the ordering: the Jacobian is
-        // triangular once the ordering is undone (checked by central differences).
+        // triangular once the ordering is undone (checked by central differences). For IAF the forward is the
+        // sequential solve, whose Jacobian (the inverse of a triangular one) must be triangular too.
         use super::testing::fd_jacobian;
-        for seed in 0..6u64 {
-            let mut r = rng(100 + seed);
-            let d = 6;
-            let o = Order::Random.build(d, 0, &mut r);
-            let mut t = Maf::<f64>::new(
-                d,
-                0,
-                20,
-                2,
-                Activation::Tanh,
-                ScaleBound::default(),
-                &o,
-                seed % 2 == 0,
-                &mut r,
-            );
-            randomize(&mut t, &mut r, 0.5);
-            let x: Mat<f64> = randn(&mut r, 1, d);
-            let jac = fd_jacobian(&t, x.row(0), None, 1e-5);
-            let mut nonzero_below = 0;
-            for i in 0..d {
-                for j in 0..d {
-                    let v = jac[i * d + j].abs();
-                    if i != j && o[j] >= o[i] {
-                        assert!(
-                            v < 1e-9,
-                            "seed {seed}: dz_{i}/dx_{j} = {v} but x_{j} is not before x_{i}"
-                        );
-                    } else if o[j] < o[i] && v > 1e-6 {
-                        nonzero_below += 1;
+        for iaf in [false, true] {
+            for seed in 0..6u64 {
+                let mut r = rng(100 + seed);
+                let d = 6;
+                let o = Order::Random.build(d, 0, &mut r);
+                let mut t = ar_layer(iaf, d, 0, 2, &o, seed % 2 == 0, &mut r);
+                randomize(t.as_mut(), &mut r, 0.5);
+                let x: Mat<f64> = randn(&mut r, 1, d);
+                let jac = fd_jacobian(t.as_ref(), x.row(0), None, 1e-5);
+                let mut nonzero_below = 0;
+                for i in 0..d {
+                    for j in 0..d {
+                        let v = jac[i * d + j].abs();
+                        if i != j && o[j] >= o[i] {
+                            assert!(
+                                v < 1e-9,
+                                "iaf {iaf} seed {seed}: dz_{i}/dx_{j} = {v} but x_{j} is not before x_{i}"
+                            );
+                        } else if o[j] < o[i] && v > 1e-6 {
+                            nonzero_below += 1;
+                        }
                     }
                 }
+                // the network is not trivially disconnected either
+                assert!(
+                    nonzero_below > d,
+                    "iaf {iaf} seed {seed}: only {nonzero_below} dependencies"
+                );
             }
-            // the network is not trivially disconnected either
-            assert!(
-                nonzero_below > d,
-                "seed {seed}: only {nonzero_below} dependencies"
-            );
         }
     }
 
