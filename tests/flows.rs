@@ -1,8 +1,9 @@
 //! Flow-level properties: normalisation, sampling consistency, save/load, determinism, gradients, NaN guard.
 
 use nflow::data::{self, Table};
+use nflow::dist::BaseKind;
 use nflow::engine::{randn, rng, Mat};
-use nflow::flows::{Flow, FlowKind, FlowSpec};
+use nflow::flows::{Flow, FlowKind, FlowSpec, Permute};
 use nflow::train::{TrainConfig, Trainer};
 use nflow::{Error, Model};
 
@@ -47,8 +48,31 @@ fn randomize(flow: &mut Flow<f64>, seed: u64, scale: f64) {
 #[test]
 fn trained_density_integrates_to_one() {
     let t = data::toy("moons", 4000, 0).unwrap();
-    for kind in [FlowKind::Realnvp, FlowKind::Nice, FlowKind::Maf] {
-        let model = quick_fit(small_spec(kind, 2), &t, 300, 0);
+    let mixture = FlowSpec {
+        base: Some(BaseKind::Mixture),
+        components: 4,
+        ..small_spec(FlowKind::Realnvp, 2)
+    };
+    let mog = FlowSpec {
+        layers: 2,
+        components: 3,
+        ..small_spec(FlowKind::MafMog, 2)
+    };
+    let lu = FlowSpec {
+        permute: Permute::Lu,
+        ..small_spec(FlowKind::Maf, 2)
+    };
+    for spec in [
+        small_spec(FlowKind::Realnvp, 2),
+        small_spec(FlowKind::Nice, 2),
+        small_spec(FlowKind::Maf, 2),
+        small_spec(FlowKind::Iaf, 2),
+        mixture,
+        mog,
+        lu,
+    ] {
+        let kind = format!("{:?}/{:?}/{:?}", spec.kind, spec.base_kind(), spec.permute);
+        let model = quick_fit(spec.clone(), &t, 300, 0);
         // Riemann sum on a fine grid far beyond the data (moons lives in about [-1.5, 2.5] x [-1, 1.5]).
         let (lo, hi, g) = (-8.0, 8.0, 500);
         let h = (hi - lo) / g as f64;
@@ -69,7 +93,7 @@ fn trained_density_integrates_to_one() {
         // and it learned something: clearly better on held-out data than after a single step
         let test = data::toy("moons", 2000, 1).unwrap();
         let mean = |m: &Model| m.log_prob_table(&test).unwrap().iter().sum::<f64>() / 2000.0;
-        let start = quick_fit(small_spec(kind, 2), &t, 1, 0);
+        let start = quick_fit(spec, &t, 1, 0);
         let (m, m0) = (mean(&model), mean(&start));
         assert!(
             m > m0 + 0.15,
@@ -80,23 +104,36 @@ fn trained_density_integrates_to_one() {
 
 #[test]
 fn sample_then_log_prob_agrees_with_sample_and_log_prob() {
-    for (kind, bn) in [
-        (FlowKind::Realnvp, true),
-        (FlowKind::Nice, false),
-        (FlowKind::Maf, true),
+    // For IAF this is the point of the test: sample_and_log_prob is its one-pass direction, log_prob the
+    // D-pass sequential solve. MAF is the other way round; MAF MoG also samples its base in D passes.
+    for (kind, bn, base, ctx) in [
+        (FlowKind::Realnvp, true, None, 0),
+        (FlowKind::Nice, false, None, 0),
+        (FlowKind::Maf, true, None, 0),
+        (FlowKind::Maf, false, None, 2),
+        (FlowKind::Iaf, true, None, 0),
+        (FlowKind::Iaf, false, None, 2),
+        (FlowKind::MafMog, false, None, 2),
+        (FlowKind::Realnvp, false, Some(BaseKind::Mixture), 0),
     ] {
         let spec = FlowSpec {
             batch_norm: bn,
             actnorm: bn,
+            base,
+            context_dim: ctx,
+            components: 3,
             ..small_spec(kind, 3)
         };
         let mut flow = spec.build::<f64>().unwrap();
+        let c: Option<Mat<f64>> = (ctx > 0).then(|| randn(&mut rng(8), 64, ctx));
+        let c = c.as_ref();
+        flow.nll_backward(&randn(&mut rng(6), 64, 3), c).unwrap(); // data-dependent initialisations
         randomize(&mut flow, 1, 0.2);
         flow.set_training(false);
-        let (x, lp) = flow.sample_and_log_prob(64, &mut rng(5), None);
-        let x2 = flow.sample(64, &mut rng(5), None);
+        let (x, lp) = flow.sample_and_log_prob(64, &mut rng(5), c);
+        let x2 = flow.sample(64, &mut rng(5), c);
         assert_eq!(x.data, x2.data, "same seed, same samples");
-        let lp2 = flow.log_prob(&x, None);
+        let lp2 = flow.log_prob(&x, c);
         for (a, b) in lp.iter().zip(&lp2) {
             assert!((a - b).abs() < 1e-9, "{kind:?}: {a} vs {b}");
         }
@@ -189,6 +226,31 @@ fn maf_save_load_keeps_orderings_and_masks() {
 }
 
 #[test]
+fn iaf_mog_and_mixture_save_load() {
+    let t = data::toy("8gaussians", 3000, 2).unwrap();
+    let test = data::toy("8gaussians", 300, 9).unwrap();
+    let specs = [
+        FlowSpec {
+            permute: Permute::Lu,
+            ..small_spec(FlowKind::Iaf, 2)
+        },
+        FlowSpec {
+            layers: 0,
+            ..small_spec(FlowKind::MafMog, 2)
+        },
+        FlowSpec {
+            base: Some(BaseKind::Mixture),
+            mixture_init: nflow::dist::MixtureInit::Data,
+            ..small_spec(FlowKind::Maf, 2)
+        },
+    ];
+    for (i, spec) in specs.into_iter().enumerate() {
+        let model = quick_fit(spec, &t, 40, 3);
+        save_load_round_trip(&model, &test, &format!("ar{i}"));
+    }
+}
+
+#[test]
 fn same_seed_same_model() {
     let t = data::toy("rings", 2000, 0).unwrap();
     let fit = |seed| {
@@ -206,10 +268,15 @@ fn same_seed_same_model() {
 #[test]
 fn flow_parameter_gradients_match_finite_differences() {
     // the whole training path: couplings, ActNorm, BatchNorm (batch statistics), base distribution
-    for (kind, base) in [
-        (FlowKind::Realnvp, nflow::dist::BaseKind::DiagNormal),
-        (FlowKind::Nice, nflow::dist::BaseKind::Logistic),
-        (FlowKind::Maf, nflow::dist::BaseKind::Normal),
+    // (IAF: implicit differentiation through its sequential solve; mixture bases; LU / permutations between
+    // layers; a context fed to every MADE)
+    for (kind, base, permute, ctx) in [
+        (FlowKind::Realnvp, BaseKind::DiagNormal, Permute::None, 0),
+        (FlowKind::Nice, BaseKind::Logistic, Permute::None, 0),
+        (FlowKind::Maf, BaseKind::Normal, Permute::Lu, 0),
+        (FlowKind::Iaf, BaseKind::Normal, Permute::Random, 2),
+        (FlowKind::MafMog, BaseKind::MadeMog, Permute::Reverse, 2),
+        (FlowKind::Realnvp, BaseKind::Mixture, Permute::None, 0),
     ] {
         let spec = FlowSpec {
             layers: 3,
@@ -217,14 +284,19 @@ fn flow_parameter_gradients_match_finite_differences() {
             batch_norm: true,
             actnorm: true,
             base: Some(base),
+            permute,
+            components: 3,
+            context_dim: ctx,
             ..FlowSpec::preset(kind, 3)
         };
         let mut flow = spec.build::<f64>().unwrap();
         let x: Mat<f64> = randn(&mut rng(3), 16, 3);
-        flow.nll_backward(&x, None).unwrap(); // initialises ActNorm
+        let c: Option<Mat<f64>> = (ctx > 0).then(|| randn(&mut rng(9), 16, ctx));
+        let c = c.as_ref();
+        flow.nll_backward(&x, c).unwrap(); // initialises ActNorm and the mixture
         randomize(&mut flow, 4, 0.3);
         flow.zero_grad();
-        flow.nll_backward(&x, None).unwrap();
+        flow.nll_backward(&x, c).unwrap();
         let grads: Vec<(String, Vec<f64>, Vec<bool>)> = flow
             .named_params()
             .iter()
@@ -255,9 +327,9 @@ fn flow_parameter_gradients_match_finite_differences() {
                     }
                 };
                 shift(&mut flow, h);
-                let lp = flow.nll_backward(&x, None).unwrap();
+                let lp = flow.nll_backward(&x, c).unwrap();
                 shift(&mut flow, -2.0 * h);
-                let lm = flow.nll_backward(&x, None).unwrap();
+                let lm = flow.nll_backward(&x, c).unwrap();
                 shift(&mut flow, h);
                 let fd = (lp - lm) / (2.0 * h);
                 assert!(

@@ -1,5 +1,11 @@
 //! Base distributions `p_Z` of a flow: log-density, its gradient (for training), and sampling.
 
+pub mod made_mog;
+pub mod mixture;
+
+pub use made_mog::MadeMog;
+pub use mixture::{GaussianMixture, MixtureInit};
+
 use crate::engine::{randn, Float, Mat, Rng};
 use crate::nn::Param;
 use rand::Rng as _;
@@ -10,17 +16,25 @@ const LN_2PI: f64 = 1.837_877_066_409_345_5;
 pub trait Distribution<F: Float>: Send + Sync {
     fn kind(&self) -> &'static str;
     fn dim(&self) -> usize;
-    /// Per-row log-density.
-    fn log_prob(&self, z: &Mat<F>) -> Vec<F>;
-    /// Given dL/dlog p per row, accumulate parameter gradients and return dL/dz.
-    fn log_prob_backward(&mut self, z: &Mat<F>, dlp: &[F]) -> Mat<F>;
-    fn sample(&self, n: usize, rng: &mut Rng) -> Mat<F>;
+    /// Per-row log-density (given the context rows, for a conditional distribution).
+    fn log_prob(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Vec<F>;
+    /// The training-time log-density: keeps what [`Distribution::log_prob_backward`] needs, and is where a
+    /// data-initialised distribution initialises itself from its first batch.
+    fn log_prob_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Vec<F> {
+        self.log_prob(z, ctx)
+    }
+    /// Given dL/dlog p per row of the last `log_prob_train`, accumulate parameter gradients, return dL/dz.
+    fn log_prob_backward(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>, dlp: &[F]) -> Mat<F>;
+    /// `n` samples (a conditional distribution gets `n` context rows: one sample per row).
+    fn sample(&self, n: usize, ctx: Option<&Mat<F>>, rng: &mut Rng) -> Mat<F>;
     fn params(&self) -> Vec<&Param<F>> {
         Vec::new()
     }
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         Vec::new()
     }
+    /// Rebuild derived state (masks) after loading.
+    fn reload(&mut self) {}
 }
 
 /// Which base distribution a flow uses.
@@ -31,6 +45,10 @@ pub enum BaseKind {
     Normal,
     DiagNormal,
     Logistic,
+    /// Gaussian mixture with learned weights, means and diagonal scales (initialised from data).
+    Mixture,
+    /// Autoregressive mixture of Gaussians (MADE MoG); the base of `maf-mog`.
+    MadeMog,
 }
 
 impl BaseKind {
@@ -39,16 +57,12 @@ impl BaseKind {
             "normal" => BaseKind::Normal,
             "diag-normal" => BaseKind::DiagNormal,
             "logistic" => BaseKind::Logistic,
+            "mixture" | "gmm" => BaseKind::Mixture,
+            "made-mog" => BaseKind::MadeMog,
             _ => return None,
         })
     }
-    pub fn build<F: Float>(self, d: usize) -> Box<dyn Distribution<F>> {
-        match self {
-            BaseKind::Normal => Box::new(StandardNormal { d }),
-            BaseKind::DiagNormal => Box::new(DiagNormal::new(d)),
-            BaseKind::Logistic => Box::new(StandardLogistic { d }),
-        }
-    }
+    pub const NAMES: &'static str = "normal, diag-normal, logistic, mixture, made-mog";
 }
 
 /// `N(0, I)`.
@@ -64,13 +78,13 @@ impl<F: Float> Distribution<F> for StandardNormal {
     fn dim(&self) -> usize {
         self.d
     }
-    fn log_prob(&self, z: &Mat<F>) -> Vec<F> {
+    fn log_prob(&self, z: &Mat<F>, _ctx: Option<&Mat<F>>) -> Vec<F> {
         let c = F::c(-0.5 * LN_2PI * self.d as f64);
         (0..z.rows)
             .map(|r| c - F::c(0.5) * z.row(r).iter().map(|&v| v * v).sum::<F>())
             .collect()
     }
-    fn log_prob_backward(&mut self, z: &Mat<F>, dlp: &[F]) -> Mat<F> {
+    fn log_prob_backward(&mut self, z: &Mat<F>, _ctx: Option<&Mat<F>>, dlp: &[F]) -> Mat<F> {
         let mut dz = z.clone();
         for r in 0..z.rows {
             let g = dlp[r];
@@ -78,7 +92,7 @@ impl<F: Float> Distribution<F> for StandardNormal {
         }
         dz
     }
-    fn sample(&self, n: usize, rng: &mut Rng) -> Mat<F> {
+    fn sample(&self, n: usize, _ctx: Option<&Mat<F>>, rng: &mut Rng) -> Mat<F> {
         randn(rng, n, self.d)
     }
 }
@@ -106,7 +120,7 @@ impl<F: Float> Distribution<F> for DiagNormal<F> {
     fn dim(&self) -> usize {
         self.loc.value.len()
     }
-    fn log_prob(&self, z: &Mat<F>) -> Vec<F> {
+    fn log_prob(&self, z: &Mat<F>, _ctx: Option<&Mat<F>>) -> Vec<F> {
         let d = self.dim();
         let c = F::c(-0.5 * LN_2PI * d as f64) - self.log_scale.value.iter().copied().sum::<F>();
         (0..z.rows)
@@ -123,7 +137,7 @@ impl<F: Float> Distribution<F> for DiagNormal<F> {
             })
             .collect()
     }
-    fn log_prob_backward(&mut self, z: &Mat<F>, dlp: &[F]) -> Mat<F> {
+    fn log_prob_backward(&mut self, z: &Mat<F>, _ctx: Option<&Mat<F>>, dlp: &[F]) -> Mat<F> {
         let d = self.dim();
         let mut dz = Mat::zeros(z.rows, d);
         for r in 0..z.rows {
@@ -139,7 +153,7 @@ impl<F: Float> Distribution<F> for DiagNormal<F> {
         }
         dz
     }
-    fn sample(&self, n: usize, rng: &mut Rng) -> Mat<F> {
+    fn sample(&self, n: usize, _ctx: Option<&Mat<F>>, rng: &mut Rng) -> Mat<F> {
         let mut e: Mat<F> = randn(rng, n, self.dim());
         let d = self.dim();
         for r in 0..n {
@@ -179,7 +193,7 @@ impl<F: Float> Distribution<F> for StandardLogistic {
     fn dim(&self) -> usize {
         self.d
     }
-    fn log_prob(&self, z: &Mat<F>) -> Vec<F> {
+    fn log_prob(&self, z: &Mat<F>, _ctx: Option<&Mat<F>>) -> Vec<F> {
         (0..z.rows)
             .map(|r| {
                 -z.row(r)
@@ -189,7 +203,7 @@ impl<F: Float> Distribution<F> for StandardLogistic {
             })
             .collect()
     }
-    fn log_prob_backward(&mut self, z: &Mat<F>, dlp: &[F]) -> Mat<F> {
+    fn log_prob_backward(&mut self, z: &Mat<F>, _ctx: Option<&Mat<F>>, dlp: &[F]) -> Mat<F> {
         let mut dz = z.clone();
         for r in 0..z.rows {
             let g = dlp[r];
@@ -200,7 +214,7 @@ impl<F: Float> Distribution<F> for StandardLogistic {
         }
         dz
     }
-    fn sample(&self, n: usize, rng: &mut Rng) -> Mat<F> {
+    fn sample(&self, n: usize, _ctx: Option<&Mat<F>>, rng: &mut Rng) -> Mat<F> {
         let data = (0..n * self.d)
             .map(|_| {
                 let u: f64 = rng.gen_range(f64::EPSILON..1.0);

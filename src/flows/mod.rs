@@ -2,12 +2,15 @@
 //! `log p(x) = log p_Z(f(x)) + log|det df/dx|`, `f = f_K o ... o f_1` (data -> noise).
 //! Presets build the classic architectures by name from a serialisable [`FlowSpec`].
 
-use crate::dist::{BaseKind, Distribution};
+use crate::dist::{
+    BaseKind, DiagNormal, Distribution, GaussianMixture, MadeMog, MixtureInit, StandardLogistic,
+    StandardNormal,
+};
 use crate::engine::{rng, Float, Mat, Rng};
 use crate::nn::{Activation, Param};
 use crate::transforms::{
-    ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, Maf, Mask, Order, ScaleBound, Scaling,
-    Transform,
+    ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, Iaf, LuLinear, Maf, Mask, Order,
+    Permutation, ScaleBound, Scaling, Transform,
 };
 use crate::Error;
 use serde::{Deserialize, Serialize};
@@ -23,15 +26,47 @@ pub enum FlowKind {
     /// MAF (Papamakarios et al. 2017): masked affine autoregressive layers (MADE conditioners) with
     /// alternating orderings, optional batch norm between them, Gaussian prior.
     Maf,
+    /// IAF (Kingma et al. 2016): the MAF layer used the other way round, sampling in one pass and density of
+    /// a given point in D passes.
+    Iaf,
+    /// MAF MoG (Papamakarios et al. 2017): MAF layers on a MADE MoG base; with 0 layers, MADE MoG.
+    MafMog,
+}
+
+/// What sits between consecutive layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Permute {
+    /// Nothing (the layers' own masks / orderings alternate).
+    #[default]
+    None,
+    Reverse,
+    Random,
+    /// A learned LU-parameterised linear map with a random permutation (the NSF paper's setting).
+    Lu,
+}
+
+impl Permute {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Permute::None,
+            "reverse" => Permute::Reverse,
+            "random" => Permute::Random,
+            "lu" => Permute::Lu,
+            _ => return None,
+        })
+    }
 }
 
 impl FlowKind {
-    pub const NAMES: &'static [&'static str] = &["nice", "realnvp", "maf"];
+    pub const NAMES: &'static [&'static str] = &["nice", "realnvp", "maf", "iaf", "maf-mog"];
     pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "nice" => Ok(FlowKind::Nice),
             "realnvp" => Ok(FlowKind::Realnvp),
             "maf" => Ok(FlowKind::Maf),
+            "iaf" => Ok(FlowKind::Iaf),
+            "maf-mog" => Ok(FlowKind::MafMog),
             _ => Err(Error::Config(format!(
                 "unknown flow '{s}' (known: {})",
                 Self::NAMES.join(", ")
@@ -43,8 +78,18 @@ impl FlowKind {
             FlowKind::Nice => "nice",
             FlowKind::Realnvp => "realnvp",
             FlowKind::Maf => "maf",
+            FlowKind::Iaf => "iaf",
+            FlowKind::MafMog => "maf-mog",
         }
     }
+    /// Layers built from MADE conditioners.
+    pub fn autoregressive(self) -> bool {
+        matches!(self, FlowKind::Maf | FlowKind::Iaf | FlowKind::MafMog)
+    }
+}
+
+fn default_components() -> usize {
+    10
 }
 
 /// Everything needed to rebuild a flow's architecture (weights aside). Stored in `config.json`.
@@ -77,9 +122,19 @@ pub struct FlowSpec {
     /// ActNorm before every coupling.
     #[serde(default)]
     pub actnorm: bool,
-    /// Base distribution; `None`: the preset's (logistic for NICE, standard normal otherwise).
+    /// What goes between consecutive layers.
+    #[serde(default)]
+    pub permute: Permute,
+    /// Base distribution; `None`: the preset's (logistic for NICE, MADE MoG for maf-mog, standard normal
+    /// otherwise).
     #[serde(default)]
     pub base: Option<BaseKind>,
+    /// Mixture components of a `mixture` or `made-mog` base.
+    #[serde(default = "default_components")]
+    pub components: usize,
+    /// How a `mixture` base initialises itself from the first batch.
+    #[serde(default)]
+    pub mixture_init: MixtureInit,
     /// Seed of the initial weights and of random masks.
     #[serde(default)]
     pub seed: u64,
@@ -95,7 +150,7 @@ impl FlowSpec {
             layers: match kind {
                 FlowKind::Nice => 4,
                 FlowKind::Realnvp => 8,
-                FlowKind::Maf => 5,
+                FlowKind::Maf | FlowKind::Iaf | FlowKind::MafMog => 5,
             },
             hidden: 128,
             depth: 2,
@@ -105,7 +160,10 @@ impl FlowSpec {
             scale: ScaleBound::default(),
             batch_norm: false,
             actnorm: false,
+            permute: Permute::None,
             base: None,
+            components: default_components(),
+            mixture_init: MixtureInit::Kmeans,
             seed: 0,
         }
     }
@@ -115,14 +173,22 @@ impl FlowSpec {
         if self.dim == 0 {
             return bad("dim must be at least 1".into());
         }
-        if self.layers == 0 {
-            return bad("layers must be at least 1".into());
+        if self.layers == 0 && self.base_kind() != BaseKind::MadeMog {
+            return bad("layers must be at least 1 (0 only with a made-mog base: MADE MoG)".into());
         }
         if self.hidden == 0 {
             return bad("hidden must be at least 1".into());
         }
-        if self.kind == FlowKind::Maf && self.depth == 0 {
-            return bad("maf needs at least one hidden layer (depth >= 1)".into());
+        if (self.kind.autoregressive() || self.base_kind() == BaseKind::MadeMog) && self.depth == 0
+        {
+            return bad(format!(
+                "{} needs at least one hidden layer in its MADE (depth >= 1)",
+                self.kind.name()
+            ));
+        }
+        if matches!(self.base_kind(), BaseKind::Mixture | BaseKind::MadeMog) && self.components == 0
+        {
+            return bad("a mixture base needs at least one component".into());
         }
         if let ScaleBound::SoftClamp { bound } = self.scale {
             if !(bound.is_finite() && bound > 0.0) {
@@ -135,8 +201,38 @@ impl FlowSpec {
     pub fn base_kind(&self) -> BaseKind {
         self.base.unwrap_or(match self.kind {
             FlowKind::Nice => BaseKind::Logistic,
-            FlowKind::Realnvp | FlowKind::Maf => BaseKind::Normal,
+            FlowKind::MafMog => BaseKind::MadeMog,
+            FlowKind::Realnvp | FlowKind::Maf | FlowKind::Iaf => BaseKind::Normal,
         })
+    }
+
+    fn build_base<F: Float>(&self, r: &mut Rng) -> Box<dyn Distribution<F>> {
+        let d = self.dim;
+        match self.base_kind() {
+            BaseKind::Normal => Box::new(StandardNormal { d }),
+            BaseKind::DiagNormal => Box::new(DiagNormal::new(d)),
+            BaseKind::Logistic => Box::new(StandardLogistic { d }),
+            BaseKind::Mixture => Box::new(GaussianMixture::new(
+                d,
+                self.components,
+                self.mixture_init,
+                self.seed,
+            )),
+            BaseKind::MadeMog => {
+                let order = self.order.build(d, self.layers, r);
+                Box::new(MadeMog::new(
+                    d,
+                    self.context_dim,
+                    self.hidden,
+                    self.depth,
+                    self.components,
+                    self.activation,
+                    self.scale,
+                    &order,
+                    r,
+                ))
+            }
+        }
     }
 
     /// Build the flow with freshly initialised weights (deterministic in `seed`).
@@ -170,22 +266,48 @@ impl FlowSpec {
                     self.scale,
                     &mut r,
                 )),
-                FlowKind::Maf => {
+                FlowKind::Maf | FlowKind::MafMog | FlowKind::Iaf => {
                     let order = self.order.build(d, l, &mut r);
-                    Box::new(Maf::new(
-                        d,
-                        self.context_dim,
-                        self.hidden,
-                        self.depth,
-                        self.activation,
-                        self.scale,
-                        &order,
-                        false,
-                        &mut r,
-                    ))
+                    let args = (d, self.context_dim, self.hidden, self.depth);
+                    if self.kind == FlowKind::Iaf {
+                        Box::new(Iaf::new(
+                            args.0,
+                            args.1,
+                            args.2,
+                            args.3,
+                            self.activation,
+                            self.scale,
+                            &order,
+                            false,
+                            &mut r,
+                        ))
+                    } else {
+                        Box::new(Maf::new(
+                            args.0,
+                            args.1,
+                            args.2,
+                            args.3,
+                            self.activation,
+                            self.scale,
+                            &order,
+                            false,
+                            &mut r,
+                        ))
+                    }
                 }
             };
             ts.push(layer);
+            if l + 1 < self.layers {
+                match self.permute {
+                    Permute::None => {}
+                    Permute::Reverse => ts.push(Box::new(Permutation::reverse(d))),
+                    Permute::Random => ts.push(Box::new(Permutation::random(d, &mut r))),
+                    Permute::Lu => {
+                        let p = Permutation::<F>::random(d, &mut r).indices().to_vec();
+                        ts.push(Box::new(LuLinear::new(d, Some(p))))
+                    }
+                }
+            }
             if normalised && self.batch_norm && l + 1 < self.layers {
                 ts.push(Box::new(BatchNorm::new(d)));
             }
@@ -193,7 +315,8 @@ impl FlowSpec {
         if self.kind == FlowKind::Nice {
             ts.push(Box::new(Scaling::new(d)));
         }
-        Ok(Flow::new(self.base_kind().build(d), ts, self.context_dim))
+        let base = self.build_base(&mut r);
+        Ok(Flow::new(base, ts, self.context_dim))
     }
 }
 
@@ -273,7 +396,7 @@ impl<F: Float> Flow<F> {
     pub fn log_prob(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Vec<F> {
         let (z, mut ld) = self.transform_to_noise(x, ctx);
         ld.iter_mut()
-            .zip(self.base.log_prob(&z))
+            .zip(self.base.log_prob(&z, ctx))
             .for_each(|(a, b)| *a += b);
         ld
     }
@@ -292,7 +415,7 @@ impl<F: Float> Flow<F> {
 
     /// `n` samples (for a conditional flow, `ctx` has `n` rows: one sample per context row).
     pub fn sample(&self, n: usize, rng: &mut Rng, ctx: Option<&Mat<F>>) -> Mat<F> {
-        self.inverse(&self.base.sample(n, rng), ctx).0
+        self.inverse(&self.base.sample(n, ctx, rng), ctx).0
     }
 
     /// Samples and their log-density in one pass: `log p(x) = log p_Z(z) - log|det dx/dz|`.
@@ -302,8 +425,8 @@ impl<F: Float> Flow<F> {
         rng: &mut Rng,
         ctx: Option<&Mat<F>>,
     ) -> (Mat<F>, Vec<F>) {
-        let z = self.base.sample(n, rng);
-        let lpz = self.base.log_prob(&z);
+        let z = self.base.sample(n, ctx, rng);
+        let lpz = self.base.log_prob(&z, ctx);
         let (x, ld) = self.inverse(&z, ctx);
         (x, lpz.iter().zip(&ld).map(|(&a, &b)| a - b).collect())
     }
@@ -324,7 +447,7 @@ impl<F: Float> Flow<F> {
             z = z2;
             ld.iter_mut().zip(&l).for_each(|(a, &b)| *a += b);
         }
-        let lpz = self.base.log_prob(&z);
+        let lpz = self.base.log_prob_train(&z, ctx);
         let total: F = lpz.iter().zip(&ld).map(|(&a, &b)| a + b).sum();
         let loss = -total / F::c(n as f64);
         if !loss.is_finite() {
@@ -333,7 +456,7 @@ impl<F: Float> Flow<F> {
             });
         }
         let g = vec![-F::one() / F::c(n as f64); n];
-        let mut dz = self.base.log_prob_backward(&z, &g);
+        let mut dz = self.base.log_prob_backward(&z, ctx, &g);
         for (i, t) in self.transforms.iter_mut().enumerate().rev() {
             dz = t.backward(&dz, &g);
             if dz.first_non_finite().is_some() {
@@ -400,6 +523,7 @@ impl<F: Float> Flow<F> {
         for t in &mut self.transforms {
             t.reload();
         }
+        self.base.reload();
     }
 
     /// Snapshot of all parameter values (for keeping the best weights).
