@@ -410,3 +410,151 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+#[test]
+fn conditional_train_eval_sample() {
+    // p(x, y | angle): points on the unit circle at the given angle
+    let d = tmp("cond");
+    let mut csv = String::from("x,y,angle,label\n");
+    for i in 0..1500 {
+        let a = -3.0 + 6.0 * (i as f64 * 0.618_034).fract();
+        let r = 1.0 + 0.05 * ((i * 7919 % 97) as f64 / 97.0 - 0.5);
+        csv += &format!("{},{},{a},{}\n", r * a.cos(), r * a.sin(), i % 3);
+    }
+    let data = d.join("c.csv");
+    std::fs::write(&data, csv).unwrap();
+    let data = data.to_str().unwrap();
+    for flow in ["maf", "iaf", "maf-mog", "realnvp"] {
+        let m = d.join(format!("m-{flow}"));
+        let ms = m.to_str().unwrap();
+        ok(&nflow(&[
+            "train",
+            "--data",
+            data,
+            "--flow",
+            flow,
+            "--context",
+            "angle",
+            "--drop",
+            "label",
+            "--layers",
+            "3",
+            "--steps",
+            "300",
+            "--hidden",
+            "32",
+            "--batch-size",
+            "128",
+            "--quiet",
+            "--out",
+            ms,
+        ]));
+        let info = ok(&nflow(&["info", "--model", ms]));
+        assert!(info.contains("context        angle"), "{info}");
+        let out = ok(&nflow(&["eval", "--model", ms, "--data", data, "--json"]));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(
+            v["dim"], 2,
+            "{flow}: the context column is not a data column"
+        );
+        // sampling given one context row and given a file of rows
+        let s = d.join(format!("s-{flow}.csv"));
+        ok(&nflow(&[
+            "sample",
+            "--model",
+            ms,
+            "--context",
+            "1.2",
+            "-n",
+            "200",
+            "--out",
+            s.to_str().unwrap(),
+        ]));
+        let text = std::fs::read_to_string(&s).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("x,y,angle"));
+        let rows: Vec<Vec<f64>> = lines
+            .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(rows.len(), 200);
+        let mx = rows.iter().map(|r| r[0]).sum::<f64>() / 200.0;
+        let my = rows.iter().map(|r| r[1]).sum::<f64>() / 200.0;
+        assert!(rows.iter().all(|r| r[2] == 1.2));
+        if flow != "realnvp" {
+            // the conditional was learned: samples sit near (cos 1.2, sin 1.2) = (0.36, 0.93)
+            assert!(
+                (mx - 0.36).abs() < 0.25 && (my - 0.93).abs() < 0.25,
+                "{flow}: mean ({mx}, {my})"
+            );
+        }
+        let cf = d.join("ctx.csv");
+        std::fs::write(&cf, "label,angle\n0,0.0\n1,3.0\n").unwrap();
+        let s2 = d.join("s2.csv");
+        ok(&nflow(&[
+            "sample",
+            "--model",
+            ms,
+            "--context-file",
+            cf.to_str().unwrap(),
+            "-n",
+            "4",
+            "--out",
+            s2.to_str().unwrap(),
+        ]));
+        let text = std::fs::read_to_string(&s2).unwrap();
+        let ang: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit(',').next().unwrap())
+            .collect();
+        assert_eq!(ang, ["0", "0", "0", "0", "3", "3", "3", "3"]);
+    }
+    let ms = d.join("m-maf");
+    let ms = ms.to_str().unwrap();
+    let s = d.join("bad.csv");
+    let s = s.to_str().unwrap();
+    fails(
+        &nflow(&["sample", "--model", ms, "-n", "3", "--out", s]),
+        &["conditional on angle", "--context"],
+    );
+    fails(
+        &nflow(&["sample", "--model", ms, "--context", "1,2", "--out", s]),
+        &["2 values", "1 columns"],
+    );
+    fails(
+        &nflow(&["sample", "--model", ms, "--context", "nan", "--out", s]),
+        &["not a finite number"],
+    );
+    fails(
+        &nflow(&["eval", "--model", ms, "--data", "toy:moons"]),
+        &["toy:moons", "no column angle"],
+    );
+    fails(
+        &train_small(data, &d.join("x"), &["--flow", "maf", "--context", "speed"]),
+        &["speed"],
+    );
+    fails(
+        &train_small(
+            data,
+            &d.join("x"),
+            &["--columns", "x,angle", "--context", "angle"],
+        ),
+        &["both in --columns and in --context"],
+    );
+    // an unconditional model refuses a context
+    let u = d.join("u");
+    ok(&train_small("toy:moons", &u, &[]));
+    fails(
+        &nflow(&[
+            "sample",
+            "--model",
+            u.to_str().unwrap(),
+            "--context",
+            "1",
+            "--out",
+            s,
+        ]),
+        &["takes no context"],
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

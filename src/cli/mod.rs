@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use nflow::data::{self, Table};
-use nflow::dist::BaseKind;
-use nflow::flows::{FlowKind, FlowSpec};
+use nflow::dist::{BaseKind, MixtureInit};
+use nflow::flows::{FlowKind, FlowSpec, Permute};
 use nflow::nn::Activation;
 use nflow::optim::{OptimConfig, OptimKind, Schedule};
 use nflow::train::{TrainConfig, Trainer};
@@ -71,10 +71,14 @@ struct TrainArgs {
     /// Optional test data (same columns), evaluated after training.
     #[arg(long)]
     test: Option<String>,
-    /// Flow: nice | realnvp | maf.
+    /// Flow: nice | realnvp | maf | iaf | maf-mog (MAF on a MADE MoG base; with --layers 0, MADE MoG).
     #[arg(long, default_value = "realnvp")]
     flow: String,
-    /// Number of flow layers (default: 4 for nice, 8 for realnvp, 5 for maf).
+    /// Fit p(x | c): these columns (comma-separated names) are the context c, fed to every conditioner
+    /// network; the remaining selected columns are x. `eval` reads the same columns from its data.
+    #[arg(long, value_delimiter = ',')]
+    context: Vec<String>,
+    /// Number of flow layers (default: 4 for nice, 8 for realnvp, 5 for the autoregressive flows).
     #[arg(long)]
     layers: Option<usize>,
     /// Hidden width of the conditioner networks.
@@ -104,9 +108,19 @@ struct TrainArgs {
     /// ActNorm before every layer (realnvp, maf).
     #[arg(long)]
     actnorm: bool,
-    /// Base distribution: normal | diag-normal | logistic (default: logistic for nice, normal otherwise).
+    /// Base distribution: normal | diag-normal | logistic | mixture (Gaussian mixture, learned) | made-mog
+    /// (default: logistic for nice, made-mog for maf-mog, normal otherwise).
     #[arg(long)]
     base: Option<String>,
+    /// Components of a mixture or made-mog base.
+    #[arg(long, default_value_t = 10)]
+    components: usize,
+    /// How a mixture base initialises from the first batch: kmeans | data.
+    #[arg(long, default_value = "kmeans")]
+    mixture_init: String,
+    /// Between layers: none | reverse | random | lu (learned LU-linear with a random permutation).
+    #[arg(long, default_value = "none")]
+    permute: String,
     /// Passes over the training split (ignored with --steps).
     #[arg(long, default_value_t = 50)]
     epochs: usize,
@@ -181,6 +195,15 @@ struct SampleArgs {
     /// Output file: .csv, .csv.gz or .npy.
     #[arg(long)]
     out: PathBuf,
+    /// Conditional model: one context row as comma-separated values (in the order of the model's context
+    /// columns); `-n` samples are drawn given it.
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "context_file")]
+    context: Option<String>,
+    /// Conditional model: a CSV with the context columns (by name); `-n` samples are drawn per context row.
+    /// Output: n rows for context row 1, then n rows for row 2, ...; columns: the model's data columns
+    /// followed by the context columns.
+    #[arg(long)]
+    context_file: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -206,6 +229,9 @@ struct PlotArgs {
     max_dims: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Conditional model: the context row (comma-separated values) to plot p(x | c) for.
+    #[arg(long, allow_hyphen_values = true)]
+    context: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -259,9 +285,10 @@ fn parse_or<T>(v: Option<T>, what: &str, got: &str, known: &str) -> Result<T> {
     v.with_context(|| format!("unknown {what} '{got}' (known: {known})"))
 }
 
-fn build_spec(a: &TrainArgs, dim: usize) -> Result<FlowSpec> {
+fn build_spec(a: &TrainArgs, dim: usize, context_dim: usize) -> Result<FlowSpec> {
     let kind = FlowKind::parse(&a.flow)?;
     let mut spec = FlowSpec::preset(kind, dim);
+    spec.context_dim = context_dim;
     if let Some(l) = a.layers {
         spec.layers = l;
     }
@@ -299,9 +326,22 @@ fn build_spec(a: &TrainArgs, dim: usize) -> Result<FlowSpec> {
             BaseKind::parse(b),
             "base distribution",
             b,
-            "normal, diag-normal, logistic",
+            BaseKind::NAMES,
         )?);
     }
+    spec.components = a.components;
+    spec.mixture_init = parse_or(
+        MixtureInit::parse(&a.mixture_init),
+        "mixture init",
+        &a.mixture_init,
+        "kmeans, data",
+    )?;
+    spec.permute = parse_or(
+        Permute::parse(&a.permute),
+        "permute",
+        &a.permute,
+        "none, reverse, random, lu",
+    )?;
     spec.seed = a.seed;
     spec.validate()?;
     Ok(spec)
@@ -359,12 +399,13 @@ fn fit_and_save(
     spec: FlowSpec,
     cfg: TrainConfig,
     table: &Table,
+    context: Option<&Table>,
     out: &Path,
     quiet: bool,
 ) -> Result<Model> {
     let pb = progress_bar(quiet);
     let mut val_msg = String::new();
-    let fitted = Trainer::new(cfg).fit(spec, table, None, |p| {
+    let fitted = Trainer::new(cfg).fit(spec, table, context, |p| {
         pb.set_length(p.total as u64);
         pb.set_position(p.step as u64);
         if let Some(v) = p.val_log_prob {
@@ -402,14 +443,34 @@ fn fit_and_save(
     Ok(fitted.model)
 }
 
+/// Split a loaded table into the data columns (after --columns / --drop) and the context columns.
+fn split_context(full: Table, sel: &DataSel, context: &[String]) -> Result<(Table, Option<Table>)> {
+    if context.is_empty() {
+        return Ok((full.select(sel.columns.as_deref(), &sel.drop)?, None));
+    }
+    if let Some(c) = context
+        .iter()
+        .find(|c| sel.columns.iter().flatten().any(|k| k == *c))
+    {
+        bail!("column '{c}' is given both in --columns and in --context");
+    }
+    let ctx = full.select(Some(context), &[])?;
+    let mut drop = sel.drop.clone();
+    drop.extend(context.iter().cloned());
+    Ok((full.select(sel.columns.as_deref(), &drop)?, Some(ctx)))
+}
+
 fn train(a: TrainArgs) -> Result<()> {
-    let table = load(&a.data, &a.sel, a.seed)?;
-    let spec = build_spec(&a, table.cols)?;
+    let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
+    let (table, ctx) = split_context(full, &a.sel, &a.context)?;
+    let spec = build_spec(&a, table.cols, ctx.as_ref().map_or(0, |c| c.cols))?;
     let cfg = train_config(&a)?;
-    let model = fit_and_save(spec, cfg, &table, &a.out, a.quiet)?;
+    let model = fit_and_save(spec, cfg, &table, ctx.as_ref(), &a.out, a.quiet)?;
     if let Some(test) = &a.test {
-        let t = model.select_columns(load(test, &a.sel, a.seed.wrapping_add(1))?)?;
-        let s = stats(&model.log_prob_table(&t)?);
+        let full = data::load_source(test, a.sel.toy_n, a.seed.wrapping_add(1))?;
+        let c = model.select_context(&full)?;
+        let t = model.select_columns(full.select(a.sel.columns.as_deref(), &a.sel.drop)?)?;
+        let s = stats(&model.log_prob_ctx(&t, c.as_ref())?);
         println!(
             "test mean log-likelihood {:.4} ± {:.4} nats ({} rows of {})",
             s.0, s.1, t.rows, t.source
@@ -428,8 +489,10 @@ fn stats(lp: &[f64]) -> (f64, f64) {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let model = Model::load(&a.model)?;
-    let t = model.select_columns(load(&a.data, &a.sel, a.seed)?)?;
-    let lp = model.log_prob_table(&t)?;
+    let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
+    let c = model.select_context(&full)?;
+    let t = model.select_columns(full.select(a.sel.columns.as_deref(), &a.sel.drop)?)?;
+    let lp = model.log_prob_ctx(&t, c.as_ref())?;
     let (mean, se) = stats(&lp);
     if let Some(p) = &a.per_sample {
         let out = Table::new(vec!["log_prob".into()], lp.len(), lp.clone(), "per-sample");
@@ -470,10 +533,65 @@ fn sample(a: SampleArgs) -> Result<()> {
     if a.n == 0 {
         bail!("-n must be at least 1");
     }
-    let s = model.sample(a.n, a.seed, None)?;
+    let ctx = context_rows(&model, a.context.as_deref(), a.context_file.as_deref())?;
+    let s = match &ctx {
+        None => model.sample(a.n, a.seed, None)?,
+        Some(c) => {
+            // each context row repeated n times, samples and their context side by side
+            let rep: Vec<usize> = (0..c.rows)
+                .flat_map(|r| std::iter::repeat_n(r, a.n))
+                .collect();
+            let cr = c.take_rows(&rep);
+            let x = model.sample(rep.len(), a.seed, Some(&cr))?;
+            x.hcat(&cr)?
+        }
+    };
     write_table(&a.out, &s)?;
-    eprintln!("wrote {} samples to {}", a.n, a.out.display());
+    eprintln!("wrote {} samples to {}", s.rows, a.out.display());
     Ok(())
+}
+
+/// The context rows for sampling a conditional model (`--context v1,v2` or `--context-file F`).
+fn context_rows(model: &Model, values: Option<&str>, file: Option<&str>) -> Result<Option<Table>> {
+    let k = model.context_columns.len();
+    if k == 0 && (values.is_some() || file.is_some()) {
+        bail!("the model takes no context");
+    }
+    let t = match (values, file) {
+        (Some(v), _) => {
+            let vals: Vec<f64> = v
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|x| x.is_finite())
+                        .with_context(|| format!("--context: '{s}' is not a finite number"))
+                })
+                .collect::<Result<_>>()?;
+            if vals.len() != k {
+                bail!(
+                    "--context has {} values, the model's context has {k} columns ({})",
+                    vals.len(),
+                    model.context_columns.join(", ")
+                );
+            }
+            Table::new(model.context_columns.clone(), 1, vals, "--context")
+        }
+        (None, Some(f)) => {
+            let full = data::load_source(f, 0, 0)?;
+            match model.select_context(&full)? {
+                Some(c) => c,
+                None => bail!("{f}: the model takes no context"),
+            }
+        }
+        (None, None) if k > 0 => bail!(
+            "the model is conditional on {}: give --context VALUES or --context-file FILE",
+            model.context_columns.join(", ")
+        ),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(t))
 }
 
 /// 2-D extent covering the points (0.5%..99.5% quantiles plus a margin).
@@ -491,8 +609,10 @@ fn extent(pts: &[[f64; 2]]) -> [f64; 4] {
     [x0, x1, y0, y1]
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plot_model(
     model: &Model,
+    ctx: Option<&Table>,
     data: Option<&Table>,
     out: &Path,
     n: usize,
@@ -500,7 +620,9 @@ fn plot_model(
     max_dims: usize,
     seed: u64,
 ) -> Result<()> {
-    let s = model.sample(n, seed, None)?;
+    // a conditional model is drawn given one context row, repeated for every sample and grid point
+    let repeat = |rows: usize| ctx.map(|c| c.take_rows(&vec![0; rows]));
+    let s = model.sample(n, seed, repeat(n).as_ref())?;
     if model.dim() == 2 {
         let pts = |t: &Table| -> Vec<[f64; 2]> {
             (0..t.rows).map(|i| [t.row(i)[0], t.row(i)[1]]).collect()
@@ -517,7 +639,7 @@ fn plot_model(
             }
         }
         let gt = Table::new(model.columns.clone(), g * g, pts_grid, "grid");
-        let lp = model.log_prob_table(&gt)?;
+        let lp = model.log_prob_ctx(&gt, repeat(g * g).as_ref())?;
         nflow::plot::density_2d_png(out, &lp, g, g, ext, &sp, dp.as_deref())?;
     } else {
         nflow::plot::pairs_png(
@@ -537,8 +659,10 @@ fn plot(a: PlotArgs) -> Result<()> {
         Some(src) => Some(model.select_columns(load(src, &a.sel, a.seed.wrapping_add(1))?)?),
         None => None,
     };
+    let ctx = context_rows(&model, a.context.as_deref(), None)?;
     plot_model(
         &model,
+        ctx.as_ref(),
         data.as_ref(),
         &a.out,
         a.samples,
@@ -563,6 +687,19 @@ fn info(a: InfoArgs) -> Result<()> {
         "architecture   {} layers, conditioner {}x{} {:?}, mask {:?}, scale {:?}, batch norm {}, actnorm {}",
         m.spec.layers, m.spec.depth, m.spec.hidden, m.spec.activation, m.spec.mask, m.spec.scale, m.spec.batch_norm, m.spec.actnorm
     );
+    println!(
+        "base           {:?}{}, between layers {:?}",
+        m.spec.base_kind(),
+        if matches!(m.spec.base_kind(), BaseKind::Mixture | BaseKind::MadeMog) {
+            format!(" ({} components)", m.spec.components)
+        } else {
+            String::new()
+        },
+        m.spec.permute
+    );
+    if !m.context_columns.is_empty() {
+        println!("context        {}", m.context_columns.join(", "));
+    }
     println!("parameters     {}", m.flow.num_params());
     for l in m.flow.describe() {
         println!("  {l}");
@@ -607,7 +744,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     );
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let model = fit_and_save(spec, cfg, &train_t, &a.out.join("model"), false)?;
+    let model = fit_and_save(spec, cfg, &train_t, None, &a.out.join("model"), false)?;
     let (mean, se) = stats(&model.log_prob_table(&test_t)?);
     println!(
         "test mean log-likelihood: {mean:.4} ± {se:.4} nats (10000 fresh toy:{} points)",
@@ -617,6 +754,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     data::write_csv(&a.out.join("samples.csv"), &s)?;
     plot_model(
         &model,
+        None,
         Some(&test_t),
         &a.out.join("plot.png"),
         3000,

@@ -69,6 +69,24 @@ impl Table {
         Table::new(self.columns.clone(), idx.len(), data, self.source.clone())
     }
 
+    /// The columns of `self` followed by those of `other` (same number of rows).
+    pub fn hcat(&self, other: &Table) -> Result<Table> {
+        if self.rows != other.rows {
+            return Err(DataError::InvalidArgument(format!(
+                "cannot put {} ({} rows) beside {} ({} rows)",
+                other.source, other.rows, self.source, self.rows
+            )));
+        }
+        let mut data = Vec::with_capacity(self.rows * (self.cols + other.cols));
+        for r in 0..self.rows {
+            data.extend_from_slice(self.row(r));
+            data.extend_from_slice(other.row(r));
+        }
+        let mut columns = self.columns.clone();
+        columns.extend(other.columns.iter().cloned());
+        Ok(Table::new(columns, self.rows, data, self.source.clone()))
+    }
+
     fn column_index(&self, name: &str) -> Result<usize> {
         self.columns
             .iter()

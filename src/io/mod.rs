@@ -102,6 +102,28 @@ impl Model {
         Ok(t)
     }
 
+    /// The context columns of a conditional model, read from `t` by name (`None` for an unconditional model).
+    pub fn select_context(&self, t: &Table) -> Result<Option<Table>> {
+        if self.context_columns.is_empty() {
+            return Ok(None);
+        }
+        let missing: Vec<&str> = self
+            .context_columns
+            .iter()
+            .filter(|c| !t.columns.contains(c))
+            .map(|c| c.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Shape(format!(
+                "{}: the model is conditional on {}, but the file has no column {}",
+                t.source,
+                self.context_columns.join(", "),
+                missing.join(", ")
+            )));
+        }
+        Ok(Some(t.select(Some(&self.context_columns), &[])?))
+    }
+
     fn column_mismatch(&self, t: &Table) -> Error {
         Error::Shape(format!(
             "{}: has {} columns ({}), the model expects {} ({})",
