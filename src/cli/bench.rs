@@ -12,8 +12,21 @@ use std::time::Instant;
 pub struct BenchArgs {
     /// w1: RealNVP 8 couplings, MLP 2x128, D=2, batch 512; w2: MAF 5 MADE layers, hidden 2x512, D=64,
     /// batch 256; w3: RealNVP 6 couplings, MLP 2x1024, D=784, batch 256.
+    /// (`tradeoff`: the MAF paper's density-vs-sampling table: RealNVP, MAF and IAF at each of --dims, timing
+    /// log p of a batch and drawing a batch; prints JSON lines and a markdown table of ratios.)
     #[arg(long, default_value = "w1")]
     workload: String,
+    /// tradeoff: dimensions.
+    #[arg(long, value_delimiter = ',', default_value = "8,64,784")]
+    dims: Vec<usize>,
+    /// tradeoff: batch size.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// tradeoff: layers, each conditioner 2 x --hidden.
+    #[arg(long, default_value_t = 5)]
+    layers: usize,
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
     #[arg(long, default_value_t = 5)]
     warmup: usize,
     #[arg(long, default_value_t = 30)]
@@ -30,12 +43,94 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Median ms of `f`: at least 3 runs, more while under ~2 s in total (at most `max`).
+fn time_ms(max: usize, mut f: impl FnMut()) -> f64 {
+    let mut v = Vec::new();
+    let start = Instant::now();
+    while v.len() < 3 || (v.len() < max && start.elapsed().as_secs_f64() < 2.0) {
+        let t0 = Instant::now();
+        f();
+        v.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    median(v)
+}
+
+fn tradeoff(a: &BenchArgs) -> Result<()> {
+    let kinds = [FlowKind::Realnvp, FlowKind::Maf, FlowKind::Iaf];
+    let mut rows = Vec::new();
+    for &d in &a.dims {
+        if d < 2 {
+            bail!("--dims: each dimension must be at least 2");
+        }
+        let mut r = rng(0);
+        let x: Mat<f32> = randn(&mut r, a.batch, d);
+        let mut row = Vec::new();
+        for kind in kinds {
+            let spec = FlowSpec {
+                layers: a.layers,
+                hidden: a.hidden,
+                depth: 2,
+                ..FlowSpec::preset(kind, d)
+            };
+            let mut flow = spec.build::<f32>()?;
+            // non-trivial weights (the last layers start at zero): one training pass, then perturb everything
+            flow.nll_backward(&x, None)?;
+            let mut pr = rng(1);
+            for (_, p) in flow.named_params_mut() {
+                if p.trainable {
+                    for k in 0..p.value.len() {
+                        if p.is_free(k) {
+                            p.value[k] += 0.01 * (rand::Rng::gen_range(&mut pr, -1.0f32..1.0));
+                        }
+                    }
+                }
+            }
+            flow.set_training(false);
+            let lp = time_ms(a.repeats, || {
+                std::hint::black_box(flow.log_prob(&x, None));
+            });
+            let mut sr = rng(2);
+            let sm = time_ms(a.repeats, || {
+                std::hint::black_box(flow.sample(a.batch, &mut sr, None));
+            });
+            let o = serde_json::json!({
+                "mode": "tradeoff", "lib": "nflow", "flow": kind.name(), "dim": d, "batch": a.batch,
+                "layers": a.layers, "hidden": a.hidden, "log_prob_ms": (lp * 1e3).round() / 1e3,
+                "sample_ms": (sm * 1e3).round() / 1e3, "threads": rayon::current_num_threads(),
+            });
+            println!("{o}");
+            row.push((lp, sm));
+        }
+        rows.push((d, row));
+    }
+    println!();
+    println!(
+        "| D | RealNVP log p | RealNVP sample | MAF log p | MAF sample | IAF log p | IAF sample |  (ms; in brackets: x RealNVP's time for the same job)"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (d, row) in rows {
+        let (rl, rs) = row[0];
+        let cell = |v: f64, base: f64| format!("{v:.2} ({:.1}x)", v / base);
+        println!(
+            "| {d} | {rl:.2} | {rs:.2} | {} | {} | {} | {} |",
+            cell(row[1].0, rl),
+            cell(row[1].1, rs),
+            cell(row[2].0, rl),
+            cell(row[2].1, rs)
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.workload == "tradeoff" {
+        return tradeoff(&a);
+    }
     let (kind, d, layers, hidden, b) = match a.workload.as_str() {
         "w1" => (FlowKind::Realnvp, 2, 8, 128, 512),
         "w2" => (FlowKind::Maf, 64, 5, 512, 256),
         "w3" => (FlowKind::Realnvp, 784, 6, 1024, 256),
-        w => bail!("unknown workload '{w}' (known: w1, w2, w3)"),
+        w => bail!("unknown workload '{w}' (known: w1, w2, w3, tradeoff)"),
     };
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
