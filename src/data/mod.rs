@@ -5,9 +5,13 @@
 //! applies, the 1-based line number as in the file (the header is line 1) or
 //! the 0-based row index (said so explicitly), and the column name.
 
+pub mod idx;
+pub mod preprocess;
 pub mod table;
 pub mod toy;
 
+pub use idx::{load_idx_source, read_idx};
+pub use preprocess::Preprocess;
 pub use table::*;
 pub use toy::*;
 

@@ -169,6 +169,10 @@ fn is_gz_name(path: &Path) -> bool {
 
 /// Opens `path` for reading, transparently decompressing gzip (detected by the
 /// magic bytes 1f 8b). Returns the reader and whether it is gzip.
+pub(crate) fn open_maybe_gz_pub(path: &Path) -> Result<(Box<dyn Read>, bool)> {
+    open_maybe_gz(path)
+}
+
 fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool)> {
     let p = path_str(path);
     let mut f = File::open(path).map_err(|e| DataError::Open {
@@ -527,6 +531,9 @@ pub fn load_source(src: &str, toy_n: usize, seed: u64) -> Result<Table> {
         }
         return toy(name, n, seed);
     }
+    if let Some(rest) = src.strip_prefix("idx:") {
+        return super::idx::load_idx_source(src, rest);
+    }
     let path = Path::new(src);
     if !path.exists() {
         let mut msg = "No such file or directory".to_string();
@@ -543,6 +550,8 @@ pub fn load_source(src: &str, toy_n: usize, seed: u64) -> Result<Table> {
     }
     if src.to_ascii_lowercase().ends_with(".npy") {
         read_npy(path)
+    } else if super::idx::is_idx_name(src) {
+        super::idx::read_idx(path)
     } else {
         read_csv(path)
     }

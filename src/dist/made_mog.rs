@@ -6,7 +6,7 @@
 use super::mixture::{log_sum_exp, pick};
 use super::{Distribution, LN_2PI};
 use crate::engine::{Float, Mat, Rng};
-use crate::nn::{Activation, Made, Param};
+use crate::nn::{Activation, Made, MadeOpts, Param};
 use crate::transforms::ScaleBound;
 use rand::Rng as _;
 use rand_distr::{Distribution as _, StandardNormal as Normal01};
@@ -32,9 +32,10 @@ impl<F: Float> MadeMog<F> {
         act: Activation,
         bound: ScaleBound,
         order: &[usize],
+        opts: MadeOpts,
         rng: &mut Rng,
     ) -> Self {
-        let mut made = Made::new(d, ctx_dim, hidden, depth, 3 * k, act, order, false, rng);
+        let mut made = Made::new(d, ctx_dim, hidden, depth, 3 * k, act, order, opts, rng);
         // The output layer starts at zero; spreading the component means over [-1, 1] breaks the symmetry
         // between components (identical components would receive identical gradients forever).
         let last = made.net.layers.last_mut().expect("output layer");

@@ -7,7 +7,7 @@ use crate::dist::{
     StandardNormal,
 };
 use crate::engine::{rng, Float, Mat, Rng};
-use crate::nn::{Activation, Param};
+use crate::nn::{Activation, MadeOpts, Param};
 use crate::transforms::{
     ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, Iaf, LuLinear, Maf, Mask, Order,
     Permutation, ScaleBound, Scaling, Transform,
@@ -125,6 +125,9 @@ pub struct FlowSpec {
     /// What goes between consecutive layers.
     #[serde(default)]
     pub permute: Permute,
+    /// MADE conditioners as ResMADE: `depth` residual blocks of width `hidden`.
+    #[serde(default)]
+    pub residual: bool,
     /// Base distribution; `None`: the preset's (logistic for NICE, MADE MoG for maf-mog, standard normal
     /// otherwise).
     #[serde(default)]
@@ -161,6 +164,7 @@ impl FlowSpec {
             batch_norm: false,
             actnorm: false,
             permute: Permute::None,
+            residual: false,
             base: None,
             components: default_components(),
             mixture_init: MixtureInit::Kmeans,
@@ -206,6 +210,13 @@ impl FlowSpec {
         })
     }
 
+    fn made_opts(&self) -> MadeOpts {
+        MadeOpts {
+            random_degrees: false,
+            residual: self.residual,
+        }
+    }
+
     fn build_base<F: Float>(&self, r: &mut Rng) -> Box<dyn Distribution<F>> {
         let d = self.dim;
         match self.base_kind() {
@@ -229,6 +240,7 @@ impl FlowSpec {
                     self.activation,
                     self.scale,
                     &order,
+                    self.made_opts(),
                     r,
                 ))
             }
@@ -278,7 +290,7 @@ impl FlowSpec {
                             self.activation,
                             self.scale,
                             &order,
-                            false,
+                            self.made_opts(),
                             &mut r,
                         ))
                     } else {
@@ -290,7 +302,7 @@ impl FlowSpec {
                             self.activation,
                             self.scale,
                             &order,
-                            false,
+                            self.made_opts(),
                             &mut r,
                         ))
                     }

@@ -10,6 +10,17 @@ use super::{Activation, Mlp, Param};
 use crate::engine::{Float, Mat, Rng};
 use rand::Rng as _;
 
+/// Structural options of a MADE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MadeOpts {
+    /// Hidden degrees drawn at random (else cycled over 1..D-1).
+    pub random_degrees: bool,
+    /// ResMADE (Nash & Durkan 2019): `depth` residual blocks, all hidden layers sharing one set of degrees
+    /// (a unit of degree m may then see a unit of the same degree, so the skip connections keep the masks
+    /// autoregressive).
+    pub residual: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct Made<F> {
     pub net: Mlp<F>,
@@ -33,24 +44,48 @@ impl<F: Float> Made<F> {
         outputs_per_feature: usize,
         act: Activation,
         order: &[usize],
-        random_degrees: bool,
+        opts: MadeOpts,
         rng: &mut Rng,
     ) -> Self {
         assert_eq!(order.len(), d);
         assert!(depth >= 1, "MADE needs at least one hidden layer");
-        let net = Mlp::new(
-            "made",
-            d + ctx_dim,
-            hidden,
-            depth,
-            outputs_per_feature * d,
-            act,
-            rng,
-        );
+        let random_degrees = opts.random_degrees;
+        let (net, n_hidden) = if opts.residual {
+            let net = Mlp::new_residual(
+                "made",
+                d + ctx_dim,
+                hidden,
+                depth,
+                outputs_per_feature * d,
+                act,
+                rng,
+            );
+            (net, 1 + 2 * depth)
+        } else {
+            let net = Mlp::new(
+                "made",
+                d + ctx_dim,
+                hidden,
+                depth,
+                outputs_per_feature * d,
+                act,
+                rng,
+            );
+            (net, depth)
+        };
         let top = (d.max(2) - 1) as u64; // hidden degrees in 1..=D-1
         let mut prev_min = 1u64;
-        let mut hidden_degrees = Vec::new();
-        for l in 0..depth {
+        let mut hidden_degrees: Vec<Param<F>> = Vec::new();
+        for l in 0..n_hidden {
+            if opts.residual && l > 0 {
+                let first = hidden_degrees[0].value.clone();
+                hidden_degrees.push(Param::buffer(
+                    format!("made.degrees.{l}"),
+                    vec![hidden],
+                    first,
+                ));
+                continue;
+            }
             let deg: Vec<F> = (0..hidden)
                 .map(|j| {
                     let m = if random_degrees {
@@ -156,7 +191,7 @@ impl<F: Float> Made<F> {
     }
 
     /// Like [`Made::backward`] but leaves parameter gradients untouched.
-    pub fn backward_input(&self, dy: &Mat<F>) -> Mat<F> {
+    pub fn backward_input(&mut self, dy: &Mat<F>) -> Mat<F> {
         let din = self.net.backward_input(dy);
         if self.ctx_dim == 0 {
             din

@@ -126,6 +126,24 @@ impl<F: Float> Linear<F> {
         kernels::linear(x, &self.weight.value, &self.bias.value, self.out, &mut y);
         y
     }
+    /// `dx = dy W` without touching the gradients.
+    pub fn input_grad(&self, dy: &Mat<F>) -> Mat<F> {
+        let mut dx = Mat::zeros(dy.rows, self.inp);
+        kernels::gemm(
+            &dy.data,
+            dy.rows,
+            dy.cols,
+            false,
+            &self.weight.value,
+            self.out,
+            self.inp,
+            false,
+            &mut dx.data,
+            false,
+        );
+        dx
+    }
+
     /// Accumulate `dW += dy^T x`, `db += sum dy`; return `dx = dy W` if asked.
     pub fn backward(&mut self, x: &Mat<F>, dy: &Mat<F>, want_dx: bool) -> Option<Mat<F>> {
         kernels::gemm(
@@ -163,11 +181,15 @@ impl<F: Float> Linear<F> {
     }
 }
 
-/// `in -> [hidden]*depth -> out` perceptron; the last layer starts at zero.
+/// `in -> [hidden]*depth -> out` perceptron; the last layer starts at zero. With `residual`, the hidden part
+/// is `depth` residual blocks `h + W2 act(W1 act(h))` (He et al. 2016, as in ResMADE, Nash & Durkan 2019)
+/// between an input layer and an output layer applied to `act(h)`; each block's second layer starts at zero,
+/// so every block starts as the identity.
 #[derive(Clone, Debug)]
 pub struct Mlp<F> {
     pub layers: Vec<Linear<F>>,
     pub act: Activation,
+    pub residual: bool,
     /// Training cache: the input of every layer and the pre-activations of hidden layers.
     inputs: Vec<Mat<F>>,
     pre: Vec<Mat<F>>,
@@ -195,12 +217,57 @@ impl<F: Float> Mlp<F> {
         Mlp {
             layers,
             act,
+            residual: false,
             inputs: Vec::new(),
             pre: Vec::new(),
         }
     }
 
+    /// `in -> hidden -> [residual block] * blocks -> out`.
+    pub fn new_residual(
+        name: &str,
+        inp: usize,
+        hidden: usize,
+        blocks: usize,
+        out: usize,
+        act: Activation,
+        rng: &mut Rng,
+    ) -> Self {
+        assert!(blocks >= 1, "a residual MLP needs at least one block");
+        let mut layers = vec![Linear::new(&format!("{name}.0"), inp, hidden, rng)];
+        for b in 0..blocks {
+            layers.push(Linear::new(
+                &format!("{name}.{}", 1 + 2 * b),
+                hidden,
+                hidden,
+                rng,
+            ));
+            let mut second = Linear::new(&format!("{name}.{}", 2 + 2 * b), hidden, hidden, rng);
+            second.zero_init();
+            layers.push(second);
+        }
+        let mut last = Linear::new(&format!("{name}.{}", 1 + 2 * blocks), hidden, out, rng);
+        last.zero_init();
+        layers.push(last);
+        Mlp {
+            layers,
+            act,
+            residual: true,
+            inputs: Vec::new(),
+            pre: Vec::new(),
+        }
+    }
+
+    /// Whether layer `l`'s output is added to the running hidden state (second layer of a residual block).
+    #[inline]
+    fn adds_residual(&self, l: usize) -> bool {
+        self.residual && l >= 2 && l + 1 < self.layers.len() && l % 2 == 0
+    }
+
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
+        if self.residual {
+            return self.forward_residual(x, None);
+        }
         let n = self.layers.len();
         let mut h = self.layers[0].forward(x);
         for l in 1..n {
@@ -211,9 +278,54 @@ impl<F: Float> Mlp<F> {
         h
     }
 
+    /// Residual forward; with `cache`, keeps every layer's input and the pre-activation it came from.
+    fn forward_residual(
+        &self,
+        x: &Mat<F>,
+        mut cache: Option<(&mut Vec<Mat<F>>, &mut Vec<Mat<F>>)>,
+    ) -> Mat<F> {
+        let n = self.layers.len();
+        let act = self.act;
+        let activate = |m: &Mat<F>| {
+            let mut a = m.clone();
+            kernels::map_inplace(&mut a.data, move |v| act.apply(v));
+            a
+        };
+        if let Some((inputs, pre)) = cache.as_mut() {
+            inputs.clear();
+            pre.clear();
+            inputs.push(x.clone());
+        }
+        let mut h = self.layers[0].forward(x);
+        let mut t = Mat::zeros(0, 0);
+        for l in 1..n {
+            // layer l reads act(h) (first layer of a block, and the output layer) or act(t) (second layer)
+            let src = if self.adds_residual(l) { &t } else { &h };
+            let a = activate(src);
+            let y = self.layers[l].forward(&a);
+            if let Some((inputs, pre)) = cache.as_mut() {
+                pre.push(src.clone());
+                inputs.push(a);
+            }
+            if self.adds_residual(l) {
+                kernels::zip_inplace(&mut h.data, &y.data, |a, b| a + b);
+            } else if l + 1 < n {
+                t = y;
+            } else {
+                return y;
+            }
+        }
+        h
+    }
+
     /// Inference forward into reusable buffers (`ws` holds one matrix per layer and is resized only when the
     /// batch size changes): the allocation-free pass for sequential (autoregressive) sampling.
     pub fn forward_into<'a>(&self, x: &Mat<F>, ws: &'a mut Vec<Mat<F>>) -> &'a Mat<F> {
+        if self.residual {
+            // (residual networks take the allocating path)
+            *ws = vec![self.forward_residual(x, None)];
+            return &ws[0];
+        }
         let n = self.layers.len();
         if ws.len() != n || ws[0].rows != x.rows {
             *ws = self
@@ -242,6 +354,16 @@ impl<F: Float> Mlp<F> {
     }
 
     pub fn forward_train(&mut self, x: &Mat<F>) -> Mat<F> {
+        if self.residual {
+            let (mut inputs, mut pre) = (
+                std::mem::take(&mut self.inputs),
+                std::mem::take(&mut self.pre),
+            );
+            let y = self.forward_residual(x, Some((&mut inputs, &mut pre)));
+            self.inputs = inputs;
+            self.pre = pre;
+            return y;
+        }
         let n = self.layers.len();
         self.inputs.clear();
         self.pre.clear();
@@ -260,63 +382,62 @@ impl<F: Float> Mlp<F> {
 
     /// Back-propagate `dy` (gradient w.r.t. the output) through the cached forward; returns dL/dx.
     pub fn backward(&mut self, dy: &Mat<F>, want_dx: bool) -> Option<Mat<F>> {
-        let n = self.layers.len();
-        assert_eq!(self.inputs.len(), n, "Mlp::backward without forward_train");
-        let mut g = dy.clone();
-        for l in (0..n).rev() {
-            let need = l > 0 || want_dx;
-            let dx = self.layers[l].backward(&self.inputs[l], &g, need);
-            if l == 0 {
-                return dx;
-            }
-            let mut dx = dx.expect("requested");
-            let act = self.act;
-            let pre = &self.pre[l - 1].data;
-            let post = &self.inputs[l].data;
-            for ((d, &h), &a) in dx.data.iter_mut().zip(pre).zip(post) {
-                *d *= act.deriv(h, a);
-            }
-            g = dx;
-        }
-        None
+        self.backprop(dy, want_dx, true)
     }
 
     /// dL/dx of the cached forward for an output gradient `dy`, leaving parameter gradients untouched (a
     /// vector-Jacobian product, used by implicit differentiation through IAF's sequential solve).
-    pub fn backward_input(&self, dy: &Mat<F>) -> Mat<F> {
+    pub fn backward_input(&mut self, dy: &Mat<F>) -> Mat<F> {
+        self.backprop(dy, true, false).expect("requested")
+    }
+
+    fn backprop(&mut self, dy: &Mat<F>, want_dx: bool, params: bool) -> Option<Mat<F>> {
         let n = self.layers.len();
-        assert_eq!(
-            self.inputs.len(),
-            n,
-            "Mlp::backward_input without forward_train"
-        );
-        let mut g = dy.clone();
-        for l in (0..n).rev() {
-            let layer = &self.layers[l];
-            let mut dx = Mat::zeros(g.rows, layer.inp);
-            kernels::gemm(
-                &g.data,
-                g.rows,
-                g.cols,
-                false,
-                &layer.weight.value,
-                layer.out,
-                layer.inp,
-                false,
-                &mut dx.data,
-                false,
-            );
-            if l > 0 {
-                let act = self.act;
-                let pre = &self.pre[l - 1].data;
-                let post = &self.inputs[l].data;
-                for ((d, &h), &a) in dx.data.iter_mut().zip(pre).zip(post) {
-                    *d *= act.deriv(h, a);
-                }
+        assert_eq!(self.inputs.len(), n, "Mlp backward without forward_train");
+        let act = self.act;
+        // gradient w.r.t. layer l's input, optionally accumulating its parameter gradients
+        let back = |layer: &mut Linear<F>, x: &Mat<F>, g: &Mat<F>, need: bool| -> Option<Mat<F>> {
+            if params {
+                layer.backward(x, g, need)
+            } else {
+                need.then(|| layer.input_grad(g))
             }
-            g = dx;
+        };
+        // through act: d pre = d input * act'(pre)
+        let through_act = |mut dx: Mat<F>, pre: &Mat<F>, post: &Mat<F>| {
+            for ((d, &h), &a) in dx.data.iter_mut().zip(&pre.data).zip(&post.data) {
+                *d *= act.deriv(h, a);
+            }
+            dx
+        };
+        if !self.residual {
+            let mut g = dy.clone();
+            for l in (0..n).rev() {
+                let need = l > 0 || want_dx;
+                let dx = back(&mut self.layers[l], &self.inputs[l], &g, need);
+                if l == 0 {
+                    return dx;
+                }
+                g = through_act(dx.expect("requested"), &self.pre[l - 1], &self.inputs[l]);
+            }
+            return None;
         }
-        g
+        // residual: gh is the gradient w.r.t. the running hidden state h
+        let last = n - 1;
+        let dx = back(&mut self.layers[last], &self.inputs[last], dy, true).expect("requested");
+        let mut gh = through_act(dx, &self.pre[last - 1], &self.inputs[last]);
+        let mut l = last - 1;
+        while l >= 2 {
+            // block: h_out = h_in + L_l(act(t)), t = L_{l-1}(act(h_in))
+            let du = back(&mut self.layers[l], &self.inputs[l], &gh, true).expect("requested");
+            let dt = through_act(du, &self.pre[l - 1], &self.inputs[l]);
+            let da =
+                back(&mut self.layers[l - 1], &self.inputs[l - 1], &dt, true).expect("requested");
+            let dh = through_act(da, &self.pre[l - 2], &self.inputs[l - 1]);
+            kernels::zip_inplace(&mut gh.data, &dh.data, |a, b| a + b);
+            l -= 2;
+        }
+        back(&mut self.layers[0], &self.inputs[0], &gh, want_dx)
     }
 
     pub fn params(&self) -> Vec<&Param<F>> {

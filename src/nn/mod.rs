@@ -4,7 +4,7 @@
 pub mod made;
 pub mod mlp;
 
-pub use made::Made;
+pub use made::{Made, MadeOpts};
 pub use mlp::{Activation, Linear, Mlp};
 
 use crate::engine::Float;

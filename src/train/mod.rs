@@ -29,6 +29,8 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     /// Steps between evaluations (`None`: once per epoch, or 20 times per run with `steps`).
     pub eval_every: Option<usize>,
+    /// Stop (after a final validation, keeping the best weights) once training has run this long.
+    pub max_seconds: Option<f64>,
     pub seed: u64,
 }
 
@@ -44,6 +46,7 @@ impl Default for TrainConfig {
             val_fraction: 0.1,
             patience: Some(10),
             eval_every: None,
+            max_seconds: None,
             seed: 0,
         }
     }
@@ -63,6 +66,12 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return bad("validation fraction must be in [0, 1)");
+        }
+        if self
+            .max_seconds
+            .is_some_and(|m| !(m.is_finite() && m > 0.0))
+        {
+            return bad("time limit must be positive");
         }
         Ok(())
     }
@@ -239,7 +248,10 @@ impl Trainer {
             step += 1;
             acc.0 += loss;
             acc.1 += 1;
-            let evaluate = step % eval_every == 0 || step == total;
+            let out_of_time = cfg
+                .max_seconds
+                .is_some_and(|m| t0.elapsed().as_secs_f64() >= m);
+            let evaluate = step % eval_every == 0 || step == total || out_of_time;
             let mut val = None;
             if evaluate {
                 last_train = acc.0 / acc.1 as f64 - shift;
@@ -288,6 +300,9 @@ impl Trainer {
                 stopped_early = true;
                 break;
             }
+            if out_of_time {
+                break;
+            }
         }
         let (best_val, best_step) = match best {
             Some((v, s, snap)) => {
@@ -326,6 +341,7 @@ impl Trainer {
                 norm,
                 context_columns: context.map(|c| c.columns.clone()).unwrap_or_default(),
                 context_norm: cnorm,
+                preprocess: None,
                 summary: Some(summary),
                 log: lines,
             },

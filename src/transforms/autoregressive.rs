@@ -10,7 +10,7 @@
 
 use super::{ScaleBound, Transform};
 use crate::engine::{Float, Mat, Rng};
-use crate::nn::{Activation, Made, Param};
+use crate::nn::{Activation, Made, MadeOpts, Param};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
@@ -76,21 +76,11 @@ impl<F: Float> AffineAr<F> {
         act: Activation,
         bound: ScaleBound,
         order: &[usize],
-        random_degrees: bool,
+        opts: MadeOpts,
         rng: &mut Rng,
     ) -> Self {
         AffineAr {
-            made: Made::new(
-                d,
-                ctx_dim,
-                hidden,
-                depth,
-                2,
-                act,
-                order,
-                random_degrees,
-                rng,
-            ),
+            made: Made::new(d, ctx_dim, hidden, depth, 2, act, order, opts, rng),
             bound,
             d,
             u: Vec::new(),
@@ -258,7 +248,7 @@ pub struct Iaf<F>(AffineAr<F>);
 macro_rules! ar_constructor {
     ($t:ident) => {
         impl<F: Float> $t<F> {
-            /// `order[i]`: position of feature `i`; `random_degrees`: hidden degrees drawn at random (else cycled).
+            /// `order[i]`: position of feature `i`; `opts`: random hidden degrees, residual blocks.
             #[allow(clippy::too_many_arguments)]
             pub fn new(
                 d: usize,
@@ -268,19 +258,11 @@ macro_rules! ar_constructor {
                 act: Activation,
                 bound: ScaleBound,
                 order: &[usize],
-                random_degrees: bool,
+                opts: MadeOpts,
                 rng: &mut Rng,
             ) -> Self {
                 $t(AffineAr::new(
-                    d,
-                    ctx_dim,
-                    hidden,
-                    depth,
-                    act,
-                    bound,
-                    order,
-                    random_degrees,
-                    rng,
+                    d, ctx_dim, hidden, depth, act, bound, order, opts, rng,
                 ))
             }
         }

@@ -181,30 +181,15 @@ mod tests {
         r: &mut crate::engine::Rng,
     ) -> Box<dyn Transform<f64>> {
         let (act, bound) = (Activation::Tanh, ScaleBound::default());
+        // odd depths build ResMADEs (depth = residual blocks)
+        let opts = crate::nn::MadeOpts {
+            random_degrees,
+            residual: depth % 2 == 1,
+        };
         if iaf {
-            Box::new(Iaf::new(
-                d,
-                ctx,
-                12,
-                depth,
-                act,
-                bound,
-                order,
-                random_degrees,
-                r,
-            ))
+            Box::new(Iaf::new(d, ctx, 12, depth, act, bound, order, opts, r))
         } else {
-            Box::new(Maf::new(
-                d,
-                ctx,
-                12,
-                depth,
-                act,
-                bound,
-                order,
-                random_degrees,
-                r,
-            ))
+            Box::new(Maf::new(d, ctx, 12, depth, act, bound, order, opts, r))
         }
     }
 
@@ -236,7 +221,16 @@ mod tests {
                 let mut r = rng(100 + seed);
                 let d = 6;
                 let o = Order::Random.build(d, 0, &mut r);
-                let mut t = ar_layer(iaf, d, 0, 2, &o, seed % 2 == 0, &mut r);
+                // depth 1 + seed % 2: plain MADE and ResMADE
+                let mut t = ar_layer(
+                    iaf,
+                    d,
+                    0,
+                    1 + (seed as usize % 2),
+                    &o,
+                    seed % 3 == 0,
+                    &mut r,
+                );
                 randomize(t.as_mut(), &mut r, 0.5);
                 let x: Mat<f64> = randn(&mut r, 1, d);
                 let jac = fd_jacobian(t.as_ref(), x.row(0), None, 1e-5);

@@ -1,0 +1,162 @@
+//! IDX files (MNIST, Fashion-MNIST), gzipped or not: `idx3-ubyte` images become one row of `H*W` pixel columns
+//! (`p0`, `p1`, ... row-major, values 0..255) per image; `idx1-ubyte` labels one column `label`.
+//!
+//! Sources: a file path whose name contains `-idx`, or `idx:DIR` (DIR/train-images-idx3-ubyte[.gz]),
+//! `idx:DIR:test` (t10k images), `idx:DIR:train:labels` / `idx:DIR:test:labels`.
+
+use super::table::{open_maybe_gz_pub, Table};
+use super::{io_msg, DataError, Result};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Whether a path names an IDX file.
+pub fn is_idx_name(path: &str) -> bool {
+    let l = path.to_ascii_lowercase();
+    l.contains("-idx1-ubyte") || l.contains("-idx3-ubyte")
+}
+
+/// Reads an IDX file of unsigned bytes with 1 (labels) or 3 (images) dimensions.
+pub fn read_idx(path: &Path) -> Result<Table> {
+    let p = path.display().to_string();
+    let (mut r, _) = open_maybe_gz_pub(path)?;
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).map_err(|e| DataError::Gzip {
+        path: p.clone(),
+        msg: io_msg(&e),
+    })?;
+    let bad = |msg: String| DataError::Npy {
+        path: p.clone(),
+        msg,
+    };
+    if buf.len() < 4 || buf[0] != 0 || buf[1] != 0 {
+        return Err(bad("not an IDX file (bad magic number)".into()));
+    }
+    if buf[2] != 0x08 {
+        return Err(bad(format!(
+            "IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)",
+            buf[2]
+        )));
+    }
+    let ndim = buf[3] as usize;
+    if ndim != 1 && ndim != 3 {
+        return Err(bad(format!(
+            "IDX file with {ndim} dimensions (expected 1: labels or 3: images)"
+        )));
+    }
+    let head = 4 + 4 * ndim;
+    if buf.len() < head {
+        return Err(bad("truncated header".into()));
+    }
+    let dims: Vec<usize> = (0..ndim)
+        .map(|i| {
+            u32::from_be_bytes(buf[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
+        })
+        .collect();
+    let n = dims[0];
+    let per: usize = dims[1..].iter().product::<usize>().max(1);
+    let need = head + n * per;
+    if buf.len() != need {
+        return Err(bad(format!(
+            "{} bytes of data for {} items of {} values: expected {} (truncated or corrupt)",
+            buf.len() - head,
+            n,
+            per,
+            n * per
+        )));
+    }
+    if n == 0 {
+        return Err(DataError::NoRows { source_name: p });
+    }
+    let columns: Vec<String> = if ndim == 1 {
+        vec!["label".into()]
+    } else {
+        (0..per).map(|i| format!("p{i}")).collect()
+    };
+    let data = buf[head..].iter().map(|&b| b as f64).collect();
+    Ok(Table::new(columns, n, data, p))
+}
+
+/// Resolves `idx:DIR[:train|test][:images|labels]` to a file (gzipped or not) and reads it.
+pub fn load_idx_source(src: &str, rest: &str) -> Result<Table> {
+    let mut parts = rest.split(':');
+    let dir = PathBuf::from(parts.next().unwrap_or(""));
+    let split = parts.next().unwrap_or("train");
+    let what = parts.next().unwrap_or("images");
+    let bad = |msg: String| DataError::BadSource {
+        src: src.to_string(),
+        msg,
+    };
+    if parts.next().is_some() {
+        return Err(bad("expected idx:DIR[:train|test][:images|labels]".into()));
+    }
+    let prefix = match split {
+        "train" => "train",
+        "test" | "t10k" => "t10k",
+        s => return Err(bad(format!("'{s}' is not a split (train or test)"))),
+    };
+    let stem = match what {
+        "images" => format!("{prefix}-images-idx3-ubyte"),
+        "labels" => format!("{prefix}-labels-idx1-ubyte"),
+        s => return Err(bad(format!("'{s}' is neither images nor labels"))),
+    };
+    for name in [format!("{stem}.gz"), stem.clone()] {
+        let f = dir.join(&name);
+        if f.exists() {
+            return read_idx(&f);
+        }
+    }
+    Err(DataError::Open {
+        path: dir.join(&stem).display().to_string(),
+        msg: "No such file (looked for it with and without .gz)".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, bytes: &[u8]) {
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn reads_images_and_labels_and_rejects_corrupt_files() {
+        let dir = std::env::temp_dir().join(format!("nflow-idx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // two 2x3 images
+        let mut img = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3];
+        img.extend([0, 1, 2, 3, 4, 255, 9, 8, 7, 6, 5, 4]);
+        write(&dir.join("train-images-idx3-ubyte"), &img);
+        let lab = [0u8, 0, 8, 1, 0, 0, 0, 2, 7, 3];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &lab).unwrap();
+        write(
+            &dir.join("train-labels-idx1-ubyte.gz"),
+            &gz.finish().unwrap(),
+        );
+        let d = dir.display().to_string();
+        let t = load_idx_source(&format!("idx:{d}"), &d).unwrap();
+        assert_eq!((t.rows, t.cols), (2, 6));
+        assert_eq!(t.row(0), &[0.0, 1.0, 2.0, 3.0, 4.0, 255.0]);
+        assert_eq!(t.columns[5], "p5");
+        let l = load_idx_source("idx", &format!("{d}:train:labels")).unwrap();
+        assert_eq!(l.data, vec![7.0, 3.0]);
+        // truncated data, wrong magic, missing split
+        write(&dir.join("bad-idx3-ubyte"), &img[..img.len() - 1]);
+        let e = read_idx(&dir.join("bad-idx3-ubyte"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bad-idx3-ubyte") && e.contains("truncated"),
+            "{e}"
+        );
+        write(&dir.join("x-idx3-ubyte"), b"PK\x03\x04junk");
+        let e = read_idx(&dir.join("x-idx3-ubyte")).unwrap_err().to_string();
+        assert!(e.contains("magic"), "{e}");
+        let e = load_idx_source("idx:X", &format!("{d}:test"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t10k-images-idx3-ubyte"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
