@@ -181,6 +181,9 @@ impl<F: Float> Linear<F> {
     }
 }
 
+/// Training cache being filled: every layer's input and the pre-activation it came from.
+type Cache<'a, F> = (&'a mut Vec<Mat<F>>, &'a mut Vec<Mat<F>>);
+
 /// `in -> [hidden]*depth -> out` perceptron; the last layer starts at zero. With `residual`, the hidden part
 /// is `depth` residual blocks `h + W2 act(W1 act(h))` (He et al. 2016, as in ResMADE, Nash & Durkan 2019)
 /// between an input layer and an output layer applied to `act(h)`; each block's second layer starts at zero,
@@ -261,7 +264,7 @@ impl<F: Float> Mlp<F> {
     /// Whether layer `l`'s output is added to the running hidden state (second layer of a residual block).
     #[inline]
     fn adds_residual(&self, l: usize) -> bool {
-        self.residual && l >= 2 && l + 1 < self.layers.len() && l % 2 == 0
+        self.residual && l >= 2 && l + 1 < self.layers.len() && l.is_multiple_of(2)
     }
 
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
@@ -279,11 +282,7 @@ impl<F: Float> Mlp<F> {
     }
 
     /// Residual forward; with `cache`, keeps every layer's input and the pre-activation it came from.
-    fn forward_residual(
-        &self,
-        x: &Mat<F>,
-        mut cache: Option<(&mut Vec<Mat<F>>, &mut Vec<Mat<F>>)>,
-    ) -> Mat<F> {
+    fn forward_residual(&self, x: &Mat<F>, mut cache: Option<Cache<'_, F>>) -> Mat<F> {
         let n = self.layers.len();
         let act = self.act;
         let activate = |m: &Mat<F>| {
