@@ -494,7 +494,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let (mut table, ctx) = split_context(full, &a.sel, &a.context)?;
     let spec = build_spec(&a, table.cols, ctx.as_ref().map_or(0, |c| c.cols))?;
     let cfg = train_config(&a)?;
-    let pre = (a.dequantize || a.logit.is_some()).then(|| Preprocess {
+    let pre = (a.dequantize || a.logit.is_some()).then_some(Preprocess {
         dequantize: a.dequantize,
         levels: a.levels,
         logit: a.logit,
