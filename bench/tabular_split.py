@@ -3,7 +3,7 @@
 
     python3 bench/tabular_split.py ../shared/data/tabular/magic04.csv.gz --drop class --test-fraction 0.2 \
         --seed 0 --out /tmp/magic04
-writes /tmp/magic04-train.csv and /tmp/magic04-test.csv (columns kept as given, minus --drop) and prints one
+(add --dequantize for integer data such as the 8x8 digits) writes /tmp/magic04-train.csv and /tmp/magic04-test.csv (columns kept as given, minus --drop) and prints one
 JSON line with the Gaussian maximum-likelihood fit's test mean log-likelihood (nats per example).
 """
 import argparse, csv, gzip, json, math, random
@@ -48,8 +48,13 @@ def main():
     p.add_argument("path"); p.add_argument("--drop", action="append", default=[])
     p.add_argument("--test-fraction", type=float, default=0.2); p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--dequantize", action="store_true",
+                   help="add U(0,1) noise (seeded) to every value of both parts: integer data such as 8x8 digits")
     a = p.parse_args()
     head, rows = read(a.path, a.drop)
+    if a.dequantize:
+        noise = random.Random(a.seed + 1)
+        rows = [[v + noise.random() for v in r] for r in rows]
     idx = list(range(len(rows)))
     random.Random(a.seed).shuffle(idx)
     k = round(len(rows) * a.test_fraction)
