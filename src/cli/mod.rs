@@ -131,6 +131,9 @@ struct TrainArgs {
     /// MADE conditioners as ResMADE (residual blocks; --depth counts blocks).
     #[arg(long)]
     residual: bool,
+    /// MADE hidden-unit degrees drawn at random (else cycled over 1..D-1).
+    #[arg(long)]
+    random_degrees: bool,
     /// Between layers: none | reverse | random | lu (learned LU-linear with a random permutation).
     #[arg(long, default_value = "none")]
     permute: String,
@@ -347,6 +350,7 @@ fn build_spec(a: &TrainArgs, dim: usize, context_dim: usize) -> Result<FlowSpec>
     }
     spec.components = a.components;
     spec.residual = a.residual;
+    spec.random_degrees = a.random_degrees;
     spec.mixture_init = parse_or(
         MixtureInit::parse(&a.mixture_init),
         "mixture init",
@@ -424,20 +428,19 @@ fn fit_and_save(
 ) -> Result<Model> {
     let pb = progress_bar(quiet);
     let mut val_msg = String::new();
-    let fitted = Trainer::new(cfg).fit(spec, table, context, |p| {
-        pb.set_length(p.total as u64);
-        pb.set_position(p.step as u64);
-        if let Some(v) = p.val_log_prob {
-            val_msg = format!("val log-lik {v:.4}");
-        }
-        if p.step % 10 == 0 || p.val_log_prob.is_some() {
-            pb.set_message(format!("train nll {:.4}  {val_msg}", p.train_nll));
-        }
-    })?;
+    let fitted = Trainer::new(cfg)
+        .with_preprocess(preprocess)
+        .fit(spec, table, context, |p| {
+            pb.set_length(p.total as u64);
+            pb.set_position(p.step as u64);
+            if let Some(v) = p.val_log_prob {
+                val_msg = format!("val log-lik {v:.4}");
+            }
+            if p.step % 10 == 0 || p.val_log_prob.is_some() {
+                pb.set_message(format!("train nll {:.4}  {val_msg}", p.train_nll));
+            }
+        })?;
     pb.finish_and_clear();
-    let mut fitted = fitted;
-    let preprocessed = preprocess.is_some();
-    fitted.model.preprocess = preprocess;
     fitted.model.save(out)?;
     let s = fitted.model.summary.clone().unwrap_or_default();
     if let Some(e) = fitted.diverged {
@@ -458,14 +461,7 @@ fn fit_and_save(
         },
         s.best_step,
         s.best_val_log_prob
-            .map(|v| format!(
-                ", validation log-likelihood {v:.4} nats{}",
-                if preprocessed {
-                    " (preprocessed space)"
-                } else {
-                    ""
-                }
-            ))
+            .map(|v| format!(", validation log-likelihood {v:.4} nats"))
             .unwrap_or_default(),
         out.display()
     );
@@ -491,7 +487,7 @@ fn split_context(full: Table, sel: &DataSel, context: &[String]) -> Result<(Tabl
 
 fn train(a: TrainArgs) -> Result<()> {
     let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
-    let (mut table, ctx) = split_context(full, &a.sel, &a.context)?;
+    let (table, ctx) = split_context(full, &a.sel, &a.context)?;
     let spec = build_spec(&a, table.cols, ctx.as_ref().map_or(0, |c| c.cols))?;
     let cfg = train_config(&a)?;
     let pre = (a.dequantize || a.logit.is_some()).then_some(Preprocess {
@@ -499,9 +495,6 @@ fn train(a: TrainArgs) -> Result<()> {
         levels: a.levels,
         logit: a.logit,
     });
-    if let Some(p) = &pre {
-        p.apply(&mut table, a.seed)?;
-    }
     let model = fit_and_save(spec, cfg, &table, ctx.as_ref(), pre, &a.out, a.quiet)?;
     if let Some(test) = &a.test {
         let full = data::load_source(test, a.sel.toy_n, a.seed.wrapping_add(1))?;

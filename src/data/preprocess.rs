@@ -53,17 +53,22 @@ impl Preprocess {
         for row in 0..t.rows {
             for c in 0..t.cols {
                 let v = &mut t.data[row * t.cols + c];
+                // with dequantisation every draw must stay in range: v + u <= K for all u < 1
+                let top = if self.dequantize { k - 1.0 } else { k };
+                if self.logit.is_some() && !(0.0..=top).contains(v) {
+                    return Err(DataError::InvalidArgument(format!(
+                        "{} row {row} (0-based), column '{}': {} is outside [0, {top}], the range the logit \
+                         transform accepts with --levels {k}{}",
+                        t.source,
+                        t.columns[c],
+                        v,
+                        if self.dequantize { " and dequantisation" } else { "" }
+                    )));
+                }
                 if self.dequantize {
                     *v += r.gen_range(0.0..1.0);
                 }
                 if let Some(lam) = self.logit {
-                    if !(0.0..=k).contains(v) {
-                        return Err(DataError::InvalidArgument(format!(
-                            "{} row {row} (0-based), column '{}': {} is outside [0, {k}] (--levels) after \
-                             dequantisation, so the logit transform cannot be applied",
-                            t.source, t.columns[c], v
-                        )));
-                    }
                     let p = lam + (1.0 - 2.0 * lam) * *v / k;
                     *v = p.ln() - (-p).ln_1p();
                     ld[row] += (1.0 - 2.0 * lam).ln() - k.ln() - p.ln() - (-p).ln_1p();
@@ -151,7 +156,7 @@ mod tests {
             levels: 256.0,
             logit: Some(1e-6),
         };
-        let mut t = Table::new(vec!["a".into(), "b".into()], 1, vec![3.0, 256.0], "img.csv");
+        let mut t = Table::new(vec!["a".into(), "b".into()], 1, vec![3.0, 255.5], "img.csv");
         let e = p.apply(&mut t, 0).unwrap_err().to_string();
         assert!(
             e.contains("img.csv") && e.contains("'b'") && e.contains("levels"),

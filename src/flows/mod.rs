@@ -128,6 +128,9 @@ pub struct FlowSpec {
     /// MADE conditioners as ResMADE: `depth` residual blocks of width `hidden`.
     #[serde(default)]
     pub residual: bool,
+    /// MADE hidden degrees drawn at random (seeded) instead of cycled over 1..D-1.
+    #[serde(default)]
+    pub random_degrees: bool,
     /// Base distribution; `None`: the preset's (logistic for NICE, MADE MoG for maf-mog, standard normal
     /// otherwise).
     #[serde(default)]
@@ -165,6 +168,7 @@ impl FlowSpec {
             actnorm: false,
             permute: Permute::None,
             residual: false,
+            random_degrees: false,
             base: None,
             components: default_components(),
             mixture_init: MixtureInit::Kmeans,
@@ -212,7 +216,7 @@ impl FlowSpec {
 
     fn made_opts(&self) -> MadeOpts {
         MadeOpts {
-            random_degrees: false,
+            random_degrees: self.random_degrees,
             residual: self.residual,
         }
     }

@@ -204,7 +204,8 @@ impl Model {
                 }
                 t.check_finite()?;
                 let mut tp = t.clone();
-                let ld = p.apply(&mut tp, 0)?;
+                // (a seed of its own: not the training default's noise stream)
+                let ld = p.apply(&mut tp, 0x6576_616c)?;
                 let mut lp = self.log_prob_inner(&tp, ctx)?;
                 lp.iter_mut().zip(&ld).for_each(|(a, b)| *a += b);
                 Ok((lp, ld))

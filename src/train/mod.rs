@@ -2,7 +2,7 @@
 //! on the validation NLL (the best weights are kept), a NaN/Inf guard that names the layer and step, and a
 //! per-evaluation log (JSON lines).
 
-use crate::data::{split_indices, Standardizer, Table};
+use crate::data::{split_indices, Preprocess, Standardizer, Table};
 use crate::engine::{rng, Mat};
 use crate::flows::FlowSpec;
 use crate::io::{Model, TrainSummary};
@@ -110,11 +110,23 @@ pub struct Fitted {
 
 pub struct Trainer {
     pub cfg: TrainConfig,
+    /// Dequantisation / logit applied to the raw rows; with dequantisation, fresh noise for every batch.
+    pub preprocess: Option<Preprocess>,
 }
 
 impl Trainer {
     pub fn new(cfg: TrainConfig) -> Self {
-        Trainer { cfg }
+        Trainer {
+            cfg,
+            preprocess: None,
+        }
+    }
+
+    /// Train on raw data through `p` (stored with the model). Dequantisation noise is drawn afresh for every
+    /// training batch (the validation rows get one fixed draw), so the flow cannot fit one particular noise.
+    pub fn with_preprocess(mut self, p: Option<Preprocess>) -> Self {
+        self.preprocess = p;
+        self
     }
 
     /// Fit `spec` to the rows of `table` (and `context`, for a conditional flow), data name `table.source`.
@@ -151,7 +163,17 @@ impl Trainer {
         if tr_idx.is_empty() {
             return Err(Error::Shape(format!("{}: no training rows", table.source)));
         }
-        let train_t = table.take_rows(&tr_idx);
+        let raw_train = table.take_rows(&tr_idx);
+        let mut train_t = raw_train.clone();
+        let mut val_t = table.take_rows(&va_idx);
+        // preprocessing log-Jacobians (means), so reported figures are in the data's units like `eval`'s
+        let (mut ld_train, mut ld_val) = (0.0, 0.0);
+        if let Some(p) = &self.preprocess {
+            let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            ld_train = mean(p.apply(&mut train_t, cfg.seed)?);
+            ld_val = mean(p.apply(&mut val_t, cfg.seed ^ 0x7661_6c)?);
+        }
+        let fresh = self.preprocess.as_ref().filter(|p| p.dequantize);
         let norm = Standardizer::fit(&train_t)?;
         let to_mat = |t: &Table, n: &Standardizer| {
             let mut v = t.data.clone();
@@ -159,7 +181,8 @@ impl Trainer {
             Mat::<f32>::from_f64(t.rows, t.cols, &v)
         };
         let xtr = to_mat(&train_t, &norm);
-        let xva = to_mat(&table.take_rows(&va_idx), &norm);
+        drop(train_t);
+        let xva = to_mat(&val_t, &norm);
         let (ctr, cva, cnorm) = match context {
             Some(c) => {
                 let ct = c.take_rows(&tr_idx);
@@ -213,7 +236,7 @@ impl Trainer {
                     .sum::<f64>();
             }
             flow.set_training(true);
-            s / xva.rows as f64 + shift
+            s / xva.rows as f64 + shift + ld_val
         };
         while step < total {
             if pos + batch > n {
@@ -222,7 +245,18 @@ impl Trainer {
             }
             let idx = &order[pos..pos + batch];
             pos += batch;
-            let xb = xtr.take_rows(idx);
+            let xb = match fresh {
+                // a new dequantisation of this batch's raw rows
+                Some(p) => {
+                    let mut t = raw_train.take_rows(idx);
+                    p.apply(
+                        &mut t,
+                        cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    )?;
+                    to_mat(&t, &norm)
+                }
+                None => xtr.take_rows(idx),
+            };
             let cb = ctr.as_ref().map(|c| c.take_rows(idx));
             flow.zero_grad();
             let loss = match flow.nll_backward(&xb, cb.as_ref()) {
@@ -254,7 +288,7 @@ impl Trainer {
             let evaluate = step % eval_every == 0 || step == total || out_of_time;
             let mut val = None;
             if evaluate {
-                last_train = acc.0 / acc.1 as f64 - shift;
+                last_train = acc.0 / acc.1 as f64 - shift - ld_train;
                 acc = (0.0, 0);
                 let vl = if xva.rows > 0 {
                     Some(val_lp(&mut flow))
@@ -293,7 +327,11 @@ impl Trainer {
             on_step(&Progress {
                 step,
                 total,
-                train_nll: if evaluate { last_train } else { loss - shift },
+                train_nll: if evaluate {
+                    last_train
+                } else {
+                    loss - shift - ld_train
+                },
                 val_log_prob: val,
             });
             if evaluate && cfg.patience.is_some_and(|p| since_best >= p) && xva.rows > 0 {
@@ -341,7 +379,7 @@ impl Trainer {
                 norm,
                 context_columns: context.map(|c| c.columns.clone()).unwrap_or_default(),
                 context_norm: cnorm,
-                preprocess: None,
+                preprocess: self.preprocess.clone(),
                 summary: Some(summary),
                 log: lines,
             },
