@@ -171,7 +171,7 @@ impl Trainer {
         if let Some(p) = &self.preprocess {
             let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
             ld_train = mean(p.apply(&mut train_t, cfg.seed)?);
-            ld_val = mean(p.apply(&mut val_t, cfg.seed ^ 0x7661_6c)?);
+            ld_val = mean(p.apply(&mut val_t, cfg.seed ^ 0x0076_616c)?);
         }
         let fresh = self.preprocess.as_ref().filter(|p| p.dequantize);
         let norm = Standardizer::fit(&train_t)?;
