@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tabular quality table of issue 3: nflow's MAF(5), MAF(10), RealNVP(5), RealNVP(10), MAF MoG against zuko's MAF and
+# Tabular quality table of issue 3: nflow's MAF(5), MAF(10), RealNVP(5), RealNVP(10), MAF MoG, MADE MoG against zuko's MAF and
 # RealNVP with the same sizes (MADE / MLP 2 x HIDDEN) and budget (STEPS steps of batch 256, Adam lr 1e-3).
 # Usage: bench/tabular.sh PREFIX STEPS [PYTHON]   with PREFIX-train.csv / PREFIX-test.csv from bench/tabular_split.py
 # nflow holds out 10% of the training rows and keeps the best weights on them (early stopping, patience 10
@@ -33,6 +33,8 @@ run_nflow "MAF(10)" --flow maf --layers 10
 run_nflow "RealNVP(5)" --flow realnvp --layers 5
 run_nflow "RealNVP(10)" --flow realnvp --layers 10
 run_nflow "MAF MoG(5), 10 components" --flow maf-mog --layers 5 --components 10
+run_nflow "MADE MoG, 10 components" --flow maf-mog --layers 0 --components 10
+run_nflow "MAF(5), tanh conditioners" --flow maf --layers 5 --activation tanh
 run_nflow "MAF(5), all rows, no early stopping" --flow maf --layers 5 --val-fraction 0
 run_peer zuko maf 5
 run_peer zuko maf 10
