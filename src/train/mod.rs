@@ -180,7 +180,8 @@ impl Trainer {
             n.apply(&mut v);
             Mat::<f32>::from_f64(t.rows, t.cols, &v)
         };
-        let xtr = to_mat(&train_t, &norm);
+        // with fresh dequantisation every batch is made from the raw rows; otherwise standardise once
+        let xtr = fresh.is_none().then(|| to_mat(&train_t, &norm));
         drop(train_t);
         let xva = to_mat(&val_t, &norm);
         let (ctr, cva, cnorm) = match context {
@@ -198,7 +199,7 @@ impl Trainer {
         let shift = norm.log_abs_det();
         let mut flow = spec.build::<f32>()?;
         flow.set_training(true);
-        let n = xtr.rows;
+        let n = raw_train.rows;
         let batch = cfg.batch_size.min(n);
         let per_epoch = (n / batch).max(1);
         let total = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
@@ -255,7 +256,7 @@ impl Trainer {
                     )?;
                     to_mat(&t, &norm)
                 }
-                None => xtr.take_rows(idx),
+                None => xtr.as_ref().expect("standardised rows").take_rows(idx),
             };
             let cb = ctr.as_ref().map(|c| c.take_rows(idx));
             flow.zero_grad();
