@@ -142,18 +142,11 @@ impl<F: Float> Distribution<F> for MadeMog<F> {
     /// D passes: pass `p` draws the feature at position `p` (a component, then a Gaussian draw) from the
     /// conditionals computed on the features already drawn; buffers are reused across passes.
     fn sample(&self, n: usize, ctx: Option<&Mat<F>>, rng: &mut Rng) -> Mat<F> {
-        let (d, k) = (self.d, self.k);
-        let mut by_pos = vec![0; d];
-        for (i, p) in self.made.order().into_iter().enumerate() {
-            by_pos[p] = i;
-        }
-        let mut inp = self.made.input(&Mat::zeros(n, d), ctx);
-        let w = inp.cols;
-        let mut ws = Vec::new();
+        let k = self.k;
         let mut alpha = vec![F::zero(); k];
         let mut probs = vec![0.0; k];
-        for &i in &by_pos {
-            let h = self.made.net.forward_into(&inp, &mut ws);
+        self.made.sequential(n, ctx, |i, h, inp| {
+            let w = inp.cols;
             for r in 0..n {
                 let hr = h.row(r);
                 for (c, al) in alpha.iter_mut().enumerate() {
@@ -168,12 +161,7 @@ impl<F: Float> Distribution<F> for MadeMog<F> {
                 let e: f64 = Normal01.sample(rng);
                 inp.data[r * w + i] = mu + F::c(e) * l.exp();
             }
-        }
-        if w == d {
-            inp
-        } else {
-            inp.gather_cols(&(0..d).collect::<Vec<_>>())
-        }
+        })
     }
     fn params(&self) -> Vec<&Param<F>> {
         self.made.params()

@@ -284,31 +284,21 @@ impl FlowSpec {
                 )),
                 FlowKind::Maf | FlowKind::MafMog | FlowKind::Iaf => {
                     let order = self.order.build(d, l, &mut r);
-                    let args = (d, self.context_dim, self.hidden, self.depth);
+                    let maf = Maf::new(
+                        d,
+                        self.context_dim,
+                        self.hidden,
+                        self.depth,
+                        self.activation,
+                        self.scale,
+                        &order,
+                        self.made_opts(),
+                        &mut r,
+                    );
                     if self.kind == FlowKind::Iaf {
-                        Box::new(Iaf::new(
-                            args.0,
-                            args.1,
-                            args.2,
-                            args.3,
-                            self.activation,
-                            self.scale,
-                            &order,
-                            self.made_opts(),
-                            &mut r,
-                        ))
+                        Box::new(Iaf::from(maf))
                     } else {
-                        Box::new(Maf::new(
-                            args.0,
-                            args.1,
-                            args.2,
-                            args.3,
-                            self.activation,
-                            self.scale,
-                            &order,
-                            self.made_opts(),
-                            &mut r,
-                        ))
+                        Box::new(maf)
                     }
                 }
             };

@@ -50,29 +50,22 @@ impl<F: Float> Made<F> {
         assert_eq!(order.len(), d);
         assert!(depth >= 1, "MADE needs at least one hidden layer");
         let random_degrees = opts.random_degrees;
-        let (net, n_hidden) = if opts.residual {
-            let net = Mlp::new_residual(
-                "made",
-                d + ctx_dim,
-                hidden,
-                depth,
-                outputs_per_feature * d,
-                act,
-                rng,
-            );
-            (net, 1 + 2 * depth)
+        // both constructors take (name, in, hidden, depth | blocks, out, act, rng)
+        let build = if opts.residual {
+            Mlp::new_residual
         } else {
-            let net = Mlp::new(
-                "made",
-                d + ctx_dim,
-                hidden,
-                depth,
-                outputs_per_feature * d,
-                act,
-                rng,
-            );
-            (net, depth)
+            Mlp::new
         };
+        let net = build(
+            "made",
+            d + ctx_dim,
+            hidden,
+            depth,
+            outputs_per_feature * d,
+            act,
+            rng,
+        );
+        let n_hidden = net.layers.len() - 1;
         let top = (d.max(2) - 1) as u64; // hidden degrees in 1..=D-1
         let mut prev_min = 1u64;
         let mut hidden_degrees: Vec<Param<F>> = Vec::new();
@@ -177,12 +170,39 @@ impl<F: Float> Made<F> {
     /// Gradient w.r.t. the `d` data inputs (context columns dropped).
     pub fn backward(&mut self, dy: &Mat<F>) -> Mat<F> {
         let din = self.net.backward(dy, true).expect("input gradient");
-        if self.ctx_dim == 0 {
-            din
+        self.data_cols(din)
+    }
+
+    /// The `d` data columns of a matrix laid out like the network's input (context columns dropped).
+    fn data_cols(&self, m: Mat<F>) -> Mat<F> {
+        if m.cols == self.d {
+            m
         } else {
-            let idx: Vec<usize> = (0..self.d).collect();
-            din.gather_cols(&idx)
+            m.gather_cols(&(0..self.d).collect::<Vec<_>>())
         }
+    }
+
+    /// The D sequential passes of sampling / inverting an autoregressive model: the network input (data columns
+    /// zero, context appended) and the layer buffers are allocated once; pass `p` runs the network and calls
+    /// `fix(i, outputs, input)` for the feature `i` at position `p`, which writes column `i` of `input` for every
+    /// row (its outputs depend only on the columns already written). Returns the `rows x d` data columns.
+    pub fn sequential(
+        &self,
+        rows: usize,
+        ctx: Option<&Mat<F>>,
+        mut fix: impl FnMut(usize, &Mat<F>, &mut Mat<F>),
+    ) -> Mat<F> {
+        let mut by_pos = vec![0; self.d];
+        for (i, p) in self.order().into_iter().enumerate() {
+            by_pos[p] = i;
+        }
+        let mut inp = self.input(&Mat::zeros(rows, self.d), ctx);
+        let mut ws = Vec::new();
+        for &i in &by_pos {
+            let h = self.net.forward_into(&inp, &mut ws);
+            fix(i, h, &mut inp);
+        }
+        self.data_cols(inp)
     }
 
     /// Accumulate parameter gradients only (no input gradient).
@@ -193,19 +213,7 @@ impl<F: Float> Made<F> {
     /// Like [`Made::backward`] but leaves parameter gradients untouched.
     pub fn backward_input(&mut self, dy: &Mat<F>) -> Mat<F> {
         let din = self.net.backward_input(dy);
-        if self.ctx_dim == 0 {
-            din
-        } else {
-            let idx: Vec<usize> = (0..self.d).collect();
-            din.gather_cols(&idx)
-        }
-    }
-
-    pub fn dim(&self) -> usize {
-        self.d
-    }
-    pub fn context_dim(&self) -> usize {
-        self.ctx_dim
+        self.data_cols(din)
     }
 
     pub fn params(&self) -> Vec<&Param<F>> {

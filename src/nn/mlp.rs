@@ -162,22 +162,7 @@ impl<F: Float> Linear<F> {
             kernels::zip_inplace(&mut self.weight.grad, m, |g, m| g * m);
         }
         kernels::add_col_sums(dy, &mut self.bias.grad);
-        want_dx.then(|| {
-            let mut dx = Mat::zeros(dy.rows, self.inp);
-            kernels::gemm(
-                &dy.data,
-                dy.rows,
-                dy.cols,
-                false,
-                &self.weight.value,
-                self.out,
-                self.inp,
-                false,
-                &mut dx.data,
-                false,
-            );
-            dx
-        })
+        want_dx.then(|| self.input_grad(dy))
     }
 }
 

@@ -141,29 +141,16 @@ impl<F: Float> AffineAr<F> {
     /// once and reused by every pass.
     fn solve(&self, y: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let d = self.d;
-        let rows = y.rows;
-        let mut by_pos = vec![0; d];
-        for (i, p) in self.made.order().into_iter().enumerate() {
-            by_pos[p] = i;
-        }
-        let mut inp = self.made.input(&Mat::zeros(rows, d), ctx);
-        let w = inp.cols;
-        let mut ws = Vec::new();
-        let mut sl = vec![F::zero(); rows];
-        for &i in &by_pos {
-            let h = self.made.net.forward_into(&inp, &mut ws);
-            for r in 0..rows {
-                let hr = &h.data[r * 2 * d..(r + 1) * 2 * d];
+        let mut sl = vec![F::zero(); y.rows];
+        let u = self.made.sequential(y.rows, ctx, |i, h, inp| {
+            let w = inp.cols;
+            for (r, slr) in sl.iter_mut().enumerate() {
+                let hr = h.row(r);
                 let (l, _) = self.bound.eval(hr[d + i]);
                 inp.data[r * w + i] = (y.data[r * d + i] - hr[i]) * (-l).exp();
-                sl[r] += l;
+                *slr += l;
             }
-        }
-        let u = if w == d {
-            inp
-        } else {
-            inp.gather_cols(&(0..d).collect::<Vec<_>>())
-        };
+        });
         (u, sl)
     }
 
@@ -270,6 +257,13 @@ macro_rules! ar_constructor {
 }
 ar_constructor!(Maf);
 ar_constructor!(Iaf);
+
+/// The same layer (weights, ordering) used the other way round.
+impl<F: Float> From<Maf<F>> for Iaf<F> {
+    fn from(m: Maf<F>) -> Self {
+        Iaf(m.0)
+    }
+}
 
 fn negate<F: Float>(mut v: Vec<F>) -> Vec<F> {
     v.iter_mut().for_each(|a| *a = -*a);
