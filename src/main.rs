@@ -6,6 +6,7 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    nflow::engine::tune_allocator();
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         eprintln!("error: {e:#}");

@@ -96,6 +96,16 @@ impl<F: Float> Adam<F> {
             t: 0,
         }
     }
+    /// The moments and step count (for checkpoints).
+    pub fn state(&self) -> (&[Vec<F>], &[Vec<F>], i32) {
+        (&self.m, &self.v, self.t)
+    }
+    /// Continue from a saved state.
+    pub fn set_state(&mut self, m: Vec<Vec<F>>, v: Vec<Vec<F>>, t: i32) {
+        self.m = m;
+        self.v = v;
+        self.t = t;
+    }
     /// One update of every trainable parameter with learning rate `lr`.
     pub fn step(&mut self, params: &mut [&mut Param<F>], lr: f64) {
         let params: Vec<&mut &mut Param<F>> = params.iter_mut().filter(|p| p.trainable).collect();

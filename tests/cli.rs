@@ -558,3 +558,181 @@ fn conditional_train_eval_sample() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A CSV of 8x8 grey "images" (two kinds of blob), with the pixel column names image data carries.
+fn write_images(path: &Path, n: usize, seed: u64) {
+    let mut s = String::new();
+    let cols: Vec<String> = (0..64)
+        .map(|k| format!("c0_y{}_x{}", k / 8, k % 8))
+        .collect();
+    s.push_str(&cols.join(","));
+    s.push('\n');
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    for i in 0..n {
+        let row: Vec<String> = (0..64)
+            .map(|k| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let noise = (state >> 60) as usize;
+                let (y, x) = (k / 8, k % 8);
+                let on = if i % 2 == 0 { y < 4 } else { x >= 4 };
+                ((if on { 200 } else { 20 }) + noise * 3).to_string()
+            })
+            .collect();
+        s.push_str(&row.join(","));
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+#[test]
+fn image_flows_train_resume_sample_grid_curve() {
+    let d = tmp("images");
+    let data = d.join("img.csv");
+    let test = d.join("test.csv");
+    write_images(&data, 200, 1);
+    write_images(&test, 40, 2);
+    let out = d.join("glow");
+    let (data_s, test_s, out_s) = (
+        data.to_str().unwrap(),
+        test.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    for flow in ["glow", "realnvp-multiscale"] {
+        let args = [
+            "train",
+            "--data",
+            data_s,
+            "--test",
+            test_s,
+            "--flow",
+            flow,
+            "--layers",
+            "1",
+            "--hidden",
+            "8",
+            "--depth",
+            "1",
+            "--dequantize",
+            "--steps",
+            "12",
+            "--batch-size",
+            "32",
+            "--eval-every",
+            "4",
+            "--monitor",
+            "20",
+            "--checkpoint-every",
+            "4",
+            "--out",
+            out_s,
+            "--quiet",
+        ];
+        let text = ok(&nflow(&args));
+        assert!(text.contains("bits/dim"), "{text}");
+        // continuing from the last checkpoint (step 8) reproduces the same model
+        let first = std::fs::read(out.join("weights.safetensors")).unwrap();
+        let mut resume = args.to_vec();
+        resume.push("--resume");
+        ok(&nflow(&resume));
+        assert_eq!(
+            first,
+            std::fs::read(out.join("weights.safetensors")).unwrap(),
+            "{flow}"
+        );
+    }
+    let grid = d.join("grid.png");
+    let o = nflow(&[
+        "sample",
+        "--model",
+        out_s,
+        "-n",
+        "12",
+        "--grid",
+        grid.to_str().unwrap(),
+        "--grid-cols",
+        "6",
+        "--temperature",
+        "0.7",
+    ]);
+    ok(&o);
+    let bytes = std::fs::read(&grid).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    // 6 x 2 images of 8x8 with 1-pixel gaps: 55 x 19 pixels (PNG header: width, height at 16..24)
+    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert_eq!((w, h), (55, 19));
+    let csv = d.join("curve.csv");
+    let png = d.join("curve.png");
+    ok(&nflow(&[
+        "curve",
+        "--model",
+        out_s,
+        "--csv",
+        csv.to_str().unwrap(),
+        "--png",
+        png.to_str().unwrap(),
+    ]));
+    let c = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        c.starts_with("step,minutes,epoch,train_bits_per_dim,val_bits_per_dim,test_bits_per_dim")
+    );
+    assert_eq!(c.lines().count(), 4, "{c}");
+    // errors: no image shape, a shape that does not fit, an odd size for the squeezes, temperature
+    fails(
+        &nflow(&[
+            "train",
+            "--data",
+            "toy:moons",
+            "--flow",
+            "glow",
+            "--steps",
+            "2",
+            "--out",
+            out_s,
+        ]),
+        &["image shape", "--image-shape"],
+    );
+    fails(
+        &nflow(&[
+            "train",
+            "--data",
+            data_s,
+            "--flow",
+            "glow",
+            "--image-shape",
+            "1,4,4",
+            "--steps",
+            "2",
+            "--out",
+            out_s,
+        ]),
+        &["1x4x4", "64 columns"],
+    );
+    fails(
+        &nflow(&[
+            "train", "--data", data_s, "--flow", "glow", "--scales", "4", "--steps", "2", "--out",
+            out_s,
+        ]),
+        &["multiples of 16"],
+    );
+    fails(
+        &nflow(&[
+            "sample",
+            "--model",
+            out_s,
+            "--out",
+            csv.to_str().unwrap(),
+            "--temperature",
+            "0",
+        ]),
+        &["temperature"],
+    );
+    fails(
+        &nflow(&[
+            "train", "--data", data_s, "--flow", "glow", "--steps", "2", "--resume", "--out", out_s,
+        ]),
+        &["--checkpoint-every"],
+    );
+}

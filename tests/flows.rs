@@ -432,6 +432,7 @@ fn density_with_logit_preprocessing_integrates_to_one_in_data_space() {
         dequantize: false,
         levels: 16.0,
         logit: Some(0.05),
+        bits: None,
     };
     let mut pt = raw.clone();
     pre.apply(&mut pt, 0).unwrap();
@@ -474,6 +475,7 @@ fn training_through_preprocessing_reports_data_units() {
         dequantize: true,
         levels: 16.0,
         logit: Some(0.01),
+        bits: None,
     };
     let cfg = TrainConfig {
         steps: Some(300),

@@ -45,6 +45,9 @@ enum Cmd {
     Info(InfoArgs),
     /// Time training steps, log-prob and sampling on a fixed workload (JSON lines, as peers.py step).
     Bench(bench::BenchArgs),
+    /// Learning curve of a trained model from its log: CSV (step, minutes, epoch, train / validation / test
+    /// figures) and a PNG of bits/dim (image or dequantised models; else NLL) against training minutes.
+    Curve(CurveArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -71,22 +74,38 @@ struct TrainArgs {
     /// Optional test data (same columns), evaluated after training.
     #[arg(long)]
     test: Option<String>,
-    /// Flow: nice | realnvp | maf | iaf | maf-mog (MAF on a MADE MoG base; with --layers 0, MADE MoG).
+    /// Flow: nice | realnvp | maf | iaf | maf-mog (MAF on a MADE MoG base; with --layers 0, MADE MoG) | glow |
+    /// realnvp-multiscale (image flows: the image shape comes from image data - IDX files, PNG folders,
+    /// CSVs with `c{c}_y{y}_x{x}` columns - or from --image-shape).
     #[arg(long, default_value = "realnvp")]
     flow: String,
     /// Fit p(x | c): these columns (comma-separated names) are the context c, fed to every conditioner
     /// network; the remaining selected columns are x. `eval` reads the same columns from its data.
     #[arg(long, value_delimiter = ',')]
     context: Vec<String>,
-    /// Number of flow layers (default: 4 for nice, 8 for realnvp, 5 for the autoregressive flows).
+    /// Number of flow layers (default: 4 for nice, 8 for realnvp, 5 for the autoregressive flows); image
+    /// flows: steps per scale (default 8 for glow, 3 for realnvp-multiscale).
     #[arg(long)]
     layers: Option<usize>,
-    /// Hidden width of the conditioner networks.
+    /// Hidden width of the conditioner networks (image flows: channels of the CNN conditioners).
     #[arg(long, default_value_t = 128)]
     hidden: usize,
-    /// Hidden layers of the conditioner networks.
+    /// Hidden layers of the conditioner networks (realnvp-multiscale: residual blocks).
     #[arg(long, default_value_t = 2)]
     depth: usize,
+    /// Image flows: shape of one image as C,H,W (when the data does not say it).
+    #[arg(long)]
+    image_shape: Option<String>,
+    /// Image flows: number of scales (levels); each squeezes 2x2 and all but the last factor out half the
+    /// channels.
+    #[arg(long, default_value_t = 2)]
+    scales: usize,
+    /// Image flows: affine | additive couplings.
+    #[arg(long, default_value = "affine")]
+    coupling: String,
+    /// Image flows: Glow's learned conditional prior on every factored-out half.
+    #[arg(long)]
+    split_prior: bool,
     /// relu | tanh | elu | leaky-relu | silu.
     #[arg(long, default_value = "relu")]
     activation: String,
@@ -96,16 +115,16 @@ struct TrainArgs {
     /// Autoregressive ordering of maf layers: alternate | natural | reversed | random.
     #[arg(long, default_value = "alternate")]
     order: String,
-    /// Soft-clamp bound B of the affine log-scale (l = B tanh(h/B)).
-    #[arg(long, default_value_t = 5.0)]
-    scale_bound: f64,
-    /// Use Glow's sigmoid(h + 2) scale instead of the soft clamp.
+    /// Soft-clamp bound B of the affine log-scale, l = B tanh(h/B) (default 5; glow: sigmoid scale).
     #[arg(long)]
+    scale_bound: Option<f64>,
+    /// Use Glow's sigmoid(h + 2) scale instead of the soft clamp (the default for glow).
+    #[arg(long, conflicts_with = "scale_bound")]
     sigmoid_scale: bool,
     /// Batch-norm bijector between layers (realnvp, maf).
     #[arg(long)]
     batch_norm: bool,
-    /// ActNorm before every layer (realnvp, maf).
+    /// ActNorm before every layer (realnvp, maf; always on in the image flows).
     #[arg(long)]
     actnorm: bool,
     /// Base distribution: normal | diag-normal | logistic | mixture (Gaussian mixture, learned) | made-mog
@@ -122,6 +141,10 @@ struct TrainArgs {
     /// Values lie in [0, LEVELS] (after dequantisation), for --logit: 256 for 8-bit pixels.
     #[arg(long, default_value_t = 256.0)]
     levels: f64,
+    /// Reduce 8-bit values to N bits first (Glow's n-bit images); likelihoods and bits/dim are then those of
+    /// the N-bit data, and LEVELS is 2^N.
+    #[arg(long)]
+    n_bits: Option<u32>,
     /// Components of a mixture or made-mog base.
     #[arg(long, default_value_t = 10)]
     components: usize,
@@ -134,9 +157,11 @@ struct TrainArgs {
     /// MADE hidden-unit degrees drawn at random (else cycled over 1..D-1).
     #[arg(long)]
     random_degrees: bool,
-    /// Between layers: none | reverse | random | lu (learned LU-linear with a random permutation).
-    #[arg(long, default_value = "none")]
-    permute: String,
+    /// Between layers: none | reverse | random | lu (learned LU-linear with a random permutation); glow:
+    /// reverse | random (channel permutations) | 1x1 (invertible 1x1 convolution, the default) | lu (its
+    /// LU-parameterised form) | none (couplings alternate halves).
+    #[arg(long)]
+    permute: Option<String>,
     /// Passes over the training split (ignored with --steps).
     #[arg(long, default_value_t = 50)]
     epochs: usize,
@@ -173,6 +198,16 @@ struct TrainArgs {
     /// Stop after this many minutes of training (the best weights so far are kept and saved).
     #[arg(long)]
     time_limit: Option<f64>,
+    /// Evaluate the first N rows of --test at every evaluation and log their log-likelihood and bits/dim
+    /// (learning curves: `nflow curve`).
+    #[arg(long, default_value_t = 0)]
+    monitor: usize,
+    /// Write a checkpoint (weights, optimiser state, data order, log) to OUT.ckpt every N steps.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Continue the run from OUT.ckpt (same data and options).
+    #[arg(long)]
+    resume: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Model folder to write.
@@ -212,8 +247,17 @@ struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output file: .csv, .csv.gz or .npy.
+    #[arg(long, required_unless_present = "grid")]
+    out: Option<PathBuf>,
+    /// Image models: also write the samples as a PNG grid (pixel values clamped to the data's range).
     #[arg(long)]
-    out: PathBuf,
+    grid: Option<PathBuf>,
+    /// Images per row of the grid.
+    #[arg(long, default_value_t = 10)]
+    grid_cols: usize,
+    /// Sample from the prior scaled by T (Glow's temperature; T < 1 gives smoother, more typical samples).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
     /// Conditional model: one context row as comma-separated values (in the order of the model's context
     /// columns); `-n` samples are drawn given it.
     #[arg(long, allow_hyphen_values = true, conflicts_with = "context_file")]
@@ -251,6 +295,19 @@ struct PlotArgs {
     /// Conditional model: the context row (comma-separated values) to plot p(x | c) for.
     #[arg(long, allow_hyphen_values = true)]
     context: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct CurveArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// CSV output.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// PNG output: x = minutes of training, y = bits/dim (or NLL); blue = test (--monitor rows), orange =
+    /// validation, green = training average since the previous evaluation.
+    #[arg(long)]
+    png: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -292,6 +349,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Plot(a) => plot(a),
         Cmd::Info(a) => info(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Curve(a) => curve(a),
     }
 }
 
@@ -304,9 +362,30 @@ fn parse_or<T>(v: Option<T>, what: &str, got: &str, known: &str) -> Result<T> {
     v.with_context(|| format!("unknown {what} '{got}' (known: {known})"))
 }
 
-fn build_spec(a: &TrainArgs, dim: usize, context_dim: usize) -> Result<FlowSpec> {
+fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSpec> {
     let kind = FlowKind::parse(&a.flow)?;
+    let dim = table.cols;
     let mut spec = FlowSpec::preset(kind, dim);
+    if kind.image() {
+        spec.image = match &a.image_shape {
+            Some(s) => Some(data::parse_shape(s)?),
+            None => Some(data::shape_from_columns(&table.columns).with_context(|| {
+                format!(
+                    "{}: cannot tell the image shape from its columns (image data has columns c0_y0_x0, \
+                     c0_y0_x1, ...): give --image-shape C,H,W",
+                    table.source
+                )
+            })?),
+        };
+        spec.scales = a.scales;
+        spec.coupling = parse_or(
+            nflow::flows::CouplingKind::parse(&a.coupling),
+            "coupling",
+            &a.coupling,
+            "affine, additive",
+        )?;
+        spec.split_prior = a.split_prior;
+    }
     spec.context_dim = context_dim;
     if let Some(l) = a.layers {
         spec.layers = l;
@@ -331,15 +410,13 @@ fn build_spec(a: &TrainArgs, dim: usize, context_dim: usize) -> Result<FlowSpec>
         &a.order,
         "alternate, natural, reversed, random",
     )?;
-    spec.scale = if a.sigmoid_scale {
-        ScaleBound::Sigmoid
-    } else {
-        ScaleBound::SoftClamp {
-            bound: a.scale_bound,
-        }
-    };
+    if a.sigmoid_scale {
+        spec.scale = ScaleBound::Sigmoid;
+    } else if let Some(bound) = a.scale_bound {
+        spec.scale = ScaleBound::SoftClamp { bound };
+    }
     spec.batch_norm = a.batch_norm;
-    spec.actnorm = a.actnorm;
+    spec.actnorm = spec.actnorm || a.actnorm;
     if let Some(b) = &a.base {
         spec.base = Some(parse_or(
             BaseKind::parse(b),
@@ -357,12 +434,14 @@ fn build_spec(a: &TrainArgs, dim: usize, context_dim: usize) -> Result<FlowSpec>
         &a.mixture_init,
         "kmeans, data",
     )?;
-    spec.permute = parse_or(
-        Permute::parse(&a.permute),
-        "permute",
-        &a.permute,
-        "none, reverse, random, lu",
-    )?;
+    if let Some(p) = &a.permute {
+        spec.permute = parse_or(
+            Permute::parse(p),
+            "permute",
+            p,
+            "none, reverse, random, lu, 1x1 (image flows)",
+        )?;
+    }
     spec.seed = a.seed;
     spec.validate()?;
     Ok(spec)
@@ -417,29 +496,53 @@ fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 /// Train, save and report. Returns the model for the demo.
+/// The folder a run's checkpoints go to: `OUT.ckpt` beside the model folder.
+fn checkpoint_dir(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".ckpt");
+    PathBuf::from(s)
+}
+
 fn fit_and_save(
+    trainer: Trainer,
     spec: FlowSpec,
-    cfg: TrainConfig,
     table: &Table,
     context: Option<&Table>,
-    preprocess: Option<Preprocess>,
     out: &Path,
     quiet: bool,
 ) -> Result<Model> {
     let pb = progress_bar(quiet);
     let mut val_msg = String::new();
-    let fitted = Trainer::new(cfg)
-        .with_preprocess(preprocess)
-        .fit(spec, table, context, |p| {
-            pb.set_length(p.total as u64);
-            pb.set_position(p.step as u64);
-            if let Some(v) = p.val_log_prob {
-                val_msg = format!("val log-lik {v:.4}");
+    // bits/dim is the figure of merit for images and other dequantised integer data
+    let bpd = spec.kind.image() || trainer.preprocess.as_ref().is_some_and(|p| p.dequantize);
+    let fmt = |v: f64, dim: usize| {
+        if bpd {
+            format!("{:.4} bits/dim", nflow::train::bits_per_dim(v, dim))
+        } else {
+            format!("log-lik {v:.4}")
+        }
+    };
+    let fitted = trainer.fit(spec, table, context, |p| {
+        pb.set_length(p.total as u64);
+        pb.set_position(p.step as u64);
+        if let Some(v) = p.val_log_prob {
+            val_msg = format!("val {}", fmt(v, p.dim));
+            if let Some(m) = p.monitor_log_prob {
+                val_msg.push_str(&format!("  test {}", fmt(m, p.dim)));
             }
-            if p.step % 10 == 0 || p.val_log_prob.is_some() {
-                pb.set_message(format!("train nll {:.4}  {val_msg}", p.train_nll));
-            }
-        })?;
+        }
+        if p.step % 10 == 0 || p.val_log_prob.is_some() {
+            let t = if bpd {
+                format!(
+                    "{:.4} bits/dim",
+                    nflow::train::bits_per_dim(-p.train_nll, p.dim)
+                )
+            } else {
+                format!("nll {:.4}", p.train_nll)
+            };
+            pb.set_message(format!("train {t}  {val_msg}"));
+        }
+    })?;
     pb.finish_and_clear();
     fitted.model.save(out)?;
     let s = fitted.model.summary.clone().unwrap_or_default();
@@ -488,18 +591,49 @@ fn split_context(full: Table, sel: &DataSel, context: &[String]) -> Result<(Tabl
 fn train(a: TrainArgs) -> Result<()> {
     let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
     let (table, ctx) = split_context(full, &a.sel, &a.context)?;
-    let spec = build_spec(&a, table.cols, ctx.as_ref().map_or(0, |c| c.cols))?;
+    let spec = build_spec(&a, &table, ctx.as_ref().map_or(0, |c| c.cols))?;
     let cfg = train_config(&a)?;
-    let pre = (a.dequantize || a.logit.is_some()).then_some(Preprocess {
+    let pre = (a.dequantize || a.logit.is_some() || a.n_bits.is_some()).then_some(Preprocess {
         dequantize: a.dequantize,
-        levels: a.levels,
+        levels: a.n_bits.map_or(a.levels, |b| f64::from(1u32 << b.min(8))),
         logit: a.logit,
+        bits: a.n_bits,
     });
-    let model = fit_and_save(spec, cfg, &table, ctx.as_ref(), pre, &a.out, a.quiet)?;
-    if let Some(test) = &a.test {
-        let full = data::load_source(test, a.sel.toy_n, a.seed.wrapping_add(1))?;
-        let c = model.select_context(&full)?;
-        let t = model.select_columns(full.select(a.sel.columns.as_deref(), &a.sel.drop)?)?;
+    if let Some(p) = &pre {
+        p.validate()?;
+    }
+    // the test data, read once (evaluated after training; its first --monitor rows during training)
+    let test = match &a.test {
+        Some(src) => {
+            let full = data::load_source(src, a.sel.toy_n, a.seed.wrapping_add(1))?;
+            let (t, c) = split_context(full, &a.sel, &a.context)?;
+            if t.columns != table.columns {
+                bail!(
+                    "{src}: its columns differ from the training data's ({} vs {} columns)",
+                    t.cols,
+                    table.cols
+                );
+            }
+            Some((t, c))
+        }
+        None => None,
+    };
+    if a.monitor > 0 && test.is_none() {
+        bail!("--monitor N evaluates the first N rows of --test: give --test");
+    }
+    if a.resume && a.checkpoint_every.is_none() {
+        bail!("--resume continues from the checkpoints of --checkpoint-every N: give both");
+    }
+    let mut trainer = Trainer::new(cfg).with_preprocess(pre);
+    if let (Some((t, c)), true) = (&test, a.monitor > 0) {
+        let k: Vec<usize> = (0..a.monitor.min(t.rows)).collect();
+        trainer = trainer.with_monitor(t.take_rows(&k), c.as_ref().map(|c| c.take_rows(&k)));
+    }
+    if let Some(every) = a.checkpoint_every {
+        trainer = trainer.with_checkpoints(checkpoint_dir(&a.out), every, a.resume);
+    }
+    let model = fit_and_save(trainer, spec, &table, ctx.as_ref(), &a.out, a.quiet)?;
+    if let Some((t, c)) = test {
         let (lp, ld) = model.log_prob_parts(&t, c.as_ref())?;
         let s = stats(&lp);
         println!(
@@ -514,7 +648,7 @@ fn train(a: TrainArgs) -> Result<()> {
                 if a.logit.is_some() { ", logit" } else { "" },
                 sp.0,
                 sp.1,
-                -s.0 / (t.cols as f64 * std::f64::consts::LN_2)
+                nflow::train::bits_per_dim(s.0, t.cols)
             );
         }
     }
@@ -547,7 +681,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     if a.json {
         let o = serde_json::json!({
             "n": t.rows, "dim": t.cols, "mean_log_prob": mean, "stderr": se, "nll": -mean,
-            "bits_per_dim": -mean / (t.cols as f64 * std::f64::consts::LN_2), "data": t.source,
+            "bits_per_dim": nflow::train::bits_per_dim(mean, t.cols), "data": t.source,
             "mean_log_prob_preprocessed": pre_mean,
         });
         println!("{o}");
@@ -559,7 +693,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         if let Some(m) = pre_mean {
             println!(
                 "  preprocessed space: {m:.4} nats; {:.4} bits/dim in the data's space",
-                -mean / (t.cols as f64 * std::f64::consts::LN_2)
+                nflow::train::bits_per_dim(mean, t.cols)
             );
         }
     }
@@ -587,20 +721,46 @@ fn sample(a: SampleArgs) -> Result<()> {
         bail!("-n must be at least 1");
     }
     let ctx = context_rows(&model, a.context.as_deref(), a.context_file.as_deref())?;
-    let s = match &ctx {
-        None => model.sample(a.n, a.seed, None)?,
+    let (x, s) = match &ctx {
+        None => {
+            let x = model.sample_with_temperature(a.n, a.seed, None, a.temperature)?;
+            (x.clone(), x)
+        }
         Some(c) => {
             // each context row repeated n times, samples and their context side by side
             let rep: Vec<usize> = (0..c.rows)
                 .flat_map(|r| std::iter::repeat_n(r, a.n))
                 .collect();
             let cr = c.take_rows(&rep);
-            let x = model.sample(rep.len(), a.seed, Some(&cr))?;
-            x.hcat(&cr)?
+            let x = model.sample_with_temperature(rep.len(), a.seed, Some(&cr), a.temperature)?;
+            let s = x.hcat(&cr)?;
+            (x, s)
         }
     };
-    write_table(&a.out, &s)?;
-    eprintln!("wrote {} samples to {}", s.rows, a.out.display());
+    if let Some(out) = &a.out {
+        write_table(out, &s)?;
+        eprintln!("wrote {} samples to {}", s.rows, out.display());
+    }
+    if let Some(g) = &a.grid {
+        let shape = model
+            .spec
+            .image
+            .or_else(|| data::shape_from_columns(&model.columns))
+            .with_context(|| {
+                format!(
+                    "{}: not an image model (no image shape), cannot write a grid",
+                    a.model.display()
+                )
+            })?;
+        // pixel range: the preprocessing's (8-bit after n-bit reduction is undone), else the samples' max
+        let max = match &model.preprocess {
+            Some(p) if p.bits.is_some() => 255.0,
+            Some(p) if p.dequantize || p.logit.is_some() => p.levels,
+            _ => x.data.iter().cloned().fold(f64::MIN, f64::max).max(1e-12),
+        };
+        data::write_png_grid(g, &x, shape, a.grid_cols, max)?;
+        eprintln!("wrote a grid of {} samples to {}", x.rows, g.display());
+    }
     Ok(())
 }
 
@@ -808,7 +968,14 @@ fn demo(a: DemoArgs) -> Result<()> {
     );
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let model = fit_and_save(spec, cfg, &train_t, None, None, &a.out.join("model"), false)?;
+    let model = fit_and_save(
+        Trainer::new(cfg),
+        spec,
+        &train_t,
+        None,
+        &a.out.join("model"),
+        false,
+    )?;
     let (mean, se) = stats(&model.log_prob_table(&test_t)?);
     println!(
         "test mean log-likelihood: {mean:.4} ± {se:.4} nats (10000 fresh toy:{} points)",
@@ -830,5 +997,87 @@ fn demo(a: DemoArgs) -> Result<()> {
         "wrote {0}/model/, {0}/samples.csv and {0}/plot.png",
         a.out.display()
     );
+    Ok(())
+}
+
+fn curve(a: CurveArgs) -> Result<()> {
+    let model = Model::load(&a.model)?;
+    if model.log.is_empty() {
+        bail!("{}: the model has no training log", a.model.display());
+    }
+    let entries: Vec<nflow::train::LogEntry> = model
+        .log
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}: train_log.jsonl line {}", a.model.display(), i + 1))
+        })
+        .collect::<Result<_>>()?;
+    let dim = model.spec.dim;
+    let bpd = model.spec.kind.image() || model.preprocess.as_ref().is_some_and(|p| p.dequantize);
+    // figure of merit from a mean log-likelihood (data units)
+    let fig = |ll: f64| {
+        if bpd {
+            nflow::train::bits_per_dim(ll, dim)
+        } else {
+            -ll
+        }
+    };
+    let unit = if bpd { "bits_per_dim" } else { "nll" };
+    let nan = f64::NAN;
+    let rows: Vec<[f64; 6]> = entries
+        .iter()
+        .map(|e| {
+            [
+                e.step as f64,
+                e.seconds / 60.0,
+                e.epoch,
+                fig(-e.train_nll),
+                e.val_nll.map_or(nan, |v| fig(-v)),
+                e.monitor_log_prob.map_or(nan, fig),
+            ]
+        })
+        .collect();
+    if let Some(p) = &a.csv {
+        let cols = vec![
+            "step".to_string(),
+            "minutes".into(),
+            "epoch".into(),
+            format!("train_{unit}"),
+            format!("val_{unit}"),
+            format!("test_{unit}"),
+        ];
+        let t = Table::new(
+            cols,
+            rows.len(),
+            rows.iter().flatten().copied().collect(),
+            "curve",
+        );
+        data::write_csv(p, &t)?;
+        eprintln!("wrote {} rows to {}", t.rows, p.display());
+    }
+    if let Some(p) = &a.png {
+        let series = |k: usize| rows.iter().map(|r| (r[1], r[k])).collect::<Vec<_>>();
+        nflow::plot::lines_png(p, &[series(5), series(4), series(3)])?;
+        let ys: Vec<f64> = rows
+            .iter()
+            .flat_map(|r| [r[3], r[4], r[5]])
+            .filter(|v| v.is_finite())
+            .collect();
+        eprintln!(
+            "wrote {}: x = minutes 0..{:.1}, y = {unit} {:.3}..{:.3}; blue = test, orange = validation, green = train",
+            p.display(),
+            rows.last().map_or(0.0, |r| r[1]),
+            ys.iter().cloned().fold(f64::INFINITY, f64::min),
+            ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        );
+    }
+    if let Some(r) = rows.last() {
+        println!(
+            "step {} after {:.1} min: train {:.4}, validation {:.4}, test {:.4} ({unit})",
+            r[0], r[1], r[3], r[4], r[5]
+        );
+    }
     Ok(())
 }

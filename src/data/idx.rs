@@ -69,6 +69,9 @@ pub fn read_idx(path: &Path) -> Result<Table> {
     }
     let columns: Vec<String> = if ndim == 1 {
         vec!["label".into()]
+    } else if ndim == 3 {
+        // (items, rows, cols): grey images
+        super::images::pixel_columns(crate::engine::conv::ImageShape::new(1, dims[1], dims[2]))
     } else {
         (0..per).map(|i| format!("p{i}")).collect()
     };
@@ -138,7 +141,7 @@ mod tests {
         let t = load_idx_source(&format!("idx:{d}"), &d).unwrap();
         assert_eq!((t.rows, t.cols), (2, 6));
         assert_eq!(t.row(0), &[0.0, 1.0, 2.0, 3.0, 4.0, 255.0]);
-        assert_eq!(t.columns[5], "p5");
+        assert_eq!(t.columns[5], "c0_y1_x2");
         let l = load_idx_source("idx", &format!("{d}:train:labels")).unwrap();
         assert_eq!(l.data, vec![7.0, 3.0]);
         // truncated data, wrong magic, missing split

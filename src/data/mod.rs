@@ -6,11 +6,13 @@
 //! the 0-based row index (said so explicitly), and the column name.
 
 pub mod idx;
+pub mod images;
 pub mod preprocess;
 pub mod table;
 pub mod toy;
 
 pub use idx::{load_idx_source, read_idx};
+pub use images::{load_png_folder, parse_shape, pixel_columns, shape_from_columns, write_png_grid};
 pub use preprocess::Preprocess;
 pub use table::*;
 pub use toy::*;

@@ -6,6 +6,9 @@
 //! - the logit of RealNVP / MAF: `y = logit(λ + (1 - 2λ) x / K)` for `x` in `[0, K]` (K = `levels`, 256 for 8-bit
 //!   pixels), `log|dy/dx| = log(1 - 2λ) - log K - log p - log(1 - p)` with `p = λ + (1 - 2λ) x / K`.
 //!
+//! - `bits = n` (Glow's n-bit images): 8-bit values are first reduced to `n` bits, `v -> floor(v / 2^(8-n))`, so
+//!   the model (and every reported likelihood and bits/dim) is of the `n`-bit data; `levels` is then `2^n`.
+//!
 //! For dequantised 8-bit data the resulting density over `[0, 256)^D` gives bits/dim directly:
 //! `-log p(x) / (D ln 2)`.
 
@@ -22,6 +25,9 @@ pub struct Preprocess {
     pub levels: f64,
     /// `Some(λ)`: apply `logit(λ + (1 - 2λ) x / levels)`.
     pub logit: Option<f64>,
+    /// `Some(n)`: reduce 8-bit values to `n` bits first.
+    #[serde(default)]
+    pub bits: Option<u32>,
 }
 
 impl Preprocess {
@@ -31,6 +37,13 @@ impl Preprocess {
                 "levels must be positive, got {}",
                 self.levels
             )));
+        }
+        if let Some(b) = self.bits {
+            if !(1..=8).contains(&b) {
+                return Err(DataError::InvalidArgument(format!(
+                    "bits must be in 1..=8, got {b}"
+                )));
+            }
         }
         if let Some(l) = self.logit {
             if !(l > 0.0 && l < 0.5) {
@@ -53,6 +66,16 @@ impl Preprocess {
         for row in 0..t.rows {
             for c in 0..t.cols {
                 let v = &mut t.data[row * t.cols + c];
+                if let Some(b) = self.bits {
+                    if !(0.0..=255.0).contains(v) || v.fract() != 0.0 {
+                        return Err(DataError::InvalidArgument(format!(
+                            "{} row {row} (0-based), column '{}': {} is not an 8-bit value (0..255), which \
+                             --n-bits expects",
+                            t.source, t.columns[c], v
+                        )));
+                    }
+                    *v = (*v / f64::from(1u32 << (8 - b))).floor();
+                }
                 // with dequantisation every draw must stay in range: v + u <= K for all u < 1
                 let top = if self.dequantize { k - 1.0 } else { k };
                 if self.logit.is_some() && !(0.0..=top).contains(v) {
@@ -88,6 +111,10 @@ impl Preprocess {
                 *v = ((p - lam) / (1.0 - 2.0 * lam) * k).clamp(0.0, k);
             }
         }
+        if let Some(b) = self.bits {
+            let f = f64::from(1u32 << (8 - b));
+            t.data.iter_mut().for_each(|v| *v *= f);
+        }
     }
 }
 
@@ -101,6 +128,7 @@ mod tests {
             dequantize: false,
             levels: 256.0,
             logit: Some(1e-6),
+            bits: None,
         };
         let xs = [0.0, 0.5, 17.25, 128.0, 255.9];
         for &x in &xs {
@@ -150,11 +178,30 @@ mod tests {
     }
 
     #[test]
+    fn n_bit_reduction() {
+        let p = Preprocess {
+            dequantize: false,
+            levels: 32.0,
+            logit: None,
+            bits: Some(5),
+        };
+        let mut t = Table::new(vec!["a".into()], 3, vec![0.0, 7.0, 255.0], "t");
+        p.apply(&mut t, 0).unwrap();
+        assert_eq!(t.data, vec![0.0, 0.0, 31.0]);
+        p.invert(&mut t);
+        assert_eq!(t.data, vec![0.0, 0.0, 248.0]);
+        let mut t = Table::new(vec!["a".into()], 1, vec![3.5], "t");
+        let e = p.apply(&mut t, 0).unwrap_err().to_string();
+        assert!(e.contains("'a'") && e.contains("8-bit"), "{e}");
+    }
+
+    #[test]
     fn out_of_range_values_are_errors() {
         let p = Preprocess {
             dequantize: true,
             levels: 256.0,
             logit: Some(1e-6),
+            bits: None,
         };
         let mut t = Table::new(vec!["a".into(), "b".into()], 1, vec![3.0, 255.5], "img.csv");
         let e = p.apply(&mut t, 0).unwrap_err().to_string();

@@ -548,7 +548,9 @@ pub fn load_source(src: &str, toy_n: usize, seed: u64) -> Result<Table> {
             msg,
         });
     }
-    if src.to_ascii_lowercase().ends_with(".npy") {
+    if path.is_dir() {
+        super::images::load_png_folder(path)
+    } else if src.to_ascii_lowercase().ends_with(".npy") {
         read_npy(path)
     } else if super::idx::is_idx_name(src) {
         super::idx::read_idx(path)

@@ -1,6 +1,10 @@
 //! A flow is a base distribution plus a chain of transforms:
 //! `log p(x) = log p_Z(f(x)) + log|det df/dx|`, `f = f_K o ... o f_1` (data -> noise).
-//! Presets build the classic architectures by name from a serialisable [`FlowSpec`].
+//! Presets build the classic architectures by name from a serialisable [`FlowSpec`]; the multi-scale image
+//! flows (Glow, RealNVP multi-scale) are built in [`image`].
+
+pub mod image;
+pub use image::CouplingKind;
 
 use crate::dist::{
     BaseKind, DiagNormal, Distribution, GaussianMixture, MadeMog, MixtureInit, StandardLogistic,
@@ -9,8 +13,8 @@ use crate::dist::{
 use crate::engine::{rng, Float, Mat, Rng};
 use crate::nn::{Activation, MadeOpts, Param};
 use crate::transforms::{
-    ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, Iaf, LuLinear, Maf, Mask, Order,
-    Permutation, ScaleBound, Scaling, Transform,
+    ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, Iaf, ImageShape, LuLinear, Maf, Mask,
+    Order, Permutation, ScaleBound, Scaling, Transform,
 };
 use crate::Error;
 use serde::{Deserialize, Serialize};
@@ -31,6 +35,12 @@ pub enum FlowKind {
     Iaf,
     /// MAF MoG (Papamakarios et al. 2017): MAF layers on a MADE MoG base; with 0 layers, MADE MoG.
     MafMog,
+    /// Glow (Kingma & Dhariwal 2018): multi-scale image flow, `scales` levels of `layers` steps of ActNorm,
+    /// invertible 1x1 convolution and affine coupling with CNN conditioners of width `hidden`.
+    Glow,
+    /// RealNVP's multi-scale architecture (Dinh et al. 2017): checkerboard and channel-wise couplings with
+    /// ResNet conditioners (`depth` residual blocks of width `hidden`), squeeze and factor-out.
+    RealnvpMultiscale,
 }
 
 /// What sits between consecutive layers.
@@ -42,8 +52,12 @@ pub enum Permute {
     None,
     Reverse,
     Random,
-    /// A learned LU-parameterised linear map with a random permutation (the NSF paper's setting).
+    /// A learned LU-parameterised linear map with a random permutation (the NSF paper's setting); in image
+    /// flows the LU-parameterised invertible 1x1 convolution.
     Lu,
+    /// Image flows: Glow's invertible 1x1 convolution (plain `C x C` weight).
+    #[serde(rename = "1x1")]
+    Conv1x1,
 }
 
 impl Permute {
@@ -53,13 +67,22 @@ impl Permute {
             "reverse" => Permute::Reverse,
             "random" => Permute::Random,
             "lu" => Permute::Lu,
+            "1x1" => Permute::Conv1x1,
             _ => return None,
         })
     }
 }
 
 impl FlowKind {
-    pub const NAMES: &'static [&'static str] = &["nice", "realnvp", "maf", "iaf", "maf-mog"];
+    pub const NAMES: &'static [&'static str] = &[
+        "nice",
+        "realnvp",
+        "maf",
+        "iaf",
+        "maf-mog",
+        "glow",
+        "realnvp-multiscale",
+    ];
     pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "nice" => Ok(FlowKind::Nice),
@@ -67,6 +90,8 @@ impl FlowKind {
             "maf" => Ok(FlowKind::Maf),
             "iaf" => Ok(FlowKind::Iaf),
             "maf-mog" => Ok(FlowKind::MafMog),
+            "glow" => Ok(FlowKind::Glow),
+            "realnvp-multiscale" => Ok(FlowKind::RealnvpMultiscale),
             _ => Err(Error::Config(format!(
                 "unknown flow '{s}' (known: {})",
                 Self::NAMES.join(", ")
@@ -80,7 +105,13 @@ impl FlowKind {
             FlowKind::Maf => "maf",
             FlowKind::Iaf => "iaf",
             FlowKind::MafMog => "maf-mog",
+            FlowKind::Glow => "glow",
+            FlowKind::RealnvpMultiscale => "realnvp-multiscale",
         }
+    }
+    /// Multi-scale flows on images (need an image shape).
+    pub fn image(self) -> bool {
+        matches!(self, FlowKind::Glow | FlowKind::RealnvpMultiscale)
     }
     /// Layers built from MADE conditioners.
     pub fn autoregressive(self) -> bool {
@@ -90,6 +121,10 @@ impl FlowKind {
 
 fn default_components() -> usize {
     10
+}
+
+fn default_scales() -> usize {
+    2
 }
 
 /// Everything needed to rebuild a flow's architecture (weights aside). Stored in `config.json`.
@@ -141,6 +176,18 @@ pub struct FlowSpec {
     /// How a `mixture` base initialises itself from the first batch.
     #[serde(default)]
     pub mixture_init: MixtureInit,
+    /// Image flows: shape of one image (rows are `C*H*W` values, channel planes one after another).
+    #[serde(default)]
+    pub image: Option<ImageShape>,
+    /// Image flows: number of multi-scale levels.
+    #[serde(default = "default_scales")]
+    pub scales: usize,
+    /// Image flows: affine or additive couplings.
+    #[serde(default)]
+    pub coupling: CouplingKind,
+    /// Image flows: Glow's learned conditional prior on each factored-out half.
+    #[serde(default)]
+    pub split_prior: bool,
     /// Seed of the initial weights and of random masks.
     #[serde(default)]
     pub seed: u64,
@@ -157,21 +204,39 @@ impl FlowSpec {
                 FlowKind::Nice => 4,
                 FlowKind::Realnvp => 8,
                 FlowKind::Maf | FlowKind::Iaf | FlowKind::MafMog => 5,
+                FlowKind::Glow => 8,
+                FlowKind::RealnvpMultiscale => 3,
             },
             hidden: 128,
-            depth: 2,
+            depth: match kind {
+                FlowKind::Glow => 1,
+                FlowKind::RealnvpMultiscale => 2,
+                _ => 2,
+            },
             activation: Activation::Relu,
             mask: Mask::Alternate,
             order: Order::Alternate,
-            scale: ScaleBound::default(),
+            scale: if kind == FlowKind::Glow {
+                ScaleBound::Sigmoid
+            } else {
+                ScaleBound::default()
+            },
             batch_norm: false,
-            actnorm: false,
-            permute: Permute::None,
+            actnorm: kind.image(),
+            permute: if kind == FlowKind::Glow {
+                Permute::Conv1x1
+            } else {
+                Permute::None
+            },
             residual: false,
             random_degrees: false,
             base: None,
             components: default_components(),
             mixture_init: MixtureInit::Kmeans,
+            image: None,
+            scales: default_scales(),
+            coupling: CouplingKind::Affine,
+            split_prior: false,
             seed: 0,
         }
     }
@@ -186,6 +251,19 @@ impl FlowSpec {
         }
         if self.hidden == 0 {
             return bad("hidden must be at least 1".into());
+        }
+        if self.kind.image() {
+            image::validate(self)?;
+            if self.layers == 0 {
+                return bad("layers (steps per scale) must be at least 1".into());
+            }
+            if self.base_kind() != BaseKind::Normal {
+                return bad(format!(
+                    "{} uses a standard normal prior (factored-out channels go to it); other bases are \
+                     not supported",
+                    self.kind.name()
+                ));
+            }
         }
         if (self.kind.autoregressive() || self.base_kind() == BaseKind::MadeMog) && self.depth == 0
         {
@@ -210,7 +288,11 @@ impl FlowSpec {
         self.base.unwrap_or(match self.kind {
             FlowKind::Nice => BaseKind::Logistic,
             FlowKind::MafMog => BaseKind::MadeMog,
-            FlowKind::Realnvp | FlowKind::Maf | FlowKind::Iaf => BaseKind::Normal,
+            FlowKind::Realnvp
+            | FlowKind::Maf
+            | FlowKind::Iaf
+            | FlowKind::Glow
+            | FlowKind::RealnvpMultiscale => BaseKind::Normal,
         })
     }
 
@@ -256,6 +338,14 @@ impl FlowSpec {
         self.validate()?;
         let mut r = rng(self.seed);
         let d = self.dim;
+        if self.kind.image() {
+            let ts = image::build(self, &mut r);
+            return Ok(Flow::new(
+                Box::new(StandardNormal { d }),
+                ts,
+                self.context_dim,
+            ));
+        }
         let mut ts: Vec<Box<dyn Transform<F>>> = Vec::new();
         // ActNorm / batch norm wrap the layers of RealNVP and MAF; NICE has neither.
         let normalised = self.kind != FlowKind::Nice;
@@ -282,6 +372,7 @@ impl FlowSpec {
                     self.scale,
                     &mut r,
                 )),
+                FlowKind::Glow | FlowKind::RealnvpMultiscale => unreachable!("built above"),
                 FlowKind::Maf | FlowKind::MafMog | FlowKind::Iaf => {
                     let order = self.order.build(d, l, &mut r);
                     let maf = Maf::new(
@@ -308,7 +399,7 @@ impl FlowSpec {
                     Permute::None => {}
                     Permute::Reverse => ts.push(Box::new(Permutation::reverse(d))),
                     Permute::Random => ts.push(Box::new(Permutation::random(d, &mut r))),
-                    Permute::Lu => {
+                    Permute::Lu | Permute::Conv1x1 => {
                         let p = Permutation::<F>::random(d, &mut r).indices().to_vec();
                         ts.push(Box::new(LuLinear::new(d, Some(p))))
                     }

@@ -243,10 +243,37 @@ impl Model {
 
     /// `n` samples in the data's units (for a conditional model, one per context row; `n` is then ignored).
     pub fn sample(&self, n: usize, seed: u64, ctx: Option<&Table>) -> Result<Table> {
+        self.sample_with_temperature(n, seed, ctx, 1.0)
+    }
+
+    /// Samples from the base scaled by `temperature` (Glow sec. 5: `z ~ N(0, T^2 I)`), mapped to data.
+    pub fn sample_with_temperature(
+        &self,
+        n: usize,
+        seed: u64,
+        ctx: Option<&Table>,
+        temperature: f64,
+    ) -> Result<Table> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::Config(format!(
+                "temperature must be positive, got {temperature}"
+            )));
+        }
+        if temperature != 1.0 && self.spec.base_kind() != crate::dist::BaseKind::Normal {
+            return Err(Error::Config(format!(
+                "a temperature needs a standard normal base; this model's base is {}",
+                self.flow.base.kind()
+            )));
+        }
         let rows = ctx.map(|c| c.rows).unwrap_or(n);
         let c = self.prepare_ctx(ctx, rows)?;
         let mut r = rng(seed);
-        let x = self.flow.sample(rows, &mut r, c.as_ref());
+        let mut z = self.flow.base.sample(rows, c.as_ref(), &mut r);
+        if temperature != 1.0 {
+            let t = temperature as f32;
+            z.data.iter_mut().for_each(|v| *v *= t);
+        }
+        let x = self.flow.inverse(&z, c.as_ref()).0;
         let mut v = x.to_f64();
         self.norm.invert(&mut v);
         let mut t = Table::new(self.columns.clone(), rows, v, "samples");
@@ -273,6 +300,11 @@ impl Model {
 
     /// Write the model folder atomically (temporary folder, then rename over any previous model).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_with(dir, &[])
+    }
+
+    /// [`Model::save`] with extra files written into the folder before it is put in place (checkpoints).
+    pub fn save_with(&self, dir: &Path, extras: &[(&str, Vec<u8>)]) -> Result<()> {
         let io = |path: &Path| {
             let p = path.display().to_string();
             move |source| Error::Io { path: p, source }
@@ -325,6 +357,9 @@ impl Model {
                 log.push('\n');
             }
             std::fs::write(tmp.join(LOG), log).map_err(io(&tmp.join(LOG)))?;
+            for (name, bytes) in extras {
+                std::fs::write(tmp.join(name), bytes).map_err(io(&tmp.join(name)))?;
+            }
             Ok(())
         };
         if let Err(e) = write() {

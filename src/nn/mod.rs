@@ -1,9 +1,11 @@
 //! Conditioner networks and their parameters. Every network has an inference forward, a training forward that
 //! caches what the backward needs, and an analytic backward that accumulates parameter gradients.
 
+pub mod conv;
 pub mod made;
 pub mod mlp;
 
+pub use conv::{Conv2d, ConvNet, ConvNetKind};
 pub use made::{Made, MadeOpts};
 pub use mlp::{Activation, Linear, Mlp};
 

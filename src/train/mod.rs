@@ -1,6 +1,8 @@
 //! Minibatch maximum-likelihood training: Adam/AdamW, schedules, clipping, validation split, early stopping
 //! on the validation NLL (the best weights are kept), a NaN/Inf guard that names the layer and step, and a
-//! per-evaluation log (JSON lines).
+//! per-evaluation log (JSON lines), an optional monitor set (e.g. part of the test data) evaluated at every
+//! evaluation for learning curves, and checkpoints every N steps from which a run resumes exactly where it
+//! stopped (weights, Adam moments, batch order, RNG position, best weights, log and elapsed time).
 
 use crate::data::{split_indices, Preprocess, Standardizer, Table};
 use crate::engine::{rng, Mat};
@@ -10,7 +12,16 @@ use crate::optim::{clip_grad_norm, Adam, OptimConfig, Schedule};
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Instant;
+
+/// `-log p / (D ln 2)`: bits per dimension of a mean log-likelihood `log_lik` (nats per example, data units)
+/// over `dim` values. For dequantised integer data (pixels `0..K`) the data-unit density is a density over
+/// `[0, K)^D`, so this is the bits/dim of the `log2 K`-bit data with every Jacobian (logit, standardisation)
+/// already inside `log_lik`.
+pub fn bits_per_dim(log_lik: f64, dim: usize) -> f64 {
+    -log_lik / (dim as f64 * std::f64::consts::LN_2)
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -86,6 +97,10 @@ pub struct Progress {
     pub train_nll: f64,
     /// Validation mean log-likelihood in data units, when this step evaluated.
     pub val_log_prob: Option<f64>,
+    /// Monitor-set mean log-likelihood in data units, when this step evaluated and a monitor set is given.
+    pub monitor_log_prob: Option<f64>,
+    /// Number of data columns (for bits/dim).
+    pub dim: usize,
 }
 
 /// One evaluation, written as a JSON line to `train_log.jsonl`.
@@ -98,6 +113,12 @@ pub struct LogEntry {
     /// Training NLL in the data's units (nats per example), averaged since the previous entry.
     pub train_nll: f64,
     pub val_nll: Option<f64>,
+    /// Mean log-likelihood of the monitor set (data units), if one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_log_prob: Option<f64>,
+    /// Its bits/dim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_bits_per_dim: Option<f64>,
     pub best: bool,
 }
 
@@ -112,6 +133,72 @@ pub struct Trainer {
     pub cfg: TrainConfig,
     /// Dequantisation / logit applied to the raw rows; with dequantisation, fresh noise for every batch.
     pub preprocess: Option<Preprocess>,
+    /// Rows (and context) evaluated at every evaluation, logged as `monitor_log_prob` (learning curves).
+    pub monitor: Option<(Table, Option<Table>)>,
+    /// Write a checkpoint into this folder every `n` steps.
+    pub checkpoint: Option<(PathBuf, usize)>,
+    /// Continue from the checkpoint folder instead of starting afresh.
+    pub resume: bool,
+}
+
+/// What a checkpoint holds besides the model (weights and buffers are in the model folder).
+#[derive(Serialize, Deserialize)]
+struct TrainState {
+    spec: FlowSpec,
+    cfg: TrainConfig,
+    step: usize,
+    adam_t: i32,
+    rng_word_pos: String,
+    order: Vec<usize>,
+    pos: usize,
+    best_step: Option<usize>,
+    best_val: Option<f64>,
+    since_best: usize,
+    acc: (f64, usize),
+    last_train: f64,
+    seconds: f64,
+    log: Vec<LogEntry>,
+}
+
+const STATE_JSON: &str = "trainer_state.json";
+const STATE_TENSORS: &str = "trainer_state.safetensors";
+
+fn tensors_bytes(groups: &[(&str, &[Vec<f32>])]) -> Vec<u8> {
+    use safetensors::{tensor::TensorView, Dtype};
+    let bytes: Vec<(String, Vec<u8>)> = groups
+        .iter()
+        .flat_map(|(g, vs)| {
+            vs.iter().enumerate().map(move |(i, v)| {
+                (
+                    format!("{g}.{i}"),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            })
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, vec![b.len() / 4], b).expect("consistent shape"),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).expect("serialisable tensors")
+}
+
+fn read_group(st: &safetensors::SafeTensors, g: &str) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    while let Ok(t) = st.tensor(&format!("{g}.{}", out.len())) {
+        out.push(
+            t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        );
+    }
+    out
 }
 
 impl Trainer {
@@ -119,7 +206,23 @@ impl Trainer {
         Trainer {
             cfg,
             preprocess: None,
+            monitor: None,
+            checkpoint: None,
+            resume: false,
         }
+    }
+
+    /// Evaluate `t` (with context `c`) at every evaluation and log its log-likelihood and bits/dim.
+    pub fn with_monitor(mut self, t: Table, c: Option<Table>) -> Self {
+        self.monitor = Some((t, c));
+        self
+    }
+
+    /// Checkpoint into `dir` every `every` steps; with `resume`, start from the checkpoint there.
+    pub fn with_checkpoints(mut self, dir: PathBuf, every: usize, resume: bool) -> Self {
+        self.checkpoint = Some((dir, every.max(1)));
+        self.resume = resume;
+        self
     }
 
     /// Train on raw data through `p` (stored with the model). Dequantisation noise is drawn afresh for every
@@ -174,7 +277,13 @@ impl Trainer {
             ld_val = mean(p.apply(&mut val_t, cfg.seed ^ 0x0076_616c)?);
         }
         let fresh = self.preprocess.as_ref().filter(|p| p.dequantize);
-        let norm = Standardizer::fit(&train_t)?;
+        // image flows see the pixels as they are (ActNorm normalises per channel); a per-pixel
+        // standardisation would give every pixel its own scale and break the convolutions' weight sharing
+        let norm = if spec.kind.image() {
+            Standardizer::identity(train_t.cols)
+        } else {
+            Standardizer::fit(&train_t)?
+        };
         let to_mat = |t: &Table, n: &Standardizer| {
             let mut v = t.data.clone();
             n.apply(&mut v);
@@ -197,6 +306,25 @@ impl Trainer {
             None => (None, None, None),
         };
         let shift = norm.log_abs_det();
+        // the monitor rows, preprocessed once (a fixed dequantisation draw, like the validation rows)
+        let monitor = match &self.monitor {
+            Some((t, c)) => {
+                let mut m = t.clone();
+                let ld = match &self.preprocess {
+                    Some(p) => {
+                        let v = p.apply(&mut m, cfg.seed ^ 0x006d_6f6e)?;
+                        v.iter().sum::<f64>() / v.len().max(1) as f64
+                    }
+                    None => 0.0,
+                };
+                let cm = match (c, &cnorm) {
+                    (Some(c), Some(n)) => Some(to_mat(c, n)),
+                    _ => None,
+                };
+                Some((to_mat(&m, &norm), cm, ld))
+            }
+            None => None,
+        };
         let mut flow = spec.build::<f32>()?;
         flow.set_training(true);
         let n = raw_train.rows;
@@ -215,7 +343,7 @@ impl Trainer {
         let mut r = rng(cfg.seed ^ 0x5eed);
         let mut order: Vec<usize> = (0..n).collect();
         let mut pos = n; // forces a shuffle on the first step
-        let t0 = Instant::now();
+        let mut t0 = Instant::now();
         let mut log = Vec::new();
         let mut best: Option<(f64, usize, Vec<Vec<f32>>)> = None;
         let mut since_best = 0;
@@ -224,20 +352,88 @@ impl Trainer {
         let mut diverged = None;
         let mut stopped_early = false;
         let mut step = 0;
-        let val_lp = |flow: &mut crate::flows::Flow<f32>| -> f64 {
+        if self.resume {
+            let (dir, _) = self
+                .checkpoint
+                .as_ref()
+                .ok_or_else(|| Error::Config("resume needs a checkpoint folder".into()))?;
+            let bad = |msg: String| Error::Model {
+                path: dir.display().to_string(),
+                msg,
+            };
+            let ck = Model::load(dir)?;
+            let text = std::fs::read_to_string(dir.join(STATE_JSON))
+                .map_err(|e| bad(format!("{STATE_JSON}: {e}")))?;
+            let st: TrainState =
+                serde_json::from_str(&text).map_err(|e| bad(format!("{STATE_JSON}: {e}")))?;
+            if st.spec != spec {
+                return Err(bad(
+                    "the checkpoint was made with a different flow (architecture options differ)"
+                        .into(),
+                ));
+            }
+            if st.cfg != *cfg {
+                return Err(bad(
+                    "the checkpoint was made with different training options (steps, batch size, \
+                     learning rate, schedule, seed, ...)"
+                        .into(),
+                ));
+            }
+            if st.order.len() != n {
+                return Err(bad(format!(
+                    "the checkpoint was made on {} training rows, this data has {n}",
+                    st.order.len()
+                )));
+            }
+            flow = ck.flow;
+            flow.set_training(true);
+            let bytes = std::fs::read(dir.join(STATE_TENSORS))
+                .map_err(|e| bad(format!("{STATE_TENSORS}: {e}")))?;
+            let ts = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|e| bad(format!("{STATE_TENSORS}: {e}")))?;
+            opt.set_state(
+                read_group(&ts, "adam_m"),
+                read_group(&ts, "adam_v"),
+                st.adam_t,
+            );
+            let best_w = read_group(&ts, "best");
+            if let (Some(bs), Some(bv)) = (st.best_step, st.best_val) {
+                best = Some((bv, bs, best_w));
+            } else if let Some(bs) = st.best_step {
+                best = Some((f64::NEG_INFINITY, bs, best_w));
+            }
+            let wp: u128 = st
+                .rng_word_pos
+                .parse()
+                .map_err(|_| bad("rng_word_pos is not a number".into()))?;
+            r.set_word_pos(wp);
+            order = st.order;
+            pos = st.pos;
+            since_best = st.since_best;
+            acc = st.acc;
+            last_train = st.last_train;
+            log = st.log;
+            step = st.step;
+            t0 = Instant::now() - std::time::Duration::from_secs_f64(st.seconds);
+        }
+        let val_lp = |flow: &mut crate::flows::Flow<f32>,
+                      x: &Mat<f32>,
+                      c: Option<&Mat<f32>>,
+                      ld: f64|
+         -> f64 {
             flow.set_training(false);
             let mut s = 0.0;
-            for a in (0..xva.rows).step_by(4096) {
-                let b = (a + 4096).min(xva.rows);
-                let cs = cva.as_ref().map(|c| c.slice_rows(a, b));
+            for a in (0..x.rows).step_by(1024) {
+                let b = (a + 1024).min(x.rows);
+                let cs = c.map(|c| c.slice_rows(a, b));
                 s += flow
-                    .log_prob(&xva.slice_rows(a, b), cs.as_ref())
+                    .log_prob(&x.slice_rows(a, b), cs.as_ref())
                     .iter()
                     .map(|&v| v as f64)
                     .sum::<f64>();
             }
             flow.set_training(true);
-            s / xva.rows as f64 + shift + ld_val
+            s / x.rows as f64 + shift + ld
         };
         while step < total {
             if pos + batch > n {
@@ -288,14 +484,18 @@ impl Trainer {
                 .is_some_and(|m| t0.elapsed().as_secs_f64() >= m);
             let evaluate = step % eval_every == 0 || step == total || out_of_time;
             let mut val = None;
+            let mut mon = None;
             if evaluate {
                 last_train = acc.0 / acc.1 as f64 - shift - ld_train;
                 acc = (0.0, 0);
                 let vl = if xva.rows > 0 {
-                    Some(val_lp(&mut flow))
+                    Some(val_lp(&mut flow, &xva, cva.as_ref(), ld_val))
                 } else {
                     None
                 };
+                let ml = monitor
+                    .as_ref()
+                    .map(|(x, c, ld)| val_lp(&mut flow, x, c.as_ref(), *ld));
                 if vl.is_some_and(|v| !v.is_finite()) {
                     diverged = Some(Error::Diverged {
                         step,
@@ -321,9 +521,12 @@ impl Trainer {
                     lr: cfg.optim.lr * cfg.schedule.factor(step - 1, total),
                     train_nll: last_train,
                     val_nll: vl.map(|v| -v),
+                    monitor_log_prob: ml,
+                    monitor_bits_per_dim: ml.map(|m| bits_per_dim(m, spec.dim)),
                     best: improved,
                 });
                 val = vl;
+                mon = ml;
             }
             on_step(&Progress {
                 step,
@@ -334,7 +537,51 @@ impl Trainer {
                     loss - shift - ld_train
                 },
                 val_log_prob: val,
+                monitor_log_prob: mon,
+                dim: spec.dim,
             });
+            if let Some((dir, every)) = &self.checkpoint {
+                if step % every == 0 && step < total {
+                    let st = TrainState {
+                        spec: spec.clone(),
+                        cfg: cfg.clone(),
+                        step,
+                        adam_t: opt.state().2,
+                        rng_word_pos: r.get_word_pos().to_string(),
+                        order: order.clone(),
+                        pos,
+                        best_step: best.as_ref().map(|b| b.1),
+                        best_val: best.as_ref().map(|b| b.0).filter(|v| v.is_finite()),
+                        since_best,
+                        acc,
+                        last_train,
+                        seconds: t0.elapsed().as_secs_f64(),
+                        log: log.clone(),
+                    };
+                    let (m, v, _) = opt.state();
+                    let empty: Vec<Vec<f32>> = Vec::new();
+                    let tensors = tensors_bytes(&[
+                        ("adam_m", m),
+                        ("adam_v", v),
+                        ("best", best.as_ref().map(|b| &b.2).unwrap_or(&empty)),
+                    ]);
+                    let model = Model {
+                        spec: spec.clone(),
+                        flow,
+                        columns: table.columns.clone(),
+                        norm: norm.clone(),
+                        context_columns: context.map(|c| c.columns.clone()).unwrap_or_default(),
+                        context_norm: cnorm.clone(),
+                        preprocess: self.preprocess.clone(),
+                        summary: None,
+                        log: Vec::new(),
+                    };
+                    let json = serde_json::to_vec(&st).expect("state serialises");
+                    let res = model.save_with(dir, &[(STATE_JSON, json), (STATE_TENSORS, tensors)]);
+                    flow = model.flow;
+                    res?;
+                }
+            }
             if evaluate && cfg.patience.is_some_and(|p| since_best >= p) && xva.rows > 0 {
                 stopped_early = true;
                 break;

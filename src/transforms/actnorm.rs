@@ -1,6 +1,9 @@
 //! ActNorm (Kingma & Dhariwal 2018, Glow sec. 3.1): per-feature affine map `z = (x + b) * exp(s)` whose
 //! parameters are initialised from the first training batch so that `z` has zero mean and unit variance.
 //! The `initialized` flag is a saved buffer, so a loaded model never re-initialises.
+//!
+//! On images (rows of `c` channel planes of `hw` pixels each) there is one `(b, s)` pair per channel, shared by
+//! its pixels, and log|det| = `hw * sum s`.
 
 use super::Transform;
 use crate::engine::{Float, Mat};
@@ -11,16 +14,24 @@ pub struct ActNorm<F> {
     bias: Param<F>,
     log_scale: Param<F>,
     initialized: Param<F>,
+    /// features per parameter pair (pixels per channel; 1 for vectors)
+    hw: usize,
     x: Mat<F>,
 }
 
 impl<F: Float> ActNorm<F> {
+    /// One scale and shift per feature.
     pub fn new(d: usize) -> Self {
+        Self::per_channel(d, 1)
+    }
+    /// One scale and shift per channel of `c` channel planes of `hw` features each.
+    pub fn per_channel(c: usize, hw: usize) -> Self {
         ActNorm {
-            bias: Param::zeros("bias", vec![d]),
-            log_scale: Param::zeros("log_scale", vec![d]),
+            bias: Param::zeros("bias", vec![c]),
+            log_scale: Param::zeros("log_scale", vec![c]),
             initialized: Param::buffer("initialized", vec![1], vec![F::zero()]),
-            x: Mat::zeros(0, d),
+            hw,
+            x: Mat::zeros(0, c * hw),
         }
     }
     pub fn is_initialized(&self) -> bool {
@@ -28,30 +39,36 @@ impl<F: Float> ActNorm<F> {
     }
     /// Data-dependent initialisation from a batch.
     pub fn init_from(&mut self, x: &Mat<F>) {
-        let d = x.cols;
-        let n = F::c(x.rows.max(1) as f64);
-        for j in 0..d {
-            let mean = (0..x.rows).map(|r| x.at(r, j)).sum::<F>() / n;
-            let var = (0..x.rows).map(|r| (x.at(r, j) - mean).powi(2)).sum::<F>() / n;
-            self.bias.value[j] = -mean;
-            self.log_scale.value[j] = -(var.sqrt() + F::c(1e-6)).ln();
+        let hw = self.hw;
+        let n = (x.rows * hw).max(1) as f64;
+        for ch in 0..self.bias.value.len() {
+            let vals = || {
+                (0..x.rows)
+                    .flat_map(move |r| x.row(r)[ch * hw..(ch + 1) * hw].iter().map(|v| v.f64()))
+            };
+            let mean = vals().sum::<f64>() / n;
+            let var = vals().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+            self.bias.value[ch] = F::c(-mean);
+            self.log_scale.value[ch] = F::c(-(var.sqrt() + 1e-6).ln());
         }
         self.initialized.value[0] = F::one();
     }
     fn apply(&self, x: &Mat<F>, inverse: bool) -> (Mat<F>, Vec<F>) {
         let b = &self.bias.value;
         let s = &self.log_scale.value;
+        let hw = self.hw;
         let mut z = x.clone();
         for r in 0..z.rows {
             for (j, v) in z.row_mut(r).iter_mut().enumerate() {
+                let c = j / hw;
                 *v = if inverse {
-                    *v * (-s[j]).exp() - b[j]
+                    *v * (-s[c]).exp() - b[c]
                 } else {
-                    (*v + b[j]) * s[j].exp()
+                    (*v + b[c]) * s[c].exp()
                 };
             }
         }
-        let ld: F = s.iter().copied().sum();
+        let ld: F = s.iter().copied().sum::<F>() * F::c(hw as f64);
         (z, vec![if inverse { -ld } else { ld }; x.rows])
     }
 }
@@ -61,7 +78,7 @@ impl<F: Float> Transform<F> for ActNorm<F> {
         "ActNorm"
     }
     fn dim(&self) -> usize {
-        self.bias.value.len()
+        self.bias.value.len() * self.hw
     }
     fn forward(&self, x: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         self.apply(x, false)
@@ -78,17 +95,22 @@ impl<F: Float> Transform<F> for ActNorm<F> {
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         let d = dz.cols;
+        let hw = self.hw;
         let e: Vec<F> = self.log_scale.value.iter().map(|&s| s.exp()).collect();
-        let gsum: F = dlogdet.iter().copied().sum();
+        let gsum: F = dlogdet.iter().copied().sum::<F>() * F::c(hw as f64);
         let mut dx = dz.clone();
         for r in 0..dz.rows {
             let xr = self.x.row(r);
             let dzr = dz.row(r);
             for j in 0..d {
-                self.bias.grad[j] += dzr[j] * e[j];
-                self.log_scale.grad[j] += dzr[j] * (xr[j] + self.bias.value[j]) * e[j];
+                let c = j / hw;
+                self.bias.grad[c] += dzr[j] * e[c];
+                self.log_scale.grad[c] += dzr[j] * (xr[j] + self.bias.value[c]) * e[c];
             }
-            dx.row_mut(r).iter_mut().zip(&e).for_each(|(v, &e)| *v *= e);
+            dx.row_mut(r)
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v *= e[j / hw]);
         }
         self.log_scale.grad.iter_mut().for_each(|g| *g += gsum);
         dx

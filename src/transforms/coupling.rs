@@ -66,7 +66,8 @@ impl Mask {
 pub enum ScaleBound {
     /// `l = B tanh(h / B)`: soft clamp to (-B, B); identity near 0 (the default, B = 5).
     SoftClamp { bound: f64 },
-    /// `exp(l) = sigmoid(h + 2)` (Glow): scales in (0, 1), contraction only.
+    /// `exp(l) = sigmoid(h + 2) / sigmoid(2)` (Glow's sigmoid scale, divided by its value at `h = 0` so that a
+    /// zero-initialised conditioner gives the identity): scales in (0, 1.135).
     Sigmoid,
 }
 
@@ -95,7 +96,8 @@ impl ScaleBound {
                     -u + u.exp().ln_1p()
                 };
                 let sneg = F::one() / (F::one() + u.exp());
-                (-sp, sneg)
+                // + log(1 + e^-2) = -log sigmoid(2)
+                (-sp + F::c(0.126_928_011_042_972_6), sneg)
             }
         }
     }

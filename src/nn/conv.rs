@@ -1,0 +1,408 @@
+//! Convolutional conditioners for image flows, in NHWC layout (see [`crate::engine::conv`]).
+//!
+//! - [`Conv2d`]: `k x k` convolution, stride 1, same padding, weight `(out, k*k*in)` ordered `[ky][kx][in]`.
+//! - [`ConvNet`]: Glow's coupling network (Kingma & Dhariwal 2018: conv3x3 - ReLU - conv1x1 - ReLU - conv3x3),
+//!   RealNVP's ResNet (Dinh et al. 2017: conv3x3, residual blocks `h + conv3x3(ReLU(conv3x3(ReLU(h))))`,
+//!   ReLU, conv3x3), or a single convolution (Glow's learned prior on a split). The last convolution is
+//!   zero-initialised so every coupling starts as the identity.
+
+use crate::engine::conv::{col2im_add, im2col, Hw};
+use crate::engine::kernels::{add_col_sums, gemm, linear};
+use crate::engine::{Float, Mat, Rng};
+use crate::nn::Param;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug)]
+pub struct Conv2d<F> {
+    pub weight: Param<F>,
+    pub bias: Param<F>,
+    pub k: usize,
+    pub cin: usize,
+    pub cout: usize,
+}
+
+impl<F: Float> Conv2d<F> {
+    /// PyTorch's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = k*k*cin.
+    pub fn new(name: &str, cin: usize, cout: usize, k: usize, rng: &mut Rng) -> Self {
+        let kc = k * k * cin;
+        let bound = 1.0 / (kc.max(1) as f64).sqrt();
+        let w = (0..cout * kc)
+            .map(|_| F::c(rng.gen_range(-bound..bound)))
+            .collect();
+        let b = (0..cout)
+            .map(|_| F::c(rng.gen_range(-bound..bound)))
+            .collect();
+        Conv2d {
+            weight: Param::new(format!("{name}.weight"), vec![cout, k, k, cin], w),
+            bias: Param::new(format!("{name}.bias"), vec![cout], b),
+            k,
+            cin,
+            cout,
+        }
+    }
+    pub fn zero_init(&mut self) {
+        self.weight.value.iter_mut().for_each(|v| *v = F::zero());
+        self.bias.value.iter_mut().for_each(|v| *v = F::zero());
+    }
+    /// `y = conv(x)`; `x` is `pixels x cin`.
+    pub fn forward(&self, x: &Mat<F>, s: Hw) -> Mat<F> {
+        assert_eq!(x.cols, self.cin, "conv input channels");
+        let mut y = Mat::zeros(x.rows, self.cout);
+        if self.k == 1 {
+            linear(x, &self.weight.value, &self.bias.value, self.cout, &mut y);
+        } else {
+            let mut cols = Mat::zeros(0, 0);
+            im2col(x, s, self.k, &mut cols);
+            linear(
+                &cols,
+                &self.weight.value,
+                &self.bias.value,
+                self.cout,
+                &mut y,
+            );
+        }
+        y
+    }
+    /// Accumulate weight and bias gradients for `dy` at input `x`; return `dx`.
+    pub fn backward(&mut self, dy: &Mat<F>, x: &Mat<F>, s: Hw) -> Mat<F> {
+        let kc = self.k * self.k * self.cin;
+        add_col_sums(dy, &mut self.bias.grad);
+        let owned;
+        let cols = if self.k == 1 {
+            x
+        } else {
+            let mut c = Mat::zeros(0, 0);
+            im2col(x, s, self.k, &mut c);
+            owned = c;
+            &owned
+        };
+        // dW += dy^T cols
+        gemm(
+            &dy.data,
+            dy.rows,
+            dy.cols,
+            true,
+            &cols.data,
+            cols.rows,
+            kc,
+            false,
+            &mut self.weight.grad,
+            true,
+        );
+        // dcols = dy W
+        let mut dcols = Mat::zeros(dy.rows, kc);
+        gemm(
+            &dy.data,
+            dy.rows,
+            dy.cols,
+            false,
+            &self.weight.value,
+            self.cout,
+            kc,
+            false,
+            &mut dcols.data,
+            false,
+        );
+        if self.k == 1 {
+            return dcols;
+        }
+        let mut dx = Mat::zeros(x.rows, self.cin);
+        col2im_add(&dcols, s, self.k, &mut dx);
+        dx
+    }
+    fn params(&self) -> Vec<&Param<F>> {
+        vec![&self.weight, &self.bias]
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+        vec![&mut self.weight, &mut self.bias]
+    }
+}
+
+/// Which conditioner a convolutional coupling uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ConvNetKind {
+    /// conv3x3(in, W) - ReLU - conv1x1(W, W) - ReLU - conv3x3(W, out).
+    Glow,
+    /// conv3x3(in, W), `blocks` residual blocks, ReLU, conv3x3(W, out).
+    ResNet { blocks: usize },
+    /// One conv3x3(in, out) (Glow's split prior).
+    Single,
+}
+
+fn relu_inplace<F: Float>(m: &mut Mat<F>) {
+    crate::engine::kernels::map_inplace(&mut m.data, |v| v.max(F::zero()));
+}
+
+/// `d *= (a > 0)`: the ReLU derivative, read from the ReLU's output `a`.
+fn relu_mask<F: Float>(d: &mut Mat<F>, a: &Mat<F>) {
+    crate::engine::kernels::zip_inplace(&mut d.data, &a.data, |g, v| {
+        if v > F::zero() {
+            g
+        } else {
+            F::zero()
+        }
+    });
+}
+
+#[derive(Clone, Debug)]
+pub struct ConvNet<F> {
+    first: Option<Conv2d<F>>,
+    mid: Vec<Conv2d<F>>,
+    res: Vec<(Conv2d<F>, Conv2d<F>)>,
+    last: Conv2d<F>,
+    /// training cache: the input of every convolution, in call order
+    cache: Vec<Mat<F>>,
+    shape: Option<Hw>,
+}
+
+impl<F: Float> ConvNet<F> {
+    pub fn new(
+        name: &str,
+        kind: ConvNetKind,
+        cin: usize,
+        width: usize,
+        cout: usize,
+        rng: &mut Rng,
+    ) -> Self {
+        let (first, mid, res, last_in) = match kind {
+            ConvNetKind::Glow => (
+                Some(Conv2d::new(&format!("{name}.0"), cin, width, 3, rng)),
+                vec![Conv2d::new(&format!("{name}.1"), width, width, 1, rng)],
+                vec![],
+                width,
+            ),
+            ConvNetKind::ResNet { blocks } => (
+                Some(Conv2d::new(&format!("{name}.0"), cin, width, 3, rng)),
+                vec![],
+                (0..blocks)
+                    .map(|b| {
+                        (
+                            Conv2d::new(&format!("{name}.res{b}.0"), width, width, 3, rng),
+                            Conv2d::new(&format!("{name}.res{b}.1"), width, width, 3, rng),
+                        )
+                    })
+                    .collect(),
+                width,
+            ),
+            ConvNetKind::Single => (None, vec![], vec![], cin),
+        };
+        let mut last = Conv2d::new(&format!("{name}.out"), last_in, cout, 3, rng);
+        last.zero_init();
+        ConvNet {
+            first,
+            mid,
+            res,
+            last,
+            cache: Vec::new(),
+            shape: None,
+        }
+    }
+
+    fn run(&self, x: &Mat<F>, s: Hw, mut cache: Option<&mut Vec<Mat<F>>>) -> Mat<F> {
+        let mut keep = |m: &Mat<F>| {
+            if let Some(c) = cache.as_deref_mut() {
+                c.push(m.clone());
+            }
+        };
+        keep(x);
+        let Some(first) = &self.first else {
+            return self.last.forward(x, s);
+        };
+        let mut h = first.forward(x, s);
+        for m in &self.mid {
+            relu_inplace(&mut h);
+            keep(&h);
+            h = m.forward(&h, s);
+        }
+        for (c1, c2) in &self.res {
+            let mut u = h.clone();
+            relu_inplace(&mut u);
+            keep(&u);
+            let mut v = c1.forward(&u, s);
+            relu_inplace(&mut v);
+            keep(&v);
+            let w = c2.forward(&v, s);
+            h.data.iter_mut().zip(&w.data).for_each(|(a, &b)| *a += b);
+        }
+        relu_inplace(&mut h);
+        keep(&h);
+        self.last.forward(&h, s)
+    }
+
+    pub fn forward(&self, x: &Mat<F>, s: Hw) -> Mat<F> {
+        self.run(x, s, None)
+    }
+
+    pub fn forward_train(&mut self, x: &Mat<F>, s: Hw) -> Mat<F> {
+        let mut cache = std::mem::take(&mut self.cache);
+        cache.clear();
+        let y = self.run(x, s, Some(&mut cache));
+        self.cache = cache;
+        self.shape = Some(s);
+        y
+    }
+
+    /// Parameter gradients of the last `forward_train` for `dy`; returns `dx`.
+    pub fn backward(&mut self, dy: &Mat<F>) -> Mat<F> {
+        let s = self.shape.expect("backward before forward_train");
+        let mut cache = std::mem::take(&mut self.cache);
+        let mut pop = || cache.pop().expect("training cache");
+        let a = pop();
+        let mut dh = self.last.backward(dy, &a, s);
+        if self.first.is_none() {
+            return dh;
+        }
+        relu_mask(&mut dh, &a);
+        for (c1, c2) in self.res.iter_mut().rev() {
+            let v = pop();
+            let u = pop();
+            let mut dv = c2.backward(&dh, &v, s);
+            relu_mask(&mut dv, &v);
+            let mut du = c1.backward(&dv, &u, s);
+            relu_mask(&mut du, &u);
+            dh.data.iter_mut().zip(&du.data).for_each(|(a, &b)| *a += b);
+        }
+        for m in self.mid.iter_mut().rev() {
+            let a = pop();
+            let mut d = m.backward(&dh, &a, s);
+            relu_mask(&mut d, &a);
+            dh = d;
+        }
+        let x = pop();
+        self.first
+            .as_mut()
+            .expect("first conv")
+            .backward(&dh, &x, s)
+    }
+
+    fn convs(&self) -> Vec<&Conv2d<F>> {
+        let mut v: Vec<&Conv2d<F>> = self.first.iter().collect();
+        v.extend(self.mid.iter());
+        for (a, b) in &self.res {
+            v.push(a);
+            v.push(b);
+        }
+        v.push(&self.last);
+        v
+    }
+
+    pub fn params(&self) -> Vec<&Param<F>> {
+        self.convs().into_iter().flat_map(|c| c.params()).collect()
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+        let mut v: Vec<&mut Param<F>> = Vec::new();
+        if let Some(f) = &mut self.first {
+            v.extend(f.params_mut());
+        }
+        for m in &mut self.mid {
+            v.extend(m.params_mut());
+        }
+        for (a, b) in &mut self.res {
+            v.extend(a.params_mut());
+            v.extend(b.params_mut());
+        }
+        v.extend(self.last.params_mut());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::conv::{chw_to_nhwc, nhwc_to_chw};
+    use crate::engine::{randn, rng};
+
+    #[test]
+    fn conv_forward_matches_naive_reference() {
+        let mut r = rng(2);
+        for k in [1, 3, 5] {
+            let (n, cin, cout, h, w) = (2, 3, 4, 5, 6);
+            let conv = Conv2d::<f64>::new("c", cin, cout, k, &mut r);
+            let x: Mat<f64> = randn(&mut r, n, cin * h * w);
+            let want = crate::engine::conv::tests_support::naive_conv(
+                &x.data,
+                n,
+                cin,
+                h,
+                w,
+                &conv.weight.value,
+                &conv.bias.value,
+                cout,
+                k,
+            );
+            let s = Hw { n, h, w };
+            let y = conv.forward(&chw_to_nhwc(&x, cin, h * w), s);
+            let got = nhwc_to_chw(&y, n, h * w);
+            for (a, b) in got.data.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12, "k={k}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// L = <w, net(x)>: input and parameter gradients against central differences.
+    fn check_net(kind: ConvNetKind) {
+        let mut r = rng(7);
+        let s = Hw { n: 2, h: 4, w: 3 };
+        let (cin, cout) = (3, 4);
+        let mut net = ConvNet::<f64>::new("net", kind, cin, 5, cout, &mut r);
+        // the last layer starts at zero: give it values so every gradient path is exercised
+        for p in net.params_mut() {
+            for v in p.value.iter_mut() {
+                *v += 0.2 * r.gen_range(-1.0..1.0);
+            }
+        }
+        let x: Mat<f64> = randn(&mut r, s.pixels(), cin);
+        let wv: Mat<f64> = randn(&mut r, s.pixels(), cout);
+        let loss = |net: &ConvNet<f64>, x: &Mat<f64>| -> f64 {
+            net.forward(x, s)
+                .data
+                .iter()
+                .zip(&wv.data)
+                .map(|(a, b)| a * b)
+                .sum()
+        };
+        let y = net.forward_train(&x, s);
+        assert_eq!(y.data, net.forward(&x, s).data);
+        let dx = net.backward(&wv);
+        let h = 1e-6;
+        for k in 0..x.data.len() {
+            let mut xp = x.clone();
+            let mut xm = x.clone();
+            xp.data[k] += h;
+            xm.data[k] -= h;
+            let fd = (loss(&net, &xp) - loss(&net, &xm)) / (2.0 * h);
+            assert!(
+                (fd - dx.data[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{kind:?} dx[{k}]: {} vs {fd}",
+                dx.data[k]
+            );
+        }
+        let grads: Vec<Vec<f64>> = net.params().iter().map(|p| p.grad.clone()).collect();
+        for (pi, g) in grads.iter().enumerate() {
+            for k in (0..g.len()).step_by((g.len() / 10).max(1)) {
+                let bump = |net: &mut ConvNet<f64>, d: f64| net.params_mut()[pi].value[k] += d;
+                bump(&mut net, h);
+                let lp = loss(&net, &x);
+                bump(&mut net, -2.0 * h);
+                let lm = loss(&net, &x);
+                bump(&mut net, h);
+                let fd = (lp - lm) / (2.0 * h);
+                assert!(
+                    (fd - g[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{kind:?} param {pi}[{k}]: {} vs {fd}",
+                    g[k]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn conv_nets_backward_match_finite_differences() {
+        check_net(ConvNetKind::Glow);
+        check_net(ConvNetKind::ResNet { blocks: 2 });
+        check_net(ConvNetKind::Single);
+    }
+}
