@@ -14,6 +14,8 @@ pub struct BenchArgs {
     /// batch 256; w3: RealNVP 6 couplings, MLP 2x1024, D=784, batch 256.
     /// (`tradeoff`: the MAF paper's density-vs-sampling table: RealNVP, MAF and IAF at each of --dims, timing
     /// log p of a batch and drawing a batch; prints JSON lines and a markdown table of ratios.)
+    /// (`images`: Glow and RealNVP multi-scale on MNIST-sized images at the sizes of the README's runs:
+    /// images per second for a training step, log p and sampling, batch --batch.)
     #[arg(long, default_value = "w1")]
     workload: String,
     /// tradeoff: dimensions.
@@ -122,15 +124,95 @@ fn tradeoff(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Images per second of training (forward + backward + Adam), log p and sampling for the image flows.
+fn images(a: &BenchArgs) -> Result<()> {
+    use nflow::flows::Permute;
+    use nflow::transforms::ImageShape;
+    let shape = ImageShape::new(1, 28, 28);
+    let b = a.batch;
+    let glow = |k: usize, w: usize, permute: Permute| FlowSpec {
+        layers: k,
+        hidden: w,
+        split_prior: true,
+        permute,
+        image: Some(shape),
+        ..FlowSpec::preset(FlowKind::Glow, shape.dim())
+    };
+    let cases = [
+        ("glow K=8 W=64 (1x1)", glow(8, 64, Permute::Conv1x1)),
+        (
+            "glow K=4 W=32 (ablation size)",
+            glow(4, 32, Permute::Conv1x1),
+        ),
+        (
+            "realnvp-multiscale K=3 W=32 blocks=1",
+            FlowSpec {
+                layers: 3,
+                hidden: 32,
+                depth: 1,
+                image: Some(shape),
+                ..FlowSpec::preset(FlowKind::RealnvpMultiscale, shape.dim())
+            },
+        ),
+    ];
+    let x: Mat<f32> = randn(&mut rng(0), b, shape.dim());
+    println!("| flow | params | train images/s | log p images/s | sample images/s |");
+    println!("|---|---|---|---|---|");
+    for (name, spec) in cases {
+        let mut flow = spec.build::<f32>()?;
+        let mut opt = Adam::new(OptimConfig::default());
+        let mut ps_time = Vec::new();
+        for s in 0..a.warmup.min(2) + a.repeats.clamp(3, 10) {
+            let t0 = Instant::now();
+            flow.zero_grad();
+            flow.nll_backward(&x, None)?;
+            let mut ps: Vec<_> = flow
+                .named_params_mut()
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            opt.step(&mut ps, 1e-4);
+            if s >= a.warmup.min(2) {
+                ps_time.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        flow.set_training(false);
+        let lp = time_ms(5, || {
+            std::hint::black_box(flow.log_prob(&x, None));
+        });
+        let mut sr = rng(2);
+        let sm = time_ms(5, || {
+            std::hint::black_box(flow.sample(b, &mut sr, None));
+        });
+        let tr = b as f64 / median(ps_time);
+        let o = serde_json::json!({
+            "mode": "images", "lib": "nflow", "flow": name, "batch": b, "params": flow.num_params(),
+            "train_images_per_s": tr.round(), "log_prob_images_per_s": (b as f64 / lp * 1e3).round(),
+            "sample_images_per_s": (b as f64 / sm * 1e3).round(), "threads": rayon::current_num_threads(),
+        });
+        eprintln!("{o}");
+        println!(
+            "| {name} | {} | {tr:.0} | {:.0} | {:.0} |",
+            flow.num_params(),
+            b as f64 / lp * 1e3,
+            b as f64 / sm * 1e3
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.workload == "tradeoff" {
         return tradeoff(&a);
+    }
+    if a.workload == "images" {
+        return images(&a);
     }
     let (kind, d, layers, hidden, b) = match a.workload.as_str() {
         "w1" => (FlowKind::Realnvp, 2, 8, 128, 512),
         "w2" => (FlowKind::Maf, 64, 5, 512, 256),
         "w3" => (FlowKind::Realnvp, 784, 6, 1024, 256),
-        w => bail!("unknown workload '{w}' (known: w1, w2, w3, tradeoff)"),
+        w => bail!("unknown workload '{w}' (known: w1, w2, w3, tradeoff, images)"),
     };
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");

@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(t.row(1), &[3.0, 43.0, 83.0, 123.0, 163.0, 203.0, 1.0]);
         assert_eq!(t.columns[6], "label");
         // grid out, read back
-        let g = dir.join("grid.png");
+        let g = std::env::temp_dir().join(format!("nflow-grid-{}.png", std::process::id()));
         let img = t.select(None, &["label".into()]).unwrap();
         write_png_grid(&g, &img, ImageShape::new(1, 2, 3), 2, 255.0).unwrap();
         let back = image::open(&g).unwrap().to_rgb8();
@@ -229,5 +229,6 @@ mod tests {
         let e = load_png_folder(&dir).unwrap_err().to_string();
         assert!(e.contains("y.png"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&g);
     }
 }

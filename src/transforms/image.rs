@@ -32,7 +32,7 @@ pub struct Squeeze {
 impl Squeeze {
     pub fn new(s: ImageShape) -> Self {
         assert!(
-            s.h % 2 == 0 && s.w % 2 == 0,
+            s.h.is_multiple_of(2) && s.w.is_multiple_of(2),
             "squeeze needs even height and width"
         );
         let o = s.squeezed();
@@ -181,6 +181,8 @@ fn random_rotation(n: usize, rng: &mut Rng) -> Vec<f64> {
     q
 }
 
+// one per layer: the size difference between the variants does not matter
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum Weight<F> {
     Plain(Param<F>),
@@ -314,6 +316,38 @@ impl<F: Float> InvConv1x1<F> {
         (l, u)
     }
 
+    /// Gradients of the LU factors `(dL, dU, d log_s)` given `G = dL/dW`: `W[i] = M[perm[i]]` with `M = L U`, so
+    /// `dM[perm[i]] = G[i]`, `dL = dM U^T`, `dU = L^T dM`, and `U_ii = sign_i exp(log_s_i)`.
+    fn lu_grads(&self, g: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let Weight::Lu {
+            perm,
+            lower,
+            upper,
+            log_s,
+            sign,
+        } = &self.weight
+        else {
+            unreachable!("LU weights")
+        };
+        let c = self.shape.c;
+        let (l, u) = self.lu_parts(lower, upper, log_s, sign);
+        let mut dm = vec![0.0; c * c];
+        for i in 0..c {
+            let p = perm.value[i].f64() as usize;
+            dm[p * c..(p + 1) * c].copy_from_slice(&g[i * c..(i + 1) * c]);
+        }
+        let mut dl = vec![0.0; c * c];
+        let mut du = vec![0.0; c * c];
+        for i in 0..c {
+            for j in 0..c {
+                dl[i * c + j] = (0..c).map(|k| dm[i * c + k] * u[j * c + k]).sum();
+                du[i * c + j] = (0..c).map(|k| l[k * c + i] * dm[k * c + j]).sum();
+            }
+        }
+        let ds = (0..c).map(|i| du[i * c + i] * u[i * c + i]).collect();
+        (dl, du, ds)
+    }
+
     /// `out_r = M x_r` at every pixel of every row (`M` is `c x c`, f64).
     fn apply(&self, x: &Mat<F>, m: &[f64]) -> Mat<F> {
         let (c, hw) = (self.shape.c, self.shape.hw());
@@ -404,52 +438,26 @@ impl<F: Float> Transform<F> for InvConv1x1<F> {
                 }
             }
             Weight::Lu { .. } => {
-                let Weight::Lu {
-                    perm,
-                    lower,
-                    upper,
-                    log_s,
-                    sign,
-                } = &self.weight
-                else {
-                    unreachable!()
-                };
-                let (l, u) = self.lu_parts(lower, upper, log_s, sign);
-                // W[i] = M[perm[i]], M = L U: dM[perm[i]] = G[i]; dL = dM U^T, dU = L^T dM
-                let mut dm = vec![0.0; c * c];
-                for i in 0..c {
-                    let p = perm.value[i].f64() as usize;
-                    dm[p * c..(p + 1) * c].copy_from_slice(&g[i * c..(i + 1) * c]);
-                }
-                let s: Vec<f64> = log_s.value.iter().map(|v| v.f64()).collect();
-                let sg: Vec<f64> = sign.value.iter().map(|v| v.f64()).collect();
-                let mut dl = vec![0.0; c * c];
-                let mut du = vec![0.0; c * c];
-                for i in 0..c {
-                    for j in 0..c {
-                        dl[i * c + j] = (0..c).map(|k| dm[i * c + k] * u[j * c + k]).sum();
-                        du[i * c + j] = (0..c).map(|k| l[k * c + i] * dm[k * c + j]).sum();
-                    }
-                }
-                let Weight::Lu {
+                let (dl, du, ds) = self.lu_grads(&g);
+                if let Weight::Lu {
                     lower,
                     upper,
                     log_s,
                     ..
                 } = &mut self.weight
-                else {
-                    unreachable!()
-                };
-                for i in 0..c {
-                    for j in 0..c {
-                        let k = i * c + j;
-                        if j < i {
-                            lower.grad[k] += F::c(dl[k]);
-                        } else if j > i {
-                            upper.grad[k] += F::c(du[k]);
+                {
+                    let c = self.shape.c;
+                    for i in 0..c {
+                        for j in 0..c {
+                            let k = i * c + j;
+                            if j < i {
+                                lower.grad[k] += F::c(dl[k]);
+                            } else if j > i {
+                                upper.grad[k] += F::c(du[k]);
+                            }
                         }
+                        log_s.grad[i] += F::c(ds[i] + gld);
                     }
-                    log_s.grad[i] += F::c(du[i * c + i] * sg[i] * s[i].exp() + gld);
                 }
             }
         }
