@@ -218,11 +218,12 @@ impl Model {
         let x = self.prepare(t)?;
         let c = self.prepare_ctx(ctx, t.rows)?;
         let shift = self.norm.log_abs_det();
-        const CH: usize = 4096;
-        let chunks: Vec<Vec<f64>> = (0..x.rows.div_ceil(CH))
+        // image flows' convolutions keep a neighbourhood matrix of 9 x width values per pixel: small chunks
+        let ch = if self.spec.kind.image() { 128 } else { 4096 };
+        let chunks: Vec<Vec<f64>> = (0..x.rows.div_ceil(ch))
             .into_par_iter()
             .map(|k| {
-                let (a, b) = (k * CH, ((k + 1) * CH).min(x.rows));
+                let (a, b) = (k * ch, ((k + 1) * ch).min(x.rows));
                 let xs = x.slice_rows(a, b);
                 let cs = c.as_ref().map(|c| c.slice_rows(a, b));
                 self.flow

@@ -423,8 +423,9 @@ impl Trainer {
          -> f64 {
             flow.set_training(false);
             let mut s = 0.0;
-            for a in (0..x.rows).step_by(1024) {
-                let b = (a + 1024).min(x.rows);
+            let ch = if spec.kind.image() { 128 } else { 1024 };
+            for a in (0..x.rows).step_by(ch) {
+                let b = (a + ch).min(x.rows);
                 let cs = c.map(|c| c.slice_rows(a, b));
                 s += flow
                     .log_prob(&x.slice_rows(a, b), cs.as_ref())
