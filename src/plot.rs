@@ -565,9 +565,85 @@ fn draw_histogram(
         .map_err(write_err(path))
 }
 
-/// A text-free line chart (800x500 px): each series of `(x, y)` points is a
+/// 3x5 bitmap glyphs for tick labels (no font files needed): rows top to bottom, 3 bits each.
+fn glyph(c: char) -> Option<[u8; 5]> {
+    Some(match c {
+        '0' => [7, 5, 5, 5, 7],
+        '1' => [2, 6, 2, 2, 7],
+        '2' => [7, 1, 7, 4, 7],
+        '3' => [7, 1, 7, 1, 7],
+        '4' => [5, 5, 7, 1, 1],
+        '5' => [7, 4, 7, 1, 7],
+        '6' => [7, 4, 7, 5, 7],
+        '7' => [7, 1, 1, 1, 1],
+        '8' => [7, 5, 7, 5, 7],
+        '9' => [7, 5, 7, 1, 7],
+        '.' => [0, 0, 0, 0, 2],
+        '-' => [0, 0, 7, 0, 0],
+        'e' => [0, 7, 7, 4, 7],
+        '+' => [0, 2, 7, 2, 0],
+        _ => return None,
+    })
+}
+
+/// Pixel width of `s` drawn at `scale` (4 columns per glyph including the gap).
+fn text_width(s: &str, scale: i32) -> i32 {
+    s.chars().count() as i32 * 4 * scale - scale
+}
+
+/// Draw `s` (digits, '.', '-', 'e', '+') with its top-left corner at `(x, y)`.
+fn draw_text(
+    area: &Area,
+    path: &Path,
+    x: i32,
+    y: i32,
+    s: &str,
+    scale: i32,
+) -> Result<(), PlotError> {
+    for (k, c) in s.chars().enumerate() {
+        let Some(rows) = glyph(c) else { continue };
+        let ox = x + k as i32 * 4 * scale;
+        for (r, bits) in rows.iter().enumerate() {
+            for b in 0..3 {
+                if bits & (4 >> b) != 0 {
+                    let (px, py) = (ox + b * scale, y + r as i32 * scale);
+                    area.draw(&Rectangle::new(
+                        [(px, py), (px + scale - 1, py + scale - 1)],
+                        RGBColor(50, 50, 50).filled(),
+                    ))
+                    .map_err(write_err(path))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A tick value with as many decimals as the axis span needs.
+fn tick_label(v: f64, span: f64) -> String {
+    let decimals = if span <= 0.0 {
+        2
+    } else {
+        (2.0 - span.log10().floor()).clamp(0.0, 6.0) as usize
+    };
+    // no "-0.0"
+    let v = if v.abs() < 0.5 * 10f64.powi(-(decimals as i32)) {
+        0.0
+    } else {
+        v
+    };
+    let s = format!("{v:.decimals$}");
+    if s.len() > 9 {
+        format!("{v:.2e}")
+    } else {
+        s
+    }
+}
+
+/// A line chart (800x500 px): each series of `(x, y)` points is a
 /// polyline in its own colour (10-colour palette, cycling), over a light
-/// background with a frame and faint quarter grid lines. The x and y ranges
+/// background with a frame, faint quarter grid lines and the axis values at the frame and the quarters (small
+/// bitmap digits; no other text). The x and y ranges
 /// cover all finite points with a 5% margin. A non-finite point breaks its
 /// line; a lone point is drawn as a dot. With no finite point at all just the
 /// empty frame is drawn.
@@ -593,9 +669,42 @@ pub fn lines_png(path: &Path, series: &[Vec<(f64, f64)>]) -> Result<(), PlotErro
 
     let root = BitMapBackend::new(path, LINES_SIZE).into_drawing_area();
     root.fill(&PAGE_BG).map_err(write_err(path))?;
-    let panel = Panel::in_cell(0, 0, LINES_SIZE, 16, xr, yr);
+    // room for the tick labels on the left and below
+    let (left, bottom) = (70, 30);
+    let panel = Panel {
+        left,
+        top: 16,
+        width: LINES_SIZE.0 as i32 - left - 16,
+        height: LINES_SIZE.1 as i32 - 16 - bottom,
+        x: xr,
+        y: yr,
+    };
     panel.fill(&root, path)?;
     panel.grid(&root, path)?;
+    let scale = 2;
+    for k in 0..=4 {
+        let f = f64::from(k) / 4.0;
+        let xv = tick_label(xr.0 + f * (xr.1 - xr.0), xr.1 - xr.0);
+        let (px, py) = panel.frac_px(f, 0.0);
+        draw_text(
+            &root,
+            path,
+            px - text_width(&xv, scale) / 2,
+            py + 8,
+            &xv,
+            scale,
+        )?;
+        let yv = tick_label(yr.0 + f * (yr.1 - yr.0), yr.1 - yr.0);
+        let (px, py) = panel.frac_px(0.0, f);
+        draw_text(
+            &root,
+            path,
+            px - 10 - text_width(&yv, scale),
+            py - 5,
+            &yv,
+            scale,
+        )?;
+    }
     for (s, points) in series.iter().enumerate() {
         let colour = LINE_PALETTE[s % LINE_PALETTE.len()];
         for run in points.split(|p| !finite(p)).filter(|r| !r.is_empty()) {
@@ -619,6 +728,15 @@ pub fn lines_png(path: &Path, series: &[Vec<(f64, f64)>]) -> Result<(), PlotErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels_and_glyphs() {
+        assert_eq!(tick_label(15.72, 62.9), "15.7");
+        assert_eq!(tick_label(-0.01, 62.9), "0.0");
+        assert_eq!(tick_label(1.2345, 0.8), "1.234");
+        assert!("0123456789.-e+".chars().all(|c| glyph(c).is_some()));
+        assert_eq!(text_width("12", 2), 14);
+    }
     use std::path::PathBuf;
 
     const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
