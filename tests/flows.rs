@@ -70,6 +70,8 @@ fn trained_density_integrates_to_one() {
         mixture,
         mog,
         lu,
+        small_spec(FlowKind::NsfC, 2),
+        small_spec(FlowKind::NsfAr, 2),
     ] {
         let kind = format!("{:?}/{:?}/{:?}", spec.kind, spec.base_kind(), spec.permute);
         let model = quick_fit(spec.clone(), &t, 300, 0);
@@ -115,6 +117,8 @@ fn sample_then_log_prob_agrees_with_sample_and_log_prob() {
         (FlowKind::Iaf, false, None, 2),
         (FlowKind::MafMog, false, None, 2),
         (FlowKind::Realnvp, false, Some(BaseKind::Mixture), 0),
+        (FlowKind::NsfC, true, None, 2),
+        (FlowKind::NsfAr, false, None, 2),
     ] {
         let spec = FlowSpec {
             batch_norm: bn,
@@ -277,6 +281,8 @@ fn flow_parameter_gradients_match_finite_differences() {
         (FlowKind::Iaf, BaseKind::Normal, Permute::Random, 2),
         (FlowKind::MafMog, BaseKind::MadeMog, Permute::Reverse, 2),
         (FlowKind::Realnvp, BaseKind::Mixture, Permute::None, 0),
+        (FlowKind::NsfC, BaseKind::Normal, Permute::Lu, 2),
+        (FlowKind::NsfAr, BaseKind::Normal, Permute::Lu, 0),
     ] {
         let spec = FlowSpec {
             layers: 3,

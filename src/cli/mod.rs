@@ -76,7 +76,8 @@ struct TrainArgs {
     test: Option<String>,
     /// Flow: nice | realnvp | maf | iaf | maf-mog (MAF on a MADE MoG base; with --layers 0, MADE MoG) | glow |
     /// realnvp-multiscale (image flows: the image shape comes from image data - IDX files, PNG folders,
-    /// CSVs with `c{c}_y{y}_x{x}` columns - or from --image-shape).
+    /// CSVs with `c{c}_y{y}_x{x}` columns - or from --image-shape) | nsf-c | nsf-ar (rational-quadratic
+    /// spline couplings / autoregressive layers, LU-linear layers between them).
     #[arg(long, default_value = "realnvp")]
     flow: String,
     /// Fit p(x | c): these columns (comma-separated names) are the context c, fed to every conditioner
@@ -106,6 +107,12 @@ struct TrainArgs {
     /// Image flows: Glow's learned conditional prior on every factored-out half.
     #[arg(long)]
     split_prior: bool,
+    /// Spline flows: bins per spline.
+    #[arg(long, default_value_t = 8)]
+    bins: usize,
+    /// Spline flows: the splines act on [-B, B], the identity outside.
+    #[arg(long, default_value_t = 3.0)]
+    tail_bound: f64,
     /// relu | tanh | elu | leaky-relu | silu.
     #[arg(long, default_value = "relu")]
     activation: String,
@@ -387,6 +394,8 @@ fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSp
         spec.split_prior = a.split_prior;
     }
     spec.context_dim = context_dim;
+    spec.bins = a.bins;
+    spec.tail_bound = a.tail_bound;
     if let Some(l) = a.layers {
         spec.layers = l;
     }

@@ -14,7 +14,7 @@ use crate::engine::{rng, Float, Mat, Rng};
 use crate::nn::{Activation, MadeOpts, Param};
 use crate::transforms::{
     ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, Iaf, ImageShape, LuLinear, Maf, Mask,
-    Order, Permutation, ScaleBound, Scaling, Transform,
+    Order, Permutation, RqSpline, ScaleBound, Scaling, SplineAr, SplineCoupling, Transform,
 };
 use crate::Error;
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,11 @@ pub enum FlowKind {
     /// RealNVP's multi-scale architecture (Dinh et al. 2017): checkerboard and channel-wise couplings with
     /// ResNet conditioners (`depth` residual blocks of width `hidden`), squeeze and factor-out.
     RealnvpMultiscale,
+    /// RQ-NSF (C) (Durkan et al. 2019): rational-quadratic spline couplings (`bins`, `tail_bound`), LU-linear
+    /// layers between them.
+    NsfC,
+    /// RQ-NSF (AR): rational-quadratic spline autoregressive layers (MADE conditioners), LU-linear between.
+    NsfAr,
 }
 
 /// What sits between consecutive layers.
@@ -82,6 +87,8 @@ impl FlowKind {
         "maf-mog",
         "glow",
         "realnvp-multiscale",
+        "nsf-c",
+        "nsf-ar",
     ];
     pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
@@ -92,6 +99,8 @@ impl FlowKind {
             "maf-mog" => Ok(FlowKind::MafMog),
             "glow" => Ok(FlowKind::Glow),
             "realnvp-multiscale" => Ok(FlowKind::RealnvpMultiscale),
+            "nsf-c" => Ok(FlowKind::NsfC),
+            "nsf-ar" => Ok(FlowKind::NsfAr),
             _ => Err(Error::Config(format!(
                 "unknown flow '{s}' (known: {})",
                 Self::NAMES.join(", ")
@@ -107,6 +116,8 @@ impl FlowKind {
             FlowKind::MafMog => "maf-mog",
             FlowKind::Glow => "glow",
             FlowKind::RealnvpMultiscale => "realnvp-multiscale",
+            FlowKind::NsfC => "nsf-c",
+            FlowKind::NsfAr => "nsf-ar",
         }
     }
     /// Multi-scale flows on images (need an image shape).
@@ -115,7 +126,10 @@ impl FlowKind {
     }
     /// Layers built from MADE conditioners.
     pub fn autoregressive(self) -> bool {
-        matches!(self, FlowKind::Maf | FlowKind::Iaf | FlowKind::MafMog)
+        matches!(
+            self,
+            FlowKind::Maf | FlowKind::Iaf | FlowKind::MafMog | FlowKind::NsfAr
+        )
     }
 }
 
@@ -125,6 +139,14 @@ fn default_components() -> usize {
 
 fn default_scales() -> usize {
     2
+}
+
+fn default_bins() -> usize {
+    8
+}
+
+fn default_tail_bound() -> f64 {
+    3.0
 }
 
 /// Everything needed to rebuild a flow's architecture (weights aside). Stored in `config.json`.
@@ -188,6 +210,12 @@ pub struct FlowSpec {
     /// Image flows: Glow's learned conditional prior on each factored-out half.
     #[serde(default)]
     pub split_prior: bool,
+    /// Spline flows: bins of each rational-quadratic spline.
+    #[serde(default = "default_bins")]
+    pub bins: usize,
+    /// Spline flows: the splines act on `[-B, B]` (identity outside).
+    #[serde(default = "default_tail_bound")]
+    pub tail_bound: f64,
     /// Seed of the initial weights and of random masks.
     #[serde(default)]
     pub seed: u64,
@@ -206,6 +234,7 @@ impl FlowSpec {
                 FlowKind::Maf | FlowKind::Iaf | FlowKind::MafMog => 5,
                 FlowKind::Glow => 8,
                 FlowKind::RealnvpMultiscale => 3,
+                FlowKind::NsfC | FlowKind::NsfAr => 5,
             },
             hidden: 128,
             depth: match kind {
@@ -223,10 +252,10 @@ impl FlowSpec {
             },
             batch_norm: false,
             actnorm: kind.image(),
-            permute: if kind == FlowKind::Glow {
-                Permute::Conv1x1
-            } else {
-                Permute::None
+            permute: match kind {
+                FlowKind::Glow => Permute::Conv1x1,
+                FlowKind::NsfC | FlowKind::NsfAr => Permute::Lu,
+                _ => Permute::None,
             },
             residual: false,
             random_degrees: false,
@@ -237,6 +266,8 @@ impl FlowSpec {
             scales: default_scales(),
             coupling: CouplingKind::Affine,
             split_prior: false,
+            bins: default_bins(),
+            tail_bound: default_tail_bound(),
             seed: 0,
         }
     }
@@ -251,6 +282,14 @@ impl FlowSpec {
         }
         if self.hidden == 0 {
             return bad("hidden must be at least 1".into());
+        }
+        if matches!(self.kind, FlowKind::NsfC | FlowKind::NsfAr) {
+            self.spline().validate().map_err(Error::Config)?;
+        }
+        if self.permute == Permute::Conv1x1 && !self.kind.image() {
+            return bad(
+                "permute 1x1 (invertible 1x1 convolution) is for image flows; use lu".into(),
+            );
         }
         if self.kind.image() {
             image::validate(self)?;
@@ -292,8 +331,19 @@ impl FlowSpec {
             | FlowKind::Maf
             | FlowKind::Iaf
             | FlowKind::Glow
-            | FlowKind::RealnvpMultiscale => BaseKind::Normal,
+            | FlowKind::RealnvpMultiscale
+            | FlowKind::NsfC
+            | FlowKind::NsfAr => BaseKind::Normal,
         })
+    }
+
+    /// The rational-quadratic spline of the spline flows.
+    pub fn spline(&self) -> RqSpline {
+        RqSpline {
+            bins: self.bins,
+            bound: self.tail_bound,
+            ..RqSpline::default()
+        }
     }
 
     fn made_opts(&self) -> MadeOpts {
@@ -373,6 +423,29 @@ impl FlowSpec {
                     &mut r,
                 )),
                 FlowKind::Glow | FlowKind::RealnvpMultiscale => unreachable!("built above"),
+                FlowKind::NsfC => Box::new(SplineCoupling::new(
+                    &mask,
+                    self.context_dim,
+                    self.hidden,
+                    self.depth,
+                    self.activation,
+                    self.spline(),
+                    &mut r,
+                )),
+                FlowKind::NsfAr => {
+                    let order = self.order.build(d, l, &mut r);
+                    Box::new(SplineAr::new(
+                        d,
+                        self.context_dim,
+                        self.hidden,
+                        self.depth,
+                        self.activation,
+                        self.spline(),
+                        &order,
+                        self.made_opts(),
+                        &mut r,
+                    ))
+                }
                 FlowKind::Maf | FlowKind::MafMog | FlowKind::Iaf => {
                     let order = self.order.build(d, l, &mut r);
                     let maf = Maf::new(

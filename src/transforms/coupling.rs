@@ -105,20 +105,20 @@ impl ScaleBound {
 
 /// Shared part of coupling layers: the mask and the conditioner.
 #[derive(Clone, Debug)]
-struct CouplingCore<F> {
+pub(crate) struct CouplingCore<F> {
     mask: Param<F>,
     /// identity features (conditioner input)
-    ia: Vec<usize>,
+    pub(crate) ia: Vec<usize>,
     /// transformed features
-    ib: Vec<usize>,
-    net: Mlp<F>,
+    pub(crate) ib: Vec<usize>,
+    pub(crate) net: Mlp<F>,
     ctx_dim: usize,
-    dim: usize,
+    pub(crate) dim: usize,
 }
 
 impl<F: Float> CouplingCore<F> {
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(crate) fn new(
         mask: &[bool],
         ctx_dim: usize,
         hidden: usize,
@@ -154,7 +154,7 @@ impl<F: Float> CouplingCore<F> {
             dim: d,
         }
     }
-    fn net_input(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
+    pub(crate) fn net_input(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
         let xa = x.gather_cols(&self.ia);
         match (ctx, self.ctx_dim) {
             (_, 0) => xa,
@@ -165,14 +165,14 @@ impl<F: Float> CouplingCore<F> {
             (None, k) => panic!("conditional coupling needs a context of {k} columns"),
         }
     }
-    fn reload(&mut self) {
+    pub(crate) fn reload(&mut self) {
         let m: Vec<bool> = self.mask.value.iter().map(|v| v.f64() > 0.5).collect();
         let (ia, ib) = split(&m);
         self.ia = ia;
         self.ib = ib;
     }
     /// Add the conditioner's input gradient (first |a| columns of `din`) into `dx`.
-    fn add_input_grad(&self, dx: &mut Mat<F>, din: &Mat<F>) {
+    pub(crate) fn add_input_grad(&self, dx: &mut Mat<F>, din: &Mat<F>) {
         for r in 0..dx.rows {
             let src = din.row(r);
             let cols = dx.cols;
@@ -182,12 +182,12 @@ impl<F: Float> CouplingCore<F> {
             }
         }
     }
-    fn params(&self) -> Vec<&Param<F>> {
+    pub(crate) fn params(&self) -> Vec<&Param<F>> {
         let mut v = vec![&self.mask];
         v.extend(self.net.params());
         v
     }
-    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+    pub(crate) fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         let mut v = vec![&mut self.mask];
         v.extend(self.net.params_mut());
         v

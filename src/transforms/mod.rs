@@ -12,8 +12,10 @@ pub mod batchnorm;
 pub mod coupling;
 pub mod image;
 pub mod lu_linear;
+pub mod nsf;
 pub mod permutation;
 pub mod scaling;
+pub mod spline;
 pub mod testing;
 
 pub use actnorm::ActNorm;
@@ -22,8 +24,10 @@ pub use batchnorm::BatchNorm;
 pub use coupling::{AdditiveCoupling, AffineCoupling, Mask, ScaleBound};
 pub use image::{ConvCoupling, ImageMask, ImageShape, InvConv1x1, Prefix, Squeeze};
 pub use lu_linear::LuLinear;
+pub use nsf::{SplineAr, SplineCoupling};
 pub use permutation::Permutation;
 pub use scaling::Scaling;
+pub use spline::RqSpline;
 
 use crate::engine::{Float, Mat};
 use crate::nn::Param;
