@@ -55,7 +55,6 @@ pub struct Knots<F> {
     sd: Vec<F>,
 }
 
-/// Gradients of a loss with respect to one element's raw parameters, accumulated by [`RqSpline::backward`].
 impl RqSpline {
     /// Number of raw parameters per element: `3K - 1`.
     pub fn params_per_element(&self) -> usize {
@@ -70,9 +69,8 @@ impl RqSpline {
         if !(self.bound.is_finite() && self.bound > 0.0) {
             return Err(format!("spline bound must be positive, got {}", self.bound));
         }
-        if !(self.min_width >= 0.0 && self.min_width * k < 1.0)
-            || !(self.min_height >= 0.0 && self.min_height * k < 1.0)
-        {
+        let fits = |m: f64| m >= 0.0 && m * k < 1.0;
+        if !(fits(self.min_width) && fits(self.min_height)) {
             return Err(
                 "minimum bin width / height times the number of bins must be below 1".into(),
             );
