@@ -736,3 +736,91 @@ fn image_flows_train_resume_sample_grid_curve() {
         &["--checkpoint-every"],
     );
 }
+
+#[test]
+fn class_conditional_image_flow() {
+    let d = tmp("classcond");
+    let data = d.join("img.csv");
+    write_images(&data, 120, 3);
+    // append a label column: the blob kind (row parity)
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate() {
+        out.push_str(line);
+        out.push_str(&if i == 0 {
+            ",label".to_string()
+        } else {
+            format!(",{}", (i - 1) % 2)
+        });
+        out.push('\n');
+    }
+    std::fs::write(&data, out).unwrap();
+    let model = d.join("m");
+    let (data_s, model_s) = (data.to_str().unwrap(), model.to_str().unwrap());
+    ok(&nflow(&[
+        "train",
+        "--data",
+        data_s,
+        "--flow",
+        "glow",
+        "--layers",
+        "1",
+        "--hidden",
+        "8",
+        "--context",
+        "label",
+        "--context-one-hot",
+        "--dequantize",
+        "--steps",
+        "6",
+        "--batch-size",
+        "30",
+        "--out",
+        model_s,
+        "--quiet",
+    ]));
+    let cfg = std::fs::read_to_string(model.join("config.json")).unwrap();
+    assert!(cfg.contains("\"context_dim\": 2"), "{cfg}");
+    let grid = d.join("g.png");
+    ok(&nflow(&[
+        "sample",
+        "--model",
+        model_s,
+        "--context",
+        "1",
+        "-n",
+        "4",
+        "--grid",
+        grid.to_str().unwrap(),
+    ]));
+    assert!(grid.exists());
+    // eval reads the label column by name; a label the model never saw is an error naming it
+    assert!(ok(&nflow(&["eval", "--model", model_s, "--data", data_s])).contains("bits/dim"));
+    fails(
+        &nflow(&[
+            "sample",
+            "--model",
+            model_s,
+            "--context",
+            "2",
+            "-n",
+            "2",
+            "--out",
+            d.join("s.csv").to_str().unwrap(),
+        ]),
+        &["'label'", "class label"],
+    );
+    fails(
+        &nflow(&[
+            "train",
+            "--data",
+            data_s,
+            "--context-one-hot",
+            "--steps",
+            "2",
+            "--out",
+            model_s,
+        ]),
+        &["--context"],
+    );
+}

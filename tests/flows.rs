@@ -508,3 +508,71 @@ fn training_through_preprocessing_reports_data_units() {
     let s = model.sample(200, 2, None).unwrap();
     assert!(s.data.iter().all(|v| (0.0..=16.0).contains(v)));
 }
+
+#[test]
+fn conditional_density_integrates_to_one_for_each_context() {
+    // x = (cos c, sin c) + noise, c uniform: for every fixed c, p(x | c) must integrate to 1 over x, and it
+    // must move with c
+    use rand::Rng;
+    let mut r = rng(3);
+    let n = 3000;
+    let mut xs = Vec::with_capacity(2 * n);
+    let mut cs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c: f64 = r.gen_range(-3.0..3.0);
+        let e: Mat<f64> = randn(&mut r, 1, 2);
+        xs.push(c.cos() + 0.25 * e.data[0]);
+        xs.push(c.sin() + 0.25 * e.data[1]);
+        cs.push(c);
+    }
+    let t = Table::new(vec!["x".into(), "y".into()], n, xs, "ring");
+    let ctx = Table::new(vec!["c".into()], n, cs, "ring");
+    for kind in [
+        FlowKind::Realnvp,
+        FlowKind::Maf,
+        FlowKind::NsfC,
+        FlowKind::NsfAr,
+    ] {
+        let spec = FlowSpec {
+            context_dim: 1,
+            ..small_spec(kind, 2)
+        };
+        let cfg = TrainConfig {
+            steps: Some(300),
+            batch_size: 128,
+            ..TrainConfig::default()
+        };
+        let model = Trainer::new(cfg)
+            .fit(spec, &t, Some(&ctx), |_| {})
+            .unwrap()
+            .model;
+        let (lo, hi, g) = (-5.0, 5.0, 400);
+        let h = (hi - lo) / g as f64;
+        let mut pts = Vec::with_capacity(g * g * 2);
+        for j in 0..g {
+            for i in 0..g {
+                pts.push(lo + (i as f64 + 0.5) * h);
+                pts.push(lo + (j as f64 + 0.5) * h);
+            }
+        }
+        let grid = Table::new(vec!["x".into(), "y".into()], g * g, pts, "grid");
+        let mut at_one = Vec::new();
+        for c in [-2.0, 0.0, 1.5] {
+            let cg = Table::new(vec!["c".into()], g * g, vec![c; g * g], "c");
+            let lp = model.log_prob_ctx(&grid, Some(&cg)).unwrap();
+            let mass: f64 = lp.iter().map(|v| v.exp()).sum::<f64>() * h * h;
+            assert!((mass - 1.0).abs() < 0.01, "{kind:?}, c = {c}: mass {mass}");
+            // density at (cos 1.5, sin 1.5) given this c
+            let p = Table::new(
+                vec!["x".into(), "y".into()],
+                1,
+                vec![1.5f64.cos(), 1.5f64.sin()],
+                "p",
+            );
+            let cp = Table::new(vec!["c".into()], 1, vec![c], "c");
+            at_one.push(model.log_prob_ctx(&p, Some(&cp)).unwrap()[0]);
+        }
+        // the point on the circle at angle 1.5 is far more likely given c = 1.5 than given c = -2
+        assert!(at_one[2] > at_one[0] + 2.0, "{kind:?}: {at_one:?}");
+    }
+}

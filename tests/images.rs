@@ -221,6 +221,7 @@ fn bits_per_dim_of_an_identity_flow_computed_by_hand() {
         norm: Standardizer::identity(16),
         context_columns: vec![],
         context_norm: None,
+        context_classes: vec![],
         preprocess: Some(Preprocess {
             dequantize: false,
             levels: 256.0,

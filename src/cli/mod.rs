@@ -84,6 +84,10 @@ struct TrainArgs {
     /// network; the remaining selected columns are x. `eval` reads the same columns from its data.
     #[arg(long, value_delimiter = ',')]
     context: Vec<String>,
+    /// The context columns are class labels 0..K-1 (e.g. `--data idx:DIR:train:both --context label` for
+    /// class-conditional MNIST): fed one-hot instead of standardised; K is read from the training data.
+    #[arg(long, requires = "context")]
+    context_one_hot: bool,
     /// Number of flow layers (default: 4 for nice, 8 for realnvp, 5 for the autoregressive flows); image
     /// flows: steps per scale (default 8 for glow, 3 for realnvp-multiscale).
     #[arg(long)]
@@ -600,7 +604,16 @@ fn split_context(full: Table, sel: &DataSel, context: &[String]) -> Result<(Tabl
 fn train(a: TrainArgs) -> Result<()> {
     let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
     let (table, ctx) = split_context(full, &a.sel, &a.context)?;
-    let spec = build_spec(&a, &table, ctx.as_ref().map_or(0, |c| c.cols))?;
+    let classes = match (&ctx, a.context_one_hot) {
+        (Some(c), true) => data::count_classes(c)?,
+        _ => Vec::new(),
+    };
+    let context_dim = if classes.is_empty() {
+        ctx.as_ref().map_or(0, |c| c.cols)
+    } else {
+        classes.iter().sum()
+    };
+    let spec = build_spec(&a, &table, context_dim)?;
     let cfg = train_config(&a)?;
     let pre = (a.dequantize || a.logit.is_some() || a.n_bits.is_some()).then_some(Preprocess {
         dequantize: a.dequantize,
@@ -633,7 +646,9 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.resume && a.checkpoint_every.is_none() {
         bail!("--resume continues from the checkpoints of --checkpoint-every N: give both");
     }
-    let mut trainer = Trainer::new(cfg).with_preprocess(pre);
+    let mut trainer = Trainer::new(cfg)
+        .with_preprocess(pre)
+        .with_context_classes(classes);
     if let (Some((t, c)), true) = (&test, a.monitor > 0) {
         let k: Vec<usize> = (0..a.monitor.min(t.rows)).collect();
         trainer = trainer.with_monitor(t.take_rows(&k), c.as_ref().map(|c| c.take_rows(&k)));

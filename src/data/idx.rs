@@ -90,17 +90,32 @@ pub fn load_idx_source(src: &str, rest: &str) -> Result<Table> {
         msg,
     };
     if parts.next().is_some() {
-        return Err(bad("expected idx:DIR[:train|test][:images|labels]".into()));
+        return Err(bad(
+            "expected idx:DIR[:train|test][:images|labels|both]".into()
+        ));
     }
     let prefix = match split {
         "train" => "train",
         "test" | "t10k" => "t10k",
         s => return Err(bad(format!("'{s}' is not a split (train or test)"))),
     };
+    if what == "both" {
+        // images with a `label` column (class-conditional models: --context label)
+        let base = format!("idx:{}:{split}", dir.display());
+        let images = load_idx_source(src, &format!("{}:{split}:images", dir.display()))?;
+        let labels = load_idx_source(src, &format!("{}:{split}:labels", dir.display()))?;
+        if images.rows != labels.rows {
+            return Err(bad(format!(
+                "{base}: {} images but {} labels",
+                images.rows, labels.rows
+            )));
+        }
+        return images.hcat(&labels);
+    }
     let stem = match what {
         "images" => format!("{prefix}-images-idx3-ubyte"),
         "labels" => format!("{prefix}-labels-idx1-ubyte"),
-        s => return Err(bad(format!("'{s}' is neither images nor labels"))),
+        s => return Err(bad(format!("'{s}' is neither images, labels nor both"))),
     };
     for name in [format!("{stem}.gz"), stem.clone()] {
         let f = dir.join(&name);
@@ -138,6 +153,10 @@ mod tests {
             &gz.finish().unwrap(),
         );
         let d = dir.display().to_string();
+        let both = load_idx_source(&format!("idx:{d}::both"), &format!("{d}:train:both")).unwrap();
+        assert_eq!((both.rows, both.cols), (2, 7));
+        assert_eq!(both.columns[6], "label");
+        assert_eq!(both.row(1)[6], 3.0);
         let t = load_idx_source(&format!("idx:{d}"), &d).unwrap();
         assert_eq!((t.rows, t.cols), (2, 6));
         assert_eq!(t.row(0), &[0.0, 1.0, 2.0, 3.0, 4.0, 255.0]);

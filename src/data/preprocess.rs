@@ -211,3 +211,88 @@ mod tests {
         );
     }
 }
+
+/// Class labels to one-hot columns: column `c` of `t` holds integers `0..classes[c]` and becomes `classes[c]`
+/// indicator columns named `{name}={k}`. A value that is not such an integer is an error naming the row and
+/// column.
+pub fn one_hot(t: &Table, classes: &[usize]) -> Result<Table> {
+    if classes.len() != t.cols {
+        return Err(DataError::InvalidArgument(format!(
+            "{}: {} context columns, {} class counts",
+            t.source,
+            t.cols,
+            classes.len()
+        )));
+    }
+    let width: usize = classes.iter().sum();
+    let mut columns = Vec::with_capacity(width);
+    for (name, &k) in t.columns.iter().zip(classes) {
+        columns.extend((0..k).map(|v| format!("{name}={v}")));
+    }
+    let mut data = vec![0.0; t.rows * width];
+    for r in 0..t.rows {
+        let mut off = 0;
+        for (c, &k) in classes.iter().enumerate() {
+            let v = t.data[r * t.cols + c];
+            if !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < k) {
+                return Err(DataError::InvalidArgument(format!(
+                    "{} row {r} (0-based), column '{}': {v} is not a class label in 0..{}",
+                    t.source,
+                    t.columns[c],
+                    k.saturating_sub(1)
+                )));
+            }
+            data[r * width + off + v as usize] = 1.0;
+            off += k;
+        }
+    }
+    Ok(Table::new(columns, t.rows, data, t.source.clone()))
+}
+
+/// Number of classes of each column of integer labels `0..K-1` (`K` = largest value + 1); an error names a
+/// value that is not a non-negative integer.
+pub fn count_classes(t: &Table) -> Result<Vec<usize>> {
+    let mut k = vec![0usize; t.cols];
+    for r in 0..t.rows {
+        for c in 0..t.cols {
+            let v = t.data[r * t.cols + c];
+            if !(v >= 0.0 && v.fract() == 0.0 && v < 1e6) {
+                return Err(DataError::InvalidArgument(format!(
+                    "{} row {r} (0-based), column '{}': {v} is not a class label (a non-negative integer)",
+                    t.source, t.columns[c]
+                )));
+            }
+            k[c] = k[c].max(v as usize + 1);
+        }
+    }
+    Ok(k)
+}
+
+#[cfg(test)]
+mod one_hot_tests {
+    use super::*;
+
+    #[test]
+    fn one_hot_columns_and_errors() {
+        let t = Table::new(
+            vec!["y".into(), "g".into()],
+            2,
+            vec![2.0, 0.0, 0.0, 1.0],
+            "t",
+        );
+        let k = count_classes(&t).unwrap();
+        assert_eq!(k, vec![3, 2]);
+        let o = one_hot(&t, &k).unwrap();
+        assert_eq!(o.columns, ["y=0", "y=1", "y=2", "g=0", "g=1"]);
+        assert_eq!(
+            o.data,
+            vec![0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        );
+        let bad = Table::new(vec!["y".into()], 1, vec![1.5], "t");
+        assert!(count_classes(&bad).unwrap_err().to_string().contains("'y'"));
+        let e = one_hot(&Table::new(vec!["y".into()], 1, vec![3.0], "t"), &[3])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0..2"), "{e}");
+    }
+}

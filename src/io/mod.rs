@@ -53,6 +53,9 @@ struct ConfigFile {
     normalization: Normalization,
     #[serde(default)]
     context_normalization: Option<Normalization>,
+    /// Categorical context: classes per context column (fed one-hot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    context_classes: Vec<usize>,
     /// Dequantisation / logit applied before the normalisation.
     #[serde(default)]
     preprocess: Option<Preprocess>,
@@ -69,6 +72,8 @@ pub struct Model {
     pub norm: Standardizer,
     pub context_columns: Vec<String>,
     pub context_norm: Option<Standardizer>,
+    /// Classes of each context column when the context is categorical (fed one-hot; empty: numeric context).
+    pub context_classes: Vec<usize>,
     /// Dequantisation / logit applied to the data before the normalisation; its Jacobian is part of every
     /// reported log-likelihood, and samples are mapped back through it.
     pub preprocess: Option<Preprocess>,
@@ -153,6 +158,23 @@ impl Model {
     }
 
     fn prepare_ctx(&self, ctx: Option<&Table>, rows: usize) -> Result<Option<Mat<f32>>> {
+        let expanded;
+        let ctx = match ctx {
+            Some(c) if !self.context_classes.is_empty() => {
+                if c.cols != self.context_classes.len() {
+                    return Err(Error::Shape(format!(
+                        "{}: context has {} columns, the model's is {} ({})",
+                        c.source,
+                        c.cols,
+                        self.context_classes.len(),
+                        self.context_columns.join(", ")
+                    )));
+                }
+                expanded = crate::data::one_hot(c, &self.context_classes)?;
+                Some(&expanded)
+            }
+            c => c,
+        };
         match (ctx, self.spec.context_dim) {
             (None, 0) => Ok(None),
             (Some(c), k) if k > 0 => {
@@ -294,6 +316,7 @@ impl Model {
             context_columns: self.context_columns.clone(),
             normalization: to_norm(&self.norm),
             context_normalization: self.context_norm.as_ref().map(to_norm),
+            context_classes: self.context_classes.clone(),
             preprocess: self.preprocess.clone(),
             training: self.summary.clone(),
         }
@@ -483,6 +506,7 @@ impl Model {
             norm: from_norm(&cfg.normalization),
             context_columns: cfg.context_columns,
             context_norm: cfg.context_normalization.as_ref().map(from_norm),
+            context_classes: cfg.context_classes.clone(),
             preprocess: cfg.preprocess.clone(),
             summary: cfg.training,
             log,

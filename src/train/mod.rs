@@ -139,6 +139,8 @@ pub struct Trainer {
     pub checkpoint: Option<(PathBuf, usize)>,
     /// Continue from the checkpoint folder instead of starting afresh.
     pub resume: bool,
+    /// Categorical context: classes per context column; the context is fed one-hot (not standardised).
+    pub context_classes: Vec<usize>,
 }
 
 /// What a checkpoint holds besides the model (weights and buffers are in the model folder).
@@ -209,7 +211,15 @@ impl Trainer {
             monitor: None,
             checkpoint: None,
             resume: false,
+            context_classes: Vec::new(),
         }
+    }
+
+    /// Treat the context columns as class labels `0..K-1` (one `K` per column), fed to the conditioners
+    /// one-hot: the flow's `context_dim` is the sum of the `K`s.
+    pub fn with_context_classes(mut self, classes: Vec<usize>) -> Self {
+        self.context_classes = classes;
+        self
     }
 
     /// Evaluate `t` (with context `c`) at every evaluation and log its log-likelihood and bits/dim.
@@ -242,6 +252,17 @@ impl Trainer {
     ) -> Result<Fitted> {
         let cfg = &self.cfg;
         cfg.validate()?;
+        // a categorical context is expanded to one-hot columns here (the model keeps the raw column names)
+        let raw_ctx_columns = context.map(|c| c.columns.clone()).unwrap_or_default();
+        let one_hot = !self.context_classes.is_empty();
+        let expanded_ctx;
+        let context = match context {
+            Some(c) if one_hot => {
+                expanded_ctx = crate::data::one_hot(c, &self.context_classes)?;
+                Some(&expanded_ctx)
+            }
+            c => c,
+        };
         if spec.dim != table.cols {
             return Err(Error::Shape(format!(
                 "{}: {} columns, flow spec says dim = {}",
@@ -296,11 +317,15 @@ impl Trainer {
         let (ctr, cva, cnorm) = match context {
             Some(c) => {
                 let ct = c.take_rows(&tr_idx);
-                let cn = Standardizer::fit(&ct)?;
+                let cn = if one_hot {
+                    Standardizer::identity(ct.cols)
+                } else {
+                    Standardizer::fit(&ct)?
+                };
                 (
                     Some(to_mat(&ct, &cn)),
                     Some(to_mat(&c.take_rows(&va_idx), &cn)),
-                    Some(cn),
+                    (!one_hot).then_some(cn),
                 )
             }
             None => (None, None, None),
@@ -318,6 +343,10 @@ impl Trainer {
                     None => 0.0,
                 };
                 let cm = match (c, &cnorm) {
+                    (Some(c), _) if one_hot => Some(to_mat(
+                        &crate::data::one_hot(c, &self.context_classes)?,
+                        &Standardizer::identity(spec.context_dim),
+                    )),
                     (Some(c), Some(n)) => Some(to_mat(c, n)),
                     _ => None,
                 };
@@ -571,8 +600,9 @@ impl Trainer {
                         flow,
                         columns: table.columns.clone(),
                         norm: norm.clone(),
-                        context_columns: context.map(|c| c.columns.clone()).unwrap_or_default(),
+                        context_columns: raw_ctx_columns.clone(),
                         context_norm: cnorm.clone(),
+                        context_classes: self.context_classes.clone(),
                         preprocess: self.preprocess.clone(),
                         summary: None,
                         log: Vec::new(),
@@ -626,8 +656,9 @@ impl Trainer {
                 flow,
                 columns: table.columns.clone(),
                 norm,
-                context_columns: context.map(|c| c.columns.clone()).unwrap_or_default(),
+                context_columns: raw_ctx_columns,
                 context_norm: cnorm,
+                context_classes: self.context_classes.clone(),
                 preprocess: self.preprocess.clone(),
                 summary: Some(summary),
                 log: lines,
