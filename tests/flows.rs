@@ -29,6 +29,22 @@ fn quick_fit(spec: FlowSpec, t: &Table, steps: usize, seed: u64) -> Model {
         .model
 }
 
+/// Midpoints of a `g x g` grid of cells covering `[lo, hi]^2` (columns x, y) and the cell side.
+fn midpoint_grid(lo: f64, hi: f64, g: usize) -> (Table, f64) {
+    let h = (hi - lo) / g as f64;
+    let mut pts = Vec::with_capacity(g * g * 2);
+    for j in 0..g {
+        for i in 0..g {
+            pts.push(lo + (i as f64 + 0.5) * h);
+            pts.push(lo + (j as f64 + 0.5) * h);
+        }
+    }
+    (
+        Table::new(vec!["x".into(), "y".into()], g * g, pts, "grid"),
+        h,
+    )
+}
+
 /// Perturb every free parameter entry so flows are not the identity (masked weights stay zero).
 fn randomize(flow: &mut Flow<f64>, seed: u64, scale: f64) {
     use rand::Rng;
@@ -76,16 +92,7 @@ fn trained_density_integrates_to_one() {
         let kind = format!("{:?}/{:?}/{:?}", spec.kind, spec.base_kind(), spec.permute);
         let model = quick_fit(spec.clone(), &t, 300, 0);
         // Riemann sum on a fine grid far beyond the data (moons lives in about [-1.5, 2.5] x [-1, 1.5]).
-        let (lo, hi, g) = (-8.0, 8.0, 500);
-        let h = (hi - lo) / g as f64;
-        let mut pts = Vec::with_capacity(g * g * 2);
-        for j in 0..g {
-            for i in 0..g {
-                pts.push(lo + (i as f64 + 0.5) * h);
-                pts.push(lo + (j as f64 + 0.5) * h);
-            }
-        }
-        let grid = Table::new(vec!["x".into(), "y".into()], g * g, pts, "grid");
+        let (grid, h) = midpoint_grid(-8.0, 8.0, 500);
         let lp = model.log_prob_table(&grid).unwrap();
         let mass: f64 = lp.iter().map(|v| v.exp()).sum::<f64>() * h * h;
         assert!(
@@ -546,16 +553,8 @@ fn conditional_density_integrates_to_one_for_each_context() {
             .fit(spec, &t, Some(&ctx), |_| {})
             .unwrap()
             .model;
-        let (lo, hi, g) = (-5.0, 5.0, 400);
-        let h = (hi - lo) / g as f64;
-        let mut pts = Vec::with_capacity(g * g * 2);
-        for j in 0..g {
-            for i in 0..g {
-                pts.push(lo + (i as f64 + 0.5) * h);
-                pts.push(lo + (j as f64 + 0.5) * h);
-            }
-        }
-        let grid = Table::new(vec!["x".into(), "y".into()], g * g, pts, "grid");
+        let g = 400;
+        let (grid, h) = midpoint_grid(-5.0, 5.0, g);
         let mut at_one = Vec::new();
         for c in [-2.0, 0.0, 1.5] {
             let cg = Table::new(vec!["c".into()], g * g, vec![c; g * g], "c");

@@ -5,6 +5,7 @@ use nflow::data::{Preprocess, Standardizer, Table};
 use nflow::engine::{randn, rng, Mat};
 use nflow::flows::{CouplingKind, Flow, FlowKind, FlowSpec, Permute};
 use nflow::train::{bits_per_dim, TrainConfig, Trainer};
+use nflow::transforms::testing::log_abs_det;
 use nflow::transforms::ImageShape;
 use nflow::Model;
 
@@ -79,28 +80,6 @@ fn randomize(flow: &mut Flow<f64>, seed: u64, scale: f64) {
                 .for_each(|v| *v += scale * r.gen_range(-1.0..1.0));
         }
     }
-}
-
-fn log_abs_det(a: &[f64], n: usize) -> f64 {
-    let mut m = a.to_vec();
-    let mut ld = 0.0;
-    for c in 0..n {
-        let p = (c..n)
-            .max_by(|&i, &j| m[i * n + c].abs().total_cmp(&m[j * n + c].abs()))
-            .unwrap();
-        for k in 0..n {
-            m.swap(c * n + k, p * n + k);
-        }
-        let piv = m[c * n + c];
-        ld += piv.abs().ln();
-        for i in c + 1..n {
-            let f = m[i * n + c] / piv;
-            for k in c..n {
-                m[i * n + k] -= f * m[c * n + k];
-            }
-        }
-    }
-    ld
 }
 
 #[test]

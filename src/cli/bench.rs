@@ -57,6 +57,36 @@ fn time_ms(max: usize, mut f: impl FnMut()) -> f64 {
     median(v)
 }
 
+/// Times (ms) of `repeats` training steps (forward log-prob, backward, Adam at lr 1e-4) after `warmup`
+/// untimed ones.
+fn train_step_ms(
+    flow: &mut nflow::flows::Flow<f32>,
+    x: &Mat<f32>,
+    warmup: usize,
+    repeats: usize,
+) -> Result<Vec<f64>> {
+    let mut opt = Adam::new(OptimConfig {
+        lr: 1e-4,
+        ..OptimConfig::default()
+    });
+    let mut ts = Vec::new();
+    for s in 0..warmup + repeats {
+        let t0 = Instant::now();
+        flow.zero_grad();
+        flow.nll_backward(x, None)?;
+        let mut ps: Vec<_> = flow
+            .named_params_mut()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        opt.step(&mut ps, 1e-4);
+        if s >= warmup {
+            ts.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(ts)
+}
+
 fn tradeoff(a: &BenchArgs) -> Result<()> {
     let kinds = [FlowKind::Realnvp, FlowKind::Maf, FlowKind::Iaf];
     let mut rows = Vec::new();
@@ -160,22 +190,7 @@ fn images(a: &BenchArgs) -> Result<()> {
     println!("|---|---|---|---|---|");
     for (name, spec) in cases {
         let mut flow = spec.build::<f32>()?;
-        let mut opt = Adam::new(OptimConfig::default());
-        let mut ps_time = Vec::new();
-        for s in 0..a.warmup.min(2) + a.repeats.clamp(3, 10) {
-            let t0 = Instant::now();
-            flow.zero_grad();
-            flow.nll_backward(&x, None)?;
-            let mut ps: Vec<_> = flow
-                .named_params_mut()
-                .into_iter()
-                .map(|(_, p)| p)
-                .collect();
-            opt.step(&mut ps, 1e-4);
-            if s >= a.warmup.min(2) {
-                ps_time.push(t0.elapsed().as_secs_f64());
-            }
-        }
+        let step_ms = train_step_ms(&mut flow, &x, a.warmup.min(2), a.repeats.clamp(3, 10))?;
         flow.set_training(false);
         let lp = time_ms(5, || {
             std::hint::black_box(flow.log_prob(&x, None));
@@ -184,7 +199,7 @@ fn images(a: &BenchArgs) -> Result<()> {
         let sm = time_ms(5, || {
             std::hint::black_box(flow.sample(b, &mut sr, None));
         });
-        let tr = b as f64 / median(ps_time);
+        let tr = b as f64 / median(step_ms) * 1e3;
         let o = serde_json::json!({
             "mode": "images", "lib": "nflow", "flow": name, "batch": b, "params": flow.num_params(),
             "train_images_per_s": tr.round(), "log_prob_images_per_s": (b as f64 / lp * 1e3).round(),
@@ -233,25 +248,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ..FlowSpec::preset(kind, d)
     };
     let mut flow = spec.build::<f32>()?;
-    let mut opt = Adam::new(OptimConfig {
-        lr: 1e-4,
-        ..OptimConfig::default()
-    });
-    let mut ts = Vec::new();
-    for s in 0..a.warmup + a.repeats {
-        let t0 = Instant::now();
-        flow.zero_grad();
-        flow.nll_backward(&x, None)?;
-        let mut ps: Vec<_> = flow
-            .named_params_mut()
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
-        opt.step(&mut ps, 1e-4);
-        if s >= a.warmup {
-            ts.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-    }
+    let ts = train_step_ms(&mut flow, &x, a.warmup, a.repeats)?;
     flow.set_training(false);
     let (mut tf, mut tsm) = (Vec::new(), Vec::new());
     let mut sr = rng(1);
