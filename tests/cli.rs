@@ -424,10 +424,16 @@ fn conditional_train_eval_sample() {
     let data = d.join("c.csv");
     std::fs::write(&data, csv).unwrap();
     let data = data.to_str().unwrap();
-    for flow in ["maf", "iaf", "maf-mog", "realnvp"] {
+    for (flow, extra) in [
+        ("maf", &[][..]),
+        ("iaf", &[]),
+        ("maf-mog", &[]),
+        ("realnvp", &[]),
+        ("nsf-ar", &["--context-embed", "8", "--embed-hidden", "16"]),
+    ] {
         let m = d.join(format!("m-{flow}"));
         let ms = m.to_str().unwrap();
-        ok(&nflow(&[
+        let mut args = vec![
             "train",
             "--data",
             data,
@@ -448,9 +454,16 @@ fn conditional_train_eval_sample() {
             "--quiet",
             "--out",
             ms,
-        ]));
+        ];
+        args.extend_from_slice(extra);
+        ok(&nflow(&args));
         let info = ok(&nflow(&["info", "--model", ms]));
         assert!(info.contains("context        angle"), "{info}");
+        assert_eq!(
+            info.contains("ContextEmbedding"),
+            !extra.is_empty(),
+            "{info}"
+        );
         let out = ok(&nflow(&["eval", "--model", ms, "--data", data, "--json"]));
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(
@@ -540,6 +553,10 @@ fn conditional_train_eval_sample() {
             &["--columns", "x,angle", "--context", "angle"],
         ),
         &["both in --columns and in --context"],
+    );
+    fails(
+        &train_small("toy:moons", &d.join("x"), &["--context-embed", "4"]),
+        &["--context"],
     );
     // an unconditional model refuses a context
     let u = d.join("u");

@@ -126,12 +126,16 @@ fn sample_then_log_prob_agrees_with_sample_and_log_prob() {
         (FlowKind::Realnvp, false, Some(BaseKind::Mixture), 0),
         (FlowKind::NsfC, true, None, 2),
         (FlowKind::NsfAr, false, None, 2),
+        (FlowKind::MafMog, false, None, 3),
     ] {
+        // the 3-column context goes through a learned embedding (MAF MoG: flow layers and base see it)
+        let embed = if ctx == 3 { 4 } else { 0 };
         let spec = FlowSpec {
             batch_norm: bn,
             actnorm: bn,
             base,
             context_dim: ctx,
+            context_embed: embed,
             components: 3,
             ..small_spec(kind, 3)
         };
@@ -280,16 +284,21 @@ fn same_seed_same_model() {
 fn flow_parameter_gradients_match_finite_differences() {
     // the whole training path: couplings, ActNorm, BatchNorm (batch statistics), base distribution
     // (IAF: implicit differentiation through its sequential solve; mixture bases; LU / permutations between
-    // layers; a context fed to every MADE)
-    for (kind, base, permute, ctx) in [
-        (FlowKind::Realnvp, BaseKind::DiagNormal, Permute::None, 0),
-        (FlowKind::Nice, BaseKind::Logistic, Permute::None, 0),
-        (FlowKind::Maf, BaseKind::Normal, Permute::Lu, 0),
-        (FlowKind::Iaf, BaseKind::Normal, Permute::Random, 2),
-        (FlowKind::MafMog, BaseKind::MadeMog, Permute::Reverse, 2),
-        (FlowKind::Realnvp, BaseKind::Mixture, Permute::None, 0),
-        (FlowKind::NsfC, BaseKind::Normal, Permute::Lu, 2),
-        (FlowKind::NsfAr, BaseKind::Normal, Permute::Lu, 0),
+    // layers; a context fed to every MADE; a learned context embedding trained through every conditioner and
+    // a conditional base)
+    for (kind, base, permute, ctx, embed) in [
+        (FlowKind::Realnvp, BaseKind::DiagNormal, Permute::None, 0, 0),
+        (FlowKind::Nice, BaseKind::Logistic, Permute::None, 0, 0),
+        (FlowKind::Maf, BaseKind::Normal, Permute::Lu, 0, 0),
+        (FlowKind::Iaf, BaseKind::Normal, Permute::Random, 2, 0),
+        (FlowKind::MafMog, BaseKind::MadeMog, Permute::Reverse, 2, 0),
+        (FlowKind::Realnvp, BaseKind::Mixture, Permute::None, 0, 0),
+        (FlowKind::NsfC, BaseKind::Normal, Permute::Lu, 2, 0),
+        (FlowKind::NsfAr, BaseKind::Normal, Permute::Lu, 0, 0),
+        (FlowKind::Realnvp, BaseKind::Normal, Permute::None, 2, 3),
+        (FlowKind::Iaf, BaseKind::Normal, Permute::None, 2, 3),
+        (FlowKind::MafMog, BaseKind::MadeMog, Permute::Reverse, 2, 3),
+        (FlowKind::NsfAr, BaseKind::Normal, Permute::Lu, 3, 2),
     ] {
         let spec = FlowSpec {
             layers: 3,
@@ -300,9 +309,12 @@ fn flow_parameter_gradients_match_finite_differences() {
             permute,
             components: 3,
             context_dim: ctx,
+            context_embed: embed,
+            embed_hidden: 5,
             ..FlowSpec::preset(kind, 3)
         };
         let mut flow = spec.build::<f64>().unwrap();
+        assert_eq!(flow.embedding.is_some(), embed > 0);
         let x: Mat<f64> = randn(&mut rng(3), 16, 3);
         let c: Option<Mat<f64>> = (ctx > 0).then(|| randn(&mut rng(9), 16, ctx));
         let c = c.as_ref();
@@ -534,14 +546,17 @@ fn conditional_density_integrates_to_one_for_each_context() {
     }
     let t = Table::new(vec!["x".into(), "y".into()], n, xs, "ring");
     let ctx = Table::new(vec!["c".into()], n, cs, "ring");
-    for kind in [
-        FlowKind::Realnvp,
-        FlowKind::Maf,
-        FlowKind::NsfC,
-        FlowKind::NsfAr,
+    for (kind, embed) in [
+        (FlowKind::Realnvp, 0),
+        (FlowKind::Maf, 0),
+        (FlowKind::NsfC, 0),
+        (FlowKind::NsfAr, 0),
+        (FlowKind::NsfC, 8),
     ] {
         let spec = FlowSpec {
             context_dim: 1,
+            context_embed: embed,
+            embed_hidden: 16,
             ..small_spec(kind, 2)
         };
         let cfg = TrainConfig {
@@ -573,5 +588,19 @@ fn conditional_density_integrates_to_one_for_each_context() {
         }
         // the point on the circle at angle 1.5 is far more likely given c = 1.5 than given c = -2
         assert!(at_one[2] > at_one[0] + 2.0, "{kind:?}: {at_one:?}");
+        if embed > 0 {
+            // the embedding's weights travel with the model: bit-identical conditional densities after loading
+            let dir = std::env::temp_dir().join(format!("nflow-embed-{}", std::process::id()));
+            model.save(&dir).unwrap();
+            let back = Model::load(&dir).unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+            assert!(back.flow.embedding.is_some());
+            let cg = Table::new(vec!["c".into()], 9, vec![0.7; 9], "c");
+            let (pts, _) = midpoint_grid(-2.0, 2.0, 3);
+            assert_eq!(
+                model.log_prob_ctx(&pts, Some(&cg)).unwrap(),
+                back.log_prob_ctx(&pts, Some(&cg)).unwrap()
+            );
+        }
     }
 }

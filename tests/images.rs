@@ -51,6 +51,15 @@ fn variants() -> Vec<(String, FlowSpec)> {
         },
     ));
     v.push((
+        "glow, split prior, context through a learned embedding".into(),
+        FlowSpec {
+            split_prior: true,
+            context_embed: 3,
+            embed_hidden: 4,
+            ..spec(FlowKind::Glow, s, 2)
+        },
+    ));
+    v.push((
         "realnvp-multiscale".into(),
         FlowSpec {
             scale: nflow::transforms::ScaleBound::SoftClamp { bound: 3.0 },

@@ -88,6 +88,16 @@ struct TrainArgs {
     /// class-conditional MNIST): fed one-hot instead of standardised; K is read from the training data.
     #[arg(long, requires = "context")]
     context_one_hot: bool,
+    /// Learned context embedding: the context goes through a small MLP to this many features before it
+    /// reaches the conditioners (trained with the flow). 0: the context goes in as it is.
+    #[arg(long, default_value_t = 0, requires = "context")]
+    context_embed: usize,
+    /// Hidden width of the context embedding.
+    #[arg(long, default_value_t = 64)]
+    embed_hidden: usize,
+    /// Hidden layers of the context embedding.
+    #[arg(long, default_value_t = 1)]
+    embed_depth: usize,
     /// Number of flow layers (default: 4 for nice, 8 for realnvp, 5 for the autoregressive flows); image
     /// flows: steps per scale (default 8 for glow, 3 for realnvp-multiscale).
     #[arg(long)]
@@ -398,6 +408,9 @@ fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSp
         spec.split_prior = a.split_prior;
     }
     spec.context_dim = context_dim;
+    spec.context_embed = a.context_embed;
+    spec.embed_hidden = a.embed_hidden;
+    spec.embed_depth = a.embed_depth;
     spec.bins = a.bins;
     spec.tail_bound = a.tail_bound;
     if let Some(l) = a.layers {

@@ -139,6 +139,9 @@ impl<F: Float> Distribution<F> for MadeMog<F> {
         crate::engine::kernels::zip_inplace(&mut dz.data, &din.data, |a, b| a + b);
         dz
     }
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        self.made.take_context_grad()
+    }
     /// D passes: pass `p` draws the feature at position `p` (a component, then a Gaussian draw) from the
     /// conditionals computed on the features already drawn; buffers are reused across passes.
     fn sample(&self, n: usize, ctx: Option<&Mat<F>>, rng: &mut Rng) -> Mat<F> {

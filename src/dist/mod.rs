@@ -25,6 +25,10 @@ pub trait Distribution<F: Float>: Send + Sync {
     }
     /// Given dL/dlog p per row of the last `log_prob_train`, accumulate parameter gradients, return dL/dz.
     fn log_prob_backward(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>, dlp: &[F]) -> Mat<F>;
+    /// dL/dcontext of the last `log_prob_backward` (taken), for conditional bases; `None` otherwise.
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        None
+    }
     /// `n` samples (a conditional distribution gets `n` context rows: one sample per row).
     fn sample(&self, n: usize, ctx: Option<&Mat<F>>, rng: &mut Rng) -> Mat<F>;
     fn params(&self) -> Vec<&Param<F>> {

@@ -103,7 +103,7 @@ pub(super) fn build<F: Float>(spec: &FlowSpec, r: &mut Rng) -> Vec<Box<dyn Trans
         }
     };
     let affine = spec.coupling == CouplingKind::Affine;
-    let ctx = spec.context_dim;
+    let ctx = spec.cond_dim();
     let mut n = 0usize;
     let mut name = || {
         n += 1;
@@ -239,7 +239,7 @@ fn split_prior<F: Float>(
         spec.scale,
         ConvNetKind::Single,
         spec.hidden,
-        spec.context_dim,
+        spec.cond_dim(),
         r,
     ))
 }

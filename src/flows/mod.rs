@@ -11,13 +11,14 @@ use crate::dist::{
     StandardNormal,
 };
 use crate::engine::{rng, Float, Mat, Rng};
-use crate::nn::{Activation, MadeOpts, Param};
+use crate::nn::{Activation, Linear, MadeOpts, Mlp, Param};
 use crate::transforms::{
     ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, Iaf, ImageShape, LuLinear, Maf, Mask,
     Order, Permutation, RqSpline, ScaleBound, Scaling, SplineAr, SplineCoupling, Transform,
 };
 use crate::Error;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Named architectures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +142,14 @@ fn default_scales() -> usize {
     2
 }
 
+fn default_embed_hidden() -> usize {
+    64
+}
+
+fn default_embed_depth() -> usize {
+    1
+}
+
 fn default_bins() -> usize {
     8
 }
@@ -210,6 +219,15 @@ pub struct FlowSpec {
     /// Image flows: Glow's learned conditional prior on each factored-out half.
     #[serde(default)]
     pub split_prior: bool,
+    /// Learned context embedding: the context goes through an MLP (`embed_depth` hidden layers of
+    /// `embed_hidden` units) to `context_embed` features, which every conditioner then sees instead of the raw
+    /// context (trained with the flow). 0: the context goes in as it is.
+    #[serde(default)]
+    pub context_embed: usize,
+    #[serde(default = "default_embed_hidden")]
+    pub embed_hidden: usize,
+    #[serde(default = "default_embed_depth")]
+    pub embed_depth: usize,
     /// Spline flows: bins of each rational-quadratic spline.
     #[serde(default = "default_bins")]
     pub bins: usize,
@@ -266,6 +284,9 @@ impl FlowSpec {
             scales: default_scales(),
             coupling: CouplingKind::Affine,
             split_prior: false,
+            context_embed: 0,
+            embed_hidden: default_embed_hidden(),
+            embed_depth: default_embed_depth(),
             bins: default_bins(),
             tail_bound: default_tail_bound(),
             seed: 0,
@@ -282,6 +303,12 @@ impl FlowSpec {
         }
         if self.hidden == 0 {
             return bad("hidden must be at least 1".into());
+        }
+        if self.context_embed > 0 && self.context_dim == 0 {
+            return bad("a context embedding (context_embed) needs a context".into());
+        }
+        if self.context_embed > 0 && self.embed_hidden == 0 {
+            return bad("embed_hidden must be at least 1".into());
         }
         if matches!(self.kind, FlowKind::NsfC | FlowKind::NsfAr) {
             self.spline().validate().map_err(Error::Config)?;
@@ -337,6 +364,40 @@ impl FlowSpec {
         })
     }
 
+    /// Context features the conditioners see: the embedding's output, or the raw context.
+    pub fn cond_dim(&self) -> usize {
+        if self.context_embed > 0 && self.context_dim > 0 {
+            self.context_embed
+        } else {
+            self.context_dim
+        }
+    }
+
+    /// The learned context embedding (`None` without one). Unlike the conditioners its last layer is not
+    /// zero-initialised: the flow starts as the identity anyway, and a random embedding passes the context on
+    /// from the first step.
+    fn build_embedding<F: Float>(&self, r: &mut Rng) -> Option<Mlp<F>> {
+        (self.cond_dim() != self.context_dim).then(|| {
+            let mut e = Mlp::new(
+                "embed",
+                self.context_dim,
+                self.embed_hidden,
+                self.embed_depth,
+                self.context_embed,
+                self.activation,
+                r,
+            );
+            let last = e.layers.last_mut().expect("at least one layer");
+            *last = Linear::new(
+                &format!("embed.{}", self.embed_depth),
+                last.inp,
+                last.out,
+                r,
+            );
+            e
+        })
+    }
+
     /// The rational-quadratic spline of the spline flows.
     pub fn spline(&self) -> RqSpline {
         RqSpline {
@@ -369,7 +430,7 @@ impl FlowSpec {
                 let order = self.order.build(d, self.layers, r);
                 Box::new(MadeMog::new(
                     d,
-                    self.context_dim,
+                    self.cond_dim(),
                     self.hidden,
                     self.depth,
                     self.components,
@@ -390,11 +451,10 @@ impl FlowSpec {
         let d = self.dim;
         if self.kind.image() {
             let ts = image::build(self, &mut r);
-            return Ok(Flow::new(
-                Box::new(StandardNormal { d }),
-                ts,
-                self.context_dim,
-            ));
+            let e = self.build_embedding(&mut r);
+            return Ok(
+                Flow::new(Box::new(StandardNormal { d }), ts, self.context_dim).with_embedding(e),
+            );
         }
         let mut ts: Vec<Box<dyn Transform<F>>> = Vec::new();
         // ActNorm / batch norm wrap the layers of RealNVP and MAF; NICE has neither.
@@ -407,7 +467,7 @@ impl FlowSpec {
             let layer: Box<dyn Transform<F>> = match self.kind {
                 FlowKind::Nice => Box::new(AdditiveCoupling::new(
                     &mask,
-                    self.context_dim,
+                    self.cond_dim(),
                     self.hidden,
                     self.depth,
                     self.activation,
@@ -415,7 +475,7 @@ impl FlowSpec {
                 )),
                 FlowKind::Realnvp => Box::new(AffineCoupling::new(
                     &mask,
-                    self.context_dim,
+                    self.cond_dim(),
                     self.hidden,
                     self.depth,
                     self.activation,
@@ -425,7 +485,7 @@ impl FlowSpec {
                 FlowKind::Glow | FlowKind::RealnvpMultiscale => unreachable!("built above"),
                 FlowKind::NsfC => Box::new(SplineCoupling::new(
                     &mask,
-                    self.context_dim,
+                    self.cond_dim(),
                     self.hidden,
                     self.depth,
                     self.activation,
@@ -436,7 +496,7 @@ impl FlowSpec {
                     let order = self.order.build(d, l, &mut r);
                     Box::new(SplineAr::new(
                         d,
-                        self.context_dim,
+                        self.cond_dim(),
                         self.hidden,
                         self.depth,
                         self.activation,
@@ -450,7 +510,7 @@ impl FlowSpec {
                     let order = self.order.build(d, l, &mut r);
                     let maf = Maf::new(
                         d,
-                        self.context_dim,
+                        self.cond_dim(),
                         self.hidden,
                         self.depth,
                         self.activation,
@@ -486,15 +546,19 @@ impl FlowSpec {
             ts.push(Box::new(Scaling::new(d)));
         }
         let base = self.build_base(&mut r);
-        Ok(Flow::new(base, ts, self.context_dim))
+        let e = self.build_embedding(&mut r);
+        Ok(Flow::new(base, ts, self.context_dim).with_embedding(e))
     }
 }
 
-/// Base distribution + chain of transforms.
+/// Base distribution + chain of transforms (+ an optional learned context embedding).
 pub struct Flow<F: Float> {
     pub base: Box<dyn Distribution<F>>,
     pub transforms: Vec<Box<dyn Transform<F>>>,
+    /// Columns of the context the user gives (before any embedding).
     pub context_dim: usize,
+    /// Maps the context to what the conditioners see; trained with the flow.
+    pub embedding: Option<Mlp<F>>,
 }
 
 impl<F: Float> Flow<F> {
@@ -510,6 +574,21 @@ impl<F: Float> Flow<F> {
             base,
             transforms,
             context_dim,
+            embedding: None,
+        }
+    }
+
+    /// Put a learned embedding network in front of the conditioners (its input: `context_dim` columns).
+    pub fn with_embedding(mut self, embedding: Option<Mlp<F>>) -> Self {
+        self.embedding = embedding;
+        self
+    }
+
+    /// The context as the conditioners see it.
+    fn embed<'a>(&self, ctx: Option<&'a Mat<F>>) -> Option<Cow<'a, Mat<F>>> {
+        match (&self.embedding, ctx) {
+            (Some(e), Some(c)) => Some(Cow::Owned(e.forward(c))),
+            (_, c) => c.map(Cow::Borrowed),
         }
     }
 
@@ -552,6 +631,12 @@ impl<F: Float> Flow<F> {
 
     /// `(f(x), log|det df/dx|)`: data to noise.
     pub fn transform_to_noise(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let e = self.embed(ctx);
+        self.data_to_noise(x, e.as_deref())
+    }
+
+    /// [`Flow::transform_to_noise`] given the embedded context.
+    fn data_to_noise(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let mut z = x.clone();
         let mut ld = vec![F::zero(); x.rows];
         for t in &self.transforms {
@@ -564,7 +649,9 @@ impl<F: Float> Flow<F> {
 
     /// `log p(x)` per row.
     pub fn log_prob(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Vec<F> {
-        let (z, mut ld) = self.transform_to_noise(x, ctx);
+        let e = self.embed(ctx);
+        let ctx = e.as_deref();
+        let (z, mut ld) = self.data_to_noise(x, ctx);
         ld.iter_mut()
             .zip(self.base.log_prob(&z, ctx))
             .for_each(|(a, b)| *a += b);
@@ -573,6 +660,12 @@ impl<F: Float> Flow<F> {
 
     /// Noise to data: `(x, log|det dx/dz|)`.
     pub fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let e = self.embed(ctx);
+        self.noise_to_data(z, e.as_deref())
+    }
+
+    /// [`Flow::inverse`] given the embedded context.
+    fn noise_to_data(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let mut x = z.clone();
         let mut ld = vec![F::zero(); z.rows];
         for t in self.transforms.iter().rev() {
@@ -585,7 +678,15 @@ impl<F: Float> Flow<F> {
 
     /// `n` samples (for a conditional flow, `ctx` has `n` rows: one sample per context row).
     pub fn sample(&self, n: usize, rng: &mut Rng, ctx: Option<&Mat<F>>) -> Mat<F> {
-        self.inverse(&self.base.sample(n, ctx, rng), ctx).0
+        let e = self.embed(ctx);
+        let ctx = e.as_deref();
+        self.noise_to_data(&self.base.sample(n, ctx, rng), ctx).0
+    }
+
+    /// `n` draws from the base distribution (given the context, for a conditional base).
+    pub fn sample_noise(&self, n: usize, rng: &mut Rng, ctx: Option<&Mat<F>>) -> Mat<F> {
+        let e = self.embed(ctx);
+        self.base.sample(n, e.as_deref(), rng)
     }
 
     /// Samples and their log-density in one pass: `log p(x) = log p_Z(z) - log|det dx/dz|`.
@@ -595,9 +696,11 @@ impl<F: Float> Flow<F> {
         rng: &mut Rng,
         ctx: Option<&Mat<F>>,
     ) -> (Mat<F>, Vec<F>) {
+        let e = self.embed(ctx);
+        let ctx = e.as_deref();
         let z = self.base.sample(n, ctx, rng);
         let lpz = self.base.log_prob(&z, ctx);
-        let (x, ld) = self.inverse(&z, ctx);
+        let (x, ld) = self.noise_to_data(&z, ctx);
         (x, lpz.iter().zip(&ld).map(|(&a, &b)| a - b).collect())
     }
 
@@ -605,6 +708,11 @@ impl<F: Float> Flow<F> {
     /// accumulated into the parameters). A NaN/Inf anywhere is an error naming the layer.
     pub fn nll_backward(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Result<F, Error> {
         let n = x.rows;
+        let embedded = match (&mut self.embedding, ctx) {
+            (Some(e), Some(c)) => Some(e.forward_train(c)),
+            _ => None,
+        };
+        let ctx = embedded.as_ref().or(ctx);
         let mut z = x.clone();
         let mut ld = vec![F::zero(); n];
         for (i, t) in self.transforms.iter_mut().enumerate() {
@@ -635,6 +743,24 @@ impl<F: Float> Flow<F> {
                 });
             }
         }
+        if let Some(e) = &mut self.embedding {
+            // every conditioner (and a conditional base) saw the embedded context: sum their gradients
+            let mut dctx = Mat::zeros(n, e.layers.last().map_or(0, |l| l.out));
+            let grads = self
+                .transforms
+                .iter_mut()
+                .filter_map(|t| t.context_grad())
+                .chain(self.base.context_grad());
+            for g in grads {
+                crate::engine::kernels::zip_inplace(&mut dctx.data, &g.data, |a, b| a + b);
+            }
+            if dctx.first_non_finite().is_some() {
+                return Err(Error::NonFinite {
+                    layer: "context embedding backward".into(),
+                });
+            }
+            e.backward(&dctx, false);
+        }
         Ok(loss)
     }
 
@@ -648,6 +774,9 @@ impl<F: Float> Flow<F> {
         }
         for p in self.base.params() {
             v.push((format!("base.{}", p.name), p));
+        }
+        if let Some(e) = &self.embedding {
+            v.extend(e.params().into_iter().map(|p| (p.name.clone(), p)));
         }
         v
     }
@@ -663,6 +792,9 @@ impl<F: Float> Flow<F> {
         for p in self.base.params_mut() {
             let name = format!("base.{}", p.name);
             v.push((name, p));
+        }
+        if let Some(e) = &mut self.embedding {
+            v.extend(e.params_mut().into_iter().map(|p| (p.name.clone(), p)));
         }
         v
     }
@@ -728,6 +860,10 @@ impl<F: Float> Flow<F> {
             })
             .collect();
         v.push(format!("base {:<18}", self.base.kind()));
+        if let Some(e) = &self.embedding {
+            let n: usize = e.params().iter().map(|p| p.value.len()).sum();
+            v.push(format!("embed {:<17} {n:>9} params", "ContextEmbedding"));
+        }
         v
     }
 }

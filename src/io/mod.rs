@@ -291,7 +291,7 @@ impl Model {
         let rows = ctx.map(|c| c.rows).unwrap_or(n);
         let c = self.prepare_ctx(ctx, rows)?;
         let mut r = rng(seed);
-        let mut z = self.flow.base.sample(rows, c.as_ref(), &mut r);
+        let mut z = self.flow.sample_noise(rows, &mut r, c.as_ref());
         if temperature != 1.0 {
             let t = temperature as f32;
             z.data.iter_mut().for_each(|v| *v *= t);

@@ -30,6 +30,8 @@ pub struct Made<F> {
     hidden_degrees: Vec<Param<F>>,
     d: usize,
     ctx_dim: usize,
+    /// dL/dcontext of the last `backward` / `backward_params` (conditional MADE).
+    dctx: Option<Mat<F>>,
 }
 
 impl<F: Float> Made<F> {
@@ -106,6 +108,7 @@ impl<F: Float> Made<F> {
             hidden_degrees,
             d,
             ctx_dim,
+            dctx: None,
         };
         made.apply_masks();
         made
@@ -167,10 +170,21 @@ impl<F: Float> Made<F> {
         self.net.forward_train(&inp)
     }
 
-    /// Gradient w.r.t. the `d` data inputs (context columns dropped).
+    /// Gradient w.r.t. the `d` data inputs; the context's is kept for [`Made::take_context_grad`].
     pub fn backward(&mut self, dy: &Mat<F>) -> Mat<F> {
         let din = self.net.backward(dy, true).expect("input gradient");
+        self.keep_context_grad(&din);
         self.data_cols(din)
+    }
+
+    fn keep_context_grad(&mut self, din: &Mat<F>) {
+        self.dctx = (self.ctx_dim > 0)
+            .then(|| din.gather_cols(&(self.d..self.d + self.ctx_dim).collect::<Vec<_>>()));
+    }
+
+    /// dL/dcontext of the last `backward` / `backward_params` (`None` without a context).
+    pub fn take_context_grad(&mut self) -> Option<Mat<F>> {
+        self.dctx.take()
     }
 
     /// The `d` data columns of a matrix laid out like the network's input (context columns dropped).
@@ -205,9 +219,12 @@ impl<F: Float> Made<F> {
         self.data_cols(inp)
     }
 
-    /// Accumulate parameter gradients only (no input gradient).
+    /// Accumulate parameter gradients (and the context's gradient; no data-input gradient).
     pub fn backward_params(&mut self, dy: &Mat<F>) {
-        self.net.backward(dy, false);
+        let want_ctx = self.ctx_dim > 0;
+        if let Some(din) = self.net.backward(dy, want_ctx) {
+            self.keep_context_grad(&din);
+        }
     }
 
     /// Like [`Made::backward`] but leaves parameter gradients untouched.

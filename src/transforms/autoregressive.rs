@@ -290,6 +290,9 @@ impl<F: Float> Transform<F> for Maf<F> {
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         self.0.backward_apply(dz, dlogdet)
     }
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        self.0.made.take_context_grad()
+    }
     fn params(&self) -> Vec<&Param<F>> {
         self.0.made.params()
     }
@@ -323,6 +326,9 @@ impl<F: Float> Transform<F> for Iaf<F> {
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         self.0.backward_solve(dz, dlogdet)
+    }
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        self.0.made.take_context_grad()
     }
     fn params(&self) -> Vec<&Param<F>> {
         self.0.made.params()

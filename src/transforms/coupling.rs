@@ -114,6 +114,8 @@ pub(crate) struct CouplingCore<F> {
     pub(crate) net: Mlp<F>,
     ctx_dim: usize,
     pub(crate) dim: usize,
+    /// dL/dcontext of the last backward (conditional couplings).
+    pub(crate) dctx: Option<Mat<F>>,
 }
 
 impl<F: Float> CouplingCore<F> {
@@ -152,6 +154,7 @@ impl<F: Float> CouplingCore<F> {
             net,
             ctx_dim,
             dim: d,
+            dctx: None,
         }
     }
     pub(crate) fn net_input(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
@@ -171,8 +174,12 @@ impl<F: Float> CouplingCore<F> {
         self.ia = ia;
         self.ib = ib;
     }
-    /// Add the conditioner's input gradient (first |a| columns of `din`) into `dx`.
-    pub(crate) fn add_input_grad(&self, dx: &mut Mat<F>, din: &Mat<F>) {
+    /// Add the conditioner's input gradient (first |a| columns of `din`) into `dx`; keep the context's
+    /// (the remaining columns) for [`Transform::context_grad`].
+    pub(crate) fn add_input_grad(&mut self, dx: &mut Mat<F>, din: &Mat<F>) {
+        let na = self.ia.len();
+        self.dctx = (self.ctx_dim > 0)
+            .then(|| din.gather_cols(&(na..na + self.ctx_dim).collect::<Vec<_>>()));
         for r in 0..dx.rows {
             let src = din.row(r);
             let cols = dx.cols;
@@ -261,6 +268,9 @@ impl<F: Float> Transform<F> for AdditiveCoupling<F> {
         let din = self.core.net.backward(&dt, true).expect("input gradient");
         self.core.add_input_grad(&mut dx, &din);
         dx
+    }
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        self.core.dctx.take()
     }
     fn params(&self) -> Vec<&Param<F>> {
         self.core.params()
@@ -397,6 +407,9 @@ impl<F: Float> Transform<F> for AffineCoupling<F> {
         let din = self.core.net.backward(&dh, true).expect("input gradient");
         self.core.add_input_grad(&mut dx, &din);
         dx
+    }
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        self.core.dctx.take()
     }
     fn params(&self) -> Vec<&Param<F>> {
         self.core.params()

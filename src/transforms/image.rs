@@ -520,6 +520,8 @@ pub struct ConvCoupling<F> {
     xb: Vec<F>,
     s: Vec<F>,
     dl: Vec<F>,
+    /// dL/dcontext of the last backward
+    dctx: Option<Mat<F>>,
 }
 
 impl<F: Float> ConvCoupling<F> {
@@ -588,6 +590,7 @@ impl<F: Float> ConvCoupling<F> {
             xb: Vec::new(),
             s: Vec::new(),
             dl: Vec::new(),
+            dctx: None,
         }
     }
 
@@ -754,6 +757,21 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
             });
         let din = self.net.backward(&dh);
         let ci = self.cin + self.ctx_dim;
+        // a context plane is the same value at every pixel: its gradient sums over the pixels
+        self.dctx = (self.ctx_dim > 0).then(|| {
+            let mut g = Mat::zeros(dz.rows, self.ctx_dim);
+            g.data
+                .par_chunks_mut(self.ctx_dim)
+                .zip(din.data.par_chunks(hw * ci))
+                .for_each(|(gr, dr)| {
+                    for p in 0..hw {
+                        for (k, v) in gr.iter_mut().enumerate() {
+                            *v += dr[p * ci + self.cin + k];
+                        }
+                    }
+                });
+            g
+        });
         dx.data
             .par_chunks_mut(d)
             .zip(din.data.par_chunks(hw * ci))
@@ -763,6 +781,9 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
                 }
             });
         dx
+    }
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        self.dctx.take()
     }
     fn params(&self) -> Vec<&Param<F>> {
         self.net.params()
@@ -824,6 +845,9 @@ impl<F: Float> Transform<F> for Prefix<F> {
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         let dh = self.inner.backward(&self.head(dz), dlogdet);
         self.with_head(dz, &dh)
+    }
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        self.inner.context_grad()
     }
     fn params(&self) -> Vec<&Param<F>> {
         self.inner.params()

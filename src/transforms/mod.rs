@@ -46,6 +46,11 @@ pub trait Transform<F: Float>: Send + Sync {
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>);
     /// Given dL/dz and dL/dlogdet of the last `forward_train`, accumulate parameter gradients; return dL/dx.
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F>;
+    /// dL/dcontext of the last `backward` (taken: a second call returns `None`), for a learned context
+    /// embedding in front of the flow. `None` for transforms that ignore the context.
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        None
+    }
     /// Parameters and buffers (names local to the transform).
     fn params(&self) -> Vec<&Param<F>>;
     fn params_mut(&mut self) -> Vec<&mut Param<F>>;

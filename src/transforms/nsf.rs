@@ -164,6 +164,9 @@ impl<F: Float> Transform<F> for SplineCoupling<F> {
         self.core.add_input_grad(&mut dx, &din);
         dx
     }
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        self.core.dctx.take()
+    }
     fn params(&self) -> Vec<&Param<F>> {
         self.core.params()
     }
@@ -267,6 +270,9 @@ impl<F: Float> Transform<F> for SplineAr<F> {
             .zip(&din.data)
             .for_each(|(a, &b)| *a += b);
         dx
+    }
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        self.made.take_context_grad()
     }
     fn params(&self) -> Vec<&Param<F>> {
         self.made.params()

@@ -154,6 +154,31 @@ pub fn check_transform(
             );
         }
     }
+    // the context's gradient (what a learned context embedding in front of the flow trains on)
+    if let Some(cm) = ctx {
+        let dc = t.context_grad();
+        assert!(
+            t.context_grad().is_none(),
+            "{kind}: context_grad must be taken"
+        );
+        let k = cm.cols;
+        for r in 0..cm.rows {
+            for j in 0..k {
+                let mut cp = cm.clone();
+                let mut cn = cm.clone();
+                cp.data[r * k + j] += h;
+                cn.data[r * k + j] -= h;
+                let fd = (train_loss(t, x, Some(&cp), &w, &c)
+                    - train_loss(t, x, Some(&cn), &w, &c))
+                    / (2.0 * h);
+                let an = dc.as_ref().map_or(0.0, |m| m.data[r * k + j]);
+                assert!(
+                    (fd - an).abs() < 1e-5 * (1.0 + fd.abs()),
+                    "{kind}: dL/dcontext[{r},{j}] analytic {an} vs finite difference {fd}"
+                );
+            }
+        }
+    }
     let grads: Vec<(String, Vec<f64>, Vec<bool>)> = t
         .params()
         .iter()
