@@ -2,6 +2,7 @@
 
 use crate::engine::Float;
 use crate::nn::Param;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Adam (Kingma & Ba 2015) or AdamW (Loshchilov & Hutter 2019: decoupled weight decay).
@@ -126,19 +127,35 @@ impl<F: Float> Adam<F> {
         let eps = F::c(c.eps);
         let wd = F::c(c.weight_decay);
         let decoupled = c.kind == OptimKind::Adamw;
-        let one = F::one();
-        for ((p, m), v) in params.into_iter().zip(&mut self.m).zip(&mut self.v) {
-            for i in 0..p.value.len() {
-                let mut g = p.grad[i];
-                if decoupled {
-                    let w = p.value[i];
-                    p.value[i] = w - F::c(lr) * wd * w;
+        let lr_wd = F::c(lr) * wd;
+        let (a1, a2) = (F::one() - b1, F::one() - b2);
+        // one fused pass per tensor, element-wise (so the result does not depend on the thread count), split
+        // over the pool in fixed chunks for the big tensors
+        let update = move |w: &mut [F], g: &[F], m: &mut [F], v: &mut [F]| {
+            for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = if decoupled {
+                    *w -= lr_wd * *w;
+                    g
                 } else {
-                    g += wd * p.value[i];
-                }
-                m[i] = b1 * m[i] + (one - b1) * g;
-                v[i] = b2 * v[i] + (one - b2) * g * g;
-                p.value[i] -= step * m[i] / ((v[i] * inv_bc2).sqrt() + eps);
+                    g + wd * *w
+                };
+                *m = b1 * *m + a1 * g;
+                *v = b2 * *v + a2 * g * g;
+                *w -= step * *m / ((*v * inv_bc2).sqrt() + eps);
+            }
+        };
+        const CHUNK: usize = 1 << 15;
+        for ((p, m), v) in params.into_iter().zip(&mut self.m).zip(&mut self.v) {
+            let p: &mut Param<F> = p;
+            if p.value.len() <= CHUNK {
+                update(&mut p.value, &p.grad, m, v);
+            } else {
+                p.value
+                    .par_chunks_mut(CHUNK)
+                    .zip(p.grad.par_chunks(CHUNK))
+                    .zip(m.par_chunks_mut(CHUNK))
+                    .zip(v.par_chunks_mut(CHUNK))
+                    .for_each(|(((w, g), m), v)| update(w, g, m, v));
             }
         }
     }

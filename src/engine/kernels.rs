@@ -96,6 +96,112 @@ pub fn gemm<F: Float>(
     }
 }
 
+/// A strided matrix view for [`gemm_view`]: element `(i, j)` is `data[off + i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct View {
+    pub off: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl View {
+    /// Rows `r0..r0+rows`, columns `c0..c0+cols` of a row-major matrix with `ld` columns.
+    pub fn block(ld: usize, r0: usize, rows: usize, c0: usize, cols: usize) -> Self {
+        View {
+            off: r0 * ld + c0,
+            rows,
+            cols,
+            rs: ld,
+            cs: 1,
+        }
+    }
+    /// The same elements seen transposed.
+    pub fn t(self) -> Self {
+        View {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+    /// One past the largest index it touches (0 for an empty view).
+    fn end(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            self.off + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
+        }
+    }
+}
+
+/// `C = (accumulate ? C : 0) + A B` on strided views into `a`, `b`, `c` (sub-blocks of larger matrices:
+/// the block-sparse products of masked layers). `c`'s view must not overlap itself (`rs`, `cs` > 0 and
+/// distinct).
+pub fn gemm_view<F: Float>(
+    a: &[F],
+    av: View,
+    b: &[F],
+    bv: View,
+    c: &mut [F],
+    cv: View,
+    accumulate: bool,
+) {
+    let (m, k, n) = (av.rows, av.cols, bv.cols);
+    assert_eq!(bv.rows, k, "gemm_view: inner dimensions differ");
+    assert_eq!((cv.rows, cv.cols), (m, n), "gemm_view: output shape");
+    assert!(av.end() <= a.len() && bv.end() <= b.len() && cv.end() <= c.len());
+    assert!(
+        cv.rs > 0 && cv.cs > 0 && cv.rs != cv.cs,
+        "gemm_view: output strides"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    c[cv.off + i * cv.rs + j * cv.cs] = F::zero();
+                }
+            }
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if m * n * k >= PAR_GEMM_FLOPS && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index the kernel touches, and the output view is injective.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr().add(cv.off),
+            cv.cs as isize,
+            cv.rs as isize,
+            accumulate,
+            a.as_ptr().add(av.off),
+            av.cs as isize,
+            av.rs as isize,
+            b.as_ptr().add(bv.off),
+            bv.cs as isize,
+            bv.rs as isize,
+            F::one(),
+            F::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
 /// `y = x W^T + b` for a linear layer with `W` stored `(out, in)`; `y` is overwritten.
 pub fn linear<F: Float>(x: &Mat<F>, w: &[F], b: &[F], out: usize, y: &mut Mat<F>) {
     assert_eq!(y.rows, x.rows);

@@ -3,6 +3,7 @@
 
 use super::Param;
 use crate::engine::kernels;
+use crate::engine::kernels::View;
 use crate::engine::{Float, Mat, Rng};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,7 @@ impl Activation {
         })
     }
     #[inline(always)]
-    fn apply<F: Float>(self, h: F) -> F {
+    pub(crate) fn apply<F: Float>(self, h: F) -> F {
         match self {
             Activation::Relu => h.max(F::zero()),
             Activation::Tanh => h.tanh(),
@@ -86,6 +87,23 @@ impl Activation {
     }
 }
 
+/// Rows `o0..o1` of a masked layer's weight read only input columns `i0..i1`: one dense product of the
+/// layer's block-sparse form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub o0: usize,
+    pub o1: usize,
+    pub i0: usize,
+    pub i1: usize,
+}
+
+/// Runs of masked-out columns shorter than this stay inside a block (computing a few zeros is cheaper than
+/// another product).
+const MIN_GAP: usize = 32;
+/// What one more product costs, in multiply-adds per batch row (call, packing and a less efficient kernel on
+/// thin blocks), when choosing a masked layer's block height.
+const BLOCK_OVERHEAD: usize = 32 * 32;
+
 /// Fully connected layer `y = x W^T + b`, `W` stored `(out, in)` as in PyTorch.
 #[derive(Clone, Debug)]
 pub struct Linear<F> {
@@ -93,6 +111,9 @@ pub struct Linear<F> {
     pub bias: Param<F>,
     pub inp: usize,
     pub out: usize,
+    /// Masked layers whose mask leaves whole blocks empty: the blocks that hold every unmasked weight.
+    /// Empty: dense products.
+    blocks: Vec<Block>,
 }
 
 impl<F: Float> Linear<F> {
@@ -110,12 +131,19 @@ impl<F: Float> Linear<F> {
             bias: Param::new(format!("{name}.bias"), vec![out], b),
             inp,
             out,
+            blocks: Vec::new(),
         }
     }
     /// Make this a masked layer (MADE): `mask` is `(out, in)`; disconnected weights are zero from now on and
-    /// stay zero because their gradients are masked in every backward.
+    /// stay zero because their gradients are masked in every backward. Where the mask leaves large blocks
+    /// empty (MADE with sorted degrees: block-triangular), the products skip them.
     pub fn set_mask(&mut self, mask: Vec<F>) {
+        self.blocks = mask_blocks(&mask, self.out, self.inp);
         self.weight.set_mask(mask);
+    }
+    /// The blocks the products run over (empty: dense).
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
     }
     pub fn zero_init(&mut self) {
         self.weight.value.iter_mut().for_each(|v| *v = F::zero());
@@ -123,46 +151,166 @@ impl<F: Float> Linear<F> {
     }
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
         let mut y = Mat::zeros(x.rows, self.out);
-        kernels::linear(x, &self.weight.value, &self.bias.value, self.out, &mut y);
+        self.forward_to(x, &mut y);
         y
+    }
+    /// `y = x W^T + b` into an existing `rows x out` buffer.
+    pub fn forward_to(&self, x: &Mat<F>, y: &mut Mat<F>) {
+        if self.blocks.is_empty() {
+            kernels::linear(x, &self.weight.value, &self.bias.value, self.out, y);
+            return;
+        }
+        assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
+        for r in 0..y.rows {
+            y.row_mut(r).copy_from_slice(&self.bias.value);
+        }
+        let n = x.rows;
+        for b in &self.blocks {
+            let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
+            kernels::gemm_view(
+                &x.data,
+                View::block(self.inp, 0, n, b.i0, w),
+                &self.weight.value,
+                View::block(self.inp, b.o0, h, b.i0, w).t(),
+                &mut y.data,
+                View::block(self.out, 0, n, b.o0, h),
+                true,
+            );
+        }
+    }
+    /// Columns `o0..o1` of `y = x W^T + b` only, reading only the input columns the mask connects to those
+    /// rows (all of them for an unmasked layer): the incremental passes of autoregressive sampling.
+    pub fn forward_rows(&self, x: &Mat<F>, y: &mut Mat<F>, o0: usize, o1: usize) {
+        assert!(o0 <= o1 && o1 <= self.out && x.cols == self.inp);
+        assert_eq!((y.rows, y.cols), (x.rows, self.out));
+        let n = x.rows;
+        for r in 0..n {
+            y.row_mut(r)[o0..o1].copy_from_slice(&self.bias.value[o0..o1]);
+        }
+        let runs = match &self.weight.mask {
+            Some(m) => column_runs(m, self.inp, o0, o1),
+            None => vec![(0, self.inp)],
+        };
+        for (i0, i1) in runs {
+            kernels::gemm_view(
+                &x.data,
+                View::block(self.inp, 0, n, i0, i1 - i0),
+                &self.weight.value,
+                View::block(self.inp, o0, o1 - o0, i0, i1 - i0).t(),
+                &mut y.data,
+                View::block(self.out, 0, n, o0, o1 - o0),
+                true,
+            );
+        }
     }
     /// `dx = dy W` without touching the gradients.
     pub fn input_grad(&self, dy: &Mat<F>) -> Mat<F> {
         let mut dx = Mat::zeros(dy.rows, self.inp);
-        kernels::gemm(
-            &dy.data,
-            dy.rows,
-            dy.cols,
-            false,
-            &self.weight.value,
-            self.out,
-            self.inp,
-            false,
-            &mut dx.data,
-            false,
-        );
+        if self.blocks.is_empty() {
+            kernels::gemm(
+                &dy.data,
+                dy.rows,
+                dy.cols,
+                false,
+                &self.weight.value,
+                self.out,
+                self.inp,
+                false,
+                &mut dx.data,
+                false,
+            );
+            return dx;
+        }
+        let n = dy.rows;
+        for b in &self.blocks {
+            let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
+            kernels::gemm_view(
+                &dy.data,
+                View::block(self.out, 0, n, b.o0, h),
+                &self.weight.value,
+                View::block(self.inp, b.o0, h, b.i0, w),
+                &mut dx.data,
+                View::block(self.inp, 0, n, b.i0, w),
+                true,
+            );
+        }
         dx
     }
 
     /// Accumulate `dW += dy^T x`, `db += sum dy`; return `dx = dy W` if asked.
     pub fn backward(&mut self, x: &Mat<F>, dy: &Mat<F>, want_dx: bool) -> Option<Mat<F>> {
-        kernels::gemm(
-            &dy.data,
-            dy.rows,
-            dy.cols,
-            true,
-            &x.data,
-            x.rows,
-            x.cols,
-            false,
-            &mut self.weight.grad,
-            true,
-        );
+        if self.blocks.is_empty() {
+            kernels::gemm(
+                &dy.data,
+                dy.rows,
+                dy.cols,
+                true,
+                &x.data,
+                x.rows,
+                x.cols,
+                false,
+                &mut self.weight.grad,
+                true,
+            );
+        } else {
+            let n = dy.rows;
+            for b in &self.blocks {
+                let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
+                kernels::gemm_view(
+                    &dy.data,
+                    View::block(self.out, 0, n, b.o0, h).t(),
+                    &x.data,
+                    View::block(self.inp, 0, n, b.i0, w),
+                    &mut self.weight.grad,
+                    View::block(self.inp, b.o0, h, b.i0, w),
+                    true,
+                );
+            }
+        }
         if let Some(m) = &self.weight.mask {
             kernels::zip_inplace(&mut self.weight.grad, m, |g, m| g * m);
         }
         kernels::add_col_sums(dy, &mut self.bias.grad);
         want_dx.then(|| self.input_grad(dy))
+    }
+}
+
+/// The columns of an `(out, in)` mask used by any of rows `o0..o1`, as runs `[i0, i1)` (gaps under
+/// [`MIN_GAP`] kept inside a run).
+fn column_runs<F: Float>(mask: &[F], inp: usize, o0: usize, o1: usize) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for i in (0..inp).filter(|&i| (o0..o1).any(|o| mask[o * inp + i] != F::zero())) {
+        match runs.last_mut() {
+            Some(last) if i - last.1 < MIN_GAP => last.1 = i + 1,
+            _ => runs.push((i, i + 1)),
+        }
+    }
+    runs
+}
+
+/// The blocks of an `(out, in)` mask that hold all its non-zeros: rows in groups of 64, 32 or 16 (whichever
+/// costs least), each group's used columns merged into runs (gaps under [`MIN_GAP`] kept). Empty when that
+/// saves too little to beat one dense product.
+fn mask_blocks<F: Float>(mask: &[F], out: usize, inp: usize) -> Vec<Block> {
+    let with_height = |rows: usize| {
+        let mut blocks = Vec::new();
+        for o0 in (0..out).step_by(rows) {
+            let o1 = (o0 + rows).min(out);
+            let runs = column_runs(mask, inp, o0, o1);
+            blocks.extend(runs.into_iter().map(|(i0, i1)| Block { o0, o1, i0, i1 }));
+        }
+        let area: usize = blocks.iter().map(|b| (b.o1 - b.o0) * (b.i1 - b.i0)).sum();
+        (area + blocks.len() * BLOCK_OVERHEAD, area, blocks)
+    };
+    let (_, area, blocks) = [64, 32, 16]
+        .into_iter()
+        .map(with_height)
+        .min_by_key(|c| c.0)
+        .expect("three candidates");
+    if area * 10 > out * inp * 8 {
+        Vec::new()
+    } else {
+        blocks
     }
 }
 
@@ -322,13 +470,7 @@ impl<F: Float> Mlp<F> {
             let (done, rest) = ws.split_at_mut(l);
             let inp = if l == 0 { x } else { &done[l - 1] };
             let y = &mut rest[0];
-            kernels::linear(
-                inp,
-                &self.layers[l].weight.value,
-                &self.layers[l].bias.value,
-                self.layers[l].out,
-                y,
-            );
+            self.layers[l].forward_to(inp, y);
             if l + 1 < n {
                 let act = self.act;
                 kernels::map_inplace(&mut y.data, move |v| act.apply(v));
@@ -435,5 +577,82 @@ impl<F: Float> Mlp<F> {
             .iter_mut()
             .flat_map(|l| [&mut l.weight, &mut l.bias])
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{randn, rng};
+    use crate::nn::{Made, MadeOpts};
+
+    /// The block-sparse products of a masked layer equal the dense ones (forward, input gradient, weight and
+    /// bias gradients), for a triangular mask and for one with two separate runs of columns per block.
+    #[test]
+    fn block_sparse_products_equal_dense() {
+        let mut r = rng(1);
+        let (out, inp, n) = (200, 150, 7);
+        let masks: [Box<dyn Fn(usize, usize) -> bool>; 2] = [
+            Box::new(|o, i| i * out <= o * inp),
+            Box::new(|o, i| i < o / 8 || (i > 100 && i < 110 + o / 40)),
+        ];
+        for (k, on) in masks.iter().enumerate() {
+            let mut l: Linear<f64> = Linear::new("l", inp, out, &mut r);
+            let mask: Vec<f64> = (0..out * inp)
+                .map(|j| if on(j / inp, j % inp) { 1.0 } else { 0.0 })
+                .collect();
+            l.set_mask(mask);
+            assert!(!l.blocks().is_empty(), "mask {k}: no blocks");
+            let mut dense = l.clone();
+            dense.blocks.clear();
+            let x: Mat<f64> = randn(&mut r, n, inp);
+            let dy: Mat<f64> = randn(&mut r, n, out);
+            let close = |a: &[f64], b: &[f64], what: &str| {
+                for (u, v) in a.iter().zip(b) {
+                    assert!((u - v).abs() < 1e-12, "mask {k}, {what}: {u} vs {v}");
+                }
+            };
+            close(&l.forward(&x).data, &dense.forward(&x).data, "forward");
+            let dx = l.backward(&x, &dy, true).unwrap();
+            let dxd = dense.backward(&x, &dy, true).unwrap();
+            close(&dx.data, &dxd.data, "input gradient");
+            close(&l.weight.grad, &dense.weight.grad, "weight gradient");
+            close(&l.bias.grad, &dense.bias.grad, "bias gradient");
+        }
+    }
+
+    /// MADE sorts its hidden degrees, so every layer's mask is block-triangular and about half of each
+    /// product is skipped (both input orderings).
+    #[test]
+    fn made_layers_skip_masked_blocks() {
+        let d = 64;
+        for order in [(0..d).collect::<Vec<_>>(), (0..d).rev().collect()] {
+            let m: Made<f32> = Made::new(
+                d,
+                0,
+                512,
+                2,
+                2,
+                Activation::Relu,
+                &order,
+                MadeOpts::default(),
+                &mut rng(0),
+            );
+            for (l, layer) in m.net.layers.iter().enumerate() {
+                let area: usize = layer
+                    .blocks()
+                    .iter()
+                    .map(|b| (b.o1 - b.o0) * (b.i1 - b.i0))
+                    .sum();
+                let frac = area as f64 / (layer.out * layer.inp) as f64;
+                // hidden layers: 64-row blocks of a triangle; output layer: parameter-major rows, thinner blocks
+                let limit = if l + 1 < m.net.layers.len() { 0.6 } else { 0.7 };
+                assert!(
+                    !layer.blocks().is_empty() && frac < limit,
+                    "layer {l}: {} blocks cover {frac:.2} of the weight",
+                    layer.blocks().len()
+                );
+            }
+        }
     }
 }

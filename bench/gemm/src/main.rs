@@ -1,0 +1,253 @@
+//! GEMM providers on the shapes nflow's flows run (f32, row-major, `C = op(A) op(B)`), at a given thread count.
+//! Prints one JSON line per (provider, shape) with GFLOP/s (best of the repeats after a warm-up) and a
+//! summary line per provider: the FLOP-weighted rate over the shapes of each workload.
+//!
+//! Usage: gemm-compare [THREADS]   (default: all cores)
+
+use std::time::Instant;
+
+#[cfg(feature = "blis")]
+extern crate blis_src;
+#[cfg(feature = "blis")]
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    fn cblas_sgemm(
+        layout: i32,
+        ta: i32,
+        tb: i32,
+        m: i32,
+        n: i32,
+        k: i32,
+        alpha: f32,
+        a: *const f32,
+        lda: i32,
+        b: *const f32,
+        ldb: i32,
+        beta: f32,
+        c: *mut f32,
+        ldc: i32,
+    );
+    fn bli_thread_set_num_threads(n: i64);
+}
+
+/// (name, m, k, n, a transposed, b transposed): a linear layer's forward is `x W^T` (NT), its weight
+/// gradient `dy^T x` (TN) and its input gradient `dy W` (NN).
+fn shapes() -> Vec<(&'static str, usize, usize, usize, bool, bool)> {
+    let mut v = Vec::new();
+    // w3: RealNVP D=784, MLP 392 -> 1024 -> 1024 -> 784, batch 256
+    for (i, o) in [(392, 1024), (1024, 1024), (1024, 784)] {
+        v.push(("w3", 256, i, o, false, true)); // forward
+        v.push(("w3", o, 256, i, true, false)); // dW = dy^T x
+        v.push(("w3", 256, o, i, false, false)); // dx = dy W
+    }
+    // w2: MAF D=64, MADE 64 -> 512 -> 512 -> 128, batch 256
+    for (i, o) in [(64, 512), (512, 512), (512, 128)] {
+        v.push(("w2", 256, i, o, false, true));
+        v.push(("w2", o, 256, i, true, false));
+        v.push(("w2", 256, o, i, false, false));
+    }
+    // w1: RealNVP D=2, MLP 1 -> 128 -> 128 -> 2, batch 512 (the middle layer is the only real product)
+    v.push(("w1", 512, 128, 128, false, true));
+    v.push(("w1", 128, 512, 128, true, false));
+    v.push(("w1", 512, 128, 128, false, false));
+    v
+}
+
+/// Row/column strides of op(X) for X stored row-major `rows x cols`.
+fn strides(t: bool, cols: usize) -> (isize, isize) {
+    if t {
+        (1, cols as isize)
+    } else {
+        (cols as isize, 1)
+    }
+}
+
+struct Case<'a> {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &'a [f32],
+    ta: bool,
+    b: &'a [f32],
+    tb: bool,
+}
+
+fn run(p: &str, c: &Case, out: &mut [f32], threads: usize) {
+    let (m, k, n) = (c.m, c.k, c.n);
+    // stored shapes: op(A) is m x k, so A is k x m when transposed
+    let a_cols = if c.ta { m } else { k };
+    let b_cols = if c.tb { k } else { n };
+    let (ars, acs) = strides(c.ta, a_cols);
+    let (brs, bcs) = strides(c.tb, b_cols);
+    match p {
+        "gemm" => unsafe {
+            let par = if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            };
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                c.a.as_ptr(),
+                acs,
+                ars,
+                c.b.as_ptr(),
+                bcs,
+                brs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
+        },
+        "matrixmultiply" => unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                c.a.as_ptr(),
+                ars,
+                acs,
+                c.b.as_ptr(),
+                brs,
+                bcs,
+                0.0,
+                out.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        },
+        "faer" => unsafe {
+            let a = faer::MatRef::from_raw_parts(c.a.as_ptr(), m, k, ars, acs);
+            let b = faer::MatRef::from_raw_parts(c.b.as_ptr(), k, n, brs, bcs);
+            let dst = faer::MatMut::from_raw_parts_mut(out.as_mut_ptr(), m, n, n as isize, 1);
+            let par = if threads > 1 {
+                faer::Par::rayon(threads)
+            } else {
+                faer::Par::Seq
+            };
+            faer::linalg::matmul::matmul(dst, faer::Accum::Replace, a, b, 1.0f32, par);
+        },
+        #[cfg(feature = "blis")]
+        "blis" => unsafe {
+            // row-major (101); no-trans 111, trans 112; leading dimensions are the stored column counts
+            cblas_sgemm(
+                101,
+                if c.ta { 112 } else { 111 },
+                if c.tb { 112 } else { 111 },
+                m as i32,
+                n as i32,
+                k as i32,
+                1.0,
+                c.a.as_ptr(),
+                a_cols as i32,
+                c.b.as_ptr(),
+                b_cols as i32,
+                0.0,
+                out.as_mut_ptr(),
+                n as i32,
+            )
+        },
+        _ => unreachable!(),
+    }
+}
+
+fn main() {
+    let threads: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().expect("THREADS"))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .unwrap();
+    // matrixmultiply reads its thread count from the environment
+    std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
+    let mut seed = 1u64;
+    let mut rnd = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    };
+    #[cfg(feature = "blis")]
+    unsafe {
+        bli_thread_set_num_threads(threads as i64)
+    };
+    let providers: &[&str] = if cfg!(feature = "blis") {
+        &["gemm", "matrixmultiply", "faer", "blis"]
+    } else {
+        &["gemm", "matrixmultiply", "faer"]
+    };
+    let mut totals: Vec<(String, String, f64, f64)> = Vec::new(); // provider, workload, flops, seconds
+    for (w, m, k, n, ta, tb) in shapes() {
+        let a = rnd(m * k);
+        let b = rnd(k * n);
+        let case = Case {
+            m,
+            k,
+            n,
+            a: &a,
+            ta,
+            b: &b,
+            tb,
+        };
+        let mut reference: Option<Vec<f32>> = None;
+        for &p in providers {
+            let mut out = vec![0.0f32; m * n];
+            run(p, &case, &mut out, threads);
+            // every provider computes the same product
+            match &reference {
+                None => reference = Some(out.clone()),
+                Some(r) => {
+                    let err = r
+                        .iter()
+                        .zip(&out)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(err < 1e-3, "{p} differs from gemm by {err} on {m}x{k}x{n}");
+                }
+            }
+            let flops = 2.0 * (m * k * n) as f64;
+            let reps = ((2e9 / flops) as usize).clamp(5, 400);
+            let mut best = f64::INFINITY;
+            for _ in 0..reps {
+                let t0 = Instant::now();
+                run(p, &case, &mut out, threads);
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            println!(
+                "{{\"provider\":\"{p}\",\"workload\":\"{w}\",\"m\":{m},\"k\":{k},\"n\":{n},\"op\":\"{}{}\",\"threads\":{threads},\"gflops\":{:.1}}}",
+                if ta { "T" } else { "N" },
+                if tb { "T" } else { "N" },
+                flops / best / 1e9
+            );
+            totals.push((p.into(), w.into(), flops, best));
+        }
+    }
+    for &p in providers {
+        for w in ["w1", "w2", "w3"] {
+            let (f, s) = totals
+                .iter()
+                .filter(|t| t.0 == p && t.1 == w)
+                .fold((0.0, 0.0), |acc, t| (acc.0 + t.2, acc.1 + t.3));
+            println!(
+                "{{\"provider\":\"{p}\",\"workload\":\"{w}\",\"summary\":true,\"threads\":{threads},\"gflops\":{:.1}}}",
+                f / s / 1e9
+            );
+        }
+    }
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Issue 6's table, all in one session on this machine: nflow against zuko and nflows (PyTorch) on the step
+# workloads of shared/bench/peers.py (w1 RealNVP D=2, w2 MAF D=64, w3 RealNVP D=784), at 2 threads and at 1;
+# speed-up over the faster peer; thread scaling; peak memory of a w3 run; the GEMM rates the machine attains
+# (bench/gemm: the Rust providers; bench/gemm_torch.py: PyTorch's BLAS) and w3's achieved rate as a fraction.
+# Usage: bench/speed.sh [PYTHON] [WORKLOADS]   (PYTHON: a python with torch, zuko, nflows; see shared/bench)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${1:-../peers-venv/bin/python}
+workloads=${2:-w1 w2 w3}
+peers=../shared/bench/peers.py
+out=${OUT:-bench/speed-results.jsonl}
+cargo build --release -q
+(cd bench/gemm && cargo build --release -q)
+: > "$out"
+for t in 2 1; do
+  bench/gemm/target/release/gemm-compare "$t" | grep summary >> "$out"
+  "$py" bench/gemm_torch.py "$t" | grep summary >> "$out"
+done
+for w in $workloads; do
+  for t in 2 1; do
+    ./target/release/nflow --threads "$t" bench --workload "$w" >> "$out"
+    for lib in zuko nflows; do
+      "$py" "$peers" step --lib "$lib" --workload "$w" --threads "$t" >> "$out"
+    done
+  done
+done
+# peak resident memory of a whole w3 benchmark run (training steps, log-prob, sampling), 2 threads
+for who in nflow zuko nflows; do
+  if [ "$who" = nflow ]; then cmd=(./target/release/nflow --threads 2 bench --workload w3 --repeats 10)
+  else cmd=("$py" "$peers" step --lib "$who" --workload w3 --threads 2 --repeats 10); fi
+  kb=$( { /usr/bin/time -f "%M" "${cmd[@]}" > /dev/null; } 2>&1 | tail -1)
+  echo "{\"mode\":\"memory\",\"lib\":\"$who\",\"workload\":\"w3\",\"peak_rss_mb\":$((kb / 1024))}" >> "$out"
+done
+python3 - "$out" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+step = [r for r in rows if r.get("mode") == "step"]
+gemm = {(r["provider"], r["workload"], r["threads"]): r["gflops"] for r in rows if r.get("summary")}
+def get(lib, w, t):
+    return next((r for r in step if r["lib"] == lib and r["workload"] == w and r["threads"] == t), None)
+print("| workload | threads | measure | nflow ms | zuko ms | nflows ms | speed-up vs faster peer |")
+print("|---|---|---|---|---|---|---|")
+for w in sorted({r["workload"] for r in step}):
+    for t in (2, 1):
+        o, z, n = get("nflow", w, t), get("zuko", w, t), get("nflows", w, t)
+        if not (o and z and n):
+            continue
+        for k in ("train_step_ms", "log_prob_ms", "sample_ms"):
+            best = min(z[k], n[k])
+            print(f"| {w} | {t} | {k[:-3]} | {o[k]:.2f} | {z[k]:.2f} | {n[k]:.2f} | **{best / o[k]:.2f}x** |")
+print("\n| workload | nflow train step 1 -> 2 threads | zuko | nflows |\n|---|---|---|---|")
+for w in sorted({r["workload"] for r in step}):
+    cells = []
+    for lib in ("nflow", "zuko", "nflows"):
+        a, b = get(lib, w, 1), get(lib, w, 2)
+        cells.append(f"{a['train_step_ms'] / b['train_step_ms']:.2f}x" if a and b else "-")
+    print(f"| {w} | " + " | ".join(cells) + " |")
+print("\n| GEMM provider (f32, flow shapes) | threads | w1 GFLOP/s | w2 GFLOP/s | w3 GFLOP/s |\n|---|---|---|---|---|")
+for p in ("gemm", "matrixmultiply", "faer", "torch"):
+    for t in (2, 1):
+        if (p, "w3", t) in gemm:
+            print(f"| {p} | {t} | " + " | ".join(f"{gemm.get((p, w, t), 0):.1f}" for w in ("w1", "w2", "w3")) + " |")
+# w3's training step: 6 couplings, MLP 392 -> 1024 -> 1024 -> 784, batch 256; forward + two backward products
+flops = 6 * 3 * 2 * 256 * (392 * 1024 + 1024 * 1024 + 1024 * 784)
+for t in (2, 1):
+    o = get("nflow", "w3", t)
+    if o:
+        best = max(v for (p, w, tt), v in gemm.items() if w == "w3" and tt == t)
+        rate = flops / (o["train_step_ms"] / 1e3) / 1e9
+        print(f"\nw3 at {t} thread(s): {rate:.1f} GFLOP/s achieved in a training step = {100 * rate / best:.0f}% of the "
+              f"best GEMM rate measured on its shapes ({best:.1f})")
+for r in rows:
+    if r.get("mode") == "memory":
+        print(f"peak RSS, w3 benchmark run: {r['lib']} {r['peak_rss_mb']} MB")
+PY
