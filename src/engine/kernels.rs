@@ -2,8 +2,10 @@
 //! (GEMM, element-wise maps, row/column reductions), so another implementation (e.g. a GPU one) can replace
 //! this file without touching the transforms.
 //!
-//! Matrix products go through the `gemm` crate; element-wise work over large buffers is split over the rayon
-//! pool in fixed-size chunks, so results do not depend on the number of threads.
+//! Matrix products go through the `gemm` crate (chosen by measurement: `bench/gemm`), one single-threaded
+//! product per thread on its own slab of the output; element-wise work over large buffers is split over the
+//! rayon pool in fixed-size chunks, so its results do not depend on the number of threads (a product's may, in
+//! the last bits, through the kernel's blocking of the slabs).
 
 use super::{Float, Mat};
 use rayon::prelude::*;
@@ -52,48 +54,56 @@ pub fn gemm<F: Float>(
         }
         return;
     }
-    // Row-major strides (column stride, row stride) of op(a) and op(b).
-    let (a_cs, a_rs) = if ta {
-        (a_cols as isize, 1)
+    let av = if ta {
+        View::block(a_cols, 0, a_rows, 0, a_cols).t()
     } else {
-        (1, a_cols as isize)
+        View::block(a_cols, 0, a_rows, 0, a_cols)
     };
-    let (b_cs, b_rs) = if tb {
-        (b_cols as isize, 1)
+    let bv = if tb {
+        View::block(b_cols, 0, b_rows, 0, b_cols).t()
     } else {
-        (1, b_cols as isize)
+        View::block(b_cols, 0, b_rows, 0, b_cols)
     };
-    let threads = rayon::current_num_threads();
-    let par = if m * n * k >= PAR_GEMM_FLOPS && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above bound every index the kernel touches: op(a) is m x k, op(b) is k x n and c is
-    // m x n, all with the strides computed from their row-major storage.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            F::one(),
-            F::one(),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    gemm_view(a, av, b, bv, c, View::block(n, 0, m, 0, n), accumulate);
+}
+
+/// Pointers to the operands of one product, shareable across the pool (each task writes its own part of C).
+#[derive(Clone, Copy)]
+struct Operands<F> {
+    a: *const F,
+    b: *const F,
+    c: *mut F,
+}
+// SAFETY: the tasks of one product read A and B and write disjoint parts of C (see `gemm_view`).
+unsafe impl<F> Send for Operands<F> {}
+unsafe impl<F> Sync for Operands<F> {}
+
+/// One single-threaded product on raw views.
+///
+/// # Safety
+/// `a`, `b`, `c` must be valid for every index the views touch, and `c`'s view must not alias `a`'s or `b`'s.
+unsafe fn gemm_serial<F: Float>(o: Operands<F>, av: View, bv: View, cv: View, accumulate: bool) {
+    gemm::gemm(
+        cv.rows,
+        cv.cols,
+        av.cols,
+        o.c.add(cv.off),
+        cv.cs as isize,
+        cv.rs as isize,
+        accumulate,
+        o.a.add(av.off),
+        av.cs as isize,
+        av.rs as isize,
+        o.b.add(bv.off),
+        bv.cs as isize,
+        bv.rs as isize,
+        F::one(),
+        F::one(),
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 /// A strided matrix view for [`gemm_view`]: element `(i, j)` is `data[off + i * rs + j * cs]`.
@@ -137,9 +147,123 @@ impl View {
     }
 }
 
-/// `C = (accumulate ? C : 0) + A B` on strided views into `a`, `b`, `c` (sub-blocks of larger matrices:
-/// the block-sparse products of masked layers). `c`'s view must not overlap itself (`rs`, `cs` > 0 and
-/// distinct).
+/// One product of a [`gemm_tasks`] call: `C[cv] (+)= A[av] B[bv]`.
+pub type Product = (View, View, View);
+
+/// Check a product's shapes and bounds; `false` when it has nothing to do.
+fn check(a: &[impl Sized], b: &[impl Sized], c: &[impl Sized], (av, bv, cv): &Product) -> bool {
+    assert_eq!(bv.rows, av.cols, "gemm: inner dimensions differ");
+    assert_eq!((cv.rows, cv.cols), (av.rows, bv.cols), "gemm: output shape");
+    assert!(av.end() <= a.len() && bv.end() <= b.len() && cv.end() <= c.len());
+    // injective output: distinct positive strides (one of them is irrelevant for a single row or column)
+    assert!(
+        cv.rows == 1 || cv.cols == 1 || (cv.rs > 0 && cv.cs > 0 && cv.rs != cv.cs),
+        "gemm: output strides"
+    );
+    cv.rows > 0 && cv.cols > 0
+}
+
+/// Several products on the pool: `tasks[t]` is a list of products run in order on one thread, the tasks in
+/// parallel. Products of different tasks must write
+/// disjoint elements of `c` (within a task they may accumulate into the same ones). Every product is
+/// single-threaded: no synchronisation inside a product, each core packs only its own operands.
+pub fn gemm_tasks<F: Float>(
+    a: &[F],
+    b: &[F],
+    c: &mut [F],
+    tasks: &[Vec<Product>],
+    accumulate: bool,
+) {
+    for p in tasks.iter().flatten() {
+        check(a, b, c, p);
+    }
+    let o = Operands {
+        a: a.as_ptr(),
+        b: b.as_ptr(),
+        c: c.as_mut_ptr(),
+    };
+    let run = |task: &Vec<Product>| {
+        for &(av, bv, cv) in task {
+            if cv.rows == 0 || cv.cols == 0 {
+                continue;
+            }
+            if av.cols == 0 {
+                if !accumulate {
+                    for i in 0..cv.rows {
+                        for j in 0..cv.cols {
+                            // SAFETY: bounded by `check`; this task owns these elements of C
+                            unsafe { *o.c.add(cv.off + i * cv.rs + j * cv.cs) = F::zero() };
+                        }
+                    }
+                }
+                continue;
+            }
+            // SAFETY: `check` bounds every index the kernel touches; `c` is borrowed mutably, so it aliases
+            // neither `a` nor `b`; the caller gives each task its own elements of C.
+            unsafe { gemm_serial(o, av, bv, cv, accumulate) };
+        }
+    };
+    if tasks.len() == 1 {
+        run(&tasks[0]);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+}
+
+/// How many threads a product (or a set of products) of `flops` multiply-adds should use.
+pub fn threads_for(flops: usize) -> usize {
+    if flops < PAR_GEMM_FLOPS {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
+/// Cut one product into per-thread slabs of C (rows when it is tall, columns when wide); one task when it is
+/// small or there is one thread.
+pub fn slabs(p: Product) -> Vec<Vec<Product>> {
+    let (av, bv, cv) = p;
+    let (m, k, n) = (av.rows, av.cols, bv.cols);
+    let threads = threads_for(m * n * k);
+    if threads == 1 {
+        return vec![vec![p]];
+    }
+    let (by_rows, len) = if m >= n { (true, m) } else { (false, n) };
+    let parts = threads.min(len.div_ceil(16));
+    (0..parts)
+        .map(|q| {
+            let (lo, hi) = (q * len / parts, (q + 1) * len / parts);
+            if by_rows {
+                let a = View {
+                    off: av.off + lo * av.rs,
+                    rows: hi - lo,
+                    ..av
+                };
+                let c = View {
+                    off: cv.off + lo * cv.rs,
+                    rows: hi - lo,
+                    ..cv
+                };
+                vec![(a, bv, c)]
+            } else {
+                let b = View {
+                    off: bv.off + lo * bv.cs,
+                    cols: hi - lo,
+                    ..bv
+                };
+                let c = View {
+                    off: cv.off + lo * cv.cs,
+                    cols: hi - lo,
+                    ..cv
+                };
+                vec![(av, b, c)]
+            }
+        })
+        .collect()
+}
+
+/// `C = (accumulate ? C : 0) + A B` on strided views into `a`, `b`, `c` (sub-blocks of larger matrices),
+/// split over the threads by slabs of C.
 pub fn gemm_view<F: Float>(
     a: &[F],
     av: View,
@@ -149,56 +273,8 @@ pub fn gemm_view<F: Float>(
     cv: View,
     accumulate: bool,
 ) {
-    let (m, k, n) = (av.rows, av.cols, bv.cols);
-    assert_eq!(bv.rows, k, "gemm_view: inner dimensions differ");
-    assert_eq!((cv.rows, cv.cols), (m, n), "gemm_view: output shape");
-    assert!(av.end() <= a.len() && bv.end() <= b.len() && cv.end() <= c.len());
-    assert!(
-        cv.rs > 0 && cv.cs > 0 && cv.rs != cv.cs,
-        "gemm_view: output strides"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    c[cv.off + i * cv.rs + j * cv.cs] = F::zero();
-                }
-            }
-        }
-        return;
-    }
-    let threads = rayon::current_num_threads();
-    let par = if m * n * k >= PAR_GEMM_FLOPS && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above bound every index the kernel touches, and the output view is injective.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr().add(cv.off),
-            cv.cs as isize,
-            cv.rs as isize,
-            accumulate,
-            a.as_ptr().add(av.off),
-            av.cs as isize,
-            av.rs as isize,
-            b.as_ptr().add(bv.off),
-            bv.cs as isize,
-            bv.rs as isize,
-            F::one(),
-            F::one(),
-            false,
-            false,
-            false,
-            par,
-        )
+    if check(a, b, c, &(av, bv, cv)) {
+        gemm_tasks(a, b, c, &slabs((av, bv, cv)), accumulate);
     }
 }
 
@@ -225,7 +301,7 @@ pub fn linear<F: Float>(x: &Mat<F>, w: &[F], b: &[F], out: usize, y: &mut Mat<F>
 
 /// In-place element-wise map, parallel over fixed chunks for large buffers.
 pub fn map_inplace<F: Float>(v: &mut [F], f: impl Fn(F) -> F + Sync + Send) {
-    if v.len() >= 2 * CHUNK {
+    if v.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
         v.par_chunks_mut(CHUNK)
             .for_each(|c| c.iter_mut().for_each(|x| *x = f(*x)));
     } else {
@@ -236,7 +312,7 @@ pub fn map_inplace<F: Float>(v: &mut [F], f: impl Fn(F) -> F + Sync + Send) {
 /// `a[i] = f(a[i], b[i])`, parallel over fixed chunks for large buffers.
 pub fn zip_inplace<F: Float>(a: &mut [F], b: &[F], f: impl Fn(F, F) -> F + Sync + Send) {
     assert_eq!(a.len(), b.len());
-    if a.len() >= 2 * CHUNK {
+    if a.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
         a.par_chunks_mut(CHUNK)
             .zip(b.par_chunks(CHUNK))
             .for_each(|(ca, cb)| ca.iter_mut().zip(cb).for_each(|(x, &y)| *x = f(*x, y)));

@@ -164,19 +164,36 @@ impl<F: Float> Linear<F> {
         for r in 0..y.rows {
             y.row_mut(r).copy_from_slice(&self.bias.value);
         }
-        let n = x.rows;
-        for b in &self.blocks {
+        let tasks = self.batch_tasks(x.rows, |lo, n, b| {
             let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
-            kernels::gemm_view(
-                &x.data,
-                View::block(self.inp, 0, n, b.i0, w),
-                &self.weight.value,
+            (
+                View::block(self.inp, lo, n, b.i0, w),
                 View::block(self.inp, b.o0, h, b.i0, w).t(),
-                &mut y.data,
-                View::block(self.out, 0, n, b.o0, h),
-                true,
-            );
-        }
+                View::block(self.out, lo, n, b.o0, h),
+            )
+        });
+        kernels::gemm_tasks(&x.data, &self.weight.value, &mut y.data, &tasks, true);
+    }
+
+    /// The products of the block-sparse form over `n` batch rows, one task per slab of rows:
+    /// `make(first row, rows, block)`.
+    fn batch_tasks(
+        &self,
+        n: usize,
+        make: impl Fn(usize, usize, &Block) -> kernels::Product,
+    ) -> Vec<Vec<kernels::Product>> {
+        let area: usize = self
+            .blocks
+            .iter()
+            .map(|b| (b.o1 - b.o0) * (b.i1 - b.i0))
+            .sum();
+        let parts = kernels::threads_for(n * area).min(n.div_ceil(16)).max(1);
+        (0..parts)
+            .map(|q| {
+                let (lo, hi) = (q * n / parts, (q + 1) * n / parts);
+                self.blocks.iter().map(|b| make(lo, hi - lo, b)).collect()
+            })
+            .collect()
     }
     /// Columns `o0..o1` of `y = x W^T + b` only, reading only the input columns the mask connects to those
     /// rows (all of them for an unmasked layer): the incremental passes of autoregressive sampling.
@@ -221,19 +238,15 @@ impl<F: Float> Linear<F> {
             );
             return dx;
         }
-        let n = dy.rows;
-        for b in &self.blocks {
+        let tasks = self.batch_tasks(dy.rows, |lo, n, b| {
             let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
-            kernels::gemm_view(
-                &dy.data,
-                View::block(self.out, 0, n, b.o0, h),
-                &self.weight.value,
+            (
+                View::block(self.out, lo, n, b.o0, h),
                 View::block(self.inp, b.o0, h, b.i0, w),
-                &mut dx.data,
-                View::block(self.inp, 0, n, b.i0, w),
-                true,
-            );
-        }
+                View::block(self.inp, lo, n, b.i0, w),
+            )
+        });
+        kernels::gemm_tasks(&dy.data, &self.weight.value, &mut dx.data, &tasks, true);
         dx
     }
 
@@ -253,19 +266,27 @@ impl<F: Float> Linear<F> {
                 true,
             );
         } else {
+            // every block owns its own weights: split the blocks over the threads by area
             let n = dy.rows;
+            let area: usize = self
+                .blocks
+                .iter()
+                .map(|b| (b.o1 - b.o0) * (b.i1 - b.i0))
+                .sum();
+            let parts = kernels::threads_for(n * area);
+            let mut tasks: Vec<Vec<kernels::Product>> = vec![Vec::new(); parts];
+            let mut acc = 0;
             for b in &self.blocks {
                 let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
-                kernels::gemm_view(
-                    &dy.data,
+                let q = (acc * parts / area.max(1)).min(parts - 1);
+                acc += h * w;
+                tasks[q].push((
                     View::block(self.out, 0, n, b.o0, h).t(),
-                    &x.data,
                     View::block(self.inp, 0, n, b.i0, w),
-                    &mut self.weight.grad,
                     View::block(self.inp, b.o0, h, b.i0, w),
-                    true,
-                );
+                ));
             }
+            kernels::gemm_tasks(&dy.data, &x.data, &mut self.weight.grad, &tasks, true);
         }
         if let Some(m) = &self.weight.mask {
             kernels::zip_inplace(&mut self.weight.grad, m, |g, m| g * m);
