@@ -321,6 +321,30 @@ pub fn zip_inplace<F: Float>(a: &mut [F], b: &[F], f: impl Fn(F, F) -> F + Sync 
     }
 }
 
+/// `a[i] = f(a[i], b[i], c[i])`, parallel over fixed chunks for large buffers.
+pub fn zip3_inplace<F: Float>(
+    a: &mut [F],
+    b: &[F],
+    c: &[F],
+    f: impl Fn(F, F, F) -> F + Sync + Send,
+) {
+    assert!(a.len() == b.len() && a.len() == c.len());
+    let run = |a: &mut [F], b: &[F], c: &[F]| {
+        a.iter_mut()
+            .zip(b)
+            .zip(c)
+            .for_each(|((x, &y), &z)| *x = f(*x, y, z))
+    };
+    if a.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
+        a.par_chunks_mut(CHUNK)
+            .zip(b.par_chunks(CHUNK))
+            .zip(c.par_chunks(CHUNK))
+            .for_each(|((x, y), z)| run(x, y, z));
+    } else {
+        run(a, b, c);
+    }
+}
+
 /// `acc[j] += sum_i m[i, j]` (column sums, accumulated; sequential so the order is fixed).
 pub fn add_col_sums<F: Float>(m: &Mat<F>, acc: &mut [F]) {
     assert_eq!(acc.len(), m.cols);

@@ -170,7 +170,7 @@ impl<F: Float> Made<F> {
 
     pub fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
         let inp = self.input(x, ctx);
-        self.net.forward_train(&inp)
+        self.net.forward_train_owned(inp)
     }
 
     /// Gradient w.r.t. the `d` data inputs; the context's is kept for [`Made::take_context_grad`].

@@ -31,6 +31,50 @@ impl Activation {
             _ => return None,
         })
     }
+    /// Whether the derivative can be computed from the activation's output alone (`deriv(a, a)` is then
+    /// exact): everything but SiLU.
+    pub(crate) fn deriv_from_output(self) -> bool {
+        !matches!(self, Activation::Silu)
+    }
+    /// `v = act(v)` over a buffer: one loop per activation (the match outside it, so it vectorises), split over
+    /// the pool when large.
+    pub(crate) fn apply_slice<F: Float>(self, v: &mut [F]) {
+        match self {
+            Activation::Relu => kernels::map_inplace(v, |h| Activation::Relu.apply(h)),
+            Activation::Tanh => kernels::map_inplace(v, |h| Activation::Tanh.apply(h)),
+            Activation::Elu => kernels::map_inplace(v, |h| Activation::Elu.apply(h)),
+            Activation::LeakyRelu => kernels::map_inplace(v, |h| Activation::LeakyRelu.apply(h)),
+            Activation::Silu => kernels::map_inplace(v, |h| Activation::Silu.apply(h)),
+        }
+    }
+    /// `d *= act'(pre)` over a buffer (`post` = act(pre)), like [`Activation::apply_slice`].
+    pub(crate) fn backward_slice<F: Float>(self, d: &mut [F], pre: &[F], post: &[F]) {
+        macro_rules! each {
+            ($a:expr) => {
+                kernels::zip3_inplace(d, pre, post, |g, h, y| g * $a.deriv(h, y))
+            };
+        }
+        match self {
+            Activation::Relu => {
+                kernels::zip3_inplace(
+                    d,
+                    pre,
+                    post,
+                    |g, h, _| {
+                        if h > F::zero() {
+                            g
+                        } else {
+                            F::zero()
+                        }
+                    },
+                )
+            }
+            Activation::Tanh => each!(Activation::Tanh),
+            Activation::Elu => each!(Activation::Elu),
+            Activation::LeakyRelu => each!(Activation::LeakyRelu),
+            Activation::Silu => each!(Activation::Silu),
+        }
+    }
     #[inline(always)]
     pub(crate) fn apply<F: Float>(self, h: F) -> F {
         match self {
@@ -150,19 +194,41 @@ impl<F: Float> Linear<F> {
         self.bias.value.iter_mut().for_each(|v| *v = F::zero());
     }
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
-        let mut y = Mat::zeros(x.rows, self.out);
-        self.forward_to(x, &mut y);
+        // start from the bias rows (the product accumulates onto them): no zero-filling pass
+        let mut data = Vec::with_capacity(x.rows * self.out);
+        for _ in 0..x.rows {
+            data.extend_from_slice(&self.bias.value);
+        }
+        let mut y = Mat::from_vec(x.rows, self.out, data);
+        self.accumulate_product(x, &mut y);
         y
     }
     /// `y = x W^T + b` into an existing `rows x out` buffer.
     pub fn forward_to(&self, x: &Mat<F>, y: &mut Mat<F>) {
-        if self.blocks.is_empty() {
-            kernels::linear(x, &self.weight.value, &self.bias.value, self.out, y);
-            return;
-        }
         assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
         for r in 0..y.rows {
             y.row_mut(r).copy_from_slice(&self.bias.value);
+        }
+        self.accumulate_product(x, y);
+    }
+
+    /// `y += x W^T` (block-sparse for a masked layer with blocks).
+    fn accumulate_product(&self, x: &Mat<F>, y: &mut Mat<F>) {
+        assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
+        if self.blocks.is_empty() {
+            kernels::gemm(
+                &x.data,
+                x.rows,
+                x.cols,
+                false,
+                &self.weight.value,
+                self.out,
+                self.inp,
+                true,
+                &mut y.data,
+                true,
+            );
+            return;
         }
         let tasks = self.batch_tasks(x.rows, |lo, n, b| {
             let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
@@ -429,7 +495,7 @@ impl<F: Float> Mlp<F> {
         let mut h = self.layers[0].forward(x);
         for l in 1..n {
             let act = self.act;
-            kernels::map_inplace(&mut h.data, move |v| act.apply(v));
+            act.apply_slice(&mut h.data);
             h = self.layers[l].forward(&h);
         }
         h
@@ -441,7 +507,7 @@ impl<F: Float> Mlp<F> {
         let act = self.act;
         let activate = |m: &Mat<F>| {
             let mut a = m.clone();
-            kernels::map_inplace(&mut a.data, move |v| act.apply(v));
+            act.apply_slice(&mut a.data);
             a
         };
         if let Some((inputs, pre)) = cache.as_mut() {
@@ -494,19 +560,24 @@ impl<F: Float> Mlp<F> {
             self.layers[l].forward_to(inp, y);
             if l + 1 < n {
                 let act = self.act;
-                kernels::map_inplace(&mut y.data, move |v| act.apply(v));
+                act.apply_slice(&mut y.data);
             }
         }
         &ws[n - 1]
     }
 
     pub fn forward_train(&mut self, x: &Mat<F>) -> Mat<F> {
+        self.forward_train_owned(x.clone())
+    }
+
+    /// [`Mlp::forward_train`] taking its input by value (it is kept for the backward: no copy).
+    pub fn forward_train_owned(&mut self, x: Mat<F>) -> Mat<F> {
         if self.residual {
             let (mut inputs, mut pre) = (
                 std::mem::take(&mut self.inputs),
                 std::mem::take(&mut self.pre),
             );
-            let y = self.forward_residual(x, Some((&mut inputs, &mut pre)));
+            let y = self.forward_residual(&x, Some((&mut inputs, &mut pre)));
             self.inputs = inputs;
             self.pre = pre;
             return y;
@@ -514,15 +585,19 @@ impl<F: Float> Mlp<F> {
         let n = self.layers.len();
         self.inputs.clear();
         self.pre.clear();
-        self.inputs.push(x.clone());
-        let mut h = self.layers[0].forward(x);
+        let mut h = self.layers[0].forward(&x);
+        self.inputs.push(x);
+        let act = self.act;
+        // activations whose derivative follows from their output are applied in place (no pre-activation kept)
+        let keep_pre = !act.deriv_from_output();
         for l in 1..n {
-            let act = self.act;
-            let mut a = h.clone();
-            kernels::map_inplace(&mut a.data, move |v| act.apply(v));
-            self.pre.push(h);
-            h = self.layers[l].forward(&a);
-            self.inputs.push(a);
+            if keep_pre {
+                self.pre.push(h.clone());
+            }
+            act.apply_slice(&mut h.data);
+            let next = self.layers[l].forward(&h);
+            self.inputs.push(h);
+            h = next;
         }
         h
     }
@@ -552,9 +627,7 @@ impl<F: Float> Mlp<F> {
         };
         // through act: d pre = d input * act'(pre)
         let through_act = |mut dx: Mat<F>, pre: &Mat<F>, post: &Mat<F>| {
-            for ((d, &h), &a) in dx.data.iter_mut().zip(&pre.data).zip(&post.data) {
-                *d *= act.deriv(h, a);
-            }
+            act.backward_slice(&mut dx.data, &pre.data, &post.data);
             dx
         };
         if !self.residual {
@@ -565,7 +638,9 @@ impl<F: Float> Mlp<F> {
                 if l == 0 {
                     return dx;
                 }
-                g = through_act(dx.expect("requested"), &self.pre[l - 1], &self.inputs[l]);
+                // (without kept pre-activations the derivative is computed from the output)
+                let pre = self.pre.get(l - 1).unwrap_or(&self.inputs[l]);
+                g = through_act(dx.expect("requested"), pre, &self.inputs[l]);
             }
             return None;
         }

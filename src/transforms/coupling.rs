@@ -259,7 +259,7 @@ impl<F: Float> Transform<F> for AdditiveCoupling<F> {
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let inp = self.core.net_input(x, ctx);
-        let t = self.core.net.forward_train(&inp);
+        let t = self.core.net.forward_train_owned(inp);
         (self.shifted(x, &t, F::one()), zeros_logdet(x.rows))
     }
     fn backward(&mut self, dz: &Mat<F>, _dlogdet: &[F]) -> Mat<F> {
@@ -373,7 +373,7 @@ impl<F: Float> Transform<F> for AffineCoupling<F> {
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let inp = self.core.net_input(x, ctx);
-        let h = self.core.net.forward_train(&inp);
+        let h = self.core.net.forward_train_owned(inp);
         let (mut xb, mut s, mut dl) = (
             std::mem::take(&mut self.xb),
             std::mem::take(&mut self.s),

@@ -151,7 +151,7 @@ impl<F: Float> Transform<F> for SplineCoupling<F> {
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let inp = self.core.net_input(x, ctx);
-        let h = self.core.net.forward_train(&inp);
+        let h = self.core.net.forward_train_owned(inp);
         let out = apply_splines(&self.spline, x, &h, &self.core.ib, false);
         self.x = x.clone();
         self.h = h;
