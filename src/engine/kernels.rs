@@ -381,10 +381,22 @@ mod tests {
         c
     }
 
+    /// Every transpose, small and large shapes (tall ones cut into row slabs, wide ones into column slabs),
+    /// in pools of 1 and 3 threads.
     #[test]
     fn gemm_matches_naive_all_transposes() {
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(gemm_cases);
+        }
+    }
+
+    fn gemm_cases() {
         let mut rng = crate::engine::rng(1);
-        for &(m, k, n) in &[(3, 4, 5), (1, 7, 2), (130, 120, 110)] {
+        for &(m, k, n) in &[(3, 4, 5), (1, 7, 2), (130, 120, 110), (20, 150, 400)] {
             for &ta in &[false, true] {
                 for &tb in &[false, true] {
                     let a: Mat<f64> = if ta {

@@ -10,6 +10,7 @@ use super::{zeros_logdet, Transform};
 use crate::engine::{Float, Mat, Rng};
 use crate::nn::{Activation, Mlp, Param};
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Which features a coupling layer transforms.
@@ -314,25 +315,24 @@ impl<F: Float> AffineCoupling<F> {
         }
     }
 
-    /// One fused pass: scale, shift and log-det. `cache` receives (x_b, s, dl/dh) when training.
+    /// One fused pass: scale, shift and log-det. `cache` receives (x_b, s, dl/dh) when training. Rows are
+    /// independent: split over the pool in fixed chunks (the same results for any number of threads).
     fn apply(
         &self,
         x: &Mat<F>,
         h: &Mat<F>,
         inverse: bool,
-        mut cache: Option<(&mut Vec<F>, &mut Vec<F>, &mut Vec<F>)>,
+        cache: Option<(&mut Vec<F>, &mut Vec<F>, &mut Vec<F>)>,
     ) -> (Mat<F>, Vec<F>) {
         let nb = self.core.ib.len();
+        let d = x.cols;
         let mut z = x.clone();
         let mut ld = vec![F::zero(); x.rows];
-        if let Some((xb, s, dl)) = cache.as_mut() {
-            xb.clear();
-            s.clear();
-            dl.clear();
-        }
-        for (r, ldr) in ld.iter_mut().enumerate() {
+        let row = |r: usize,
+                   zr: &mut [F],
+                   ldr: &mut F,
+                   mut keep: Option<(&mut [F], &mut [F], &mut [F])>| {
             let hr = h.row(r);
-            let zr = z.row_mut(r);
             let mut acc = F::zero();
             for (k, &j) in self.core.ib.iter().enumerate() {
                 let t = hr[k];
@@ -342,15 +342,78 @@ impl<F: Float> AffineCoupling<F> {
                     zr[j] = (zr[j] - t) * (-l).exp();
                 } else {
                     let e = l.exp();
-                    if let Some((xb, s, dl)) = cache.as_mut() {
-                        xb.push(zr[j]);
-                        s.push(e);
-                        dl.push(dldh);
+                    if let Some((xb, s, dl)) = keep.as_mut() {
+                        xb[k] = zr[j];
+                        s[k] = e;
+                        dl[k] = dldh;
                     }
                     zr[j] = zr[j] * e + t;
                 }
             }
             *ldr = if inverse { -acc } else { acc };
+        };
+        const ROWS: usize = 32;
+        let par = x.rows * nb >= 1 << 14 && rayon::current_num_threads() > 1;
+        match cache {
+            Some((xb, s, dl)) => {
+                for v in [&mut *xb, &mut *s, &mut *dl] {
+                    v.clear();
+                    v.resize(x.rows * nb, F::zero());
+                }
+                type Chunk<'a, F> = (
+                    usize,
+                    (
+                        (((&'a mut [F], &'a mut [F]), &'a mut [F]), &'a mut [F]),
+                        &'a mut [F],
+                    ),
+                );
+                let work = |(c, ((((zc, lc), xc), sc), dc)): Chunk<'_, F>| {
+                    for (i, ldr) in lc.iter_mut().enumerate() {
+                        let k = i * nb..(i + 1) * nb;
+                        let keep = (&mut xc[k.clone()], &mut sc[k.clone()], &mut dc[k]);
+                        row(c * ROWS + i, &mut zc[i * d..(i + 1) * d], ldr, Some(keep));
+                    }
+                };
+                if par {
+                    z.data
+                        .par_chunks_mut(ROWS * d)
+                        .zip(ld.par_chunks_mut(ROWS))
+                        .zip(xb.par_chunks_mut(ROWS * nb))
+                        .zip(s.par_chunks_mut(ROWS * nb))
+                        .zip(dl.par_chunks_mut(ROWS * nb))
+                        .enumerate()
+                        .for_each(work);
+                } else {
+                    z.data
+                        .chunks_mut(ROWS * d)
+                        .zip(ld.chunks_mut(ROWS))
+                        .zip(xb.chunks_mut(ROWS * nb))
+                        .zip(s.chunks_mut(ROWS * nb))
+                        .zip(dl.chunks_mut(ROWS * nb))
+                        .enumerate()
+                        .for_each(work);
+                }
+            }
+            None => {
+                let work = |(c, (zc, lc)): (usize, (&mut [F], &mut [F]))| {
+                    for (i, ldr) in lc.iter_mut().enumerate() {
+                        row(c * ROWS + i, &mut zc[i * d..(i + 1) * d], ldr, None);
+                    }
+                };
+                if par {
+                    z.data
+                        .par_chunks_mut(ROWS * d)
+                        .zip(ld.par_chunks_mut(ROWS))
+                        .enumerate()
+                        .for_each(work);
+                } else {
+                    z.data
+                        .chunks_mut(ROWS * d)
+                        .zip(ld.chunks_mut(ROWS))
+                        .enumerate()
+                        .for_each(work);
+                }
+            }
         }
         (z, ld)
     }
@@ -389,20 +452,32 @@ impl<F: Float> Transform<F> for AffineCoupling<F> {
         let nb = self.core.ib.len();
         let mut dx = dz.clone();
         let mut dh = Mat::zeros(dz.rows, 2 * nb);
-        for r in 0..dz.rows {
+        let cols = dx.cols;
+        // rows are independent: split over the pool when large
+        let row = |r: usize, dxr: &mut [F], dhr: &mut [F]| {
             let g = dlogdet[r];
-            let dzr = dz.row(r);
-            let cols = dx.cols;
-            let dxr = &mut dx.data[r * cols..(r + 1) * cols];
-            let dhr = dh.row_mut(r);
             for (k, &j) in self.core.ib.iter().enumerate() {
                 let c = r * nb + k;
                 let s = self.s[c];
-                let d = dzr[j];
+                let d = dxr[j];
                 dxr[j] = d * s;
                 dhr[k] = d;
                 dhr[nb + k] = (d * self.xb[c] * s + g) * self.dl[c];
             }
+        };
+        if dz.rows * nb >= 1 << 14 && rayon::current_num_threads() > 1 {
+            dx.data
+                .par_chunks_mut(cols)
+                .zip(dh.data.par_chunks_mut(2 * nb))
+                .enumerate()
+                .with_min_len(32)
+                .for_each(|(r, (dxr, dhr))| row(r, dxr, dhr));
+        } else {
+            dx.data
+                .chunks_mut(cols)
+                .zip(dh.data.chunks_mut(2 * nb))
+                .enumerate()
+                .for_each(|(r, (dxr, dhr))| row(r, dxr, dhr));
         }
         let din = self.core.net.backward(&dh, true).expect("input gradient");
         self.core.add_input_grad(&mut dx, &din);

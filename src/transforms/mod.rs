@@ -119,6 +119,37 @@ mod tests {
         run(Box::new(t), 2, 4);
     }
 
+    /// Large batches run the coupling's element-wise passes over the pool: the same bits as one thread.
+    #[test]
+    fn affine_coupling_rows_in_parallel_match_one_thread() {
+        let run_in = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut r = rng(21);
+                let m = Mask::Alternate.build(256, 0, &mut r);
+                let mut t: AffineCoupling<f64> = AffineCoupling::new(
+                    &m,
+                    0,
+                    16,
+                    1,
+                    Activation::Tanh,
+                    ScaleBound::default(),
+                    &mut r,
+                );
+                randomize(&mut t, &mut r, 0.3);
+                let x: Mat<f64> = randn(&mut r, 300, 256);
+                let (z, ld) = t.forward_train(&x, None);
+                let dx = t.backward(&randn(&mut r, 300, 256), &vec![0.7; 300]);
+                let (xi, _) = t.inverse(&z, None);
+                (z.data, ld, dx.data, xi.data)
+            })
+        };
+        assert!(run_in(1) == run_in(3));
+    }
+
     #[test]
     fn additive_coupling() {
         let mut r = rng(5);
