@@ -108,6 +108,50 @@ fn run(p: &str, c: &Case, out: &mut [f32], threads: usize) {
                 par,
             )
         },
+        // nflow's engine: C cut into one slab per thread (rows when tall, columns when wide), each slab one
+        // single-threaded `gemm` product
+        "gemm-slabs" => {
+            let by_rows = m >= n;
+            let len = if by_rows { m } else { n };
+            let parts = if threads > 1 { threads.min(len.div_ceil(16)) } else { 1 };
+            let (ap, bp, cp) = (c.a.as_ptr() as usize, c.b.as_ptr() as usize, out.as_mut_ptr() as usize);
+            let slab = |q: usize| unsafe {
+                let (lo, hi) = (q * len / parts, (q + 1) * len / parts);
+                let (a, b, cc) = (ap as *const f32, bp as *const f32, cp as *mut f32);
+                let (mm, nn, a, b, cc) = if by_rows {
+                    (hi - lo, n, a.offset(lo as isize * ars), b, cc.add(lo * n))
+                } else {
+                    (m, hi - lo, a, b.offset(lo as isize * bcs), cc.add(lo))
+                };
+                gemm::gemm(
+                    mm,
+                    nn,
+                    k,
+                    cc,
+                    1,
+                    n as isize,
+                    false,
+                    a,
+                    acs,
+                    ars,
+                    b,
+                    bcs,
+                    brs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            };
+            if parts == 1 {
+                slab(0);
+            } else {
+                use rayon::prelude::*;
+                (0..parts).into_par_iter().for_each(slab);
+            }
+        }
         "matrixmultiply" => unsafe {
             matrixmultiply::sgemm(
                 m,
@@ -188,9 +232,9 @@ fn main() {
         bli_thread_set_num_threads(threads as i64)
     };
     let providers: &[&str] = if cfg!(feature = "blis") {
-        &["gemm", "matrixmultiply", "faer", "blis"]
+        &["gemm", "gemm-slabs", "matrixmultiply", "faer", "blis"]
     } else {
-        &["gemm", "matrixmultiply", "faer"]
+        &["gemm", "gemm-slabs", "matrixmultiply", "faer"]
     };
     let mut totals: Vec<(String, String, f64, f64)> = Vec::new(); // provider, workload, flops, seconds
     for (w, m, k, n, ta, tb) in shapes() {
