@@ -12,6 +12,7 @@ use crate::engine::{Float, Mat, Rng};
 use crate::nn::Param;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 #[derive(Clone, Debug)]
 pub struct Conv2d<F> {
@@ -200,45 +201,56 @@ impl<F: Float> ConvNet<F> {
         }
     }
 
-    fn run(&self, x: &Mat<F>, s: Hw, mut cache: Option<&mut Vec<Mat<F>>>) -> Mat<F> {
-        let mut keep = |m: &Mat<F>| {
+    /// The forward pass; with `cache` (training), every layer's input is moved into it (the inputs the
+    /// backward needs, in order), not copied.
+    fn run(&self, x: Cow<'_, Mat<F>>, s: Hw, mut cache: Option<&mut Vec<Mat<F>>>) -> Mat<F> {
+        let mut keep = |m: Cow<'_, Mat<F>>| {
             if let Some(c) = cache.as_deref_mut() {
-                c.push(m.clone());
+                c.push(m.into_owned());
             }
         };
-        keep(x);
         let Some(first) = &self.first else {
-            return self.last.forward(x, s);
+            let y = self.last.forward(&x, s);
+            keep(x);
+            return y;
         };
-        let mut h = first.forward(x, s);
+        let mut h = first.forward(&x, s);
+        keep(x);
         for m in &self.mid {
             relu_inplace(&mut h);
-            keep(&h);
-            h = m.forward(&h, s);
+            let y = m.forward(&h, s);
+            keep(Cow::Owned(h));
+            h = y;
         }
         for (c1, c2) in &self.res {
-            let mut u = h.clone();
+            let mut u = h.clone(); // h itself is still needed for the residual sum
             relu_inplace(&mut u);
-            keep(&u);
             let mut v = c1.forward(&u, s);
+            keep(Cow::Owned(u));
             relu_inplace(&mut v);
-            keep(&v);
             let w = c2.forward(&v, s);
+            keep(Cow::Owned(v));
             h.data.iter_mut().zip(&w.data).for_each(|(a, &b)| *a += b);
         }
         relu_inplace(&mut h);
-        keep(&h);
-        self.last.forward(&h, s)
+        let y = self.last.forward(&h, s);
+        keep(Cow::Owned(h));
+        y
     }
 
     pub fn forward(&self, x: &Mat<F>, s: Hw) -> Mat<F> {
-        self.run(x, s, None)
+        self.run(Cow::Borrowed(x), s, None)
     }
 
     pub fn forward_train(&mut self, x: &Mat<F>, s: Hw) -> Mat<F> {
+        self.forward_train_owned(x.clone(), s)
+    }
+
+    /// [`ConvNet::forward_train`] taking its input by value (kept for the backward without a copy).
+    pub fn forward_train_owned(&mut self, x: Mat<F>, s: Hw) -> Mat<F> {
         let mut cache = std::mem::take(&mut self.cache);
         cache.clear();
-        let y = self.run(x, s, Some(&mut cache));
+        let y = self.run(Cow::Owned(x), s, Some(&mut cache));
         self.cache = cache;
         self.shape = Some(s);
         y

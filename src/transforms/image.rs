@@ -715,7 +715,7 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
             ..self.hw()
         };
         let inp = self.net_input(x, ctx);
-        let h = self.net.forward_train(&inp, s);
+        let h = self.net.forward_train_owned(inp, s);
         let (z, ld, kept) = self.apply(x, &h, false, self.affine);
         self.xb.clear();
         self.s.clear();
