@@ -348,10 +348,22 @@ pub fn zip3_inplace<F: Float>(
 /// `acc[j] += sum_i m[i, j]` (column sums, accumulated; sequential so the order is fixed).
 pub fn add_col_sums<F: Float>(m: &Mat<F>, acc: &mut [F]) {
     assert_eq!(acc.len(), m.cols);
-    for r in 0..m.rows {
-        for (a, &v) in acc.iter_mut().zip(m.row(r)) {
-            *a += v;
+    // each column is summed over the rows in order by one task (column chunks over the pool when large)
+    let sum = |c0: usize, acc: &mut [F]| {
+        for r in 0..m.rows {
+            let row = &m.row(r)[c0..c0 + acc.len()];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
         }
+    };
+    const COLS: usize = 256;
+    if m.rows * m.cols >= 2 * CHUNK && m.cols >= 2 * COLS && rayon::current_num_threads() > 1 {
+        acc.par_chunks_mut(COLS)
+            .enumerate()
+            .for_each(|(i, a)| sum(i * COLS, a));
+    } else {
+        sum(0, acc);
     }
 }
 
@@ -379,6 +391,27 @@ mod tests {
             }
         }
         c
+    }
+
+    /// Column sums split over a pool equal the one-thread ones bit for bit (and a direct sum).
+    #[test]
+    fn column_sums_in_parallel_match_one_thread() {
+        let m: Mat<f64> = crate::engine::randn(&mut crate::engine::rng(3), 70, 1000);
+        let sums = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut acc = vec![0.5; 1000];
+            pool.install(|| add_col_sums(&m, &mut acc));
+            acc
+        };
+        let one = sums(1);
+        assert_eq!(one, sums(3));
+        for (j, v) in one.iter().enumerate() {
+            let want: f64 = 0.5 + (0..70).map(|i| m.at(i, j)).sum::<f64>();
+            assert!((v - want).abs() < 1e-12);
+        }
     }
 
     /// Every transpose, small and large shapes (tall ones cut into row slabs, wide ones into column slabs),

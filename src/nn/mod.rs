@@ -50,7 +50,7 @@ impl<F: Float> Param<F> {
         p
     }
     pub fn zero_grad(&mut self) {
-        self.grad.iter_mut().for_each(|g| *g = F::zero());
+        crate::engine::kernels::map_inplace(&mut self.grad, |_| F::zero());
     }
     /// Whether entry `k` is a free parameter (not a structural zero).
     pub fn is_free(&self, k: usize) -> bool {
