@@ -353,67 +353,42 @@ impl<F: Float> AffineCoupling<F> {
             *ldr = if inverse { -acc } else { acc };
         };
         const ROWS: usize = 32;
+        // small batches stay on the calling thread: one piece, run in place
         let par = x.rows * nb >= 1 << 14 && rayon::current_num_threads() > 1;
+        let min_len = if par { 1 } else { usize::MAX };
         match cache {
             Some((xb, s, dl)) => {
                 for v in [&mut *xb, &mut *s, &mut *dl] {
                     v.clear();
                     v.resize(x.rows * nb, F::zero());
                 }
-                type Chunk<'a, F> = (
-                    usize,
-                    (
-                        (((&'a mut [F], &'a mut [F]), &'a mut [F]), &'a mut [F]),
-                        &'a mut [F],
-                    ),
-                );
-                let work = |(c, ((((zc, lc), xc), sc), dc)): Chunk<'_, F>| {
-                    for (i, ldr) in lc.iter_mut().enumerate() {
-                        let k = i * nb..(i + 1) * nb;
-                        let keep = (&mut xc[k.clone()], &mut sc[k.clone()], &mut dc[k]);
-                        row(c * ROWS + i, &mut zc[i * d..(i + 1) * d], ldr, Some(keep));
-                    }
-                };
-                if par {
-                    z.data
-                        .par_chunks_mut(ROWS * d)
-                        .zip(ld.par_chunks_mut(ROWS))
-                        .zip(xb.par_chunks_mut(ROWS * nb))
-                        .zip(s.par_chunks_mut(ROWS * nb))
-                        .zip(dl.par_chunks_mut(ROWS * nb))
-                        .enumerate()
-                        .for_each(work);
-                } else {
-                    z.data
-                        .chunks_mut(ROWS * d)
-                        .zip(ld.chunks_mut(ROWS))
-                        .zip(xb.chunks_mut(ROWS * nb))
-                        .zip(s.chunks_mut(ROWS * nb))
-                        .zip(dl.chunks_mut(ROWS * nb))
-                        .enumerate()
-                        .for_each(work);
-                }
+                z.data
+                    .par_chunks_mut(ROWS * d)
+                    .zip(ld.par_chunks_mut(ROWS))
+                    .zip(xb.par_chunks_mut(ROWS * nb))
+                    .zip(s.par_chunks_mut(ROWS * nb))
+                    .zip(dl.par_chunks_mut(ROWS * nb))
+                    .enumerate()
+                    .with_min_len(min_len)
+                    .for_each(|(c, ((((zc, lc), xc), sc), dc))| {
+                        for (i, ldr) in lc.iter_mut().enumerate() {
+                            let k = i * nb..(i + 1) * nb;
+                            let keep = (&mut xc[k.clone()], &mut sc[k.clone()], &mut dc[k]);
+                            row(c * ROWS + i, &mut zc[i * d..(i + 1) * d], ldr, Some(keep));
+                        }
+                    });
             }
-            None => {
-                let work = |(c, (zc, lc)): (usize, (&mut [F], &mut [F]))| {
+            None => z
+                .data
+                .par_chunks_mut(ROWS * d)
+                .zip(ld.par_chunks_mut(ROWS))
+                .enumerate()
+                .with_min_len(min_len)
+                .for_each(|(c, (zc, lc))| {
                     for (i, ldr) in lc.iter_mut().enumerate() {
                         row(c * ROWS + i, &mut zc[i * d..(i + 1) * d], ldr, None);
                     }
-                };
-                if par {
-                    z.data
-                        .par_chunks_mut(ROWS * d)
-                        .zip(ld.par_chunks_mut(ROWS))
-                        .enumerate()
-                        .for_each(work);
-                } else {
-                    z.data
-                        .chunks_mut(ROWS * d)
-                        .zip(ld.chunks_mut(ROWS))
-                        .enumerate()
-                        .for_each(work);
-                }
-            }
+                }),
         }
         (z, ld)
     }
@@ -465,20 +440,13 @@ impl<F: Float> Transform<F> for AffineCoupling<F> {
                 dhr[nb + k] = (d * self.xb[c] * s + g) * self.dl[c];
             }
         };
-        if dz.rows * nb >= 1 << 14 && rayon::current_num_threads() > 1 {
-            dx.data
-                .par_chunks_mut(cols)
-                .zip(dh.data.par_chunks_mut(2 * nb))
-                .enumerate()
-                .with_min_len(32)
-                .for_each(|(r, (dxr, dhr))| row(r, dxr, dhr));
-        } else {
-            dx.data
-                .chunks_mut(cols)
-                .zip(dh.data.chunks_mut(2 * nb))
-                .enumerate()
-                .for_each(|(r, (dxr, dhr))| row(r, dxr, dhr));
-        }
+        let par = dz.rows * nb >= 1 << 14 && rayon::current_num_threads() > 1;
+        dx.data
+            .par_chunks_mut(cols)
+            .zip(dh.data.par_chunks_mut(2 * nb))
+            .enumerate()
+            .with_min_len(if par { 32 } else { usize::MAX })
+            .for_each(|(r, (dxr, dhr))| row(r, dxr, dhr));
         let din = self.core.net.backward(&dh, true).expect("input gradient");
         self.core.add_input_grad(&mut dx, &din);
         dx
