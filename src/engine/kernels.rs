@@ -137,6 +137,22 @@ impl View {
             ..self
         }
     }
+    /// Rows `lo..hi` of this view.
+    pub fn rows_range(self, lo: usize, hi: usize) -> Self {
+        View {
+            off: self.off + lo * self.rs,
+            rows: hi - lo,
+            ..self
+        }
+    }
+    /// Columns `lo..hi` of this view.
+    pub fn cols_range(self, lo: usize, hi: usize) -> Self {
+        View {
+            off: self.off + lo * self.cs,
+            cols: hi - lo,
+            ..self
+        }
+    }
     /// One past the largest index it touches (0 for an empty view).
     fn end(&self) -> usize {
         if self.rows == 0 || self.cols == 0 {
@@ -234,29 +250,9 @@ pub fn slabs(p: Product) -> Vec<Vec<Product>> {
         .map(|q| {
             let (lo, hi) = (q * len / parts, (q + 1) * len / parts);
             if by_rows {
-                let a = View {
-                    off: av.off + lo * av.rs,
-                    rows: hi - lo,
-                    ..av
-                };
-                let c = View {
-                    off: cv.off + lo * cv.rs,
-                    rows: hi - lo,
-                    ..cv
-                };
-                vec![(a, bv, c)]
+                vec![(av.rows_range(lo, hi), bv, cv.rows_range(lo, hi))]
             } else {
-                let b = View {
-                    off: bv.off + lo * bv.cs,
-                    cols: hi - lo,
-                    ..bv
-                };
-                let c = View {
-                    off: cv.off + lo * cv.cs,
-                    cols: hi - lo,
-                    ..cv
-                };
-                vec![(av, b, c)]
+                vec![(av, bv.cols_range(lo, hi), cv.cols_range(lo, hi))]
             }
         })
         .collect()

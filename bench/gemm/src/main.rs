@@ -62,6 +62,41 @@ fn strides(t: bool, cols: usize) -> (isize, isize) {
     }
 }
 
+/// `C = A B` with `gemm`: C row-major with `ldc` columns; A and B as (pointer, row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_rm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    (a, ars, acs): (*const f32, isize, isize),
+    (b, brs, bcs): (*const f32, isize, isize),
+    par: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        false,
+        a,
+        acs,
+        ars,
+        b,
+        bcs,
+        brs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
 struct Case<'a> {
     m: usize,
     k: usize,
@@ -86,35 +121,25 @@ fn run(p: &str, c: &Case, out: &mut [f32], threads: usize) {
             } else {
                 gemm::Parallelism::None
             };
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                c.a.as_ptr(),
-                acs,
-                ars,
-                c.b.as_ptr(),
-                bcs,
-                brs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            )
+            let a = (c.a.as_ptr(), ars, acs);
+            let b = (c.b.as_ptr(), brs, bcs);
+            gemm_rm(m, n, k, out.as_mut_ptr(), n, a, b, par)
         },
         // nflow's engine: C cut into one slab per thread (rows when tall, columns when wide), each slab one
         // single-threaded `gemm` product
         "gemm-slabs" => {
             let by_rows = m >= n;
             let len = if by_rows { m } else { n };
-            let parts = if threads > 1 { threads.min(len.div_ceil(16)) } else { 1 };
-            let (ap, bp, cp) = (c.a.as_ptr() as usize, c.b.as_ptr() as usize, out.as_mut_ptr() as usize);
+            let parts = if threads > 1 {
+                threads.min(len.div_ceil(16))
+            } else {
+                1
+            };
+            let (ap, bp, cp) = (
+                c.a.as_ptr() as usize,
+                c.b.as_ptr() as usize,
+                out.as_mut_ptr() as usize,
+            );
             let slab = |q: usize| unsafe {
                 let (lo, hi) = (q * len / parts, (q + 1) * len / parts);
                 let (a, b, cc) = (ap as *const f32, bp as *const f32, cp as *mut f32);
@@ -123,25 +148,14 @@ fn run(p: &str, c: &Case, out: &mut [f32], threads: usize) {
                 } else {
                     (m, hi - lo, a, b.offset(lo as isize * bcs), cc.add(lo))
                 };
-                gemm::gemm(
+                gemm_rm(
                     mm,
                     nn,
                     k,
                     cc,
-                    1,
-                    n as isize,
-                    false,
-                    a,
-                    acs,
-                    ars,
-                    b,
-                    bcs,
-                    brs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    n,
+                    (a, ars, acs),
+                    (b, brs, bcs),
                     gemm::Parallelism::None,
                 )
             };
