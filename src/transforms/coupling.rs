@@ -104,6 +104,26 @@ impl ScaleBound {
     }
 }
 
+/// The `Transform` methods every MLP coupling (`self.core: CouplingCore`) hands to its core: context gradient,
+/// parameters, reload.
+macro_rules! delegate_to_core {
+    () => {
+        fn context_grad(&mut self) -> Option<Mat<F>> {
+            self.core.dctx.take()
+        }
+        fn params(&self) -> Vec<&Param<F>> {
+            self.core.params()
+        }
+        fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+            self.core.params_mut()
+        }
+        fn reload(&mut self) {
+            self.core.reload()
+        }
+    };
+}
+pub(crate) use delegate_to_core;
+
 /// Shared part of coupling layers: the mask and the conditioner.
 #[derive(Clone, Debug)]
 pub(crate) struct CouplingCore<F> {
@@ -168,6 +188,10 @@ impl<F: Float> CouplingCore<F> {
             }
             (None, k) => panic!("conditional coupling needs a context of {k} columns"),
         }
+    }
+    /// The conditioner's output for `x` (inference): only `x_a` and the context are read, so `z` serves too.
+    pub(crate) fn conditioner(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
+        self.net.forward(&self.net_input(x, ctx))
     }
     pub(crate) fn reload(&mut self) {
         let m: Vec<bool> = self.mask.value.iter().map(|v| v.f64() > 0.5).collect();
@@ -250,12 +274,12 @@ impl<F: Float> Transform<F> for AdditiveCoupling<F> {
         self.core.dim
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let t = self.core.net.forward(&self.core.net_input(x, ctx));
+        let t = self.core.conditioner(x, ctx);
         (self.shifted(x, &t, F::one()), zeros_logdet(x.rows))
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         // x_a = z_a, so the conditioner input is available from z directly.
-        let t = self.core.net.forward(&self.core.net_input(z, ctx));
+        let t = self.core.conditioner(z, ctx);
         (self.shifted(z, &t, -F::one()), zeros_logdet(z.rows))
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
@@ -270,18 +294,7 @@ impl<F: Float> Transform<F> for AdditiveCoupling<F> {
         self.core.add_input_grad(&mut dx, &din);
         dx
     }
-    fn context_grad(&mut self) -> Option<Mat<F>> {
-        self.core.dctx.take()
-    }
-    fn params(&self) -> Vec<&Param<F>> {
-        self.core.params()
-    }
-    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
-        self.core.params_mut()
-    }
-    fn reload(&mut self) {
-        self.core.reload()
-    }
+    delegate_to_core!();
 }
 
 /// RealNVP affine coupling: `z_b = x_b * exp(l) + t`, `(t, h) = net(x_a, ctx)`, `l = bound(h)`.
@@ -402,11 +415,11 @@ impl<F: Float> Transform<F> for AffineCoupling<F> {
         self.core.dim
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let h = self.core.net.forward(&self.core.net_input(x, ctx));
+        let h = self.core.conditioner(x, ctx);
         self.apply(x, &h, false, None)
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let h = self.core.net.forward(&self.core.net_input(z, ctx));
+        let h = self.core.conditioner(z, ctx);
         self.apply(z, &h, true, None)
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
@@ -451,16 +464,5 @@ impl<F: Float> Transform<F> for AffineCoupling<F> {
         self.core.add_input_grad(&mut dx, &din);
         dx
     }
-    fn context_grad(&mut self) -> Option<Mat<F>> {
-        self.core.dctx.take()
-    }
-    fn params(&self) -> Vec<&Param<F>> {
-        self.core.params()
-    }
-    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
-        self.core.params_mut()
-    }
-    fn reload(&mut self) {
-        self.core.reload()
-    }
+    delegate_to_core!();
 }

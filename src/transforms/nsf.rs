@@ -8,7 +8,7 @@
 //! Conditioner outputs are laid out parameter-major: parameter `j` of transformed feature `k` is output
 //! `j * n + k` (`n` transformed features). The last layer starts at zero, so every layer starts as the identity.
 
-use super::coupling::CouplingCore;
+use super::coupling::{delegate_to_core, CouplingCore};
 use super::spline::{Knots, RqSpline};
 use super::Transform;
 use crate::engine::{Float, Mat, Rng};
@@ -141,12 +141,12 @@ impl<F: Float> Transform<F> for SplineCoupling<F> {
         self.core.dim
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let h = self.core.net.forward(&self.core.net_input(x, ctx));
+        let h = self.core.conditioner(x, ctx);
         apply_splines(&self.spline, x, &h, &self.core.ib, false)
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         // x_a = z_a: the conditioner's input is available from z
-        let h = self.core.net.forward(&self.core.net_input(z, ctx));
+        let h = self.core.conditioner(z, ctx);
         apply_splines(&self.spline, z, &h, &self.core.ib, true)
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
@@ -164,18 +164,7 @@ impl<F: Float> Transform<F> for SplineCoupling<F> {
         self.core.add_input_grad(&mut dx, &din);
         dx
     }
-    fn context_grad(&mut self) -> Option<Mat<F>> {
-        self.core.dctx.take()
-    }
-    fn params(&self) -> Vec<&Param<F>> {
-        self.core.params()
-    }
-    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
-        self.core.params_mut()
-    }
-    fn reload(&mut self) {
-        self.core.reload()
-    }
+    delegate_to_core!();
 }
 
 /// RQ-NSF autoregressive layer (MADE conditioner), density direction one pass.
