@@ -55,6 +55,21 @@ pub struct Knots<F> {
     sd: Vec<F>,
 }
 
+impl<F: Float> Knots<F> {
+    /// Bin `k`: `(x_k, w_k, y_k, h_k, d_k, d_{k+1})`.
+    fn bin(&self, k: usize) -> (F, F, F, F, F, F) {
+        let (xs, ys, ds) = (&self.xs, &self.ys, &self.ds);
+        (
+            xs[k],
+            xs[k + 1] - xs[k],
+            ys[k],
+            ys[k + 1] - ys[k],
+            ds[k],
+            ds[k + 1],
+        )
+    }
+}
+
 impl RqSpline {
     /// Number of raw parameters per element: `3K - 1`.
     pub fn params_per_element(&self) -> usize {
@@ -150,10 +165,7 @@ impl RqSpline {
         if !self.inside(x) {
             return (x, F::zero());
         }
-        let k = Self::bin(&kn.xs, x);
-        let (xk, w) = (kn.xs[k], kn.xs[k + 1] - kn.xs[k]);
-        let (yk, h) = (kn.ys[k], kn.ys[k + 1] - kn.ys[k]);
-        let (dk, dk1) = (kn.ds[k], kn.ds[k + 1]);
+        let (xk, w, yk, h, dk, dk1) = kn.bin(Self::bin(&kn.xs, x));
         let xi = ((x - xk) / w).max(F::zero()).min(F::one());
         let s = h / w;
         let t = xi * (F::one() - xi);
@@ -170,9 +182,7 @@ impl RqSpline {
             return (y, F::zero());
         }
         let k = Self::bin(&kn.ys, y);
-        let (xk, w) = (kn.xs[k], kn.xs[k + 1] - kn.xs[k]);
-        let (yk, h) = (kn.ys[k], kn.ys[k + 1] - kn.ys[k]);
-        let (dk, dk1) = (kn.ds[k], kn.ds[k + 1]);
+        let (xk, w, yk, h, dk, dk1) = kn.bin(k);
         let s = h / w;
         let dy = y - yk;
         let e = dk1 + dk - F::c(2.0) * s;
@@ -200,9 +210,7 @@ impl RqSpline {
         let nb = self.bins;
         let two = F::c(2.0);
         let k = Self::bin(&kn.xs, x);
-        let (xk, w) = (kn.xs[k], kn.xs[k + 1] - kn.xs[k]);
-        let h = kn.ys[k + 1] - kn.ys[k];
-        let (dk, dk1) = (kn.ds[k], kn.ds[k + 1]);
+        let (xk, w, _, h, dk, dk1) = kn.bin(k);
         let xi = ((x - xk) / w).max(F::zero()).min(F::one());
         let s = h / w;
         let t = xi * (F::one() - xi);
