@@ -7,6 +7,7 @@ use crate::engine::kernels::View;
 use crate::engine::{Float, Mat, Rng};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Hidden-layer non-linearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -489,7 +490,7 @@ impl<F: Float> Mlp<F> {
 
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
         if self.residual {
-            return self.forward_residual(x, None);
+            return self.forward_residual(Cow::Borrowed(x), None);
         }
         let n = self.layers.len();
         let mut h = self.layers[0].forward(x);
@@ -502,7 +503,7 @@ impl<F: Float> Mlp<F> {
     }
 
     /// Residual forward; with `cache`, keeps every layer's input and the pre-activation it came from.
-    fn forward_residual(&self, x: &Mat<F>, mut cache: Option<Cache<'_, F>>) -> Mat<F> {
+    fn forward_residual(&self, x: Cow<'_, Mat<F>>, mut cache: Option<Cache<'_, F>>) -> Mat<F> {
         let n = self.layers.len();
         let act = self.act;
         let activate = |m: &Mat<F>| {
@@ -510,12 +511,12 @@ impl<F: Float> Mlp<F> {
             act.apply_slice(&mut a.data);
             a
         };
+        let mut h = self.layers[0].forward(&x);
         if let Some((inputs, pre)) = cache.as_mut() {
             inputs.clear();
             pre.clear();
-            inputs.push(x.clone());
+            inputs.push(x.into_owned());
         }
-        let mut h = self.layers[0].forward(x);
         let mut t = Mat::zeros(0, 0);
         for l in 1..n {
             // layer l reads act(h) (first layer of a block, and the output layer) or act(t) (second layer)
@@ -542,7 +543,7 @@ impl<F: Float> Mlp<F> {
     pub fn forward_into<'a>(&self, x: &Mat<F>, ws: &'a mut Vec<Mat<F>>) -> &'a Mat<F> {
         if self.residual {
             // (residual networks take the allocating path)
-            *ws = vec![self.forward_residual(x, None)];
+            *ws = vec![self.forward_residual(Cow::Borrowed(x), None)];
             return &ws[0];
         }
         let n = self.layers.len();
@@ -577,7 +578,7 @@ impl<F: Float> Mlp<F> {
                 std::mem::take(&mut self.inputs),
                 std::mem::take(&mut self.pre),
             );
-            let y = self.forward_residual(&x, Some((&mut inputs, &mut pre)));
+            let y = self.forward_residual(Cow::Owned(x), Some((&mut inputs, &mut pre)));
             self.inputs = inputs;
             self.pre = pre;
             return y;
