@@ -142,6 +142,13 @@ pub struct Block {
     pub i1: usize,
 }
 
+impl Block {
+    /// Weights it covers.
+    pub fn area(&self) -> usize {
+        (self.o1 - self.o0) * (self.i1 - self.i0)
+    }
+}
+
 /// Runs of masked-out columns shorter than this stay inside a block (computing a few zeros is cheaper than
 /// another product).
 const MIN_GAP: usize = 32;
@@ -249,11 +256,7 @@ impl<F: Float> Linear<F> {
         n: usize,
         make: impl Fn(usize, usize, &Block) -> kernels::Product,
     ) -> Vec<Vec<kernels::Product>> {
-        let area: usize = self
-            .blocks
-            .iter()
-            .map(|b| (b.o1 - b.o0) * (b.i1 - b.i0))
-            .sum();
+        let area: usize = self.blocks.iter().map(Block::area).sum();
         let parts = kernels::threads_for(n * area).min(n.div_ceil(16)).max(1);
         (0..parts)
             .map(|q| {
@@ -335,18 +338,14 @@ impl<F: Float> Linear<F> {
         } else {
             // every block owns its own weights: split the blocks over the threads by area
             let n = dy.rows;
-            let area: usize = self
-                .blocks
-                .iter()
-                .map(|b| (b.o1 - b.o0) * (b.i1 - b.i0))
-                .sum();
+            let area: usize = self.blocks.iter().map(Block::area).sum();
             let parts = kernels::threads_for(n * area);
             let mut tasks: Vec<Vec<kernels::Product>> = vec![Vec::new(); parts];
             let mut acc = 0;
             for b in &self.blocks {
                 let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
                 let q = (acc * parts / area.max(1)).min(parts - 1);
-                acc += h * w;
+                acc += b.area();
                 tasks[q].push((
                     View::block(self.out, 0, n, b.o0, h).t(),
                     View::block(self.inp, 0, n, b.i0, w),
@@ -387,7 +386,7 @@ fn mask_blocks<F: Float>(mask: &[F], out: usize, inp: usize) -> Vec<Block> {
             let runs = column_runs(mask, inp, o0, o1);
             blocks.extend(runs.into_iter().map(|(i0, i1)| Block { o0, o1, i0, i1 }));
         }
-        let area: usize = blocks.iter().map(|b| (b.o1 - b.o0) * (b.i1 - b.i0)).sum();
+        let area: usize = blocks.iter().map(Block::area).sum();
         (area + blocks.len() * BLOCK_OVERHEAD, area, blocks)
     };
     let (_, area, blocks) = [64, 32, 16]
@@ -736,11 +735,7 @@ mod tests {
                 &mut rng(0),
             );
             for (l, layer) in m.net.layers.iter().enumerate() {
-                let area: usize = layer
-                    .blocks()
-                    .iter()
-                    .map(|b| (b.o1 - b.o0) * (b.i1 - b.i0))
-                    .sum();
+                let area: usize = layer.blocks().iter().map(Block::area).sum();
                 let frac = area as f64 / (layer.out * layer.inp) as f64;
                 // hidden layers: 64-row blocks of a triangle; output layer: parameter-major rows, thinner blocks
                 let limit = if l + 1 < m.net.layers.len() { 0.6 } else { 0.7 };
