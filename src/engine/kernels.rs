@@ -2,12 +2,15 @@
 //! (GEMM, element-wise maps, row/column reductions), so another implementation (e.g. a GPU one) can replace
 //! this file without touching the transforms.
 //!
-//! Matrix products go through the `gemm` crate (chosen by measurement: `bench/gemm`), one single-threaded
-//! product per thread on its own slab of the output; element-wise work over large buffers is split over the
-//! rayon pool in fixed-size chunks, so its results do not depend on the number of threads (a product's may, in
-//! the last bits, through the kernel's blocking of the slabs).
+//! f32 matrix products of flow-sized shapes run on our own AVX2/FMA kernel ([`sgemm`]: operands packed once
+//! and shared by the threads, results independent of the thread count; masked layers skip their zero blocks
+//! per tile through [`gemm_view_ranged`]); f64, thin products and CPUs without AVX2 go through the `gemm`
+//! crate, one single-threaded product per thread on its own slab of the output (providers compared in
+//! `bench/gemm`). Element-wise work over large buffers is split over the rayon pool in fixed-size chunks, so
+//! its results do not depend on the number of threads (a `gemm`-crate product's may, in the last bits, through
+//! its blocking of the slabs).
 
-use super::{Float, Mat};
+use super::{sgemm, Float, Mat};
 use rayon::prelude::*;
 
 /// Below this many multiply-adds a product runs on one thread (spawning costs more than it saves).
@@ -103,6 +106,42 @@ unsafe fn gemm_serial<F: Float>(o: Operands<F>, av: View, bv: View, cv: View, ac
         false,
         false,
         gemm::Parallelism::None,
+    )
+}
+
+/// Whether an `m x k` by `k x n` product of `F` goes to our own f32 kernel ([`sgemm`]).
+fn own_kernel<F: Float>(m: usize, k: usize, n: usize) -> bool {
+    std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() && sgemm::suits(m, k, n)
+}
+
+/// [`sgemm::sgemm`] on views, `threads` threads.
+///
+/// # Safety
+/// As [`gemm_serial`]; `F` must be `f32` and the CPU must run the kernel ([`own_kernel`]).
+unsafe fn sgemm_on<F: Float>(
+    o: Operands<F>,
+    av: View,
+    bv: View,
+    cv: View,
+    accumulate: bool,
+    threads: usize,
+) {
+    let op = |p: *const F, v: View| sgemm::Operand {
+        ptr: p.add(v.off) as *const f32,
+        rs: v.rs as isize,
+        cs: v.cs as isize,
+    };
+    sgemm::sgemm(
+        cv.rows,
+        cv.cols,
+        av.cols,
+        op(o.a, av),
+        op(o.b, bv),
+        o.c.add(cv.off) as *mut f32,
+        cv.rs as isize,
+        cv.cs as isize,
+        accumulate,
+        threads,
     )
 }
 
@@ -270,7 +309,73 @@ pub fn gemm_view<F: Float>(
     accumulate: bool,
 ) {
     if check(a, b, c, &(av, bv, cv)) {
-        gemm_tasks(a, b, c, &slabs((av, bv, cv)), accumulate);
+        let (m, k, n) = (av.rows, av.cols, bv.cols);
+        if own_kernel::<F>(m, k, n) {
+            let o = Operands {
+                a: a.as_ptr(),
+                b: b.as_ptr(),
+                c: c.as_mut_ptr(),
+            };
+            // SAFETY: `check` bounds every index; `c` is borrowed mutably so it aliases neither `a` nor `b`
+            unsafe { sgemm_on(o, av, bv, cv, accumulate, threads_for(m * k * n)) };
+        } else {
+            gemm_tasks(a, b, c, &slabs((av, bv, cv)), accumulate);
+        }
+    }
+}
+
+/// The tile of C that [`gemm_view_ranged`] gives one depth range: `(rows, columns)`.
+pub const TILE: (usize, usize) = (sgemm::MR, sgemm::NR);
+
+/// Whether [`gemm_view_ranged`] runs for this element type and shape (f32, on a CPU with AVX2 and FMA).
+pub fn ranged_available<F: Float>(m: usize, k: usize, n: usize) -> bool {
+    own_kernel::<F>(m, k, n)
+}
+
+/// `C = (accumulate ? C : 0) + A B` on views, where tile `(i, j)` of C (rows `TILE.0 * i..`, columns
+/// `TILE.1 * j..`) sums only over the depth range `depth(i, j) = [lo, hi)`; an empty range leaves the tile as
+/// it was (or zero). For products whose operands have structural zeros (MADE's masked weights) it computes
+/// the full product without the zero blocks. Needs [`ranged_available`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_view_ranged<F: Float>(
+    a: &[F],
+    av: View,
+    b: &[F],
+    bv: View,
+    c: &mut [F],
+    cv: View,
+    accumulate: bool,
+    depth: &sgemm::Depth<'_>,
+) {
+    let (m, k, n) = (av.rows, av.cols, bv.cols);
+    assert!(
+        ranged_available::<F>(m, k, n),
+        "gemm_view_ranged: not available"
+    );
+    if check(a, b, c, &(av, bv, cv)) {
+        let op = |p: *const F, v: View| sgemm::Operand {
+            // SAFETY: `check` bounds the view inside its slice
+            ptr: unsafe { p.add(v.off) } as *const f32,
+            rs: v.rs as isize,
+            cs: v.cs as isize,
+        };
+        // SAFETY: F is f32 (`ranged_available`), `check` bounds every index, `c` is borrowed mutably so it
+        // aliases neither `a` nor `b`
+        unsafe {
+            sgemm::sgemm_ranged(
+                m,
+                n,
+                k,
+                op(a.as_ptr(), av),
+                op(b.as_ptr(), bv),
+                c.as_mut_ptr().add(cv.off) as *mut f32,
+                cv.rs as isize,
+                cv.cs as isize,
+                accumulate,
+                threads_for(m * k * n),
+                Some(depth),
+            )
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 
 pub mod conv;
 pub mod kernels;
+pub mod pool;
+mod sgemm;
 
 use num_traits::{Float as NumFloat, FromPrimitive, ToPrimitive};
 use rand::SeedableRng;

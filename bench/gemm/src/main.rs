@@ -6,6 +6,10 @@
 
 use std::time::Instant;
 
+/// nflow's own kernel, the same file the library builds.
+#[path = "../../../src/engine/sgemm.rs"]
+mod sgemm;
+
 #[cfg(feature = "blis")]
 extern crate blis_src;
 #[cfg(feature = "blis")]
@@ -166,6 +170,19 @@ fn run(p: &str, c: &Case, out: &mut [f32], threads: usize) {
                 (0..parts).into_par_iter().for_each(slab);
             }
         }
+        "sgemm" => unsafe {
+            let a = sgemm::Operand {
+                ptr: c.a.as_ptr(),
+                rs: ars,
+                cs: acs,
+            };
+            let b = sgemm::Operand {
+                ptr: c.b.as_ptr(),
+                rs: brs,
+                cs: bcs,
+            };
+            sgemm::sgemm(m, n, k, a, b, out.as_mut_ptr(), n as isize, 1, false, threads)
+        },
         "matrixmultiply" => unsafe {
             matrixmultiply::sgemm(
                 m,
@@ -245,13 +262,25 @@ fn main() {
     unsafe {
         bli_thread_set_num_threads(threads as i64)
     };
-    let providers: &[&str] = if cfg!(feature = "blis") {
-        &["gemm", "gemm-slabs", "matrixmultiply", "faer", "blis"]
+    let all: &[&str] = if cfg!(feature = "blis") {
+        &["gemm", "gemm-slabs", "sgemm", "matrixmultiply", "faer", "blis"]
     } else {
-        &["gemm", "gemm-slabs", "matrixmultiply", "faer"]
+        &["gemm", "gemm-slabs", "sgemm", "matrixmultiply", "faer"]
     };
+    // PROVIDERS=a,b limits the run to those
+    let chosen = std::env::var("PROVIDERS").unwrap_or_default();
+    let providers: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|p| chosen.is_empty() || chosen.split(',').any(|c| c == *p))
+        .collect();
     let mut totals: Vec<(String, String, f64, f64)> = Vec::new(); // provider, workload, flops, seconds
+    // WORKLOADS=w1,w3 limits the shapes to those workloads
+    let only = std::env::var("WORKLOADS").unwrap_or_default();
     for (w, m, k, n, ta, tb) in shapes() {
+        if !only.is_empty() && !only.split(',').any(|o| o == w) {
+            continue;
+        }
         let a = rnd(m * k);
         let b = rnd(k * n);
         let case = Case {
@@ -264,7 +293,8 @@ fn main() {
             tb,
         };
         let mut reference: Option<Vec<f32>> = None;
-        for &p in providers {
+        let mut outs: Vec<Vec<f32>> = Vec::new();
+        for &p in &providers {
             let mut out = vec![0.0f32; m * n];
             run(p, &case, &mut out, threads);
             // every provider computes the same product
@@ -279,24 +309,30 @@ fn main() {
                     assert!(err < 1e-3, "{p} differs from gemm by {err} on {m}x{k}x{n}");
                 }
             }
-            let flops = 2.0 * (m * k * n) as f64;
-            let reps = ((2e9 / flops) as usize).clamp(5, 400);
-            let mut best = f64::INFINITY;
-            for _ in 0..reps {
+            outs.push(out);
+        }
+        // providers interleaved repeat by repeat (this machine's speed drifts from second to second), best kept
+        let flops = 2.0 * (m * k * n) as f64;
+        let reps = ((4e9 / flops) as usize).clamp(10, 800);
+        let mut best = vec![f64::INFINITY; providers.len()];
+        for _ in 0..reps {
+            for (i, &p) in providers.iter().enumerate() {
                 let t0 = Instant::now();
-                run(p, &case, &mut out, threads);
-                best = best.min(t0.elapsed().as_secs_f64());
+                run(p, &case, &mut outs[i], threads);
+                best[i] = best[i].min(t0.elapsed().as_secs_f64());
             }
+        }
+        for (i, &p) in providers.iter().enumerate() {
             println!(
                 "{{\"provider\":\"{p}\",\"workload\":\"{w}\",\"m\":{m},\"k\":{k},\"n\":{n},\"op\":\"{}{}\",\"threads\":{threads},\"gflops\":{:.1}}}",
                 if ta { "T" } else { "N" },
                 if tb { "T" } else { "N" },
-                flops / best / 1e9
+                flops / best[i] / 1e9
             );
-            totals.push((p.into(), w.into(), flops, best));
+            totals.push((p.into(), w.into(), flops, best[i]));
         }
     }
-    for &p in providers {
+    for &p in &providers {
         for w in ["w1", "w2", "w3"] {
             let (f, s) = totals
                 .iter()

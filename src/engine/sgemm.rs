@@ -1,0 +1,583 @@
+//! Single-precision matrix product with an AVX2/FMA micro-kernel, on BLIS's loop structure (Goto & van de Geijn,
+//! "Anatomy of high-performance matrix multiplication", ACM TOMS 2008; Van Zee & van de Geijn, "BLIS", ACM TOMS
+//! 2015).
+//!
+//! Why our own: the products of a flow are small to mid-sized (256-512 rows, 100-1000 columns), where a
+//! general library's per-thread packing and threading cost a third of the time on two cores. Here A and B are
+//! packed once per product into `MR`-row and `NR`-column micro-panels that all threads share (each core packs
+//! part of them), then each thread computes whole tiles of C. The sum for one element of C runs in the same order
+//! whatever the tiling, so results do not depend on the number of threads.
+//!
+//! Self-contained (std and rayon only) so that `bench/gemm` can time the same file.
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Rows of the micro-tile (6 x 16: twelve 8-wide accumulators, two B loads, one A broadcast per step).
+pub const MR: usize = 6;
+/// Columns of the micro-tile.
+pub const NR: usize = 16;
+/// Depth of a packed block (a kc x NR micro-panel of B, 16 KB, stays in L1 across the A panels).
+const KC: usize = 256;
+/// Most rows of C a task takes (its MC x KC block of packed A, 144 KB, stays in L2).
+const MC: usize = 144;
+/// Most columns of C a task takes (its KC x NC block of packed B, 1 MB, in L3).
+const NC: usize = 1024;
+
+/// Whether this CPU runs the kernel (x86-64 with AVX2 and FMA; detected once).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether a product of `m x k` by `k x n` should use this kernel: it pads to whole micro-tiles, so very thin
+/// products are left to the caller's general path.
+pub fn suits(m: usize, k: usize, n: usize) -> bool {
+    available() && m >= 2 * MR && n >= NR && k >= 8
+}
+
+/// A strided operand: element `(i, j)` at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+pub struct Operand {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// The part of the depth that tile `(i, j)` of C (row panel `i` of `MR` rows, column panel `j` of `NR`
+/// columns) needs: `[lo, hi)`; empty skips the tile (left as it was, or zero when not accumulating). For
+/// products with structural zeros (MADE's masked layers): a product over the whole depth computes the same.
+pub type Depth<'a> = dyn Fn(usize, usize) -> (usize, usize) + Sync + 'a;
+
+/// Packing buffers, reused across products by the thread that starts them.
+struct Buffers {
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Buffers> = const { RefCell::new(Buffers { a: Vec::new(), b: Vec::new() }) };
+}
+
+/// A 64-byte aligned region of `len` floats inside `v` (grown as needed).
+fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
+    if v.len() < len + 16 {
+        *v = vec![0.0; len + 16];
+    }
+    let p = v.as_mut_ptr();
+    let skip = (64 - (p as usize % 64)) % 64 / 4;
+    // SAFETY: `skip < 16` and the vector holds `len + 16` floats
+    unsafe { p.add(skip) }
+}
+
+/// Raw pointers shared by the tasks of one product (each task writes disjoint parts).
+#[derive(Clone, Copy)]
+struct Shared<'d> {
+    a: Operand,
+    b: Operand,
+    c: *mut f32,
+    crs: isize,
+    ccs: isize,
+    pa: *mut f32,
+    pb: *mut f32,
+    depth: Option<&'d Depth<'d>>,
+}
+// SAFETY: tasks read A and B, write disjoint micro-panels of the packing buffers and disjoint tiles of C.
+unsafe impl Send for Shared<'_> {}
+unsafe impl Sync for Shared<'_> {}
+
+/// `C = (accumulate ? C : 0) + A B` for `A` `m x k`, `B` `k x n`, `C` `m x n` (row stride `crs`, column stride
+/// `ccs`), on up to `threads` threads of the current rayon pool.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA ([`available`]); every element the operands' strides address must be valid,
+/// and C's elements distinct from one another and from A's and B's.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    b: Operand,
+    c: *mut f32,
+    crs: isize,
+    ccs: isize,
+    accumulate: bool,
+    threads: usize,
+) {
+    sgemm_ranged(m, n, k, a, b, c, crs, ccs, accumulate, threads, None)
+}
+
+/// [`sgemm`] where each tile of C runs only over its part of the depth ([`Depth`]).
+///
+/// # Safety
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_ranged(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    b: Operand,
+    c: *mut f32,
+    crs: isize,
+    ccs: isize,
+    accumulate: bool,
+    threads: usize,
+    depth: Option<&Depth<'_>>,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (pm, pn) = (m.div_ceil(MR), n.div_ceil(NR));
+    let (len_a, len_b) = (pm * MR * k, pn * NR * k);
+    let mut own = None;
+    BUFFERS.with(|cell| {
+        // a nested call on this thread (work stolen while it waits) gets buffers of its own
+        let mut guard = cell.try_borrow_mut();
+        let bufs = match guard.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => own.insert(Buffers {
+                a: Vec::new(),
+                b: Vec::new(),
+            }),
+        };
+        let s = Shared {
+            a,
+            b,
+            c,
+            crs,
+            ccs,
+            pa: aligned(&mut bufs.a, len_a),
+            pb: aligned(&mut bufs.b, len_b),
+            depth,
+        };
+        run(m, n, k, s, accumulate, threads.max(1));
+    });
+}
+
+/// Offset of micro-panel `i` of the depth block starting at `p0` (depth `kc`), for panels of `w` rows or
+/// columns and `panels` of them: block after block, panel after panel, `kc x w` each.
+#[inline(always)]
+fn panel_offset(p0: usize, kc: usize, i: usize, w: usize, panels: usize) -> usize {
+    p0 * panels * w + i * kc * w
+}
+
+unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, accumulate: bool, threads: usize) {
+    let (pm, pn) = (m.div_ceil(MR), n.div_ceil(NR));
+    // 1. pack: one unit per micro-panel of A (all depth blocks) and of B, each over the depth its tiles use
+    let (a_used, b_used) = match s.depth {
+        None => (vec![(0, k); pm], vec![(0, k); pn]),
+        Some(f) => {
+            let mut a_used = vec![(k, 0); pm];
+            let mut b_used = vec![(k, 0); pn];
+            for i in 0..pm {
+                for j in 0..pn {
+                    let (lo, hi) = f(i, j);
+                    if lo < hi {
+                        let (a, b) = (&mut a_used[i], &mut b_used[j]);
+                        *a = (a.0.min(lo), a.1.max(hi));
+                        *b = (b.0.min(lo), b.1.max(hi));
+                    }
+                }
+            }
+            (a_used, b_used)
+        }
+    };
+    let pack = |u: usize| {
+        if u < pm {
+            pack_a(s, m, k, u, pm, a_used[u]);
+        } else {
+            pack_b(s, n, k, u - pm, pn, b_used[u - pm]);
+        }
+    };
+    // 2. tiles of C: row groups of whole A panels, column groups of whole B panels; at least one per thread
+    // (uneven depth ranges make uneven tiles: more of them, for the pool to balance)
+    let mut rp = pm.div_ceil(MC / MR);
+    if s.depth.is_some() && threads > 1 {
+        rp = rp.max((4 * threads).min(pm / 2).max(1));
+    }
+    let mut cp = pn.div_ceil(NC / NR);
+    while threads > 1 && (rp * cp) % threads != 0 {
+        if pm / (rp + 1) >= 2 && (pm >= pn * 2 || pn / (cp + 1) < 2) {
+            rp += 1;
+        } else if pn / (cp + 1) >= 1 {
+            cp += 1;
+        } else {
+            break;
+        }
+    }
+    let tile = |t: usize| {
+        let (ri, ci) = (t / cp, t % cp);
+        let (i0, i1) = (ri * pm / rp, (ri + 1) * pm / rp);
+        let (j0, j1) = (ci * pn / cp, (ci + 1) * pn / cp);
+        compute(s, m, n, k, (i0, i1), (j0, j1), pm, pn, accumulate);
+    };
+    if threads == 1 {
+        (0..pm + pn).for_each(pack);
+        (0..rp * cp).for_each(tile);
+    } else {
+        (0..pm + pn).into_par_iter().with_min_len(4).for_each(pack);
+        (0..rp * cp).into_par_iter().for_each(tile);
+    }
+}
+
+/// Pack rows `MR*i..` of A as `kc x MR` panels (zero rows past `m`), in every depth block the part inside
+/// `used`.
+unsafe fn pack_a(s: Shared<'_>, m: usize, k: usize, i: usize, pm: usize, used: (usize, usize)) {
+    let r0 = i * MR;
+    let rows = MR.min(m - r0);
+    let a = s.a;
+    for p0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - p0);
+        let (lo, hi) = (used.0.max(p0), used.1.min(p0 + kc));
+        let dst = s.pa.add(panel_offset(p0, kc, i, MR, pm));
+        let src = a.ptr.offset(r0 as isize * a.rs);
+        // one depth step at a time: contiguous writes, MR read streams
+        for p in lo..hi {
+            let d = dst.add((p - p0) * MR);
+            let col = src.offset(p as isize * a.cs);
+            if rows == MR {
+                for r in 0..MR {
+                    *d.add(r) = *col.offset(r as isize * a.rs);
+                }
+            } else {
+                for r in 0..MR {
+                    *d.add(r) = if r < rows {
+                        *col.offset(r as isize * a.rs)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Pack columns `NR*j..` of B as `kc x NR` panels (zero columns past `n`), in every depth block the part
+/// inside `used`.
+unsafe fn pack_b(s: Shared<'_>, n: usize, k: usize, j: usize, pn: usize, used: (usize, usize)) {
+    let c0 = j * NR;
+    let cols = NR.min(n - c0);
+    let b = s.b;
+    for p0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - p0);
+        let (lo, hi) = (used.0.max(p0), used.1.min(p0 + kc));
+        let dst = s.pb.add(panel_offset(p0, kc, j, NR, pn));
+        let src = b.ptr.offset(c0 as isize * b.cs);
+        for p in lo..hi {
+            let d = dst.add((p - p0) * NR);
+            let row = src.offset(p as isize * b.rs);
+            if cols == NR && b.cs == 1 {
+                std::ptr::copy_nonoverlapping(row, d, NR);
+            } else if cols == NR {
+                for c in 0..NR {
+                    *d.add(c) = *row.offset(c as isize * b.cs);
+                }
+            } else {
+                for c in 0..NR {
+                    *d.add(c) = if c < cols {
+                        *row.offset(c as isize * b.cs)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// One task: C's A panels `i0..i1` by B panels `j0..j1`, over every depth block.
+#[allow(clippy::too_many_arguments)]
+unsafe fn compute(
+    s: Shared<'_>,
+    m: usize,
+    n: usize,
+    k: usize,
+    (i0, i1): (usize, usize),
+    (j0, j1): (usize, usize),
+    pm: usize,
+    pn: usize,
+    accumulate: bool,
+) {
+    for p0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - p0);
+        let first = p0 == 0 && !accumulate;
+        for j in j0..j1 {
+            let bp = s.pb.add(panel_offset(p0, kc, j, NR, pn));
+            let cols = NR.min(n - j * NR);
+            for i in i0..i1 {
+                let ap = s.pa.add(panel_offset(p0, kc, i, MR, pm));
+                let rows = MR.min(m - i * MR);
+                let c =
+                    s.c.offset((i * MR) as isize * s.crs + (j * NR) as isize * s.ccs);
+                let (lo, hi) = match s.depth {
+                    None => (p0, p0 + kc),
+                    Some(f) => {
+                        let (lo, hi) = f(i, j);
+                        (lo.max(p0), hi.min(p0 + kc))
+                    }
+                };
+                if lo >= hi {
+                    if first {
+                        for r in 0..rows {
+                            for q in 0..cols {
+                                *c.offset(r as isize * s.crs + q as isize * s.ccs) = 0.0;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let (ap, bp) = (ap.add((lo - p0) * MR), bp.add((lo - p0) * NR));
+                kernel(hi - lo, ap, bp, c, s.crs, s.ccs, rows, cols, first);
+            }
+        }
+    }
+}
+
+/// The 6 x 16 micro-kernel: `C[0..rows, 0..cols] (=|+=) Apanel (kc x 6)^T-ish . Bpanel (kc x 16)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    crs: isize,
+    ccs: isize,
+    rows: usize,
+    cols: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); 2 * MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        let b0 = _mm256_load_ps(b);
+        let b1 = _mm256_load_ps(b.add(8));
+        for r in 0..MR {
+            let ar = _mm256_broadcast_ss(&*a.add(r));
+            acc[2 * r] = _mm256_fmadd_ps(ar, b0, acc[2 * r]);
+            acc[2 * r + 1] = _mm256_fmadd_ps(ar, b1, acc[2 * r + 1]);
+        }
+        a = a.add(MR);
+        b = b.add(NR);
+    }
+    if rows == MR && cols == NR && ccs == 1 {
+        for (r, pair) in acc.chunks_exact(2).enumerate() {
+            let p = c.offset(r as isize * crs);
+            if overwrite {
+                _mm256_storeu_ps(p, pair[0]);
+                _mm256_storeu_ps(p.add(8), pair[1]);
+            } else {
+                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), pair[0]));
+                _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), pair[1]));
+            }
+        }
+    } else {
+        let mut t = [0.0f32; MR * NR];
+        for (r, pair) in acc.chunks_exact(2).enumerate() {
+            _mm256_storeu_ps(t.as_mut_ptr().add(r * NR), pair[0]);
+            _mm256_storeu_ps(t.as_mut_ptr().add(r * NR + 8), pair[1]);
+        }
+        for r in 0..rows {
+            for j in 0..cols {
+                let p = c.offset(r as isize * crs + j as isize * ccs);
+                *p = if overwrite { 0.0 } else { *p } + t[r * NR + j];
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    _kc: usize,
+    _a: *const f32,
+    _b: *const f32,
+    _c: *mut f32,
+    _crs: isize,
+    _ccs: isize,
+    _rows: usize,
+    _cols: usize,
+    _overwrite: bool,
+) {
+    unreachable!("sgemm::available() is false off x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(len: usize, seed: &mut u64) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// `C (+)= op(A) op(B)` on a pool of `threads`, A and B transposed or not, C a block inside a wider
+    /// matrix (row stride `ldc`), with a tile-depth function when given.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        (m, k, n): (usize, usize, usize),
+        (a, ta): (&[f32], bool),
+        (b, tb): (&[f32], bool),
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+        threads: usize,
+        depth: Option<&Depth<'_>>,
+    ) {
+        let op = |p: usize, t: bool, cols: usize| Operand {
+            ptr: p as *const f32,
+            rs: if t { 1 } else { cols as isize },
+            cs: if t { cols as isize } else { 1 },
+        };
+        let (ap, bp) = (a.as_ptr() as usize, b.as_ptr() as usize);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let cp = c.as_mut_ptr() as usize;
+        pool.install(|| unsafe {
+            // stored shapes: op(A) m x k is A k x m when transposed
+            sgemm_ranged(
+                m,
+                n,
+                k,
+                op(ap, ta, if ta { m } else { k }),
+                op(bp, tb, if tb { k } else { n }),
+                cp as *mut f32,
+                ldc as isize,
+                1,
+                accumulate,
+                threads,
+                depth,
+            )
+        });
+    }
+
+    /// Against a naive f64 product: every transpose, edges of the micro-tile in both directions, a depth over
+    /// two blocks, accumulate and overwrite, a C inside a wider matrix (its other columns untouched); 1 and 3
+    /// threads give the same bits.
+    #[test]
+    fn matches_naive_and_is_independent_of_threads() {
+        if !available() {
+            return;
+        }
+        let mut seed = 7;
+        for &(m, k, n) in &[(13, 9, 17), (50, 300, 70), (6, 256, 16), (97, 513, 33)] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = rand(m * k, &mut seed);
+                let b = rand(k * n, &mut seed);
+                let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+                let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+                let ldc = n + 3;
+                let c0 = rand(m * ldc, &mut seed);
+                for accumulate in [false, true] {
+                    let mut results = Vec::new();
+                    for threads in [1, 3] {
+                        let mut c = c0.clone();
+                        product(
+                            (m, k, n),
+                            (&a, ta),
+                            (&b, tb),
+                            &mut c,
+                            ldc,
+                            accumulate,
+                            threads,
+                            None,
+                        );
+                        results.push(c);
+                    }
+                    assert_eq!(results[0], results[1], "{m}x{k}x{n}: thread counts differ");
+                    let c = &results[0];
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            let got = c[i * ldc + j] as f64;
+                            let base = c0[i * ldc + j] as f64;
+                            if j >= n {
+                                assert_eq!(got, base, "column {j} outside C was written");
+                                continue;
+                            }
+                            let dot: f64 = (0..k).map(|p| at(i, p) as f64 * bt(p, j) as f64).sum();
+                            let want = dot + if accumulate { base } else { 0.0 };
+                            assert!(
+                                (got - want).abs() < 1e-5 * (k as f64).sqrt(),
+                                "{m}x{k}x{n} ta={ta} tb={tb} acc={accumulate} ({i},{j}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// With per-tile depth ranges each tile sums over its range only, and an empty range leaves the tile as it
+    /// was (accumulate) or zero (overwrite), also when the range starts past the first depth block.
+    #[test]
+    fn depth_ranges_restrict_each_tile() {
+        if !available() {
+            return;
+        }
+        let mut seed = 3;
+        let (m, k, n) = (40, 600, 50);
+        let a = rand(m * k, &mut seed);
+        let b = rand(k * n, &mut seed);
+        let range = |i: usize, j: usize| match (i + j) % 4 {
+            0 => (0, k),
+            1 => (300, 590),
+            2 => (0, 0),
+            _ => (17, 260),
+        };
+        let c0 = rand(m * n, &mut seed);
+        for accumulate in [false, true] {
+            for threads in [1, 2] {
+                let mut c = c0.clone();
+                product(
+                    (m, k, n),
+                    (&a, false),
+                    (&b, false),
+                    &mut c,
+                    n,
+                    accumulate,
+                    threads,
+                    Some(&range),
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let (lo, hi) = range(i / MR, j / NR);
+                        let dot: f64 = (lo..hi)
+                            .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                            .sum();
+                        let want = dot
+                            + if accumulate {
+                                c0[i * n + j] as f64
+                            } else {
+                                0.0
+                            };
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "({i},{j}) range {lo}..{hi}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
