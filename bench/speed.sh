@@ -65,7 +65,7 @@ for w in sorted({r["workload"] for r in step}):
         cells.append(f"{a['train_step_ms'] / b['train_step_ms']:.2f}x" if a and b else "-")
     print(f"| {w} | " + " | ".join(cells) + " |")
 print("\n| GEMM provider (f32, flow shapes) | threads | w1 GFLOP/s | w2 GFLOP/s | w3 GFLOP/s |\n|---|---|---|---|---|")
-for p in ("gemm", "gemm-slabs", "matrixmultiply", "faer", "blis", "torch"):
+for p in ("gemm", "gemm-slabs", "sgemm", "matrixmultiply", "faer", "blis", "torch"):
     for t in (2, 1):
         if (p, "w3", t) in gemm:
             print(f"| {p} | {t} | " + " | ".join(f"{gemm.get((p, w, t), 0):.1f}" for w in ("w1", "w2", "w3")) + " |")

@@ -21,6 +21,8 @@ pub const NR: usize = 16;
 const KC: usize = 256;
 /// Most rows of C a task takes (its MC x KC block of packed A, 144 KB, stays in L2).
 const MC: usize = 144;
+/// Largest B (floats) that each thread packs for itself when the product is split by rows.
+const SMALL_B: usize = 256 * 256;
 /// Most columns of C a task takes (its KC x NC block of packed B, 1 MB, in L3).
 const NC: usize = 1024;
 
@@ -138,6 +140,34 @@ pub unsafe fn sgemm_ranged(
         return;
     }
     let (pm, pn) = (m.div_ceil(MR), n.div_ceil(NR));
+    if threads > 1 && k * n <= SMALL_B && pm >= 2 * threads {
+        // a small B: every thread packs its own copy and takes a slab of rows, one parallel region instead
+        // of two (packing, then tiles) for a product that lasts ~100 us
+        let s = Shared {
+            a,
+            b,
+            c,
+            crs,
+            ccs,
+            pa: std::ptr::null_mut(),
+            pb: std::ptr::null_mut(),
+            depth,
+        };
+        (0..threads).into_par_iter().for_each(|q| {
+            let s = s;
+            let (i0, i1) = (q * pm / threads, (q + 1) * pm / threads);
+            let (r0, r1) = (i0 * MR, (i1 * MR).min(m));
+            let a = Operand {
+                ptr: s.a.ptr.offset(r0 as isize * s.a.rs),
+                ..s.a
+            };
+            let c = s.c.offset(r0 as isize * s.crs);
+            let shifted = s.depth.map(|f| move |i: usize, j: usize| f(i + i0, j));
+            let depth = shifted.as_ref().map(|f| f as &Depth<'_>);
+            sgemm_ranged(r1 - r0, n, k, a, s.b, c, s.crs, s.ccs, accumulate, 1, depth);
+        });
+        return;
+    }
     let (len_a, len_b) = (pm * MR * k, pn * NR * k);
     let mut own = None;
     BUFFERS.with(|cell| {
@@ -232,15 +262,38 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, accumulate: bool, thr
 
 /// Pack rows `MR*i..` of A as `kc x MR` panels (zero rows past `m`), in every depth block the part inside
 /// `used`.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
 unsafe fn pack_a(s: Shared<'_>, m: usize, k: usize, i: usize, pm: usize, used: (usize, usize)) {
     let r0 = i * MR;
     let rows = MR.min(m - r0);
     let a = s.a;
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
-        let (lo, hi) = (used.0.max(p0), used.1.min(p0 + kc));
+        let (mut lo, hi) = (used.0.max(p0), used.1.min(p0 + kc));
         let dst = s.pa.add(panel_offset(p0, kc, i, MR, pm));
         let src = a.ptr.offset(r0 as isize * a.rs);
+        // rows of A contiguous: 8 depth steps at a time through a register transpose
+        #[cfg(target_arch = "x86_64")]
+        if a.cs == 1 && rows == MR {
+            use std::arch::x86_64::*;
+            while lo + 8 <= hi {
+                let z = _mm256_setzero_ps();
+                let mut v = [z; 8];
+                for (r, v) in v.iter_mut().take(MR).enumerate() {
+                    *v = _mm256_loadu_ps(src.offset(r as isize * a.rs).add(lo));
+                }
+                let t = transpose8(v);
+                for (q, t) in t.iter().enumerate() {
+                    let d = dst.add((lo - p0 + q) * MR);
+                    _mm_storeu_ps(d, _mm256_castps256_ps128(*t));
+                    _mm_store_sd(
+                        d.add(4) as *mut f64,
+                        _mm_castps_pd(_mm256_extractf128_ps::<1>(*t)),
+                    );
+                }
+                lo += 8;
+            }
+        }
         // one depth step at a time: contiguous writes, MR read streams
         for p in lo..hi {
             let d = dst.add((p - p0) * MR);
@@ -264,15 +317,33 @@ unsafe fn pack_a(s: Shared<'_>, m: usize, k: usize, i: usize, pm: usize, used: (
 
 /// Pack columns `NR*j..` of B as `kc x NR` panels (zero columns past `n`), in every depth block the part
 /// inside `used`.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
 unsafe fn pack_b(s: Shared<'_>, n: usize, k: usize, j: usize, pn: usize, used: (usize, usize)) {
     let c0 = j * NR;
     let cols = NR.min(n - c0);
     let b = s.b;
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
-        let (lo, hi) = (used.0.max(p0), used.1.min(p0 + kc));
+        let (mut lo, hi) = (used.0.max(p0), used.1.min(p0 + kc));
         let dst = s.pb.add(panel_offset(p0, kc, j, NR, pn));
         let src = b.ptr.offset(c0 as isize * b.cs);
+        // columns of B contiguous (B = W^T of a row-major W): 8 x 8 register transposes
+        #[cfg(target_arch = "x86_64")]
+        if b.rs == 1 && cols == NR {
+            use std::arch::x86_64::*;
+            while lo + 8 <= hi {
+                for h in 0..NR / 8 {
+                    let mut v = [_mm256_setzero_ps(); 8];
+                    for (q, v) in v.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(src.offset((h * 8 + q) as isize * b.cs).add(lo));
+                    }
+                    for (q, t) in transpose8(v).iter().enumerate() {
+                        _mm256_store_ps(dst.add((lo - p0 + q) * NR + h * 8), *t);
+                    }
+                }
+                lo += 8;
+            }
+        }
         for p in lo..hi {
             let d = dst.add((p - p0) * NR);
             let row = src.offset(p as isize * b.rs);
@@ -293,6 +364,39 @@ unsafe fn pack_b(s: Shared<'_>, n: usize, k: usize, j: usize, pn: usize, used: (
             }
         }
     }
+}
+
+/// Columns of an 8 x 8 block given as its rows: `out[k][q] = rows[q][k]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
 }
 
 /// One task: C's A panels `i0..i1` by B panels `j0..j1`, over every depth block.
@@ -359,16 +463,38 @@ unsafe fn kernel(
     overwrite: bool,
 ) {
     use std::arch::x86_64::*;
+    // C's rows start coming in while the products run
+    for r in 0..rows {
+        let p = c.offset(r as isize * crs) as *const i8;
+        _mm_prefetch::<_MM_HINT_T0>(p);
+        _mm_prefetch::<_MM_HINT_T0>(p.offset((NR as isize - 1) * ccs * 4));
+    }
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
     let (mut a, mut b) = (a, b);
-    for _ in 0..kc {
-        let b0 = _mm256_load_ps(b);
-        let b1 = _mm256_load_ps(b.add(8));
-        for r in 0..MR {
-            let ar = _mm256_broadcast_ss(&*a.add(r));
-            acc[2 * r] = _mm256_fmadd_ps(ar, b0, acc[2 * r]);
-            acc[2 * r + 1] = _mm256_fmadd_ps(ar, b1, acc[2 * r + 1]);
-        }
+    // one depth step: a row of the B panel times a column of the A panel
+    macro_rules! step {
+        ($acc:expr, $a:expr, $b:expr) => {{
+            let (a, b) = ($a, $b);
+            let b0 = _mm256_load_ps(b);
+            let b1 = _mm256_load_ps(b.add(8));
+            for r in 0..MR {
+                let ar = _mm256_broadcast_ss(&*a.add(r));
+                $acc[2 * r] = _mm256_fmadd_ps(ar, b0, $acc[2 * r]);
+                $acc[2 * r + 1] = _mm256_fmadd_ps(ar, b1, $acc[2 * r + 1]);
+            }
+        }};
+    }
+    // four depth steps per iteration (fewer loop instructions between the FMAs)
+    for _ in 0..kc / 4 {
+        step!(acc, a, b);
+        step!(acc, a.add(MR), b.add(NR));
+        step!(acc, a.add(2 * MR), b.add(2 * NR));
+        step!(acc, a.add(3 * MR), b.add(3 * NR));
+        a = a.add(4 * MR);
+        b = b.add(4 * NR);
+    }
+    for _ in 0..kc % 4 {
+        step!(acc, a, b);
         a = a.add(MR);
         b = b.add(NR);
     }
@@ -480,7 +606,14 @@ mod tests {
             return;
         }
         let mut seed = 7;
-        for &(m, k, n) in &[(13, 9, 17), (50, 300, 70), (6, 256, 16), (97, 513, 33)] {
+        // (the last one's B is too big for per-thread copies: shared packing)
+        for &(m, k, n) in &[
+            (13, 9, 17),
+            (50, 300, 70),
+            (6, 256, 16),
+            (97, 513, 33),
+            (40, 300, 300),
+        ] {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let a = rand(m * k, &mut seed);
                 let b = rand(k * n, &mut seed);
@@ -535,16 +668,22 @@ mod tests {
             return;
         }
         let mut seed = 3;
-        let (m, k, n) = (40, 600, 50);
-        let a = rand(m * k, &mut seed);
-        let b = rand(k * n, &mut seed);
+        // per-thread copies of B, then shared packing
+        for (m, k, n) in [(40, 600, 50), (40, 600, 200)] {
+            depth_case(m, k, n, &mut seed);
+        }
+    }
+
+    fn depth_case(m: usize, k: usize, n: usize, seed: &mut u64) {
+        let a = rand(m * k, seed);
+        let b = rand(k * n, seed);
         let range = |i: usize, j: usize| match (i + j) % 4 {
             0 => (0, k),
             1 => (300, 590),
             2 => (0, 0),
             _ => (17, 260),
         };
-        let c0 = rand(m * n, &mut seed);
+        let c0 = rand(m * n, seed);
         for accumulate in [false, true] {
             for threads in [1, 2] {
                 let mut c = c0.clone();
