@@ -143,7 +143,7 @@ pub unsafe fn sgemm_ranged(
     if threads > 1 && k * n <= SMALL_B && pm >= 2 * threads {
         // a small B: every thread packs its own copy and takes a slab of rows, one parallel region instead
         // of two (packing, then tiles) for a product that lasts ~100 us
-        let s = Shared {
+        let shared = &Shared {
             a,
             b,
             c,
@@ -154,7 +154,7 @@ pub unsafe fn sgemm_ranged(
             depth,
         };
         (0..threads).into_par_iter().for_each(|q| {
-            let s = s;
+            let s = *shared;
             let (i0, i1) = (q * pm / threads, (q + 1) * pm / threads);
             let (r0, r1) = (i0 * MR, (i1 * MR).min(m));
             let a = Operand {
