@@ -310,6 +310,9 @@ pub fn gemm_view<F: Float>(
 ) {
     if check(a, b, c, &(av, bv, cv)) {
         let (m, k, n) = (av.rows, av.cols, bv.cols);
+        if thin(a, av, b, bv, c, cv, accumulate) {
+            return;
+        }
         if own_kernel::<F>(m, k, n) {
             let o = Operands {
                 a: a.as_ptr(),
@@ -322,6 +325,74 @@ pub fn gemm_view<F: Float>(
             gemm_tasks(a, b, c, &slabs((av, bv, cv)), accumulate);
         }
     }
+}
+
+/// Largest dimension a product may have for [`thin`].
+const THIN: usize = 4;
+
+/// Products with a dimension of at most [`THIN`] (a flow on 2-D data: one-feature inputs, two-parameter outputs
+/// and their gradients) as plain loops along the long dimension: a blocked kernel's packing and tile padding
+/// cost more than such a product. `false` (nothing done) for other shapes, or strides the loops can't stream.
+fn thin<F: Float>(
+    a: &[F],
+    av: View,
+    b: &[F],
+    bv: View,
+    c: &mut [F],
+    cv: View,
+    accumulate: bool,
+) -> bool {
+    let (m, k, n) = (av.rows, av.cols, bv.cols);
+    if cv.cs != 1 || m.min(k).min(n) > THIN {
+        return false;
+    }
+    if (k <= THIN || m <= THIN) && bv.cs == 1 {
+        // row i of C = sum_p A[i, p] B[p, :]
+        for i in 0..m {
+            let crow = &mut c[cv.off + i * cv.rs..][..n];
+            if !accumulate {
+                crow.iter_mut().for_each(|v| *v = F::zero());
+            }
+            for p in 0..k {
+                let aip = a[av.off + i * av.rs + p * av.cs];
+                let brow = &b[bv.off + p * bv.rs..][..n];
+                crow.iter_mut().zip(brow).for_each(|(c, &b)| *c += aip * b);
+            }
+        }
+        return true;
+    }
+    if n <= THIN && av.cs == 1 && bv.rs == 1 {
+        // C[i, j] = A's row i . B's column j
+        for i in 0..m {
+            let arow = &a[av.off + i * av.rs..][..k];
+            for j in 0..n {
+                let d = dot(arow, &b[bv.off + j * bv.cs..][..k]);
+                let cij = &mut c[cv.off + i * cv.rs + j];
+                *cij = if accumulate { *cij + d } else { d };
+            }
+        }
+        return true;
+    }
+    false
+}
+
+/// `x . y` in eight interleaved partial sums (so the loop vectorises).
+#[inline(always)]
+fn dot<F: Float>(x: &[F], y: &[F]) -> F {
+    let mut acc = [F::zero(); 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: F = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(&u, &v)| u * v)
+        .sum();
+    for (u, v) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += u[l] * v[l];
+        }
+    }
+    acc.iter().copied().sum::<F>() + tail
 }
 
 /// The tile of C that [`gemm_view_ranged`] gives one depth range: `(rows, columns)`.
@@ -530,7 +601,19 @@ mod tests {
 
     fn gemm_cases() {
         let mut rng = crate::engine::rng(1);
-        for &(m, k, n) in &[(3, 4, 5), (1, 7, 2), (130, 120, 110), (20, 150, 400)] {
+        // thin ones (loops): k, m or n at most 4, with and without streamable strides
+        for &(m, k, n) in &[
+            (3, 4, 5),
+            (1, 7, 2),
+            (130, 120, 110),
+            (20, 150, 400),
+            (300, 1, 70),
+            (300, 2, 130),
+            (300, 70, 2),
+            (2, 300, 70),
+            (70, 300, 1),
+            (4, 4, 4),
+        ] {
             for &ta in &[false, true] {
                 for &tb in &[false, true] {
                     let a: Mat<f64> = if ta {
