@@ -8,6 +8,7 @@ pub mod conv;
 pub mod kernels;
 pub mod pool;
 mod sgemm;
+pub mod vmath;
 
 use num_traits::{Float as NumFloat, FromPrimitive, ToPrimitive};
 use rand::SeedableRng;

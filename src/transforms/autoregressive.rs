@@ -8,6 +8,7 @@
 //! - IAF (Kingma et al. 2016) uses `g` as the sampling direction: `x = g(z)`. Sampling (with the density of the
 //!   sample) is one pass; log p of an arbitrary point is D passes.
 
+use super::coupling::Scales;
 use super::{ScaleBound, Transform};
 use crate::engine::{Float, Mat, Rng};
 use crate::nn::{Activation, Made, MadeOpts, Param};
@@ -103,18 +104,18 @@ impl<F: Float> AffineAr<F> {
         }
         let mut y = u.clone();
         let mut ld = vec![F::zero(); u.rows];
+        let mut sc = Scales::new(d);
         for (r, ldr) in ld.iter_mut().enumerate() {
             let hr = h.row(r);
             let yr = y.row_mut(r);
+            self.bound.eval_slice(&hr[d..2 * d], false, &mut sc);
+            if let Some((s, dl)) = cache.as_mut() {
+                s.extend_from_slice(&sc.e);
+                dl.extend_from_slice(&sc.dl);
+            }
             for i in 0..d {
-                let (l, dldh) = self.bound.eval(hr[d + i]);
-                let e = l.exp();
-                if let Some((s, dl)) = cache.as_mut() {
-                    s.push(e);
-                    dl.push(dldh);
-                }
-                yr[i] = yr[i] * e + hr[i];
-                *ldr += l;
+                yr[i] = yr[i] * sc.e[i] + hr[i];
+                *ldr += sc.l[i];
             }
         }
         (y, ld)
@@ -142,13 +143,17 @@ impl<F: Float> AffineAr<F> {
     fn solve(&self, y: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let d = self.d;
         let mut sl = vec![F::zero(); y.rows];
+        // pass i: feature i of every row, its raw log-scales gathered into one column
+        let (mut col, mut sc) = (vec![F::zero(); y.rows], Scales::new(y.rows));
         let u = self.made.sequential(y.rows, ctx, |i, h, inp| {
             let w = inp.cols;
+            for (r, c) in col.iter_mut().enumerate() {
+                *c = h.data[r * h.cols + d + i];
+            }
+            self.bound.eval_slice(&col, true, &mut sc);
             for (r, slr) in sl.iter_mut().enumerate() {
-                let hr = h.row(r);
-                let (l, _) = self.bound.eval(hr[d + i]);
-                inp.data[r * w + i] = (y.data[r * d + i] - hr[i]) * (-l).exp();
-                *slr += l;
+                inp.data[r * w + i] = (y.data[r * d + i] - h.data[r * h.cols + i]) * sc.e[r];
+                *slr += sc.l[r];
             }
         });
         (u, sl)

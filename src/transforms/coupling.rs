@@ -7,7 +7,7 @@
 //! - affine:   `z_b = x_b * exp(l(x_a)) + t(x_a)`, log|det| = sum l, with `l` bounded (see [`ScaleBound`]).
 
 use super::{zeros_logdet, Transform};
-use crate::engine::{Float, Mat, Rng};
+use crate::engine::{vmath, Float, Mat, Rng};
 use crate::nn::{Activation, Mlp, Param};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
@@ -78,7 +78,46 @@ impl Default for ScaleBound {
     }
 }
 
+/// One row's log-scales `l`, their derivatives `dl/dh` and exponentials `e = exp(+-l)` ([`ScaleBound::eval_slice`]).
+pub(crate) struct Scales<F> {
+    pub l: Vec<F>,
+    pub dl: Vec<F>,
+    pub e: Vec<F>,
+}
+
+impl<F: Float> Scales<F> {
+    pub fn new(n: usize) -> Self {
+        Scales {
+            l: vec![F::zero(); n],
+            dl: vec![F::zero(); n],
+            e: vec![F::zero(); n],
+        }
+    }
+}
+
 impl ScaleBound {
+    /// [`eval`](Self::eval) over a slice, with `e = exp(l)` (`exp(-l)` when `inverse`) into `out` (resized to
+    /// `h`): the soft clamp through the vectorised f32 functions of [`vmath`].
+    pub(crate) fn eval_slice<F: Float>(self, h: &[F], inverse: bool, out: &mut Scales<F>) {
+        let n = h.len();
+        for v in [&mut out.l, &mut out.dl, &mut out.e] {
+            v.resize(n, F::zero());
+        }
+        match self {
+            ScaleBound::SoftClamp { bound } => {
+                vmath::soft_clamp_exp(h, bound, inverse, &mut out.l, &mut out.dl, &mut out.e)
+            }
+            ScaleBound::Sigmoid => {
+                for (k, &hk) in h.iter().enumerate() {
+                    let (l, dl) = self.eval(hk);
+                    out.l[k] = l;
+                    out.dl[k] = dl;
+                    out.e[k] = if inverse { (-l).exp() } else { l.exp() };
+                }
+            }
+        }
+    }
+
     /// `(l, dl/dh)`.
     #[inline(always)]
     pub(crate) fn eval<F: Float>(self, h: F) -> (F, F) {
@@ -344,23 +383,23 @@ impl<F: Float> AffineCoupling<F> {
         let row = |r: usize,
                    zr: &mut [F],
                    ldr: &mut F,
-                   mut keep: Option<(&mut [F], &mut [F], &mut [F])>| {
+                   mut keep: Option<(&mut [F], &mut [F], &mut [F])>,
+                   sc: &mut Scales<F>| {
             let hr = h.row(r);
+            self.bound.eval_slice(&hr[nb..2 * nb], inverse, sc);
             let mut acc = F::zero();
             for (k, &j) in self.core.ib.iter().enumerate() {
                 let t = hr[k];
-                let (l, dldh) = self.bound.eval(hr[nb + k]);
-                acc += l;
+                acc += sc.l[k];
                 if inverse {
-                    zr[j] = (zr[j] - t) * (-l).exp();
+                    zr[j] = (zr[j] - t) * sc.e[k];
                 } else {
-                    let e = l.exp();
                     if let Some((xb, s, dl)) = keep.as_mut() {
                         xb[k] = zr[j];
-                        s[k] = e;
-                        dl[k] = dldh;
+                        s[k] = sc.e[k];
+                        dl[k] = sc.dl[k];
                     }
-                    zr[j] = zr[j] * e + t;
+                    zr[j] = zr[j] * sc.e[k] + t;
                 }
             }
             *ldr = if inverse { -acc } else { acc };
@@ -384,10 +423,12 @@ impl<F: Float> AffineCoupling<F> {
                     .enumerate()
                     .with_min_len(min_len)
                     .for_each(|(c, ((((zc, lc), xc), sc), dc))| {
+                        let mut scales = Scales::new(nb);
                         for (i, ldr) in lc.iter_mut().enumerate() {
                             let k = i * nb..(i + 1) * nb;
                             let keep = (&mut xc[k.clone()], &mut sc[k.clone()], &mut dc[k]);
-                            row(c * ROWS + i, &mut zc[i * d..(i + 1) * d], ldr, Some(keep));
+                            let zr = &mut zc[i * d..(i + 1) * d];
+                            row(c * ROWS + i, zr, ldr, Some(keep), &mut scales);
                         }
                     });
             }
@@ -398,8 +439,10 @@ impl<F: Float> AffineCoupling<F> {
                 .enumerate()
                 .with_min_len(min_len)
                 .for_each(|(c, (zc, lc))| {
+                    let mut scales = Scales::new(nb);
                     for (i, ldr) in lc.iter_mut().enumerate() {
-                        row(c * ROWS + i, &mut zc[i * d..(i + 1) * d], ldr, None);
+                        let zr = &mut zc[i * d..(i + 1) * d];
+                        row(c * ROWS + i, zr, ldr, None, &mut scales);
                     }
                 }),
         }
