@@ -346,10 +346,72 @@ fn thin<F: Float>(
     if cv.cs != 1 || m.min(k).min(n) > THIN {
         return false;
     }
-    if (k <= THIN || m <= THIN) && bv.cs == 1 {
-        // row i of C = sum_p A[i, p] B[p, :]
-        for i in 0..m {
-            let crow = &mut c[cv.off + i * cv.rs..][..n];
+    let by_rows = (k <= THIN || m <= THIN) && bv.cs == 1;
+    if !by_rows && !(n <= THIN && av.cs == 1 && bv.rs == 1) {
+        return false;
+    }
+    // rows of C in groups over the pool when there is enough work (each row is computed the same way)
+    const ROWS: usize = 64;
+    let rows = |lo: usize, hi: usize, c: &mut [F]| {
+        #[cfg(target_arch = "x86_64")]
+        if sgemm::available() {
+            // SAFETY: the CPU has AVX2 and FMA
+            return unsafe { thin_rows_avx2(a, av, b, bv, c, cv, (lo, hi), by_rows, accumulate) };
+        }
+        thin_rows(a, av, b, bv, c, cv, (lo, hi), by_rows, accumulate)
+    };
+    let c = &mut c[cv.off..];
+    if m >= 2 * ROWS && m * n * k >= 1 << 15 && rayon::current_num_threads() > 1 {
+        let cv = View { off: 0, ..cv };
+        c.par_chunks_mut(ROWS * cv.rs)
+            .enumerate()
+            .for_each(|(q, cq)| rows(q * ROWS, ((q + 1) * ROWS).min(m), cq));
+    } else {
+        rows(0, m, c);
+    }
+    true
+}
+
+/// [`thin_rows`] compiled for AVX2 (the crate's baseline is SSE2).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn thin_rows_avx2<F: Float>(
+    a: &[F],
+    av: View,
+    b: &[F],
+    bv: View,
+    c: &mut [F],
+    cv: View,
+    range: (usize, usize),
+    by_rows: bool,
+    accumulate: bool,
+) {
+    thin_rows(a, av, b, bv, c, cv, range, by_rows, accumulate)
+}
+
+/// Rows `lo..hi` of a [`thin`] product into `c` (which starts at row `lo` of C): each row of C as a sum of
+/// rows of B (`by_rows`), or as dot products of a row of A with the columns of B.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn thin_rows<F: Float>(
+    a: &[F],
+    av: View,
+    b: &[F],
+    bv: View,
+    c: &mut [F],
+    cv: View,
+    (lo, hi): (usize, usize),
+    by_rows: bool,
+    accumulate: bool,
+) {
+    let (k, n) = (av.cols, bv.cols);
+    for i in lo..hi {
+        let crow = &mut c[(i - lo) * cv.rs..][..n];
+        if by_rows {
             if !accumulate {
                 crow.iter_mut().for_each(|v| *v = F::zero());
             }
@@ -358,22 +420,14 @@ fn thin<F: Float>(
                 let brow = &b[bv.off + p * bv.rs..][..n];
                 crow.iter_mut().zip(brow).for_each(|(c, &b)| *c += aip * b);
             }
-        }
-        return true;
-    }
-    if n <= THIN && av.cs == 1 && bv.rs == 1 {
-        // C[i, j] = A's row i . B's column j
-        for i in 0..m {
+        } else {
             let arow = &a[av.off + i * av.rs..][..k];
-            for j in 0..n {
+            for (j, cij) in crow.iter_mut().enumerate() {
                 let d = dot(arow, &b[bv.off + j * bv.cs..][..k]);
-                let cij = &mut c[cv.off + i * cv.rs + j];
                 *cij = if accumulate { *cij + d } else { d };
             }
         }
-        return true;
     }
-    false
 }
 
 /// `x . y` in eight interleaved partial sums (so the loop vectorises).

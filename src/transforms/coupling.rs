@@ -380,26 +380,37 @@ impl<F: Float> AffineCoupling<F> {
         let d = x.cols;
         let mut z = x.clone();
         let mut ld = vec![F::zero(); x.rows];
+        // the scales of rows `r0..r0 + rows` in one vectorised pass over their raw outputs
+        let scales = |r0: usize, rows: usize| {
+            let raw: Vec<F> = (r0..r0 + rows)
+                .flat_map(|r| h.row(r)[nb..2 * nb].iter().copied())
+                .collect();
+            let mut sc = Scales::new(raw.len());
+            self.bound.eval_slice(&raw, inverse, &mut sc);
+            sc
+        };
+        // row `r` given its scales (entries `i * nb..` of `sc`)
         let row = |r: usize,
                    zr: &mut [F],
                    ldr: &mut F,
                    mut keep: Option<(&mut [F], &mut [F], &mut [F])>,
-                   sc: &mut Scales<F>| {
+                   sc: &Scales<F>,
+                   i: usize| {
             let hr = h.row(r);
-            self.bound.eval_slice(&hr[nb..2 * nb], inverse, sc);
+            let (l, dl, e) = (&sc.l[i * nb..], &sc.dl[i * nb..], &sc.e[i * nb..]);
             let mut acc = F::zero();
             for (k, &j) in self.core.ib.iter().enumerate() {
                 let t = hr[k];
-                acc += sc.l[k];
+                acc += l[k];
                 if inverse {
-                    zr[j] = (zr[j] - t) * sc.e[k];
+                    zr[j] = (zr[j] - t) * e[k];
                 } else {
-                    if let Some((xb, s, dl)) = keep.as_mut() {
+                    if let Some((xb, s, dlk)) = keep.as_mut() {
                         xb[k] = zr[j];
-                        s[k] = sc.e[k];
-                        dl[k] = sc.dl[k];
+                        s[k] = e[k];
+                        dlk[k] = dl[k];
                     }
-                    zr[j] = zr[j] * sc.e[k] + t;
+                    zr[j] = zr[j] * e[k] + t;
                 }
             }
             *ldr = if inverse { -acc } else { acc };
@@ -423,12 +434,12 @@ impl<F: Float> AffineCoupling<F> {
                     .enumerate()
                     .with_min_len(min_len)
                     .for_each(|(c, ((((zc, lc), xc), sc), dc))| {
-                        let mut scales = Scales::new(nb);
+                        let scales = scales(c * ROWS, lc.len());
                         for (i, ldr) in lc.iter_mut().enumerate() {
                             let k = i * nb..(i + 1) * nb;
                             let keep = (&mut xc[k.clone()], &mut sc[k.clone()], &mut dc[k]);
                             let zr = &mut zc[i * d..(i + 1) * d];
-                            row(c * ROWS + i, zr, ldr, Some(keep), &mut scales);
+                            row(c * ROWS + i, zr, ldr, Some(keep), &scales, i);
                         }
                     });
             }
@@ -439,10 +450,10 @@ impl<F: Float> AffineCoupling<F> {
                 .enumerate()
                 .with_min_len(min_len)
                 .for_each(|(c, (zc, lc))| {
-                    let mut scales = Scales::new(nb);
+                    let scales = scales(c * ROWS, lc.len());
                     for (i, ldr) in lc.iter_mut().enumerate() {
                         let zr = &mut zc[i * d..(i + 1) * d];
-                        row(c * ROWS + i, zr, ldr, None, &mut scales);
+                        row(c * ROWS + i, zr, ldr, None, &scales, i);
                     }
                 }),
         }
