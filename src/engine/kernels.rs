@@ -347,7 +347,8 @@ fn thin<F: Float>(
         return false;
     }
     let by_rows = (k <= THIN || m <= THIN) && bv.cs == 1;
-    if !by_rows && !(n <= THIN && av.cs == 1 && bv.rs == 1) {
+    let by_dots = n <= THIN && av.cs == 1 && bv.rs == 1;
+    if !(by_rows || by_dots) {
         return false;
     }
     // rows of C in groups over the pool when there is enough work (each row is computed the same way)
