@@ -266,10 +266,15 @@ impl<F: Float> Linear<F> {
         self.bias.value.iter_mut().for_each(|v| *v = F::zero());
     }
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
-        // start from the bias rows (the product accumulates onto them): no zero-filling pass
-        let mut data = Vec::with_capacity(x.rows * self.out);
-        for _ in 0..x.rows {
+        // start from the bias rows (the product accumulates onto them): no zero-filling pass; the rows are
+        // copied in doubling blocks (a few large copies instead of one small one per row)
+        let len = x.rows * self.out;
+        let mut data = Vec::with_capacity(len);
+        if len > 0 {
             data.extend_from_slice(&self.bias.value);
+            while data.len() < len {
+                data.extend_from_within(..data.len().min(len - data.len()));
+            }
         }
         let mut y = Mat::from_vec(x.rows, self.out, data);
         self.accumulate_product(x, &mut y);
