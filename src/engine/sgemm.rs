@@ -262,101 +262,77 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, accumulate: bool, thr
 
 /// Pack rows `MR*i..` of A as `kc x MR` panels (zero rows past `m`), in every depth block the part inside
 /// `used`.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
 unsafe fn pack_a(s: Shared<'_>, m: usize, k: usize, i: usize, pm: usize, used: (usize, usize)) {
-    let r0 = i * MR;
-    let rows = MR.min(m - r0);
-    let a = s.a;
-    for p0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - p0);
-        let (mut lo, hi) = (used.0.max(p0), used.1.min(p0 + kc));
-        let dst = s.pa.add(panel_offset(p0, kc, i, MR, pm));
-        let src = a.ptr.offset(r0 as isize * a.rs);
-        // rows of A contiguous: 8 depth steps at a time through a register transpose
-        #[cfg(target_arch = "x86_64")]
-        if a.cs == 1 && rows == MR {
-            use std::arch::x86_64::*;
-            while lo + 8 <= hi {
-                let z = _mm256_setzero_ps();
-                let mut v = [z; 8];
-                for (r, v) in v.iter_mut().take(MR).enumerate() {
-                    *v = _mm256_loadu_ps(src.offset(r as isize * a.rs).add(lo));
-                }
-                let t = transpose8(v);
-                for (q, t) in t.iter().enumerate() {
-                    let d = dst.add((lo - p0 + q) * MR);
-                    _mm_storeu_ps(d, _mm256_castps256_ps128(*t));
-                    _mm_store_sd(
-                        d.add(4) as *mut f64,
-                        _mm_castps_pd(_mm256_extractf128_ps::<1>(*t)),
-                    );
-                }
-                lo += 8;
-            }
-        }
-        // one depth step at a time: contiguous writes, MR read streams
-        for p in lo..hi {
-            let d = dst.add((p - p0) * MR);
-            let col = src.offset(p as isize * a.cs);
-            if rows == MR {
-                for r in 0..MR {
-                    *d.add(r) = *col.offset(r as isize * a.rs);
-                }
-            } else {
-                for r in 0..MR {
-                    *d.add(r) = if r < rows {
-                        *col.offset(r as isize * a.rs)
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
-    }
+    let (a, r0) = (s.a, i * MR);
+    let src = a.ptr.offset(r0 as isize * a.rs);
+    pack_panel::<MR>(src, a.rs, a.cs, m - r0, k, used, |p0, kc| {
+        s.pa.add(panel_offset(p0, kc, i, MR, pm))
+    });
 }
 
 /// Pack columns `NR*j..` of B as `kc x NR` panels (zero columns past `n`), in every depth block the part
 /// inside `used`.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
 unsafe fn pack_b(s: Shared<'_>, n: usize, k: usize, j: usize, pn: usize, used: (usize, usize)) {
-    let c0 = j * NR;
-    let cols = NR.min(n - c0);
-    let b = s.b;
+    let (b, c0) = (s.b, j * NR);
+    let src = b.ptr.offset(c0 as isize * b.cs);
+    pack_panel::<NR>(src, b.cs, b.rs, n - c0, k, used, |p0, kc| {
+        s.pb.add(panel_offset(p0, kc, j, NR, pn))
+    });
+}
+
+/// One micro-panel of `W` lanes (A's rows or B's columns): lane `q` at depth `p` is `src[q * qs + p * ps]`;
+/// lanes past `lanes` are zero. Each depth block's part inside `used` goes to `dst(p0, kc)`, depth step by depth
+/// step (`W` contiguous floats each).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn pack_panel<const W: usize>(
+    src: *const f32,
+    qs: isize,
+    ps: isize,
+    lanes: usize,
+    k: usize,
+    used: (usize, usize),
+    dst: impl Fn(usize, usize) -> *mut f32,
+) {
+    let lanes = W.min(lanes);
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
         let (mut lo, hi) = (used.0.max(p0), used.1.min(p0 + kc));
-        let dst = s.pb.add(panel_offset(p0, kc, j, NR, pn));
-        let src = b.ptr.offset(c0 as isize * b.cs);
-        // columns of B contiguous (B = W^T of a row-major W): 8 x 8 register transposes
+        let dst = dst(p0, kc);
+        // each lane contiguous along the depth (x W^T's B, a row-major A): 8 lanes x 8 steps per register
+        // transpose
         #[cfg(target_arch = "x86_64")]
-        if b.rs == 1 && cols == NR {
+        if ps == 1 && lanes == W {
             use std::arch::x86_64::*;
             while lo + 8 <= hi {
-                for h in 0..NR / 8 {
+                for h in (0..W).step_by(8) {
                     let mut v = [_mm256_setzero_ps(); 8];
-                    for (q, v) in v.iter_mut().enumerate() {
-                        *v = _mm256_loadu_ps(src.offset((h * 8 + q) as isize * b.cs).add(lo));
+                    for (q, v) in v.iter_mut().enumerate().take(W - h) {
+                        *v = _mm256_loadu_ps(src.offset((h + q) as isize * qs).add(lo));
                     }
-                    for (q, t) in transpose8(v).iter().enumerate() {
-                        _mm256_store_ps(dst.add((lo - p0 + q) * NR + h * 8), *t);
+                    for (t, col) in transpose8(v).iter().enumerate() {
+                        let d = dst.add((lo - p0 + t) * W + h);
+                        if W - h >= 8 {
+                            _mm256_storeu_ps(d, *col);
+                        } else {
+                            // the MR = 6 rows of an A panel: 4 + 2 lanes
+                            _mm_storeu_ps(d, _mm256_castps256_ps128(*col));
+                            let hi2 = _mm_castps_pd(_mm256_extractf128_ps::<1>(*col));
+                            _mm_store_sd(d.add(4) as *mut f64, hi2);
+                        }
                     }
                 }
                 lo += 8;
             }
         }
         for p in lo..hi {
-            let d = dst.add((p - p0) * NR);
-            let row = src.offset(p as isize * b.rs);
-            if cols == NR && b.cs == 1 {
-                std::ptr::copy_nonoverlapping(row, d, NR);
-            } else if cols == NR {
-                for c in 0..NR {
-                    *d.add(c) = *row.offset(c as isize * b.cs);
-                }
+            let d = dst.add((p - p0) * W);
+            let at = src.offset(p as isize * ps);
+            if lanes == W && qs == 1 {
+                std::ptr::copy_nonoverlapping(at, d, W);
             } else {
-                for c in 0..NR {
-                    *d.add(c) = if c < cols {
-                        *row.offset(c as isize * b.cs)
+                for q in 0..W {
+                    *d.add(q) = if q < lanes {
+                        *at.offset(q as isize * qs)
                     } else {
                         0.0
                     };
