@@ -142,6 +142,7 @@ unsafe fn sgemm_on<F: Float>(
         cv.cs as isize,
         accumulate,
         threads,
+        None,
     )
 }
 
@@ -488,7 +489,7 @@ pub fn gemm_view_ranged<F: Float>(
         // SAFETY: F is f32 (`ranged_available`), `check` bounds every index, `c` is borrowed mutably so it
         // aliases neither `a` nor `b`
         unsafe {
-            sgemm::sgemm_ranged(
+            sgemm::sgemm(
                 m,
                 n,
                 k,

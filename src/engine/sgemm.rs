@@ -97,33 +97,14 @@ unsafe impl Send for Shared<'_> {}
 unsafe impl Sync for Shared<'_> {}
 
 /// `C = (accumulate ? C : 0) + A B` for `A` `m x k`, `B` `k x n`, `C` `m x n` (row stride `crs`, column stride
-/// `ccs`), on up to `threads` threads of the current rayon pool.
+/// `ccs`), on up to `threads` threads of the current rayon pool; with `depth`, each tile of C runs only over its
+/// part of the depth ([`Depth`]).
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA ([`available`]); every element the operands' strides address must be valid,
 /// and C's elements distinct from one another and from A's and B's.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Operand,
-    b: Operand,
-    c: *mut f32,
-    crs: isize,
-    ccs: isize,
-    accumulate: bool,
-    threads: usize,
-) {
-    sgemm_ranged(m, n, k, a, b, c, crs, ccs, accumulate, threads, None)
-}
-
-/// [`sgemm`] where each tile of C runs only over its part of the depth ([`Depth`]).
-///
-/// # Safety
-/// As [`sgemm`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_ranged(
     m: usize,
     n: usize,
     k: usize,
@@ -164,7 +145,7 @@ pub unsafe fn sgemm_ranged(
             let c = s.c.offset(r0 as isize * s.crs);
             let shifted = s.depth.map(|f| move |i: usize, j: usize| f(i + i0, j));
             let depth = shifted.as_ref().map(|f| f as &Depth<'_>);
-            sgemm_ranged(r1 - r0, n, k, a, s.b, c, s.crs, s.ccs, accumulate, 1, depth);
+            sgemm(r1 - r0, n, k, a, s.b, c, s.crs, s.ccs, accumulate, 1, depth);
         });
         return;
     }
@@ -557,7 +538,7 @@ mod tests {
         let cp = c.as_mut_ptr() as usize;
         pool.install(|| unsafe {
             // stored shapes: op(A) m x k is A k x m when transposed
-            sgemm_ranged(
+            sgemm(
                 m,
                 n,
                 k,
