@@ -506,13 +506,41 @@ pub fn gemm_view_ranged<F: Float>(
     }
 }
 
+/// A `rows x b.len()` matrix whose every row is `b` (a linear layer's output before its product accumulates onto
+/// it: no zero-filling pass). Rows are copied in doubling blocks: a few large copies, not one small one per row.
+pub fn bias_rows<F: Float>(rows: usize, b: &[F]) -> Mat<F> {
+    let len = rows * b.len();
+    let mut data = Vec::with_capacity(len);
+    if len > 0 {
+        data.extend_from_slice(b);
+        while data.len() < len {
+            data.extend_from_within(..data.len().min(len - data.len()));
+        }
+    }
+    Mat::from_vec(rows, b.len(), data)
+}
+
+/// Set every row of `y` to `b` (doubling copies, as [`bias_rows`]).
+pub fn fill_rows<F: Float>(y: &mut Mat<F>, b: &[F]) {
+    assert_eq!(y.cols, b.len());
+    let len = y.data.len();
+    if len == 0 {
+        return;
+    }
+    y.data[..b.len()].copy_from_slice(b);
+    let mut done = b.len();
+    while done < len {
+        let n = done.min(len - done);
+        y.data.copy_within(..n, done);
+        done += n;
+    }
+}
+
 /// `y = x W^T + b` for a linear layer with `W` stored `(out, in)`; `y` is overwritten.
 pub fn linear<F: Float>(x: &Mat<F>, w: &[F], b: &[F], out: usize, y: &mut Mat<F>) {
     assert_eq!(y.rows, x.rows);
     assert_eq!(y.cols, out);
-    for r in 0..y.rows {
-        y.row_mut(r).copy_from_slice(b);
-    }
+    fill_rows(y, b);
     gemm(
         &x.data,
         x.rows,
@@ -619,6 +647,22 @@ mod tests {
             }
         }
         c
+    }
+
+    /// Every row of the bias matrices is the bias, for row counts that are and are not powers of two.
+    #[test]
+    fn bias_rows_repeat_the_bias() {
+        let b = [1.0, -2.0, 3.5];
+        for rows in [0, 1, 2, 3, 7, 64, 100] {
+            let y: Mat<f64> = bias_rows(rows, &b);
+            let mut z = Mat::from_vec(rows, 3, vec![9.0; rows * 3]);
+            fill_rows(&mut z, &b);
+            assert_eq!((y.rows, y.cols), (rows, 3));
+            for r in 0..rows {
+                assert_eq!(y.row(r), &b[..], "bias_rows, {rows} rows, row {r}");
+                assert_eq!(z.row(r), &b[..], "fill_rows, {rows} rows, row {r}");
+            }
+        }
     }
 
     /// Column sums split over a pool equal the one-thread ones bit for bit (and a direct sum).

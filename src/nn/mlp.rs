@@ -266,26 +266,14 @@ impl<F: Float> Linear<F> {
         self.bias.value.iter_mut().for_each(|v| *v = F::zero());
     }
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
-        // start from the bias rows (the product accumulates onto them): no zero-filling pass; the rows are
-        // copied in doubling blocks (a few large copies instead of one small one per row)
-        let len = x.rows * self.out;
-        let mut data = Vec::with_capacity(len);
-        if len > 0 {
-            data.extend_from_slice(&self.bias.value);
-            while data.len() < len {
-                data.extend_from_within(..data.len().min(len - data.len()));
-            }
-        }
-        let mut y = Mat::from_vec(x.rows, self.out, data);
+        let mut y = kernels::bias_rows(x.rows, &self.bias.value);
         self.accumulate_product(x, &mut y);
         y
     }
     /// `y = x W^T + b` into an existing `rows x out` buffer.
     pub fn forward_to(&self, x: &Mat<F>, y: &mut Mat<F>) {
         assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
-        for r in 0..y.rows {
-            y.row_mut(r).copy_from_slice(&self.bias.value);
-        }
+        kernels::fill_rows(y, &self.bias.value);
         self.accumulate_product(x, y);
     }
 
