@@ -473,8 +473,15 @@ impl<F: Float> Linear<F> {
 /// The columns of an `(out, in)` mask used by any of rows `o0..o1`, as runs `[i0, i1)` (gaps under
 /// [`MIN_GAP`] kept inside a run).
 fn column_runs<F: Float>(mask: &[F], inp: usize, o0: usize, o1: usize) -> Vec<(usize, usize)> {
+    // the rows are read one after another (contiguous), not column by column
+    let mut used = vec![false; inp];
+    for row in mask[o0 * inp..o1 * inp].chunks_exact(inp.max(1)) {
+        for (u, &m) in used.iter_mut().zip(row) {
+            *u |= m != F::zero();
+        }
+    }
     let mut runs: Vec<(usize, usize)> = Vec::new();
-    for i in (0..inp).filter(|&i| (o0..o1).any(|o| mask[o * inp + i] != F::zero())) {
+    for i in (0..inp).filter(|&i| used[i]) {
         match runs.last_mut() {
             Some(last) if i - last.1 < MIN_GAP => last.1 = i + 1,
             _ => runs.push((i, i + 1)),
