@@ -5,6 +5,7 @@ use nflow::dist::BaseKind;
 use nflow::engine::{randn, rng, Mat};
 use nflow::flows::{Flow, FlowKind, FlowSpec, Permute};
 use nflow::train::{TrainConfig, Trainer};
+use nflow::transforms::testing::flow_param_fd;
 use nflow::{Error, Model};
 
 fn small_spec(kind: FlowKind, dim: usize) -> FlowSpec {
@@ -344,19 +345,7 @@ fn flow_parameter_gradients_match_finite_differences() {
                 .step_by((g.len() / 5).max(1))
                 .filter(|&k| free[k])
             {
-                let shift = |flow: &mut Flow<f64>, d: f64| {
-                    for (n, p) in flow.named_params_mut() {
-                        if &n == name {
-                            p.value[k] += d;
-                        }
-                    }
-                };
-                shift(&mut flow, h);
-                let lp = flow.nll_backward(&x, c).unwrap();
-                shift(&mut flow, -2.0 * h);
-                let lm = flow.nll_backward(&x, c).unwrap();
-                shift(&mut flow, h);
-                let fd = (lp - lm) / (2.0 * h);
+                let fd = flow_param_fd(&mut flow, &x, c, name, k, h);
                 assert!(
                     (fd - g[k]).abs() < 1e-5 * (1.0 + fd.abs()),
                     "{kind:?} {name}[{k}]: analytic {} vs finite difference {fd}",

@@ -5,6 +5,7 @@ use nflow::data::{Preprocess, Standardizer, Table};
 use nflow::engine::{randn, rng, Mat};
 use nflow::flows::{CouplingKind, Flow, FlowKind, FlowSpec, Permute};
 use nflow::train::{bits_per_dim, TrainConfig, Trainer};
+use nflow::transforms::testing::flow_param_fd;
 use nflow::transforms::testing::log_abs_det;
 use nflow::transforms::ImageShape;
 use nflow::Model;
@@ -168,19 +169,7 @@ fn multiscale_parameter_gradients_match_finite_differences() {
         let h = 1e-6;
         for (pname, g) in &grads {
             for k in (0..g.len()).step_by((g.len() / 3).max(1)) {
-                let shift = |flow: &mut Flow<f64>, dv: f64| {
-                    for (n, p) in flow.named_params_mut() {
-                        if &n == pname {
-                            p.value[k] += dv;
-                        }
-                    }
-                };
-                shift(&mut flow, h);
-                let lp = flow.nll_backward(&x, c).unwrap();
-                shift(&mut flow, -2.0 * h);
-                let lm = flow.nll_backward(&x, c).unwrap();
-                shift(&mut flow, h);
-                let fd = (lp - lm) / (2.0 * h);
+                let fd = flow_param_fd(&mut flow, &x, c, pname, k, h);
                 assert!(
                     (fd - g[k]).abs() < 1e-5 * (1.0 + fd.abs()),
                     "{name} {pname}[{k}]: analytic {} vs finite difference {fd}",
