@@ -41,10 +41,16 @@ pub fn available() -> bool {
 }
 
 /// Whether a product of `m x k` by `k x n` should use this kernel: it pads to whole micro-tiles, so very thin
-/// products are left to the caller's general path.
+/// products are left to the caller's general path, and it packs all of A and B before computing, so products
+/// whose operands exceed [`MAX_PACK`] (a convolution's im2col matrix: tens of thousands of rows) are left to a
+/// library that streams them block by block.
 pub fn suits(m: usize, k: usize, n: usize) -> bool {
-    available() && m >= 2 * MR && n >= NR && k >= 8
+    available() && m >= 2 * MR && n >= NR && k >= 8 && (m + n) * k <= MAX_PACK
 }
+
+/// Most floats of A and B one product packs (16 MB): a flow layer's batch of a few hundred rows, not an image
+/// batch's im2col matrix.
+const MAX_PACK: usize = 1 << 22;
 
 /// A strided operand: element `(i, j)` at `ptr + i * rs + j * cs`.
 #[derive(Clone, Copy)]
