@@ -81,6 +81,16 @@ struct Operands<F> {
 unsafe impl<F> Send for Operands<F> {}
 unsafe impl<F> Sync for Operands<F> {}
 
+impl<F> Operands<F> {
+    fn new(a: &[F], b: &[F], c: &mut [F]) -> Self {
+        Operands {
+            a: a.as_ptr(),
+            b: b.as_ptr(),
+            c: c.as_mut_ptr(),
+        }
+    }
+}
+
 /// One single-threaded product on raw views.
 ///
 /// # Safety
@@ -114,17 +124,16 @@ fn own_kernel<F: Float>(m: usize, k: usize, n: usize) -> bool {
     std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() && sgemm::suits(m, k, n)
 }
 
-/// [`sgemm::sgemm`] on views, `threads` threads.
+/// [`sgemm::sgemm`] on views, `threads` threads, each tile over its `depth` range when given.
 ///
 /// # Safety
 /// As [`gemm_serial`]; `F` must be `f32` and the CPU must run the kernel ([`own_kernel`]).
 unsafe fn sgemm_on<F: Float>(
     o: Operands<F>,
-    av: View,
-    bv: View,
-    cv: View,
+    (av, bv, cv): Product,
     accumulate: bool,
     threads: usize,
+    depth: Option<&sgemm::Depth<'_>>,
 ) {
     let op = |p: *const F, v: View| sgemm::Operand {
         ptr: p.add(v.off) as *const f32,
@@ -142,7 +151,7 @@ unsafe fn sgemm_on<F: Float>(
         cv.cs as isize,
         accumulate,
         threads,
-        None,
+        depth,
     )
 }
 
@@ -233,11 +242,7 @@ pub fn gemm_tasks<F: Float>(
     for p in tasks.iter().flatten() {
         check(a, b, c, p);
     }
-    let o = Operands {
-        a: a.as_ptr(),
-        b: b.as_ptr(),
-        c: c.as_mut_ptr(),
-    };
+    let o = Operands::new(a, b, c);
     let run = |task: &Vec<Product>| {
         for &(av, bv, cv) in task {
             if cv.rows == 0 || cv.cols == 0 {
@@ -315,13 +320,10 @@ pub fn gemm_view<F: Float>(
             return;
         }
         if own_kernel::<F>(m, k, n) {
-            let o = Operands {
-                a: a.as_ptr(),
-                b: b.as_ptr(),
-                c: c.as_mut_ptr(),
-            };
+            let o = Operands::new(a, b, c);
+            let threads = threads_for(m * k * n);
             // SAFETY: `check` bounds every index; `c` is borrowed mutably so it aliases neither `a` nor `b`
-            unsafe { sgemm_on(o, av, bv, cv, accumulate, threads_for(m * k * n)) };
+            unsafe { sgemm_on(o, (av, bv, cv), accumulate, threads, None) };
         } else {
             gemm_tasks(a, b, c, &slabs((av, bv, cv)), accumulate);
         }
@@ -480,29 +482,11 @@ pub fn gemm_view_ranged<F: Float>(
         "gemm_view_ranged: not available"
     );
     if check(a, b, c, &(av, bv, cv)) {
-        let op = |p: *const F, v: View| sgemm::Operand {
-            // SAFETY: `check` bounds the view inside its slice
-            ptr: unsafe { p.add(v.off) } as *const f32,
-            rs: v.rs as isize,
-            cs: v.cs as isize,
-        };
-        // SAFETY: F is f32 (`ranged_available`), `check` bounds every index, `c` is borrowed mutably so it
-        // aliases neither `a` nor `b`
-        unsafe {
-            sgemm::sgemm(
-                m,
-                n,
-                k,
-                op(a.as_ptr(), av),
-                op(b.as_ptr(), bv),
-                c.as_mut_ptr().add(cv.off) as *mut f32,
-                cv.rs as isize,
-                cv.cs as isize,
-                accumulate,
-                threads_for(m * k * n),
-                Some(depth),
-            )
-        }
+        let o = Operands::new(a, b, c);
+        let threads = threads_for(m * k * n);
+        // SAFETY: F is f32 and the CPU runs the kernel (`ranged_available`), `check` bounds every index, `c` is
+        // borrowed mutably so it aliases neither `a` nor `b`
+        unsafe { sgemm_on(o, (av, bv, cv), accumulate, threads, Some(depth)) };
     }
 }
 
