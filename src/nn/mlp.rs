@@ -185,6 +185,14 @@ struct MaskPanels {
 }
 
 impl MaskPanels {
+    /// `panels` when a `m x k` by `k x n` product of `F` runs on the ranged kernel (a free function over the
+    /// field, so the weight-gradient product can borrow the gradient mutably beside it).
+    fn ranged<F: Float>(panels: &Option<Self>, m: usize, k: usize, n: usize) -> Option<&Self> {
+        panels
+            .as_ref()
+            .filter(|_| kernels::ranged_available::<F>(m, k, n))
+    }
+
     fn new<F: Float>(mask: &[F], out: usize, inp: usize) -> Self {
         let (tr, tc) = kernels::TILE;
         let on = |o: usize, i: usize| mask[o * inp + i] != F::zero();
@@ -322,9 +330,7 @@ impl<F: Float> Linear<F> {
 
     /// The mask's tile ranges when a `m x k` by `k x n` product of this layer runs on the ranged f32 kernel.
     fn ranged(&self, m: usize, k: usize, n: usize) -> Option<&MaskPanels> {
-        self.panels
-            .as_ref()
-            .filter(|_| kernels::ranged_available::<F>(m, k, n))
+        MaskPanels::ranged::<F>(&self.panels, m, k, n)
     }
 
     /// The products of the block-sparse form over `n` batch rows, one task per slab of rows:
@@ -415,8 +421,7 @@ impl<F: Float> Linear<F> {
     /// Accumulate `dW += dy^T x`, `db += sum dy`; return `dx = dy W` if asked.
     pub fn backward(&mut self, x: &Mat<F>, dy: &Mat<F>, want_dx: bool) -> Option<Mat<F>> {
         let (n, inp, out) = (dy.rows, self.inp, self.out);
-        let ranged = kernels::ranged_available::<F>(out, n, inp);
-        if let Some(p) = self.panels.as_ref().filter(|_| ranged) {
+        if let Some(p) = MaskPanels::ranged::<F>(&self.panels, out, n, inp) {
             kernels::gemm_view_ranged(
                 &dy.data,
                 View::block(out, 0, n, 0, out).t(),
