@@ -97,24 +97,22 @@ impl<F: Float> Scales<F> {
 
 impl ScaleBound {
     /// [`eval`](Self::eval) over a slice, with `e = exp(l)` (`exp(-l)` when `inverse`) into `out` (resized to
-    /// `h`): the soft clamp through the vectorised f32 functions of [`vmath`].
+    /// `h`): the soft clamp in f32 through the vectorised functions of [`vmath`], the rest element by element.
     pub(crate) fn eval_slice<F: Float>(self, h: &[F], inverse: bool, out: &mut Scales<F>) {
         let n = h.len();
         for v in [&mut out.l, &mut out.dl, &mut out.e] {
             v.resize(n, F::zero());
         }
-        match self {
-            ScaleBound::SoftClamp { bound } => {
-                vmath::soft_clamp_exp(h, bound, inverse, &mut out.l, &mut out.dl, &mut out.e)
+        if let ScaleBound::SoftClamp { bound } = self {
+            if vmath::soft_clamp_exp(h, bound, inverse, &mut out.l, &mut out.dl, &mut out.e) {
+                return;
             }
-            ScaleBound::Sigmoid => {
-                for (k, &hk) in h.iter().enumerate() {
-                    let (l, dl) = self.eval(hk);
-                    out.l[k] = l;
-                    out.dl[k] = dl;
-                    out.e[k] = if inverse { (-l).exp() } else { l.exp() };
-                }
-            }
+        }
+        for (k, &hk) in h.iter().enumerate() {
+            let (l, dl) = self.eval(hk);
+            out.l[k] = l;
+            out.dl[k] = dl;
+            out.e[k] = if inverse { (-l).exp() } else { l.exp() };
         }
     }
 
