@@ -31,6 +31,10 @@ pub struct BenchArgs {
     hidden: usize,
     #[arg(long, default_value_t = 5)]
     warmup: usize,
+    /// Evaluate one-input ReLU conditioners as dense layers (off: their first two layers run as the
+    /// piecewise-affine function they are, which is what 2-D coupling flows such as w1 get by default).
+    #[arg(long)]
+    no_piecewise: bool,
     #[arg(long, default_value_t = 30)]
     repeats: usize,
 }
@@ -217,6 +221,7 @@ fn images(a: &BenchArgs) -> Result<()> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    nflow::nn::mlp::set_piecewise_default(!a.no_piecewise);
     if a.workload == "tradeoff" {
         return tradeoff(&a);
     }
@@ -268,6 +273,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "log_prob_ms": (median(tf) * 1e3).round() / 1e3,
         "sample_ms": (median(tsm) * 1e3).round() / 1e3,
         "batch": b, "params": flow.num_params(), "threads": rayon::current_num_threads(),
+        "piecewise": !a.no_piecewise,
     });
     println!("{o}");
     Ok(())

@@ -7,7 +7,7 @@
 pub mod conv;
 pub mod kernels;
 pub mod pool;
-mod sgemm;
+pub(crate) mod sgemm;
 pub mod vmath;
 
 use num_traits::{Float as NumFloat, FromPrimitive, ToPrimitive};

@@ -1,6 +1,7 @@
 //! Multi-layer perceptron conditioner: `Linear -> act -> ... -> Linear`, last layer zero-initialised so that
 //! the transform it parameterises starts as the identity.
 
+use super::piecewise::{negative_slope, Pieces, TableCache};
 use super::Param;
 use crate::engine::kernels;
 use crate::engine::kernels::View;
@@ -8,6 +9,7 @@ use crate::engine::{Float, Mat, Rng};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// Hidden-layer non-linearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -264,6 +266,10 @@ impl<F: Float> Linear<F> {
         self.blocks = mask_blocks(&mask, self.out, self.inp);
         self.panels = Some(MaskPanels::new(&mask, self.out, self.inp));
         self.weight.set_mask(mask);
+    }
+    /// Whether a mask fixes some weights at zero (MADE).
+    pub fn masked(&self) -> bool {
+        self.weight.mask.is_some()
     }
     /// The blocks the products run over (empty: dense).
     pub fn blocks(&self) -> &[Block] {
@@ -522,6 +528,15 @@ fn mask_blocks<F: Float>(mask: &[F], out: usize, inp: usize) -> Vec<Block> {
 }
 
 /// Training cache being filled: every layer's input and the pre-activation it came from.
+/// Whether networks built from now on use the piecewise front ([`Mlp::piecewise`]); on unless switched off.
+static PIECEWISE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Switch the piecewise front on or off for networks built afterwards (the benchmark's `--no-piecewise`,
+/// to time the dense layers it replaces).
+pub fn set_piecewise_default(on: bool) {
+    PIECEWISE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 type Cache<'a, F> = (&'a mut Vec<Mat<F>>, &'a mut Vec<Mat<F>>);
 
 /// `in -> [hidden]*depth -> out` perceptron; the last layer starts at zero. With `residual`, the hidden part
@@ -533,9 +548,15 @@ pub struct Mlp<F> {
     pub layers: Vec<Linear<F>>,
     pub act: Activation,
     pub residual: bool,
-    /// Training cache: the input of every layer and the pre-activations of hidden layers.
+    /// Evaluate the first two layers of a one-input ReLU / leaky-ReLU network as the piecewise-affine function
+    /// they are ([`super::piecewise`]; on by default: same function, `O(H)` instead of `O(H^2)` per row).
+    pub piecewise: bool,
+    /// Training cache: the input of every layer and the pre-activations of hidden layers (with the
+    /// piecewise front, the table and an empty second input).
     inputs: Vec<Mat<F>>,
     pre: Vec<Mat<F>>,
+    front: Option<Arc<Pieces<F>>>,
+    pub(crate) tables: TableCache<F>,
 }
 
 impl<F: Float> Mlp<F> {
@@ -561,8 +582,11 @@ impl<F: Float> Mlp<F> {
             layers,
             act,
             residual: false,
+            piecewise: PIECEWISE.load(std::sync::atomic::Ordering::Relaxed),
             inputs: Vec::new(),
             pre: Vec::new(),
+            front: None,
+            tables: TableCache::default(),
         }
     }
 
@@ -596,8 +620,11 @@ impl<F: Float> Mlp<F> {
             layers,
             act,
             residual: true,
+            piecewise: PIECEWISE.load(std::sync::atomic::Ordering::Relaxed),
             inputs: Vec::new(),
             pre: Vec::new(),
+            front: None,
+            tables: TableCache::default(),
         }
     }
 
@@ -607,9 +634,33 @@ impl<F: Float> Mlp<F> {
         self.residual && l >= 2 && l + 1 < self.layers.len() && l.is_multiple_of(2)
     }
 
+    /// The table of the first two layers when they are one piecewise-affine function of a one-column input.
+    pub(crate) fn pieces(&self) -> Option<Arc<Pieces<F>>> {
+        let (l0, l1) = (self.layers.first()?, self.layers.get(1)?);
+        let alpha = negative_slope(self.act)?;
+        (self.piecewise && !self.residual && l0.inp == 1 && !l0.masked() && !l1.masked())
+            .then(|| self.tables.get(l0, l1, alpha))
+    }
+
+    /// The output of the first layers and the index of the next: the piecewise front's (two layers) or the
+    /// first layer's.
+    /// With the front, the activation that follows it is applied too (where another layer follows).
+    fn front_forward(&self, x: &Mat<F>) -> (Mat<F>, usize, Option<Arc<Pieces<F>>>) {
+        match self.pieces() {
+            Some(p) => {
+                let act = (self.layers.len() > 2).then_some(self.act);
+                (p.eval(x, act), 2, Some(p))
+            }
+            None => (self.layers[0].forward(x), 1, None),
+        }
+    }
+
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
         if self.residual {
             return self.forward_residual(Cow::Borrowed(x), None);
+        }
+        if let Some(p) = self.pieces() {
+            return self.forward_pieces(&p, x);
         }
         let n = self.layers.len();
         let mut h = self.layers[0].forward(x);
@@ -619,6 +670,35 @@ impl<F: Float> Mlp<F> {
             h = self.layers[l].forward(&h);
         }
         h
+    }
+
+    /// Inference with the piecewise front: the whole network on blocks of rows (its hidden activations stay
+    /// in cache), the blocks over the pool. Each row is computed the same way whichever thread takes it.
+    fn forward_pieces(&self, p: &Pieces<F>, x: &Mat<F>) -> Mat<F> {
+        use rayon::prelude::*;
+        const ROWS: usize = 64;
+        let n = self.layers.len();
+        let block = |xb: &Mat<F>| {
+            let mut h = p.eval(xb, (n > 2).then_some(self.act));
+            for l in 2..n {
+                if l > 2 {
+                    let act = self.act;
+                    act.apply_slice(&mut h.data);
+                }
+                h = self.layers[l].forward(&h);
+            }
+            h
+        };
+        if x.rows <= ROWS {
+            return block(x);
+        }
+        let parts: Vec<Mat<F>> = (0..x.rows.div_ceil(ROWS))
+            .into_par_iter()
+            .map(|b| block(&x.slice_rows(b * ROWS, ((b + 1) * ROWS).min(x.rows))))
+            .collect();
+        let cols = parts[0].cols;
+        let data = parts.into_iter().flat_map(|m| m.data).collect();
+        Mat::from_vec(x.rows, cols, data)
     }
 
     /// Residual forward; with `cache`, keeps every layer's input and the pre-activation it came from.
@@ -673,7 +753,14 @@ impl<F: Float> Mlp<F> {
                 .map(|l| Mat::zeros(x.rows, l.out))
                 .collect();
         }
-        for l in 0..n {
+        let start = match self.pieces() {
+            Some(p) => {
+                ws[1] = p.eval(x, (n > 2).then_some(self.act));
+                2
+            }
+            None => 0,
+        };
+        for l in start..n {
             let (done, rest) = ws.split_at_mut(l);
             let inp = if l == 0 { x } else { &done[l - 1] };
             let y = &mut rest[0];
@@ -705,16 +792,23 @@ impl<F: Float> Mlp<F> {
         let n = self.layers.len();
         self.inputs.clear();
         self.pre.clear();
-        let mut h = self.layers[0].forward(&x);
+        let (mut h, start, front) = self.front_forward(&x);
+        self.front = front;
         self.inputs.push(x);
+        if start == 2 {
+            // the front's hidden layer is never formed
+            self.inputs.push(Mat::zeros(0, 0));
+        }
         let act = self.act;
         // activations whose derivative follows from their output are applied in place (no pre-activation kept)
         let keep_pre = !act.deriv_from_output();
-        for l in 1..n {
+        for l in start..n {
             if keep_pre {
                 self.pre.push(h.clone());
             }
-            act.apply_slice(&mut h.data);
+            if self.front.is_none() || l > start {
+                act.apply_slice(&mut h.data);
+            }
             let next = self.layers[l].forward(&h);
             self.inputs.push(h);
             h = next;
@@ -753,6 +847,19 @@ impl<F: Float> Mlp<F> {
         if !self.residual {
             let mut g = dy.clone();
             for l in (0..n).rev() {
+                if l == 1 {
+                    if let Some(front) = &self.front {
+                        let (l0, l1) = self.layers.split_at_mut(1);
+                        return front.backward(
+                            &mut l0[0],
+                            &mut l1[0],
+                            &self.inputs[0],
+                            &g,
+                            params,
+                            want_dx,
+                        );
+                    }
+                }
                 let need = l > 0 || want_dx;
                 let dx = back(&mut self.layers[l], &self.inputs[l], &g, need);
                 if l == 0 {

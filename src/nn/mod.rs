@@ -4,6 +4,7 @@
 pub mod conv;
 pub mod made;
 pub mod mlp;
+mod piecewise;
 
 pub use conv::{Conv2d, ConvNet, ConvNetKind};
 pub use made::{Made, MadeOpts};

@@ -1,0 +1,713 @@
+//! The front of a one-input ReLU network evaluated as the function it is.
+//!
+//! For a scalar input `x`, the first two layers of a ReLU network, `y = b1 + W1 act(w0 x + b0)` (act = ReLU,
+//! or leaky ReLU with slope `α` below zero), are a continuous piecewise-affine function of `x` (the linear
+//! regions of ReLU networks: Montúfar et al. 2014, "On the number of linear regions of deep neural networks").
+//! Unit `j` switches at `t_j = -b0_j / w0_j`, so `H` hidden units cut the line into at most `H + 1` pieces, and
+//! on piece `k`
+//!
+//! ```text
+//!     y = A_k x + C_k,   A_k = Σ_j c_jk w0_j W1[:, j],   C_k = b1 + Σ_j c_jk b0_j W1[:, j],
+//! ```
+//!
+//! with `c_jk ∈ {α, 1}` the slope of unit `j` on piece `k`. The table costs `O(H·H2)` (one column update per
+//! breakpoint, summed in f64); a row then costs a binary search and `H2` multiply-adds instead of the dense
+//! pair's `H·H2`. The backward is exact in the same way: every sum over "the rows where unit `j` is active" is a
+//! difference of prefix sums over the rows grouped by piece, so the gradients of `W1, b1, w0, b0` and `x` cost
+//! `O(B·H2 + H·H2)` instead of `O(B·H·H2)`.
+//!
+//! This is the case of every coupling layer on 2-D data (one identity feature per coupling: RealNVP, NICE and
+//! spline couplings on the toy sets), where the `H x H` product was nearly all of a training step.
+
+use super::{Activation, Linear};
+use crate::engine::{Float, Mat};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// The slope below zero of the activations that are linear on each side of zero (ReLU 0, leaky ReLU 0.01).
+pub(crate) fn negative_slope(act: Activation) -> Option<f64> {
+    match act {
+        Activation::Relu => Some(0.0),
+        Activation::LeakyRelu => Some(0.01),
+        _ => None,
+    }
+}
+
+/// Rows x outputs above which a table evaluation is split over the pool (per row: the result does not
+/// depend on the split).
+const PAR_ELEMS: usize = 1 << 17;
+
+/// The last table a network built, with the weights it was built from: inference with unchanged weights
+/// (scoring a data set batch by batch, drawing batch after batch) reuses it instead of rebuilding it per call.
+/// Every use compares the weights themselves (a copy, compared value by value: ~60 KB for a 128-unit pair,
+/// against a build that reads them and writes a table of 130 x 128 x 2), so a changed weight, however it was
+/// changed, always rebuilds. Clones start empty.
+/// A table and the weights it was built from (all four tensors, one after the other).
+type Keyed<F> = (Vec<F>, Arc<Pieces<F>>);
+
+#[derive(Default)]
+pub(crate) struct TableCache<F> {
+    pub(crate) last: std::sync::Mutex<Option<Keyed<F>>>,
+}
+
+impl<F> Clone for TableCache<F> {
+    fn clone(&self) -> Self {
+        TableCache {
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for TableCache<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableCache")
+    }
+}
+
+impl<F: Float> TableCache<F> {
+    /// The table of `l1(act(l0(x)))`: the cached one if it was built from these exact weights.
+    pub(crate) fn get(&self, l0: &Linear<F>, l1: &Linear<F>, alpha: f64) -> Arc<Pieces<F>> {
+        let parts = [
+            &l0.weight.value[..],
+            &l0.bias.value[..],
+            &l1.weight.value[..],
+            &l1.bias.value[..],
+        ];
+        // (compared in blocks without an early exit inside them, so the comparison vectorises)
+        let equal = |a: &[F], b: &[F]| {
+            a.len() == b.len()
+                && a.chunks(256)
+                    .zip(b.chunks(256))
+                    .all(|(x, y)| x.iter().zip(y).fold(true, |ok, (u, v)| ok & (u == v)))
+        };
+        let same = |key: &[F]| {
+            let mut rest = key;
+            parts.iter().all(|p| {
+                let n = p.len().min(rest.len());
+                let ok = n == p.len() && equal(&rest[..n], p);
+                rest = &rest[n..];
+                ok
+            }) && rest.is_empty()
+        };
+        // (a contended cache is bypassed, never waited for)
+        let Ok(mut last) = self.last.try_lock() else {
+            return Arc::new(Pieces::new(l0, l1, alpha));
+        };
+        if let Some((key, table)) = last.as_ref() {
+            if table.alpha == alpha && same(key) {
+                return table.clone();
+            }
+        }
+        let table = Arc::new(Pieces::new(l0, l1, alpha));
+        let mut key = last.take().map(|(k, _)| k).unwrap_or_default();
+        key.clear();
+        parts.iter().for_each(|p| key.extend_from_slice(p));
+        *last = Some((key, table.clone()));
+        table
+    }
+}
+
+/// `y = A_k x + C_k` for the two front layers of a one-input network (see the module doc).
+#[derive(Clone, Debug)]
+pub(crate) struct Pieces<F> {
+    /// Breakpoints, ascending (a unit with `w0_j = 0` has none: it is constant).
+    t: Vec<f64>,
+    /// The unit switching at each breakpoint.
+    unit: Vec<usize>,
+    /// `A_k` then, in `icpt`, `C_k`: `out` values per piece, pieces in order.
+    slope: Vec<F>,
+    icpt: Vec<F>,
+    out: usize,
+    alpha: f64,
+}
+
+impl<F: Float> Pieces<F> {
+    /// The table of `l1(act(l0(x)))` for `l0: 1 -> H`, `l1: H -> out` and an activation of negative slope
+    /// `alpha`.
+    pub(crate) fn new(l0: &Linear<F>, l1: &Linear<F>, alpha: f64) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if crate::engine::sgemm::available() {
+            // SAFETY: the CPU has AVX2 and FMA
+            return unsafe { Self::build_avx2(l0, l1, alpha) };
+        }
+        Self::build(l0, l1, alpha)
+    }
+
+    /// [`Pieces::build`] compiled for AVX2 (the crate's baseline is SSE2; the same operations, so the same
+    /// bits).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn build_avx2(l0: &Linear<F>, l1: &Linear<F>, alpha: f64) -> Self {
+        Self::build(l0, l1, alpha)
+    }
+
+    #[inline(always)]
+    fn build(l0: &Linear<F>, l1: &Linear<F>, alpha: f64) -> Self {
+        let (h, out) = (l0.out, l1.out);
+        assert!(l0.inp == 1 && l1.inp == h, "a one-input front pair");
+        let w0: Vec<f64> = l0.weight.value.iter().map(|v| v.f64()).collect();
+        let b0: Vec<f64> = l0.bias.value.iter().map(|v| v.f64()).collect();
+        let mut keyed: Vec<(f64, usize)> = (0..h)
+            .filter(|&j| w0[j] != 0.0)
+            .map(|j| (-b0[j] / w0[j], j))
+            .collect();
+        keyed.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (t, unit): (Vec<f64>, Vec<usize>) = keyed.into_iter().unzip();
+        // W1's columns, contiguous
+        let mut cols = vec![0.0f64; h * out];
+        // in 8 x 8 tiles through registers (a column-at-a-time walk with W1's power-of-two row stride keeps
+        // missing L1)
+        let w1 = &l1.weight.value;
+        for i0 in (0..out).step_by(8) {
+            for j0 in (0..h).step_by(8) {
+                if i0 + 8 <= out && j0 + 8 <= h {
+                    let mut tile = [[0.0f64; 8]; 8];
+                    for ii in 0..8 {
+                        let r: &[F; 8] = w1[(i0 + ii) * h + j0..][..8].try_into().expect("8");
+                        for jj in 0..8 {
+                            tile[jj][ii] = r[jj].f64();
+                        }
+                    }
+                    for (jj, t) in tile.iter().enumerate() {
+                        cols[(j0 + jj) * out + i0..][..8].copy_from_slice(t);
+                    }
+                } else {
+                    for i in i0..(i0 + 8).min(out) {
+                        for j in j0..(j0 + 8).min(h) {
+                            cols[j * out + i] = w1[i * h + j].f64();
+                        }
+                    }
+                }
+            }
+        }
+        // the column updates: piece 0 lies below every breakpoint (units with w0 < 0 are active there, those
+        // with w0 > 0 are not), then crossing t_j upwards switches unit j on (w0 > 0) or off (w0 < 0)
+        let first: Vec<(f64, f64)> = (0..h)
+            .map(|j| {
+                let on = w0[j] < 0.0 || (w0[j] == 0.0 && b0[j] > 0.0);
+                let cj = if on { 1.0 } else { alpha };
+                (cj * w0[j], cj * b0[j])
+            })
+            .collect();
+        let steps: Vec<(f64, f64)> = unit
+            .iter()
+            .map(|&j| {
+                let d = if w0[j] > 0.0 {
+                    1.0 - alpha
+                } else {
+                    alpha - 1.0
+                };
+                (d * w0[j], d * b0[j])
+            })
+            .collect();
+        let pieces = t.len() + 1;
+        let (mut slope, mut icpt) = (vec![F::zero(); pieces * out], vec![F::zero(); pieces * out]);
+        let mut a = vec![0.0f64; out];
+        let mut c: Vec<f64> = l1.bias.value.iter().map(|v| v.f64()).collect();
+        let update = |(dw, db): (f64, f64), j: usize, a: &mut [f64], c: &mut [f64]| {
+            let col = &cols[j * out..(j + 1) * out];
+            for ((a, c), &v) in a.iter_mut().zip(c.iter_mut()).zip(col) {
+                *a = dw.mul_add(v, *a);
+                *c = db.mul_add(v, *c);
+            }
+        };
+        for (j, &d) in first.iter().enumerate() {
+            update(d, j, &mut a, &mut c);
+        }
+        let mut put = |k: usize, a: &[f64], c: &[f64]| {
+            let o = k * out;
+            slope[o..o + out]
+                .iter_mut()
+                .zip(a)
+                .for_each(|(d, &v)| *d = F::c(v));
+            icpt[o..o + out]
+                .iter_mut()
+                .zip(c)
+                .for_each(|(d, &v)| *d = F::c(v));
+        };
+        put(0, &a, &c);
+        for (p, (&j, &d)) in unit.iter().zip(&steps).enumerate() {
+            update(d, j, &mut a, &mut c);
+            put(p + 1, &a, &c);
+        }
+        Pieces {
+            t,
+            unit,
+            slope,
+            icpt,
+            out,
+            alpha,
+        }
+    }
+
+    /// The piece holding `x`: the number of breakpoints below it (the reference for [`Pieces::pieces8`]).
+    #[cfg(test)]
+    fn piece(&self, x: F) -> usize {
+        let x = x.f64();
+        self.t.partition_point(|&t| t < x)
+    }
+
+    /// [`Pieces::piece`] of up to 8 inputs at once: the same branch-free binary search, interleaved so the
+    /// rows' dependent loads overlap.
+    #[inline(always)]
+    fn pieces8(&self, x: &[F], k: &mut [usize; 8]) {
+        let t = &self.t;
+        let mut xs = [f64::NAN; 8];
+        xs.iter_mut().zip(x).for_each(|(d, v)| *d = v.f64());
+        *k = [0; 8];
+        if t.is_empty() {
+            return;
+        }
+        let mut size = t.len();
+        while size > 1 {
+            let half = size / 2;
+            for (b, &x) in k.iter_mut().zip(&xs) {
+                // (NaN compares false: piece 0, and the NaN reaches the output)
+                *b = if t[*b + half] < x { *b + half } else { *b };
+            }
+            size -= half;
+        }
+        for (b, &x) in k.iter_mut().zip(&xs) {
+            *b += (t[*b] < x) as usize;
+        }
+    }
+
+    /// `y = A_k x + C_k` for a column of inputs (`x.rows x 1`), followed by `act` where given (the
+    /// activation of the next layer's input, fused).
+    pub(crate) fn eval(&self, x: &Mat<F>, act: Option<Activation>) -> Mat<F> {
+        assert_eq!(x.cols, 1);
+        let (n, out) = (x.rows, self.out);
+        if n * out >= PAR_ELEMS && rayon::current_num_threads() > 1 {
+            // blocks of rows over the pool (each row is computed the same way)
+            const ROWS: usize = 256;
+            let parts: Vec<Vec<F>> = x
+                .data
+                .par_chunks(ROWS)
+                .map(|xb| {
+                    let mut y = Vec::with_capacity(xb.len() * out);
+                    self.rows(xb, &mut y, act);
+                    y
+                })
+                .collect();
+            Mat::from_vec(n, out, parts.concat())
+        } else {
+            let mut y = Vec::with_capacity(n * out);
+            self.rows(&x.data, &mut y, act);
+            Mat::from_vec(n, out, y)
+        }
+    }
+
+    /// The outputs of the rows `x`, appended to `y`.
+    fn rows(&self, x: &[F], y: &mut Vec<F>, act: Option<Activation>) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::engine::sgemm::available() {
+            // SAFETY: the CPU has AVX2 and FMA
+            return unsafe { self.rows_avx2(x, y, act) };
+        }
+        self.rows_impl(x, y, act)
+    }
+
+    /// [`Pieces::rows_impl`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_avx2(&self, x: &[F], y: &mut Vec<F>, act: Option<Activation>) {
+        self.rows_impl(x, y, act)
+    }
+
+    #[inline(always)]
+    fn rows_impl(&self, x: &[F], y: &mut Vec<F>, act: Option<Activation>) {
+        // rows in groups of 8: their pieces, then their outputs (one loop per activation: the match stays
+        // outside the element loop, which then vectorises)
+        #[inline(always)]
+        fn run<F: Float>(p: &Pieces<F>, x: &[F], y: &mut Vec<F>, f: impl Fn(F) -> F) {
+            let out = p.out;
+            let mut k = [0usize; 8];
+            for xg in x.chunks(8) {
+                p.pieces8(xg, &mut k);
+                for (&xr, &k) in xg.iter().zip(&k) {
+                    let a = &p.slope[k * out..(k + 1) * out];
+                    let c = &p.icpt[k * out..(k + 1) * out];
+                    y.extend(a.iter().zip(c).map(|(&a, &c)| f(a * xr + c)));
+                }
+            }
+        }
+        match act {
+            None => run(self, x, y, |v| v),
+            Some(Activation::Relu) => run(self, x, y, |v| Activation::Relu.apply(v)),
+            Some(Activation::LeakyRelu) => run(self, x, y, |v| Activation::LeakyRelu.apply(v)),
+            Some(f) => run(self, x, y, |v| f.apply(v)),
+        }
+    }
+
+    /// Back-propagate `g` (`x.rows x out`, the gradient w.r.t. this pair's output) through the table built from
+    /// `l0` and `l1` (unchanged since): accumulates the two layers' parameter gradients when `params`, and
+    /// returns dL/dx when `want_dx`.
+    pub(crate) fn backward(
+        &self,
+        l0: &mut Linear<F>,
+        l1: &mut Linear<F>,
+        x: &Mat<F>,
+        g: &Mat<F>,
+        params: bool,
+        want_dx: bool,
+    ) -> Option<Mat<F>> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::engine::sgemm::available() {
+            // SAFETY: the CPU has AVX2 and FMA
+            return unsafe { self.backward_avx2(l0, l1, x, g, params, want_dx) };
+        }
+        self.backward_impl(l0, l1, x, g, params, want_dx)
+    }
+
+    /// [`Pieces::backward_impl`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn backward_avx2(
+        &self,
+        l0: &mut Linear<F>,
+        l1: &mut Linear<F>,
+        x: &Mat<F>,
+        g: &Mat<F>,
+        params: bool,
+        want_dx: bool,
+    ) -> Option<Mat<F>> {
+        self.backward_impl(l0, l1, x, g, params, want_dx)
+    }
+
+    #[inline(always)]
+    fn backward_impl(
+        &self,
+        l0: &mut Linear<F>,
+        l1: &mut Linear<F>,
+        x: &Mat<F>,
+        g: &Mat<F>,
+        params: bool,
+        want_dx: bool,
+    ) -> Option<Mat<F>> {
+        let (out, h, n) = (self.out, l0.out, x.rows);
+        assert_eq!((g.rows, g.cols, x.cols), (n, out, 1));
+        let mut ks = vec![0usize; n];
+        let mut k8 = [0usize; 8];
+        for (xg, kg) in x.data.chunks(8).zip(ks.chunks_mut(8)) {
+            self.pieces8(xg, &mut k8);
+            kg.copy_from_slice(&k8[..kg.len()]);
+        }
+        if params {
+            let pieces = self.t.len() + 1;
+            // p0[m], p1[m]: the sums of g and of x g over the rows on pieces below m (m = 0..=pieces)
+            let mut p0 = vec![0.0f64; (pieces + 1) * out];
+            let mut p1 = vec![0.0f64; (pieces + 1) * out];
+            for (r, &k) in ks.iter().enumerate() {
+                let xr = x.data[r].f64();
+                let d0 = &mut p0[(k + 1) * out..(k + 2) * out];
+                for (d, &v) in d0.iter_mut().zip(g.row(r)) {
+                    *d += v.f64();
+                }
+                let d1 = &mut p1[(k + 1) * out..(k + 2) * out];
+                for (d, &v) in d1.iter_mut().zip(g.row(r)) {
+                    *d += xr * v.f64();
+                }
+            }
+            for p in [&mut p0, &mut p1] {
+                for m in 1..=pieces {
+                    let (lo, hi) = p.split_at_mut(m * out);
+                    let prev = &lo[(m - 1) * out..];
+                    hi[..out].iter_mut().zip(prev).for_each(|(a, &b)| *a += b);
+                }
+            }
+            let (t0, t1) = (&p0[pieces * out..], &p1[pieces * out..]);
+            for (gb, &v) in l1.bias.grad.iter_mut().zip(t0) {
+                *gb += F::c(v);
+            }
+            // sorted position of every unit's breakpoint
+            let mut pos = vec![usize::MAX; h];
+            for (p, &j) in self.unit.iter().enumerate() {
+                pos[j] = p;
+            }
+            let alpha = self.alpha;
+            let (mut e0, mut e1) = (vec![0.0f64; out], vec![0.0f64; out]);
+            let w1 = &l1.weight.value;
+            for j in 0..h {
+                let (w, b) = (l0.weight.value[j].f64(), l0.bias.value[j].f64());
+                // the sums over the rows where unit j is active: below or above its breakpoint, all or none
+                let (s0, s1, above): (&[f64], &[f64], bool) = if pos[j] != usize::MAX {
+                    let m = (pos[j] + 1) * out;
+                    (&p0[m..m + out], &p1[m..m + out], w > 0.0)
+                } else if b > 0.0 {
+                    (&p0[..out], &p1[..out], true) // always active: total minus nothing
+                } else {
+                    (&p0[..out], &p1[..out], false) // never active: nothing
+                };
+                // e = Σ_r c_j(r) (g_r, x_r g_r) with c_j = 1 where active, alpha elsewhere
+                for i in 0..out {
+                    let (a0, a1) = if above {
+                        (t0[i] - s0[i], t1[i] - s1[i])
+                    } else {
+                        (s0[i], s1[i])
+                    };
+                    e0[i] = alpha * t0[i] + (1.0 - alpha) * a0;
+                    e1[i] = alpha * t1[i] + (1.0 - alpha) * a1;
+                }
+                let (mut dw0, mut db0) = (0.0f64, 0.0f64);
+                for i in 0..out {
+                    let v = w1[i * h + j].f64();
+                    dw0 += v * e1[i];
+                    db0 += v * e0[i];
+                    l1.weight.grad[i * h + j] += F::c(w * e1[i] + b * e0[i]);
+                }
+                l0.weight.grad[j] += F::c(dw0);
+                l0.bias.grad[j] += F::c(db0);
+            }
+        }
+        want_dx.then(|| {
+            let dx = ks
+                .iter()
+                .enumerate()
+                .map(|(r, &k)| {
+                    let a = &self.slope[k * out..(k + 1) * out];
+                    g.row(r)
+                        .iter()
+                        .zip(a)
+                        .fold(F::zero(), |s, (&g, &a)| s + g * a)
+                })
+                .collect();
+            Mat::from_vec(n, 1, dx)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::rng;
+    use crate::nn::Mlp;
+    use rand::Rng as _;
+
+    /// A `1 -> h -> ... -> out` network with every weight random (the last layer too), and two first-layer
+    /// units with a zero weight (one constant-on, one constant-off), so every kind of unit is there.
+    fn net(depth: usize, act: Activation, seed: u64) -> Mlp<f64> {
+        let mut r = rng(seed);
+        let mut m = Mlp::new("net", 1, 12, depth, 3, act, &mut r);
+        for l in &mut m.layers {
+            for v in l.weight.value.iter_mut().chain(&mut l.bias.value) {
+                *v = r.gen_range(-1.0..1.0);
+            }
+        }
+        m.layers[0].weight.value[3] = 0.0;
+        m.layers[0].bias.value[3] = 0.4;
+        m.layers[0].weight.value[7] = 0.0;
+        m.layers[0].bias.value[7] = -0.2;
+        m
+    }
+
+    /// Inputs over and beyond every breakpoint (none exactly on one: the gradient has a kink there).
+    fn inputs(n: usize, seed: u64) -> Mat<f64> {
+        let mut r = rng(seed);
+        Mat::from_vec(n, 1, (0..n).map(|_| r.gen_range(-6.0..6.0)).collect())
+    }
+
+    /// The piecewise front gives the dense network's output, input gradient and every parameter gradient
+    /// (f64, to rounding), for ReLU and leaky ReLU, with hidden layers after the front and without, in the
+    /// inference, reusable-buffer and training passes.
+    #[test]
+    fn piecewise_front_equals_dense_layers() {
+        for act in [Activation::Relu, Activation::LeakyRelu] {
+            for depth in [1, 2] {
+                let mut fast = net(depth, act, 5);
+                assert!(fast.pieces().is_some());
+                let mut dense = fast.clone();
+                dense.piecewise = false;
+                assert!(dense.pieces().is_none());
+                let x = inputs(300, 6);
+                let y = dense.forward(&x);
+                let close = |a: &[f64], b: &[f64], what: &str| {
+                    let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                    for (k, (p, q)) in a.iter().zip(b).enumerate() {
+                        assert!(
+                            (p - q).abs() <= 1e-12 * scale,
+                            "{what} [{k}]: {p} vs {q} ({act:?}, depth {depth})"
+                        );
+                    }
+                };
+                close(&fast.forward(&x).data, &y.data, "forward");
+                let mut ws = Vec::new();
+                close(
+                    &fast.forward_into(&x, &mut ws).data,
+                    &y.data,
+                    "forward_into",
+                );
+                close(&fast.forward_train(&x).data, &y.data, "forward_train");
+                dense.forward_train(&x);
+                let dy = inputs(300 * 3, 7);
+                let dy = Mat::from_vec(300, 3, dy.data);
+                // gradients accumulate onto what is there
+                for (p, q) in fast.params_mut().into_iter().zip(dense.params_mut()) {
+                    p.grad.iter_mut().for_each(|g| *g = 0.5);
+                    q.grad.iter_mut().for_each(|g| *g = 0.5);
+                }
+                let dx = fast.backward(&dy, true).unwrap();
+                let dx_ref = dense.backward(&dy, true).unwrap();
+                close(&dx.data, &dx_ref.data, "dx");
+                for (p, q) in fast.params().into_iter().zip(dense.params()) {
+                    close(&p.grad, &q.grad, &p.name);
+                }
+                // the input gradient alone leaves the parameter gradients as they are
+                let before: Vec<Vec<f64>> = fast.params().iter().map(|p| p.grad.clone()).collect();
+                close(
+                    &fast.backward_input(&dy).data,
+                    &dx_ref.data,
+                    "backward_input",
+                );
+                for (p, b) in fast.params().into_iter().zip(&before) {
+                    assert_eq!(&p.grad, b);
+                }
+            }
+        }
+    }
+
+    /// The table is continuous at its breakpoints, and the front covers a unit whose breakpoint is exactly an
+    /// input; other activations, two inputs, masked and residual networks keep the dense layers.
+    #[test]
+    fn piecewise_front_applies_where_exact() {
+        let m = net(2, Activation::Relu, 8);
+        let p = m.pieces().unwrap();
+        assert_eq!(p.t.len(), 10);
+        for (k, &t) in p.t.iter().enumerate() {
+            let o = p.out;
+            for i in 0..o {
+                let left = p.slope[k * o + i] * t + p.icpt[k * o + i];
+                let right = p.slope[(k + 1) * o + i] * t + p.icpt[(k + 1) * o + i];
+                assert!(
+                    (left - right).abs() < 1e-12,
+                    "jump at breakpoint {k}: {left} vs {right} at {t}"
+                );
+            }
+        }
+        // the interleaved search finds every piece: inputs on, between and beyond the breakpoints, groups of 1-8
+        let mut xs: Vec<f64> = p.t.clone();
+        xs.extend(p.t.windows(2).map(|w| 0.5 * (w[0] + w[1])));
+        xs.extend([-1e9, 1e9, p.t[0] - 1e-9, p.t[9] + 1e-9]);
+        for len in 1..=8 {
+            for xg in xs.chunks(len) {
+                let mut k = [usize::MAX; 8];
+                p.pieces8(xg, &mut k);
+                for (&x, &k) in xg.iter().zip(&k) {
+                    assert_eq!(k, p.piece(x), "piece of {x}");
+                }
+            }
+        }
+        let x = Mat::from_vec(p.t.len(), 1, p.t.clone());
+        let mut dense = m.clone();
+        dense.piecewise = false;
+        for (a, b) in m.forward(&x).data.iter().zip(&dense.forward(&x).data) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        let mut r = rng(9);
+        for act in [Activation::Tanh, Activation::Elu, Activation::Silu] {
+            assert!(Mlp::<f64>::new("n", 1, 8, 2, 2, act, &mut r)
+                .pieces()
+                .is_none());
+        }
+        assert!(Mlp::<f64>::new("n", 2, 8, 2, 2, Activation::Relu, &mut r)
+            .pieces()
+            .is_none());
+        assert!(
+            Mlp::<f64>::new_residual("n", 1, 8, 1, 2, Activation::Relu, &mut r)
+                .pieces()
+                .is_none()
+        );
+        let mut masked = Mlp::<f64>::new("n", 1, 8, 2, 2, Activation::Relu, &mut r);
+        masked.layers[0].set_mask(vec![1.0; 8]);
+        assert!(masked.pieces().is_none());
+    }
+
+    /// The AVX2 compilation (where the CPU has it) and the baseline one give the same bits: table, outputs
+    /// and gradients.
+    #[test]
+    fn piecewise_compilations_agree() {
+        let mut m = net(2, Activation::LeakyRelu, 12);
+        let x = inputs(37, 13);
+        let g = Mat::from_vec(37, 12, inputs(37 * 12, 14).data);
+        let mut m2 = m.clone();
+        let (a, b) = (
+            Pieces::new(&m.layers[0], &m.layers[1], 0.01),
+            Pieces::build(&m.layers[0], &m.layers[1], 0.01),
+        );
+        assert_eq!((&a.t, &a.slope, &a.icpt), (&b.t, &b.slope, &b.icpt));
+        let act = Some(Activation::LeakyRelu);
+        let mut y = Vec::new();
+        b.rows_impl(&x.data, &mut y, act);
+        assert_eq!(a.eval(&x, act).data, y);
+        let (l0, l1) = m.layers.split_at_mut(1);
+        let dx = a
+            .backward(&mut l0[0], &mut l1[0], &x, &g, true, true)
+            .unwrap();
+        let (l0, l1) = m2.layers.split_at_mut(1);
+        let dx2 = b
+            .backward_impl(&mut l0[0], &mut l1[0], &x, &g, true, true)
+            .unwrap();
+        assert_eq!(dx.data, dx2.data);
+        for (p, q) in m.params().into_iter().zip(m2.params()) {
+            assert_eq!(p.grad, q.grad);
+        }
+    }
+
+    /// The cached table is reused while the weights are unchanged and rebuilt after any of the four tensors
+    /// changes (the output then matches the dense layers with the new weights); clones start empty.
+    #[test]
+    fn table_cache_follows_the_weights() {
+        let mut m = net(2, Activation::Relu, 15);
+        let x = inputs(50, 16);
+        let a = m.pieces().unwrap();
+        assert!(Arc::ptr_eq(&a, &m.pieces().unwrap()));
+        for (l, which, k) in [(0, 0, 2), (0, 1, 5), (1, 0, 77), (1, 1, 4)] {
+            let before = m.pieces().unwrap();
+            let p = if which == 0 {
+                &mut m.layers[l].weight
+            } else {
+                &mut m.layers[l].bias
+            };
+            p.value[k] += 0.25;
+            let after = m.pieces().unwrap();
+            assert!(
+                !Arc::ptr_eq(&before, &after),
+                "layer {l} tensor {which} changed: rebuilt"
+            );
+            let mut dense = m.clone();
+            dense.piecewise = false;
+            for (u, v) in m.forward(&x).data.iter().zip(&dense.forward(&x).data) {
+                assert!((u - v).abs() < 1e-12);
+            }
+        }
+        let c = m.clone();
+        assert!(c.tables.last.lock().unwrap().is_none());
+    }
+
+    /// A batch large enough to be split over the pool gives the serial result bit for bit.
+    #[test]
+    fn piecewise_eval_split_matches_serial() {
+        let m = net(2, Activation::Relu, 10);
+        let p = m.pieces().unwrap();
+        let x = inputs(PAR_ELEMS / 3 + 17, 11);
+        let serial = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| p.eval(&x, Some(Activation::LeakyRelu)));
+        let split = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+            .install(|| p.eval(&x, Some(Activation::LeakyRelu)));
+        assert_eq!(serial.data, split.data);
+    }
+}
