@@ -35,7 +35,7 @@ pub(crate) fn negative_slope(act: Activation) -> Option<f64> {
 
 /// Rows x outputs above which a table evaluation is split over the pool (per row: the result does not
 /// depend on the split).
-const PAR_ELEMS: usize = 1 << 17;
+const PAR_ELEMS: usize = 1 << 15;
 
 /// The last table a network built, with the weights it was built from: inference with unchanged weights
 /// (scoring a data set batch by batch, drawing batch after batch) reuses it instead of rebuilding it per call.
@@ -119,6 +119,8 @@ pub(crate) struct Pieces<F> {
     icpt: Vec<F>,
     out: usize,
     alpha: f64,
+    /// W1's columns (`H x out`, f64), for the backward.
+    cols: Vec<f64>,
 }
 
 impl<F: Float> Pieces<F> {
@@ -240,6 +242,7 @@ impl<F: Float> Pieces<F> {
             icpt,
             out,
             alpha,
+            cols,
         }
     }
 
@@ -282,7 +285,7 @@ impl<F: Float> Pieces<F> {
         let (n, out) = (x.rows, self.out);
         if n * out >= PAR_ELEMS && rayon::current_num_threads() > 1 {
             // blocks of rows over the pool (each row is computed the same way)
-            const ROWS: usize = 256;
+            const ROWS: usize = 128;
             let parts: Vec<Vec<F>> = x
                 .data
                 .par_chunks(ROWS)
@@ -347,44 +350,9 @@ impl<F: Float> Pieces<F> {
 
     /// Back-propagate `g` (`x.rows x out`, the gradient w.r.t. this pair's output) through the table built from
     /// `l0` and `l1` (unchanged since): accumulates the two layers' parameter gradients when `params`, and
-    /// returns dL/dx when `want_dx`.
+    /// returns dL/dx when `want_dx`. The outputs are taken in two halves, one per task (always two, so the
+    /// sums do not depend on the number of threads).
     pub(crate) fn backward(
-        &self,
-        l0: &mut Linear<F>,
-        l1: &mut Linear<F>,
-        x: &Mat<F>,
-        g: &Mat<F>,
-        params: bool,
-        want_dx: bool,
-    ) -> Option<Mat<F>> {
-        #[cfg(target_arch = "x86_64")]
-        if crate::engine::sgemm::available() {
-            // SAFETY: the CPU has AVX2 and FMA
-            return unsafe { self.backward_avx2(l0, l1, x, g, params, want_dx) };
-        }
-        self.backward_impl(l0, l1, x, g, params, want_dx)
-    }
-
-    /// [`Pieces::backward_impl`] compiled for AVX2.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn backward_avx2(
-        &self,
-        l0: &mut Linear<F>,
-        l1: &mut Linear<F>,
-        x: &Mat<F>,
-        g: &Mat<F>,
-        params: bool,
-        want_dx: bool,
-    ) -> Option<Mat<F>> {
-        self.backward_impl(l0, l1, x, g, params, want_dx)
-    }
-
-    #[inline(always)]
-    fn backward_impl(
         &self,
         l0: &mut Linear<F>,
         l1: &mut Linear<F>,
@@ -401,88 +369,202 @@ impl<F: Float> Pieces<F> {
             self.pieces8(xg, &mut k8);
             kg.copy_from_slice(&k8[..kg.len()]);
         }
+        let mid = (out / 2).next_multiple_of(8).min(out);
+        let (w0, b0) = (&l0.weight.value[..], &l0.bias.value[..]);
+        let (gw_lo, gw_hi) = l1.weight.grad.split_at_mut(mid * h);
+        let (gb_lo, gb_hi) = l1.bias.grad.split_at_mut(mid);
+        let job = |cols: (usize, usize), gw: &mut [F], gb: &mut [F]| {
+            let half = Half {
+                w0,
+                b0,
+                x: &x.data,
+                ks: &ks,
+                g,
+                cols,
+                params,
+                want_dx,
+            };
+            self.half(half, gw, gb)
+        };
+        let (lo, hi) = rayon::join(
+            || job((0, mid), gw_lo, gb_lo),
+            || job((mid, out), gw_hi, gb_hi),
+        );
         if params {
-            let pieces = self.t.len() + 1;
-            // p0[m], p1[m]: the sums of g and of x g over the rows on pieces below m (m = 0..=pieces)
-            let mut p0 = vec![0.0f64; (pieces + 1) * out];
-            let mut p1 = vec![0.0f64; (pieces + 1) * out];
-            for (r, &k) in ks.iter().enumerate() {
-                let xr = x.data[r].f64();
-                let d0 = &mut p0[(k + 1) * out..(k + 2) * out];
-                for (d, &v) in d0.iter_mut().zip(g.row(r)) {
-                    *d += v.f64();
-                }
-                let d1 = &mut p1[(k + 1) * out..(k + 2) * out];
-                for (d, &v) in d1.iter_mut().zip(g.row(r)) {
-                    *d += xr * v.f64();
-                }
-            }
-            for p in [&mut p0, &mut p1] {
-                for m in 1..=pieces {
-                    let (lo, hi) = p.split_at_mut(m * out);
-                    let prev = &lo[(m - 1) * out..];
-                    hi[..out].iter_mut().zip(prev).for_each(|(a, &b)| *a += b);
-                }
-            }
-            let (t0, t1) = (&p0[pieces * out..], &p1[pieces * out..]);
-            for (gb, &v) in l1.bias.grad.iter_mut().zip(t0) {
-                *gb += F::c(v);
-            }
-            // sorted position of every unit's breakpoint
-            let mut pos = vec![usize::MAX; h];
-            for (p, &j) in self.unit.iter().enumerate() {
-                pos[j] = p;
-            }
-            let alpha = self.alpha;
-            let (mut e0, mut e1) = (vec![0.0f64; out], vec![0.0f64; out]);
-            let w1 = &l1.weight.value;
             for j in 0..h {
-                let (w, b) = (l0.weight.value[j].f64(), l0.bias.value[j].f64());
-                // the sums over the rows where unit j is active: below or above its breakpoint, all or none
-                let (s0, s1, above): (&[f64], &[f64], bool) = if pos[j] != usize::MAX {
-                    let m = (pos[j] + 1) * out;
-                    (&p0[m..m + out], &p1[m..m + out], w > 0.0)
-                } else if b > 0.0 {
-                    (&p0[..out], &p1[..out], true) // always active: total minus nothing
-                } else {
-                    (&p0[..out], &p1[..out], false) // never active: nothing
-                };
-                // e = Σ_r c_j(r) (g_r, x_r g_r) with c_j = 1 where active, alpha elsewhere
-                for i in 0..out {
-                    let (a0, a1) = if above {
-                        (t0[i] - s0[i], t1[i] - s1[i])
-                    } else {
-                        (s0[i], s1[i])
-                    };
-                    e0[i] = alpha * t0[i] + (1.0 - alpha) * a0;
-                    e1[i] = alpha * t1[i] + (1.0 - alpha) * a1;
-                }
-                let (mut dw0, mut db0) = (0.0f64, 0.0f64);
-                for i in 0..out {
-                    let v = w1[i * h + j].f64();
-                    dw0 += v * e1[i];
-                    db0 += v * e0[i];
-                    l1.weight.grad[i * h + j] += F::c(w * e1[i] + b * e0[i]);
-                }
-                l0.weight.grad[j] += F::c(dw0);
-                l0.bias.grad[j] += F::c(db0);
+                l0.weight.grad[j] += F::c(lo.0[j] + hi.0[j]);
+                l0.bias.grad[j] += F::c(lo.1[j] + hi.1[j]);
             }
         }
-        want_dx.then(|| {
-            let dx = ks
-                .iter()
-                .enumerate()
-                .map(|(r, &k)| {
-                    let a = &self.slope[k * out..(k + 1) * out];
-                    g.row(r)
-                        .iter()
-                        .zip(a)
-                        .fold(F::zero(), |s, (&g, &a)| s + g * a)
-                })
-                .collect();
-            Mat::from_vec(n, 1, dx)
-        })
+        want_dx.then(|| Mat::from_vec(n, 1, lo.2.iter().zip(&hi.2).map(|(&a, &b)| a + b).collect()))
     }
+
+    /// One half of [`Pieces::backward`] (see [`Half`]): writes the half's rows of W1's and b1's gradients,
+    /// returns its parts of the gradients of `w0`, `b0` (f64) and of dL/dx.
+    fn half(&self, a: Half<'_, F>, gw: &mut [F], gb: &mut [F]) -> (Vec<f64>, Vec<f64>, Vec<F>) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::engine::sgemm::available() {
+            // SAFETY: the CPU has AVX2 and FMA
+            return unsafe { self.half_avx2(a, gw, gb) };
+        }
+        self.half_impl(a, gw, gb)
+    }
+
+    /// [`Pieces::half_impl`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn half_avx2(
+        &self,
+        a: Half<'_, F>,
+        gw: &mut [F],
+        gb: &mut [F],
+    ) -> (Vec<f64>, Vec<f64>, Vec<F>) {
+        self.half_impl(a, gw, gb)
+    }
+
+    #[inline(always)]
+    fn half_impl(
+        &self,
+        a: Half<'_, F>,
+        gw: &mut [F],
+        gb: &mut [F],
+    ) -> (Vec<f64>, Vec<f64>, Vec<F>) {
+        let Half {
+            w0,
+            b0,
+            x,
+            ks,
+            g,
+            cols: (c0, c1),
+            params,
+            want_dx,
+        } = a;
+        let (out, h, w) = (self.out, w0.len(), c1 - c0);
+        let dx: Vec<F> = if want_dx {
+            ks.iter()
+                .enumerate()
+                .map(|(r, &k)| dot(&g.row(r)[c0..c1], &self.slope[k * out + c0..k * out + c1]))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !params {
+            return (Vec::new(), Vec::new(), dx);
+        }
+        let pieces = self.t.len() + 1;
+        // p0[m], p1[m]: the sums of g and of x g over the rows on pieces below m (m = 0..=pieces)
+        let mut p0 = vec![0.0f64; (pieces + 1) * w];
+        let mut p1 = vec![0.0f64; (pieces + 1) * w];
+        for (r, &k) in ks.iter().enumerate() {
+            let xr = x[r].f64();
+            let gr = &g.row(r)[c0..c1];
+            let d0 = &mut p0[(k + 1) * w..(k + 2) * w];
+            for (d, &v) in d0.iter_mut().zip(gr) {
+                *d += v.f64();
+            }
+            let d1 = &mut p1[(k + 1) * w..(k + 2) * w];
+            for (d, &v) in d1.iter_mut().zip(gr) {
+                *d += xr * v.f64();
+            }
+        }
+        for p in [&mut p0, &mut p1] {
+            for m in 1..=pieces {
+                let (lo, hi) = p.split_at_mut(m * w);
+                let prev = &lo[(m - 1) * w..];
+                hi[..w].iter_mut().zip(prev).for_each(|(a, &b)| *a += b);
+            }
+        }
+        let (t0, t1) = (&p0[pieces * w..], &p1[pieces * w..]);
+        for (gb, &v) in gb.iter_mut().zip(t0) {
+            *gb += F::c(v);
+        }
+        // sorted position of every unit's breakpoint
+        let mut pos = vec![usize::MAX; h];
+        for (p, &j) in self.unit.iter().enumerate() {
+            pos[j] = p;
+        }
+        let alpha = self.alpha;
+        let (mut e0, mut e1) = (vec![0.0f64; w], vec![0.0f64; w]);
+        let (mut dw0, mut db0) = (vec![0.0f64; h], vec![0.0f64; h]);
+        // W1's gradient by columns (contiguous), added to the row-major gradient at the end
+        let mut dcols = vec![0.0f64; h * w];
+        for j in 0..h {
+            let (wj, bj) = (w0[j].f64(), b0[j].f64());
+            // the sums over the rows where unit j is active: below or above its breakpoint, all or none
+            let (s0, s1, above): (&[f64], &[f64], bool) = if pos[j] != usize::MAX {
+                let m = (pos[j] + 1) * w;
+                (&p0[m..m + w], &p1[m..m + w], wj > 0.0)
+            } else if bj > 0.0 {
+                (&p0[..w], &p1[..w], true) // always active: total minus nothing
+            } else {
+                (&p0[..w], &p1[..w], false) // never active: nothing
+            };
+            // e = Σ_r c_j(r) (g_r, x_r g_r) with c_j = 1 where active, alpha elsewhere
+            for i in 0..w {
+                let (a0, a1) = if above {
+                    (t0[i] - s0[i], t1[i] - s1[i])
+                } else {
+                    (s0[i], s1[i])
+                };
+                e0[i] = alpha * t0[i] + (1.0 - alpha) * a0;
+                e1[i] = alpha * t1[i] + (1.0 - alpha) * a1;
+            }
+            let col = &self.cols[j * out + c0..j * out + c1];
+            dw0[j] = dot(col, &e1);
+            db0[j] = dot(col, &e0);
+            let dcol = &mut dcols[j * w..(j + 1) * w];
+            for ((d, &u), &v) in dcol.iter_mut().zip(&e1).zip(&e0) {
+                *d = wj * u + bj * v;
+            }
+        }
+        // (in 8 x 8 tiles, like the transposition in the build)
+        for i0 in (0..w).step_by(8) {
+            for j0 in (0..h).step_by(8) {
+                for i in i0..(i0 + 8).min(w) {
+                    let row = &mut gw[i * h + j0..i * h + (j0 + 8).min(h)];
+                    for (jj, d) in row.iter_mut().enumerate() {
+                        *d += F::c(dcols[(j0 + jj) * w + i]);
+                    }
+                }
+            }
+        }
+        (dw0, db0, dx)
+    }
+}
+
+/// The inputs of one half of [`Pieces::backward`]: outputs `cols.0..cols.1`.
+#[derive(Clone, Copy)]
+struct Half<'a, F> {
+    w0: &'a [F],
+    b0: &'a [F],
+    x: &'a [F],
+    /// Every row's piece.
+    ks: &'a [usize],
+    g: &'a Mat<F>,
+    cols: (usize, usize),
+    params: bool,
+    want_dx: bool,
+}
+
+/// `Σ a_i b_i` in 8 interleaved partial sums (a fixed order, so the same bits on every call; the partial sums
+/// let the additions overlap instead of waiting on one another).
+#[inline(always)]
+fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for q in 0..8 {
+            acc[q] += x[q] * y[q];
+        }
+    }
+    for (q, (&x, &y)) in ar.iter().zip(br).enumerate() {
+        acc[q] += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 #[cfg(test)]
@@ -634,10 +716,9 @@ mod tests {
     /// and gradients.
     #[test]
     fn piecewise_compilations_agree() {
-        let mut m = net(2, Activation::LeakyRelu, 12);
+        let m = net(2, Activation::LeakyRelu, 12);
         let x = inputs(37, 13);
         let g = Mat::from_vec(37, 12, inputs(37 * 12, 14).data);
-        let mut m2 = m.clone();
         let (a, b) = (
             Pieces::new(&m.layers[0], &m.layers[1], 0.01),
             Pieces::build(&m.layers[0], &m.layers[1], 0.01),
@@ -647,17 +728,26 @@ mod tests {
         let mut y = Vec::new();
         b.rows_impl(&x.data, &mut y, act);
         assert_eq!(a.eval(&x, act).data, y);
-        let (l0, l1) = m.layers.split_at_mut(1);
-        let dx = a
-            .backward(&mut l0[0], &mut l1[0], &x, &g, true, true)
-            .unwrap();
-        let (l0, l1) = m2.layers.split_at_mut(1);
-        let dx2 = b
-            .backward_impl(&mut l0[0], &mut l1[0], &x, &g, true, true)
-            .unwrap();
-        assert_eq!(dx.data, dx2.data);
-        for (p, q) in m.params().into_iter().zip(m2.params()) {
-            assert_eq!(p.grad, q.grad);
+        // each half of the backward, dispatched and baseline
+        let ks: Vec<usize> = x.data.iter().map(|&v| a.piece(v)).collect();
+        let l0 = &m.layers[0];
+        for cols in [(0, 8), (8, 12)] {
+            let half = Half {
+                w0: &l0.weight.value,
+                b0: &l0.bias.value,
+                x: &x.data,
+                ks: &ks,
+                g: &g,
+                cols,
+                params: true,
+                want_dx: true,
+            };
+            let w = cols.1 - cols.0;
+            let (mut gw, mut gb) = (vec![0.5; w * 12], vec![0.5; w]);
+            let (mut gw2, mut gb2) = (gw.clone(), gb.clone());
+            let r = a.half(half, &mut gw, &mut gb);
+            let r2 = b.half_impl(half, &mut gw2, &mut gb2);
+            assert_eq!((r, gw, gb), (r2, gw2, gb2));
         }
     }
 
@@ -709,5 +799,22 @@ mod tests {
             .unwrap()
             .install(|| p.eval(&x, Some(Activation::LeakyRelu)));
         assert_eq!(serial.data, split.data);
+        // and the backward's two halves give the same bits however many threads take them
+        let mut m1 = m.clone();
+        m1.forward_train(&x);
+        let g = Mat::from_vec(x.rows, 3, inputs(x.rows * 3, 12).data);
+        let mut m3 = m1.clone();
+        m3.forward_train(&x);
+        let run = |m: &mut Mlp<f64>, threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| m.backward(&g, true).unwrap())
+        };
+        assert_eq!(run(&mut m1, 1).data, run(&mut m3, 3).data);
+        for (p, q) in m1.params().into_iter().zip(m3.params()) {
+            assert_eq!(p.grad, q.grad);
+        }
     }
 }
