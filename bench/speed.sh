@@ -23,6 +23,10 @@ for round in $(seq "${ROUNDS:-2}"); do
   for w in $workloads; do
     for t in 2 1; do
       ./target/release/nflow --threads "$t" bench --workload "$w" >> "$out"
+      # w1 also with its conditioners' dense front layers (the general path the piecewise front replaces)
+      if [ "$w" = w1 ]; then
+        ./target/release/nflow --threads "$t" bench --workload w1 --no-piecewise >> "$out"
+      fi
       for lib in zuko nflows; do
         "$py" "$peers" step --lib "$lib" --workload "$w" --threads "$t" >> "$out"
       done
@@ -40,6 +44,9 @@ python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 step = [r for r in rows if r.get("mode") == "step"]
+for r in step:
+    if r["lib"] == "nflow" and r.get("piecewise") is False:
+        r["lib"] = "nflow-dense"
 gemm = {(r["provider"], r["workload"], r["threads"]): r["gflops"] for r in rows if r.get("summary")}
 def get(lib, w, t):
     # best round of each measure
@@ -57,6 +64,13 @@ for w in sorted({r["workload"] for r in step}):
         for k in ("train_step_ms", "log_prob_ms", "sample_ms"):
             best = min(z[k], n[k])
             print(f"| {w} | {t} | {k[:-3]} | {o[k]:.2f} | {z[k]:.2f} | {n[k]:.2f} | **{best / o[k]:.2f}x** |")
+print("\nw1 with dense front layers (`--no-piecewise`: the general path, as for conditioners with more than one input):")
+print("\n| threads | measure | nflow dense ms | speed-up vs faster peer |\n|---|---|---|---|")
+for t in (2, 1):
+    o, z, n = get("nflow-dense", "w1", t), get("zuko", "w1", t), get("nflows", "w1", t)
+    if o and z and n:
+        for k in ("train_step_ms", "log_prob_ms", "sample_ms"):
+            print(f"| {t} | {k[:-3]} | {o[k]:.2f} | **{min(z[k], n[k]) / o[k]:.2f}x** |")
 print("\n| workload | nflow train step 1 -> 2 threads | zuko | nflows |\n|---|---|---|---|")
 for w in sorted({r["workload"] for r in step}):
     cells = []
