@@ -37,14 +37,14 @@ pub(crate) fn negative_slope(act: Activation) -> Option<f64> {
 /// depend on the split).
 const PAR_ELEMS: usize = 1 << 15;
 
+/// A table and the weights it was built from (all four tensors, one after the other).
+type Keyed<F> = (Vec<F>, Arc<Pieces<F>>);
+
 /// The last table a network built, with the weights it was built from: inference with unchanged weights
 /// (scoring a data set batch by batch, drawing batch after batch) reuses it instead of rebuilding it per call.
 /// Every use compares the weights themselves (a copy, compared value by value: ~60 KB for a 128-unit pair,
 /// against a build that reads them and writes a table of 130 x 128 x 2), so a changed weight, however it was
 /// changed, always rebuilds. Clones start empty.
-/// A table and the weights it was built from (all four tensors, one after the other).
-type Keyed<F> = (Vec<F>, Arc<Pieces<F>>);
-
 #[derive(Default)]
 pub(crate) struct TableCache<F> {
     pub(crate) last: std::sync::Mutex<Option<Keyed<F>>>,
@@ -136,7 +136,7 @@ impl<F: Float> Pieces<F> {
     }
 
     /// [`Pieces::build`] compiled for AVX2 (the crate's baseline is SSE2; the same operations, so the same
-    /// bits).
+    /// bits: its `mul_add`s are fused multiply-adds here and libm's correctly rounded `fma` there).
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA.
