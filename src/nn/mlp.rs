@@ -642,16 +642,15 @@ impl<F: Float> Mlp<F> {
             .then(|| self.tables.get(l0, l1, alpha))
     }
 
-    /// The output of the first layers and the index of the next: the piecewise front's (two layers) or the
-    /// first layer's.
-    /// With the front, the activation that follows it is applied too (where another layer follows).
-    fn front_forward(&self, x: &Mat<F>) -> (Mat<F>, usize, Option<Arc<Pieces<F>>>) {
+    /// The output of the first layers: the piecewise front's (two layers, and the activation that follows them
+    /// where another layer does) with its table, or the first layer's.
+    fn front_forward(&self, x: &Mat<F>) -> (Mat<F>, Option<Arc<Pieces<F>>>) {
         match self.pieces() {
             Some(p) => {
                 let act = (self.layers.len() > 2).then_some(self.act);
-                (p.eval(x, act), 2, Some(p))
+                (p.eval(x, act), Some(p))
             }
-            None => (self.layers[0].forward(x), 1, None),
+            None => (self.layers[0].forward(x), None),
         }
     }
 
@@ -697,7 +696,8 @@ impl<F: Float> Mlp<F> {
             .map(|b| block(&x.slice_rows(b * ROWS, ((b + 1) * ROWS).min(x.rows))))
             .collect();
         let cols = parts[0].cols;
-        let data = parts.into_iter().flat_map(|m| m.data).collect();
+        let mut data = Vec::with_capacity(x.rows * cols);
+        parts.iter().for_each(|m| data.extend_from_slice(&m.data));
         Mat::from_vec(x.rows, cols, data)
     }
 
@@ -792,7 +792,8 @@ impl<F: Float> Mlp<F> {
         let n = self.layers.len();
         self.inputs.clear();
         self.pre.clear();
-        let (mut h, start, front) = self.front_forward(&x);
+        let (mut h, front) = self.front_forward(&x);
+        let start = if front.is_some() { 2 } else { 1 };
         self.front = front;
         self.inputs.push(x);
         if start == 2 {

@@ -22,6 +22,7 @@
 use super::{Activation, Linear};
 use crate::engine::{Float, Mat};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// The slope below zero of the activations that are linear on each side of zero (ReLU 0, leaky ReLU 0.01).
@@ -37,8 +38,8 @@ pub(crate) fn negative_slope(act: Activation) -> Option<f64> {
 /// depend on the split).
 const PAR_ELEMS: usize = 1 << 15;
 
-/// A table and the weights it was built from (all four tensors, one after the other).
-type Keyed<F> = (Vec<F>, Arc<Pieces<F>>);
+/// A table and the weights it was built from (`w0`, `b0`, `W1`, `b1`).
+type Keyed<F> = ([Vec<F>; 4], Arc<Pieces<F>>);
 
 /// The last table a network built, with the weights it was built from: inference with unchanged weights
 /// (scoring a data set batch by batch, drawing batch after batch) reuses it instead of rebuilding it per call.
@@ -80,15 +81,7 @@ impl<F: Float> TableCache<F> {
                     .zip(b.chunks(256))
                     .all(|(x, y)| x.iter().zip(y).fold(true, |ok, (u, v)| ok & (u == v)))
         };
-        let same = |key: &[F]| {
-            let mut rest = key;
-            parts.iter().all(|p| {
-                let n = p.len().min(rest.len());
-                let ok = n == p.len() && equal(&rest[..n], p);
-                rest = &rest[n..];
-                ok
-            }) && rest.is_empty()
-        };
+        let same = |key: &[Vec<F>; 4]| key.iter().zip(&parts).all(|(k, p)| equal(k, p));
         // (a contended cache is bypassed, never waited for)
         let Ok(mut last) = self.last.try_lock() else {
             return Arc::new(Pieces::new(l0, l1, alpha));
@@ -100,8 +93,10 @@ impl<F: Float> TableCache<F> {
         }
         let table = Arc::new(Pieces::new(l0, l1, alpha));
         let mut key = last.take().map(|(k, _)| k).unwrap_or_default();
-        key.clear();
-        parts.iter().for_each(|p| key.extend_from_slice(p));
+        for (k, p) in key.iter_mut().zip(&parts) {
+            k.clear();
+            k.extend_from_slice(p);
+        }
         *last = Some((key, table.clone()));
         table
     }
@@ -283,28 +278,26 @@ impl<F: Float> Pieces<F> {
     pub(crate) fn eval(&self, x: &Mat<F>, act: Option<Activation>) -> Mat<F> {
         assert_eq!(x.cols, 1);
         let (n, out) = (x.rows, self.out);
+        // every output is written exactly once, straight into the result (no zero-fill, no gathering of parts)
+        let mut y: Vec<F> = Vec::with_capacity(n * out);
+        let dst = &mut y.spare_capacity_mut()[..n * out];
         if n * out >= PAR_ELEMS && rayon::current_num_threads() > 1 {
             // blocks of rows over the pool (each row is computed the same way)
             const ROWS: usize = 128;
-            let parts: Vec<Vec<F>> = x
-                .data
-                .par_chunks(ROWS)
-                .map(|xb| {
-                    let mut y = Vec::with_capacity(xb.len() * out);
-                    self.rows(xb, &mut y, act);
-                    y
-                })
-                .collect();
-            Mat::from_vec(n, out, parts.concat())
+            dst.par_chunks_mut(ROWS * out)
+                .zip(x.data.par_chunks(ROWS))
+                .for_each(|(d, xb)| self.rows(xb, d, act));
         } else {
-            let mut y = Vec::with_capacity(n * out);
-            self.rows(&x.data, &mut y, act);
-            Mat::from_vec(n, out, y)
+            self.rows(&x.data, dst, act);
         }
+        // SAFETY: `rows` initialised all n * out elements (it writes every element of the slice it is given)
+        unsafe { y.set_len(n * out) };
+        Mat::from_vec(n, out, y)
     }
 
-    /// The outputs of the rows `x`, appended to `y`.
-    fn rows(&self, x: &[F], y: &mut Vec<F>, act: Option<Activation>) {
+    /// The outputs of the rows `x` into `y` (`x.len() * out` elements, every one written).
+    fn rows(&self, x: &[F], y: &mut [MaybeUninit<F>], act: Option<Activation>) {
+        assert_eq!(y.len(), x.len() * self.out);
         #[cfg(target_arch = "x86_64")]
         if crate::engine::sgemm::available() {
             // SAFETY: the CPU has AVX2 and FMA
@@ -319,24 +312,26 @@ impl<F: Float> Pieces<F> {
     /// The CPU must have AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_avx2(&self, x: &[F], y: &mut Vec<F>, act: Option<Activation>) {
+    unsafe fn rows_avx2(&self, x: &[F], y: &mut [MaybeUninit<F>], act: Option<Activation>) {
         self.rows_impl(x, y, act)
     }
 
     #[inline(always)]
-    fn rows_impl(&self, x: &[F], y: &mut Vec<F>, act: Option<Activation>) {
+    fn rows_impl(&self, x: &[F], y: &mut [MaybeUninit<F>], act: Option<Activation>) {
         // rows in groups of 8: their pieces, then their outputs (one loop per activation: the match stays
         // outside the element loop, which then vectorises)
         #[inline(always)]
-        fn run<F: Float>(p: &Pieces<F>, x: &[F], y: &mut Vec<F>, f: impl Fn(F) -> F) {
+        fn run<F: Float>(p: &Pieces<F>, x: &[F], y: &mut [MaybeUninit<F>], f: impl Fn(F) -> F) {
             let out = p.out;
             let mut k = [0usize; 8];
-            for xg in x.chunks(8) {
+            for (xg, yg) in x.chunks(8).zip(y.chunks_mut(8 * out)) {
                 p.pieces8(xg, &mut k);
-                for (&xr, &k) in xg.iter().zip(&k) {
+                for ((&xr, &k), yr) in xg.iter().zip(&k).zip(yg.chunks_mut(out)) {
                     let a = &p.slope[k * out..(k + 1) * out];
                     let c = &p.icpt[k * out..(k + 1) * out];
-                    y.extend(a.iter().zip(c).map(|(&a, &c)| f(a * xr + c)));
+                    for ((d, &a), &c) in yr.iter_mut().zip(a).zip(c) {
+                        d.write(f(a * xr + c));
+                    }
                 }
             }
         }
@@ -725,8 +720,10 @@ mod tests {
         );
         assert_eq!((&a.t, &a.slope, &a.icpt), (&b.t, &b.slope, &b.icpt));
         let act = Some(Activation::LeakyRelu);
-        let mut y = Vec::new();
+        let mut y = vec![MaybeUninit::new(f64::NAN); x.rows * b.out];
         b.rows_impl(&x.data, &mut y, act);
+        // SAFETY: every element was initialised (to NaN, then by rows_impl)
+        let y: Vec<f64> = y.iter().map(|v| unsafe { v.assume_init() }).collect();
         assert_eq!(a.eval(&x, act).data, y);
         // each half of the backward, dispatched and baseline
         let ks: Vec<usize> = x.data.iter().map(|&v| a.piece(v)).collect();
