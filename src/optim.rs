@@ -113,7 +113,7 @@ impl<F: Float> Adam<F> {
         if self.m.is_empty() {
             self.m = params
                 .iter()
-                .map(|p| vec![F::zero(); p.value.len()])
+                .map(|p| vec![F::zero(); p.value().len()])
                 .collect();
             self.v = self.m.clone();
         }
@@ -140,12 +140,12 @@ impl<F: Float> Adam<F> {
         const CHUNK: usize = 1 << 15;
         for ((p, m), v) in params.into_iter().zip(&mut self.m).zip(&mut self.v) {
             let p: &mut Param<F> = p;
-            if p.value.len() <= CHUNK {
-                update(&mut p.value, &p.grad, m, v);
+            let (w, g) = p.value_and_grad_mut();
+            if w.len() <= CHUNK {
+                update(w, g, m, v);
             } else {
-                p.value
-                    .par_chunks_mut(CHUNK)
-                    .zip(p.grad.par_chunks(CHUNK))
+                w.par_chunks_mut(CHUNK)
+                    .zip(g.par_chunks(CHUNK))
                     .zip(m.par_chunks_mut(CHUNK))
                     .zip(v.par_chunks_mut(CHUNK))
                     .for_each(|(((w, g), m), v)| update(w, g, m, v));
@@ -290,13 +290,13 @@ mod tests {
             ..OptimConfig::default()
         });
         for _ in 0..2000 {
-            p.grad = p.value.iter().map(|&w| 2.0 * (w - 1.0)).collect();
+            p.grad = p.value().iter().map(|&w| 2.0 * (w - 1.0)).collect();
             opt.step(&mut [&mut p], 0.05);
         }
         assert!(
-            p.value.iter().all(|&w| (w - 1.0).abs() < 1e-3),
+            p.value().iter().all(|&w| (w - 1.0).abs() < 1e-3),
             "{:?}",
-            p.value
+            p.value()
         );
     }
 
@@ -306,7 +306,7 @@ mod tests {
         let mut p = Param::<f64>::new("w", vec![2], vec![1.0, 1.0]);
         p.grad = vec![0.5, -4.0];
         Adam::new(OptimConfig::default()).step(&mut [&mut p], 0.1);
-        assert!((p.value[0] - 0.9).abs() < 1e-6 && (p.value[1] - 1.1).abs() < 1e-6);
+        assert!((p.value()[0] - 0.9).abs() < 1e-6 && (p.value()[1] - 1.1).abs() < 1e-6);
         // AdamW decays the weight before the step: w - lr*wd*w - lr*sign(g)
         let mut q = Param::<f64>::new("w", vec![1], vec![2.0]);
         q.grad = vec![1.0];
@@ -317,9 +317,9 @@ mod tests {
         };
         Adam::new(cfg).step(&mut [&mut q], 0.1);
         assert!(
-            (q.value[0] - (2.0 - 0.1 * 0.5 * 2.0 - 0.1)).abs() < 1e-6,
+            (q.value()[0] - (2.0 - 0.1 * 0.5 * 2.0 - 0.1)).abs() < 1e-6,
             "{}",
-            q.value[0]
+            q.value()[0]
         );
     }
 

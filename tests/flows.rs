@@ -52,10 +52,10 @@ fn randomize(flow: &mut Flow<f64>, seed: u64, scale: f64) {
     let mut r = rng(seed);
     for (_, p) in flow.named_params_mut() {
         if p.trainable {
-            for k in 0..p.value.len() {
+            for k in 0..p.value().len() {
                 let e = scale * r.gen_range(-1.0..1.0);
                 if p.is_free(k) {
-                    p.value[k] += e;
+                    p.value_mut()[k] += e;
                 }
             }
         }
@@ -204,7 +204,7 @@ fn save_load_gives_identical_log_probs() {
             .transforms
             .iter()
             .filter(|t| t.kind() == "ActNorm")
-            .flat_map(|t| t.params().into_iter().map(|p| p.value.clone()))
+            .flat_map(|t| t.params().into_iter().map(|p| p.value().to_vec()))
             .collect()
     };
     let before = actnorm_params(&back);
@@ -328,7 +328,7 @@ fn flow_parameter_gradients_match_finite_differences() {
             .iter()
             .filter(|(_, p)| p.trainable)
             .map(|(n, p)| {
-                let free = (0..p.value.len()).map(|k| p.is_free(k)).collect();
+                let free = (0..p.value().len()).map(|k| p.is_free(k)).collect();
                 (n.clone(), p.grad.clone(), free)
             })
             .collect();
@@ -363,7 +363,7 @@ fn nan_guard_names_the_layer() {
     let last = flow.transforms.len() - 1;
     for (n, p) in flow.named_params_mut() {
         if n == format!("{last}.log_scale") {
-            p.value = vec![200.0, 0.0];
+            p.set_value(vec![200.0, 0.0]);
         }
     }
     let x: Mat<f32> = randn(&mut rng(0), 8, 2);

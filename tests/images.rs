@@ -85,7 +85,7 @@ fn randomize(flow: &mut Flow<f64>, seed: u64, scale: f64) {
     let mut r = rng(seed);
     for (_, p) in flow.named_params_mut() {
         if p.trainable {
-            p.value
+            p.value_mut()
                 .iter_mut()
                 .for_each(|v| *v += scale * r.gen_range(-1.0..1.0));
         }
@@ -271,14 +271,14 @@ fn resuming_from_a_checkpoint_gives_the_uninterrupted_run() {
         .flow
         .named_params()
         .into_iter()
-        .map(|(n, p)| (n, p.value.clone()))
+        .map(|(n, p)| (n, p.value().to_vec()))
         .collect();
     let b: Vec<(String, Vec<f32>)> = resumed
         .model
         .flow
         .named_params()
         .into_iter()
-        .map(|(n, p)| (n, p.value.clone()))
+        .map(|(n, p)| (n, p.value().to_vec()))
         .collect();
     assert_eq!(a, b, "resumed weights differ");
     let la: Vec<String> = full.log.iter().map(|e| format!("{e:?}")).collect();

@@ -114,9 +114,10 @@ fn tradeoff(a: &BenchArgs) -> Result<()> {
             let mut pr = rng(1);
             for (_, p) in flow.named_params_mut() {
                 if p.trainable {
-                    for k in 0..p.value.len() {
+                    for k in 0..p.value().len() {
                         if p.is_free(k) {
-                            p.value[k] += 0.01 * (rand::Rng::gen_range(&mut pr, -1.0f32..1.0));
+                            p.value_mut()[k] +=
+                                0.01 * (rand::Rng::gen_range(&mut pr, -1.0f32..1.0));
                         }
                     }
                 }

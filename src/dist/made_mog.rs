@@ -46,7 +46,7 @@ impl<F: Float> MadeMog<F> {
                 2.0 * (c as f64 + 0.5) / k as f64 - 1.0
             };
             for i in 0..d {
-                last.bias.value[(k + c) * d + i] = F::c(m);
+                last.bias.value_mut()[(k + c) * d + i] = F::c(m);
             }
         }
         MadeMog {

@@ -60,19 +60,19 @@ impl<F: Float> GaussianMixture<F> {
     }
 
     pub fn is_initialized(&self) -> bool {
-        self.initialized.value[0] != F::zero()
+        self.initialized.value()[0] != F::zero()
     }
 
     /// Per-component log-densities `log pi_k + log N(z; mu_k, sigma_k)` of row `z` into `a`.
     fn component_logs(&self, z: &[F], a: &mut [F]) {
         let (d, k) = (self.d, self.k);
-        let lse = log_sum_exp(&self.logits.value);
+        let lse = log_sum_exp(self.logits.value());
         let c = F::c(-0.5 * LN_2PI * d as f64);
         for (j, aj) in a.iter_mut().enumerate().take(k) {
-            let mut s = self.logits.value[j] - lse + c;
+            let mut s = self.logits.value()[j] - lse + c;
             for i in 0..d {
-                let ls = self.log_scale.value[j * d + i];
-                let u = (z[i] - self.loc.value[j * d + i]) * (-ls).exp();
+                let ls = self.log_scale.value()[j * d + i];
+                let u = (z[i] - self.loc.value()[j * d + i]) * (-ls).exp();
                 s -= F::c(0.5) * u * u + ls;
             }
             *aj = s;
@@ -193,13 +193,14 @@ impl<F: Float> GaussianMixture<F> {
         }
         let total: f64 = counts.iter().sum();
         for c in 0..k {
-            self.logits.value[c] = F::c((counts[c] / total).ln());
+            self.logits.value_mut()[c] = F::c((counts[c] / total).ln());
             for j in 0..d {
-                self.loc.value[c * d + j] = F::c(centres[c][j]);
-                self.log_scale.value[c * d + j] = F::c(spread[c][j].sqrt().max(floor[j]).ln());
+                self.loc.value_mut()[c * d + j] = F::c(centres[c][j]);
+                self.log_scale.value_mut()[c * d + j] =
+                    F::c(spread[c][j].sqrt().max(floor[j]).ln());
             }
         }
-        self.initialized.value[0] = F::one();
+        self.initialized.value_mut()[0] = F::one();
     }
 }
 
@@ -236,7 +237,7 @@ impl<F: Float> Distribution<F> for GaussianMixture<F> {
     fn log_prob_backward(&mut self, z: &Mat<F>, _ctx: Option<&Mat<F>>, dlp: &[F]) -> Mat<F> {
         let (d, k) = (self.d, self.k);
         let mut a = vec![F::zero(); k];
-        let lse_w = log_sum_exp(&self.logits.value);
+        let lse_w = log_sum_exp(self.logits.value());
         let mut dz = Mat::zeros(z.rows, d);
         for r in 0..z.rows {
             let zr = z.row(r);
@@ -245,11 +246,12 @@ impl<F: Float> Distribution<F> for GaussianMixture<F> {
             let g = dlp[r];
             for j in 0..k {
                 let resp = (a[j] - lp).exp(); // posterior of component j
-                self.logits.grad[j] += (resp - (self.logits.value[j] - lse_w).exp()) * g;
+                let w = self.logits.value()[j];
+                self.logits.grad[j] += (resp - (w - lse_w).exp()) * g;
                 for i in 0..d {
                     let c = j * d + i;
-                    let inv = (-self.log_scale.value[c]).exp();
-                    let u = (zr[i] - self.loc.value[c]) * inv;
+                    let inv = (-self.log_scale.value()[c]).exp();
+                    let u = (zr[i] - self.loc.value()[c]) * inv;
                     dz.data[r * d + i] -= resp * u * inv * g;
                     self.loc.grad[c] += resp * u * inv * g;
                     self.log_scale.grad[c] += resp * (u * u - F::one()) * g;
@@ -260,10 +262,10 @@ impl<F: Float> Distribution<F> for GaussianMixture<F> {
     }
     fn sample(&self, n: usize, _ctx: Option<&Mat<F>>, rng: &mut Rng) -> Mat<F> {
         let d = self.d;
-        let lse = log_sum_exp(&self.logits.value);
+        let lse = log_sum_exp(self.logits.value());
         let w: Vec<f64> = self
             .logits
-            .value
+            .value()
             .iter()
             .map(|&l| (l - lse).exp().f64())
             .collect();
@@ -273,7 +275,7 @@ impl<F: Float> Distribution<F> for GaussianMixture<F> {
             for i in 0..d {
                 let e: f64 = Normal01.sample(rng);
                 out.data[r * d + i] =
-                    self.loc.value[c * d + i] + F::c(e) * self.log_scale.value[c * d + i].exp();
+                    self.loc.value()[c * d + i] + F::c(e) * self.log_scale.value()[c * d + i].exp();
             }
         }
         out
@@ -324,23 +326,23 @@ mod tests {
         assert!(m.is_initialized());
         for c in &centres {
             let near = (0..3).any(|k| {
-                (m.loc.value[k * 2] - c[0]).abs() < 0.15
-                    && (m.loc.value[k * 2 + 1] - c[1]).abs() < 0.15
+                (m.loc.value()[k * 2] - c[0]).abs() < 0.15
+                    && (m.loc.value()[k * 2 + 1] - c[1]).abs() < 0.15
             });
-            assert!(near, "no component near {c:?}: {:?}", m.loc.value);
+            assert!(near, "no component near {c:?}: {:?}", m.loc.value());
         }
         for k in 0..3 {
-            assert!((m.logits.value[k].exp() - 1.0 / 3.0).abs() < 0.02);
+            assert!((m.logits.value()[k].exp() - 1.0 / 3.0).abs() < 0.02);
             for j in 0..2 {
-                let s = m.log_scale.value[k * 2 + j].exp();
+                let s = m.log_scale.value()[k * 2 + j].exp();
                 assert!((s - 0.3).abs() < 0.06, "scale {s}");
             }
         }
         let after: f64 = m.log_prob(&z, None).iter().sum();
         assert!(after > before + 300.0, "{before} -> {after}");
         // a second training batch does not re-initialise
-        let loc = m.loc.value.clone();
+        let loc = m.loc.value().to_vec();
         m.log_prob_train(&randn(&mut r, 10, 2), None);
-        assert_eq!(loc, m.loc.value);
+        assert_eq!(loc, m.loc.value());
     }
 }

@@ -122,11 +122,11 @@ impl<F: Float> Distribution<F> for DiagNormal<F> {
         "DiagNormal"
     }
     fn dim(&self) -> usize {
-        self.loc.value.len()
+        self.loc.value().len()
     }
     fn log_prob(&self, z: &Mat<F>, _ctx: Option<&Mat<F>>) -> Vec<F> {
         let d = self.dim();
-        let c = F::c(-0.5 * LN_2PI * d as f64) - self.log_scale.value.iter().copied().sum::<F>();
+        let c = F::c(-0.5 * LN_2PI * d as f64) - self.log_scale.value().iter().copied().sum::<F>();
         (0..z.rows)
             .map(|r| {
                 let q: F = z
@@ -134,7 +134,7 @@ impl<F: Float> Distribution<F> for DiagNormal<F> {
                     .iter()
                     .enumerate()
                     .map(|(j, &v)| {
-                        ((v - self.loc.value[j]) * (-self.log_scale.value[j]).exp()).powi(2)
+                        ((v - self.loc.value()[j]) * (-self.log_scale.value()[j]).exp()).powi(2)
                     })
                     .sum();
                 c - F::c(0.5) * q
@@ -147,8 +147,8 @@ impl<F: Float> Distribution<F> for DiagNormal<F> {
         for r in 0..z.rows {
             let g = dlp[r];
             for j in 0..d {
-                let inv = (-self.log_scale.value[j]).exp();
-                let u = (z.at(r, j) - self.loc.value[j]) * inv;
+                let inv = (-self.log_scale.value()[j]).exp();
+                let u = (z.at(r, j) - self.loc.value()[j]) * inv;
                 // log p = -0.5 u^2 - log_sigma + const
                 dz.data[r * d + j] = -u * inv * g;
                 self.loc.grad[j] += u * inv * g;
@@ -163,7 +163,7 @@ impl<F: Float> Distribution<F> for DiagNormal<F> {
         for r in 0..n {
             for j in 0..d {
                 let v = &mut e.data[r * d + j];
-                *v = self.loc.value[j] + *v * self.log_scale.value[j].exp();
+                *v = self.loc.value()[j] + *v * self.log_scale.value()[j].exp();
             }
         }
         e

@@ -12,6 +12,7 @@
 
 use super::{sgemm, Float, Mat};
 use rayon::prelude::*;
+pub use sgemm::Depth;
 
 /// Below this many multiply-adds a product runs on one thread (spawning costs more than it saves).
 const PAR_GEMM_FLOPS: usize = 96 * 96 * 96;
@@ -487,6 +488,102 @@ pub fn gemm_view_ranged<F: Float>(
         // SAFETY: F is f32 and the CPU runs the kernel (`ranged_available`), `check` bounds every index, `c` is
         // borrowed mutably so it aliases neither `a` nor `b`
         unsafe { sgemm_on(o, (av, bv, cv), accumulate, threads, Some(depth)) };
+    }
+}
+
+/// A weight matrix `W` (`out x inp`, row-major) prepared once for many products `X W^T` with the same `W`
+/// (inference with fixed weights): `W^T` packed in the f32 kernel's layout, so that each product packs only `X`
+/// and runs as one parallel region ([`sgemm::sgemm_packed`]; the same bits as [`gemm`]).
+pub struct PreparedWeight(sgemm::PackedB);
+
+impl PreparedWeight {
+    /// Floats held: `W`'s size, `out` rounded up to the kernel's tile.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Whether `rows x inp` by `(out x inp)^T` products of `F` run on the kernel that [`PreparedWeight`] serves
+/// (f32, a CPU with AVX2 and FMA, a shape it suits).
+pub fn preparable<F: Float>(rows: usize, inp: usize, out: usize) -> bool {
+    own_kernel::<F>(rows, inp, out)
+}
+
+/// [`PreparedWeight`] of `w` (`out x inp`), or `None` where [`preparable`] says no for `rows`-row inputs.
+pub fn prepare_weight<F: Float>(
+    w: &[F],
+    out: usize,
+    inp: usize,
+    rows: usize,
+) -> Option<PreparedWeight> {
+    assert_eq!(w.len(), out * inp, "prepare_weight: weight size");
+    if !preparable::<F>(rows, inp, out) {
+        return None;
+    }
+    let b = sgemm::Operand {
+        ptr: w.as_ptr() as *const f32,
+        rs: 1,
+        cs: inp as isize,
+    };
+    // SAFETY: F is f32 and the CPU runs the kernel (`preparable`); `b` addresses the `out x inp` elements of `w`
+    // as its transpose
+    let threads = threads_for(rows * inp * out);
+    Some(PreparedWeight(unsafe {
+        sgemm::PackedB::new(inp, out, b, threads)
+    }))
+}
+
+/// `y (+)= x W^T` for a prepared `W` (`out x inp`): `x` is `rows x inp` (row stride `ldx`), `y` `rows x out`
+/// (row stride `ldy`); with `depth`, each tile of `y` sums only over its range ([`gemm_view_ranged`]).
+/// Needs [`preparable`] for these rows.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_prepared<F: Float>(
+    x: &[F],
+    rows: usize,
+    ldx: usize,
+    w: &PreparedWeight,
+    y: &mut [F],
+    ldy: usize,
+    accumulate: bool,
+    depth: Option<&sgemm::Depth<'_>>,
+) {
+    let (inp, out) = w.0.dims();
+    assert!(
+        preparable::<F>(rows, inp, out),
+        "gemm_prepared: not available for these rows"
+    );
+    assert!(ldx >= inp && ldy >= out, "gemm_prepared: row strides");
+    if rows == 0 {
+        return;
+    }
+    assert!(
+        x.len() >= (rows - 1) * ldx + inp && y.len() >= (rows - 1) * ldy + out,
+        "gemm_prepared: operand sizes"
+    );
+    let a = sgemm::Operand {
+        ptr: x.as_ptr() as *const f32,
+        rs: ldx as isize,
+        cs: 1,
+    };
+    let threads = threads_for(rows * inp * out);
+    // SAFETY: F is f32 and the CPU runs the kernel (`preparable`); the sizes were checked above and `y` is
+    // borrowed mutably, so it aliases neither `x` nor the packed weights
+    unsafe {
+        sgemm::sgemm_packed(
+            rows,
+            a,
+            &w.0,
+            y.as_mut_ptr() as *mut f32,
+            ldy as isize,
+            1,
+            accumulate,
+            threads,
+            depth,
+        )
     }
 }
 

@@ -181,6 +181,161 @@ pub unsafe fn sgemm(
     });
 }
 
+/// B packed once for many products with different A (a layer's weights at inference): every micro-panel over
+/// the whole depth, in the layout [`sgemm`] packs for itself, so [`sgemm_packed`] only packs A.
+pub struct PackedB {
+    buf: Vec<f32>,
+    start: usize,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    /// Pack the `k x n` matrix `b` on up to `threads` threads of the current pool.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA ([`available`]) and every element `b`'s strides address must be valid.
+    pub unsafe fn new(k: usize, n: usize, b: Operand, threads: usize) -> Self {
+        let pn = n.div_ceil(NR);
+        let mut buf = Vec::new();
+        let pb = aligned(&mut buf, pn * NR * k);
+        let start = pb.offset_from(buf.as_ptr()) as usize;
+        let s = Shared {
+            a: b,
+            b,
+            c: std::ptr::null_mut(),
+            crs: 0,
+            ccs: 0,
+            pa: std::ptr::null_mut(),
+            pb,
+            depth: None,
+        };
+        let pack = |j: usize| pack_b(s, n, k, j, pn, (0, k));
+        if threads > 1 {
+            (0..pn).into_par_iter().with_min_len(4).for_each(pack);
+        } else {
+            (0..pn).for_each(pack);
+        }
+        PackedB { buf, start, k, n }
+    }
+
+    /// `(k, n)`: the depth and columns of the packed matrix.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Floats held (the matrix padded to whole micro-panels).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// [`sgemm`] with B packed beforehand ([`PackedB`], `k x n`): each task packs its own rows of A and computes
+/// their tiles against the shared packed B, one parallel region per product. The same sums in the same order
+/// as [`sgemm`], so the same bits.
+///
+/// # Safety
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_packed(
+    m: usize,
+    a: Operand,
+    b: &PackedB,
+    c: *mut f32,
+    crs: isize,
+    ccs: isize,
+    accumulate: bool,
+    threads: usize,
+    depth: Option<&Depth<'_>>,
+) {
+    let (k, n) = b.dims();
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (pm, pn) = (m.div_ceil(MR), n.div_ceil(NR));
+    // row slabs of at most MC rows, a whole number per thread (more with uneven depth ranges, for the pool to
+    // balance: as `run` cuts its row groups)
+    let mut slabs = pm.div_ceil(MC / MR);
+    if threads > 1 {
+        let least = if depth.is_some() {
+            4 * threads
+        } else {
+            threads
+        };
+        slabs = slabs.max(least).div_ceil(threads) * threads;
+    }
+    let slabs = slabs.min(pm);
+    let shared = &Shared {
+        a,
+        b: a,
+        c,
+        crs,
+        ccs,
+        pa: std::ptr::null_mut(),
+        pb: b.buf.as_ptr().add(b.start) as *mut f32,
+        depth,
+    };
+    let task = |q: usize| {
+        let s = *shared;
+        let (i0, i1) = (q * pm / slabs, (q + 1) * pm / slabs);
+        let (r0, r1) = (i0 * MR, (i1 * MR).min(m));
+        let shifted = s.depth.map(|f| move |i: usize, j: usize| f(i + i0, j));
+        let depth = shifted.as_ref().map(|f| f as &Depth<'_>);
+        let panels = i1 - i0;
+        let mut own = None;
+        BUFFERS.with(|cell| {
+            let mut guard = cell.try_borrow_mut();
+            let bufs = match guard.as_deref_mut() {
+                Ok(b) => b,
+                Err(_) => own.insert(Buffers {
+                    a: Vec::new(),
+                    b: Vec::new(),
+                }),
+            };
+            let s = Shared {
+                a: Operand {
+                    ptr: s.a.ptr.offset(r0 as isize * s.a.rs),
+                    ..s.a
+                },
+                c: s.c.offset(r0 as isize * s.crs),
+                pa: aligned(&mut bufs.a, panels * MR * k),
+                depth,
+                ..s
+            };
+            for i in 0..panels {
+                let used = match depth {
+                    None => (0, k),
+                    Some(f) => (0..pn).fold((k, 0), |(lo, hi), j| match f(i, j) {
+                        (l, h) if l < h => (lo.min(l), hi.max(h)),
+                        _ => (lo, hi),
+                    }),
+                };
+                pack_a(s, r1 - r0, k, i, panels, used);
+            }
+            compute(
+                s,
+                r1 - r0,
+                n,
+                k,
+                (0, panels),
+                (0, pn),
+                panels,
+                pn,
+                accumulate,
+            );
+        });
+    };
+    if threads > 1 {
+        (0..slabs).into_par_iter().for_each(task);
+    } else {
+        (0..slabs).for_each(task);
+    }
+}
+
 /// Offset of micro-panel `i` of the depth block starting at `p0` (depth `kc`), for panels of `w` rows or
 /// columns and `panels` of them: block after block, panel after panel, `kc x w` each.
 #[inline(always)]
@@ -617,6 +772,82 @@ mod tests {
                                 "{m}x{k}x{n} ta={ta} tb={tb} acc={accumulate} ({i},{j}): {got} vs {want}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A prepacked B gives [`sgemm`]'s bits: row counts over one and several slabs, edges of the tile, a depth
+    /// over several blocks, C inside a wider matrix, accumulate and overwrite, with and without depth ranges,
+    /// on 1 and 3 threads.
+    #[test]
+    fn prepacked_b_gives_the_same_bits() {
+        if !available() {
+            return;
+        }
+        let mut seed = 11;
+        let range = |i: usize, j: usize| -> (usize, usize) {
+            match (i + 2 * j) % 3 {
+                0 => (0, 0),
+                1 => (40, 530),
+                _ => (260, 600),
+            }
+        };
+        for (m, k, n) in [(13, 9, 17), (300, 600, 70), (40, 256, 33)] {
+            let a = rand(m * k, &mut seed);
+            let b = rand(k * n, &mut seed);
+            let ldc = n + 5;
+            let c0 = rand(m * ldc, &mut seed);
+            for depth in [None, Some(&range as &Depth<'_>)] {
+                for accumulate in [false, true] {
+                    for threads in [1, 3] {
+                        let mut want = c0.clone();
+                        product(
+                            (m, k, n),
+                            (&a, false),
+                            (&b, true),
+                            &mut want,
+                            ldc,
+                            accumulate,
+                            threads,
+                            depth,
+                        );
+                        let mut got = c0.clone();
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        pool.install(|| unsafe {
+                            let bt = Operand {
+                                ptr: b.as_ptr(),
+                                rs: 1,
+                                cs: k as isize,
+                            };
+                            let packed = PackedB::new(k, n, bt, threads);
+                            let a = Operand {
+                                ptr: a.as_ptr(),
+                                rs: k as isize,
+                                cs: 1,
+                            };
+                            let c = got.as_mut_ptr();
+                            sgemm_packed(
+                                m,
+                                a,
+                                &packed,
+                                c,
+                                ldc as isize,
+                                1,
+                                accumulate,
+                                threads,
+                                depth,
+                            );
+                        });
+                        assert!(
+                            got == want,
+                            "{m}x{k}x{n} depth {} acc {accumulate} threads {threads}",
+                            depth.is_some()
+                        );
                     }
                 }
             }

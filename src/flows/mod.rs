@@ -804,7 +804,7 @@ impl<F: Float> Flow<F> {
         self.named_params()
             .iter()
             .filter(|(_, p)| p.trainable)
-            .map(|(_, p)| p.value.len())
+            .map(|(_, p)| p.value().len())
             .sum()
     }
 
@@ -832,13 +832,13 @@ impl<F: Float> Flow<F> {
     pub fn snapshot(&self) -> Vec<Vec<F>> {
         self.named_params()
             .iter()
-            .map(|(_, p)| p.value.clone())
+            .map(|(_, p)| p.value().to_vec())
             .collect()
     }
 
     pub fn restore(&mut self, snap: &[Vec<F>]) {
         for ((_, p), v) in self.named_params_mut().into_iter().zip(snap) {
-            p.value.copy_from_slice(v);
+            p.value_mut().copy_from_slice(v);
         }
         self.reload();
     }
@@ -854,14 +854,14 @@ impl<F: Float> Flow<F> {
                     .params()
                     .iter()
                     .filter(|p| p.trainable)
-                    .map(|p| p.value.len())
+                    .map(|p| p.value().len())
                     .sum();
                 format!("{i:>3}  {:<18} {n:>9} params", t.kind())
             })
             .collect();
         v.push(format!("base {:<18}", self.base.kind()));
         if let Some(e) = &self.embedding {
-            let n: usize = e.params().iter().map(|p| p.value.len()).sum();
+            let n: usize = e.params().iter().map(|p| p.value().len()).sum();
             v.push(format!("embed {:<17} {n:>9} params", "ContextEmbedding"));
         }
         v

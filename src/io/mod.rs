@@ -357,7 +357,7 @@ impl Model {
             let named = self.flow.named_params();
             let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
                 .iter()
-                .map(|(n, p)| (n.clone(), p.shape.clone(), f32::to_le(&p.value)))
+                .map(|(n, p)| (n.clone(), p.shape.clone(), f32::to_le(p.value())))
                 .collect();
             let views: Vec<(String, TensorView)> = bytes
                 .iter()
@@ -492,7 +492,7 @@ impl Model {
             if vals.iter().any(|v| !v.is_finite()) {
                 return Err(bad(format!("{WEIGHTS}: tensor '{name}' holds NaN/Inf")));
             }
-            p.value = vals;
+            p.set_value(vals);
         }
         flow.reload();
         flow.set_training(false);

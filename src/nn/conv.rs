@@ -43,22 +43,28 @@ impl<F: Float> Conv2d<F> {
         }
     }
     pub fn zero_init(&mut self) {
-        self.weight.value.iter_mut().for_each(|v| *v = F::zero());
-        self.bias.value.iter_mut().for_each(|v| *v = F::zero());
+        self.weight
+            .value_mut()
+            .iter_mut()
+            .for_each(|v| *v = F::zero());
+        self.bias
+            .value_mut()
+            .iter_mut()
+            .for_each(|v| *v = F::zero());
     }
     /// `y = conv(x)`; `x` is `pixels x cin`.
     pub fn forward(&self, x: &Mat<F>, s: Hw) -> Mat<F> {
         assert_eq!(x.cols, self.cin, "conv input channels");
         let mut y = Mat::zeros(x.rows, self.cout);
         if self.k == 1 {
-            linear(x, &self.weight.value, &self.bias.value, self.cout, &mut y);
+            linear(x, self.weight.value(), self.bias.value(), self.cout, &mut y);
         } else {
             let mut cols = Mat::zeros(0, 0);
             im2col(x, s, self.k, &mut cols);
             linear(
                 &cols,
-                &self.weight.value,
-                &self.bias.value,
+                self.weight.value(),
+                self.bias.value(),
                 self.cout,
                 &mut y,
             );
@@ -98,7 +104,7 @@ impl<F: Float> Conv2d<F> {
             dy.rows,
             dy.cols,
             false,
-            &self.weight.value,
+            self.weight.value(),
             self.cout,
             kc,
             false,
@@ -340,8 +346,8 @@ mod tests {
                 cin,
                 h,
                 w,
-                &conv.weight.value,
-                &conv.bias.value,
+                conv.weight.value(),
+                conv.bias.value(),
                 cout,
                 k,
             );
@@ -368,7 +374,7 @@ mod tests {
         let dx = nhwc_to_chw(&dx, n, h * w);
         let p = (k / 2) as isize;
         let mut want_dx = vec![0.0; x.data.len()];
-        let mut want_dw = vec![0.0; conv.weight.value.len()];
+        let mut want_dw = vec![0.0; conv.weight.value().len()];
         let mut want_db = vec![0.0; cout];
         for img in 0..n {
             for o in 0..cout {
@@ -386,7 +392,7 @@ mod tests {
                                 for i in 0..cin {
                                     let wi = ((o * k + ky) * k + kx) * cin + i;
                                     let xi = ((img * cin + i) * h + sy as usize) * w + sx as usize;
-                                    want_dx[xi] += gv * conv.weight.value[wi];
+                                    want_dx[xi] += gv * conv.weight.value()[wi];
                                     want_dw[wi] += gv * x.data[xi];
                                 }
                             }
@@ -413,7 +419,7 @@ mod tests {
         let mut net = ConvNet::<f64>::new("net", kind, cin, 5, cout, &mut r);
         // the last layer starts at zero: give it values so every gradient path is exercised
         for p in net.params_mut() {
-            for v in p.value.iter_mut() {
+            for v in p.value_mut().iter_mut() {
                 *v += 0.2 * r.gen_range(-1.0..1.0);
             }
         }
@@ -446,7 +452,8 @@ mod tests {
         let grads: Vec<Vec<f64>> = net.params().iter().map(|p| p.grad.clone()).collect();
         for (pi, g) in grads.iter().enumerate() {
             for k in (0..g.len()).step_by((g.len() / 10).max(1)) {
-                let bump = |net: &mut ConvNet<f64>, d: f64| net.params_mut()[pi].value[k] += d;
+                let bump =
+                    |net: &mut ConvNet<f64>, d: f64| net.params_mut()[pi].value_mut()[k] += d;
                 bump(&mut net, h);
                 let lp = loss(&net, &x);
                 bump(&mut net, -2.0 * h);

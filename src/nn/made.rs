@@ -73,7 +73,7 @@ impl<F: Float> Made<F> {
         let mut hidden_degrees: Vec<Param<F>> = Vec::new();
         for l in 0..n_hidden {
             if opts.residual && l > 0 {
-                let first = hidden_degrees[0].value.clone();
+                let first = hidden_degrees[0].value().to_vec();
                 hidden_degrees.push(Param::buffer(
                     format!("made.degrees.{l}"),
                     vec![hidden],
@@ -118,7 +118,11 @@ impl<F: Float> Made<F> {
     }
 
     pub fn order(&self) -> Vec<usize> {
-        self.order.value.iter().map(|v| v.f64() as usize).collect()
+        self.order
+            .value()
+            .iter()
+            .map(|v| v.f64() as usize)
+            .collect()
     }
 
     /// (Re)build the masks from the saved degrees.
@@ -129,7 +133,7 @@ impl<F: Float> Made<F> {
         let hid: Vec<Vec<usize>> = self
             .hidden_degrees
             .iter()
-            .map(|p| p.value.iter().map(|v| v.f64() as usize).collect())
+            .map(|p| p.value().iter().map(|v| v.f64() as usize).collect())
             .collect();
         let n = self.net.layers.len();
         for l in 0..n {
@@ -221,7 +225,7 @@ impl<F: Float> Made<F> {
         let hid: Vec<Vec<usize>> = self
             .hidden_degrees
             .iter()
-            .map(|p| p.value.iter().map(|v| v.f64() as usize).collect())
+            .map(|p| p.value().iter().map(|v| v.f64() as usize).collect())
             .collect();
         let sorted = hid.iter().all(|h| h.windows(2).all(|w| w[0] <= w[1]));
         if self.net.residual || !sorted {
@@ -339,13 +343,13 @@ mod tests {
             );
             if shuffle {
                 for p in &mut made.hidden_degrees {
-                    p.value.shuffle(&mut r);
+                    p.value_mut().shuffle(&mut r);
                 }
                 made.apply_masks();
             }
             for p in made.net.params_mut() {
                 let m = p.mask.clone();
-                for (k, v) in p.value.iter_mut().enumerate() {
+                for (k, v) in p.value_mut().iter_mut().enumerate() {
                     if m.as_ref().is_none_or(|m| m[k] != 0.0) {
                         *v += 0.3 * rand::Rng::gen_range(&mut r, -1.0..1.0);
                     }

@@ -9,7 +9,7 @@ use crate::engine::{Float, Mat, Rng};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Hidden-layer non-linearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -171,6 +171,58 @@ pub struct Linear<F> {
     /// Masked layers: the depth range of every tile of the products on the f32 kernel (the block-sparse form
     /// at the kernel's own tile size, in one product).
     panels: Option<MaskPanels>,
+    /// Inference: the weights packed for the products, kept while they are unchanged.
+    packed: PackedWeights,
+}
+
+/// A layer's weights packed for its inference products ([`kernels::PreparedWeight`]), with the
+/// [`Param::version`] they were packed from: reused while the version is the same (repeated inference with
+/// fixed weights: scoring a data set batch by batch, sampling), repacked after any write to the weights.
+/// Costs one more copy of the weights while it is held; training drops it. Clones start empty.
+#[derive(Default)]
+struct PackedWeights(Mutex<Option<(u64, Arc<kernels::PreparedWeight>)>>);
+
+impl Clone for PackedWeights {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for PackedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PackedWeights")
+    }
+}
+
+impl PackedWeights {
+    /// The packed form of `w` (`out x inp`) for `rows`-row inputs, packed now if the held one is stale;
+    /// `None` where the products do not run on the packed kernel.
+    fn get<F: Float>(
+        &self,
+        w: &Param<F>,
+        out: usize,
+        inp: usize,
+        rows: usize,
+    ) -> Option<Arc<kernels::PreparedWeight>> {
+        if !kernels::preparable::<F>(rows, inp, out) {
+            return None;
+        }
+        let mut held = self.0.lock().ok()?;
+        match held.as_ref() {
+            Some((v, p)) if *v == w.version() => Some(p.clone()),
+            _ => {
+                let p = Arc::new(kernels::prepare_weight(w.value(), out, inp, rows)?);
+                *held = Some((w.version(), p.clone()));
+                Some(p)
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        if let Ok(h) = self.0.get_mut() {
+            *h = None;
+        }
+    }
 }
 
 /// The parts of a masked layer's products that hold unmasked weights, per tile of
@@ -257,6 +309,7 @@ impl<F: Float> Linear<F> {
             out,
             blocks: Vec::new(),
             panels: None,
+            packed: PackedWeights::default(),
         }
     }
     /// Make this a masked layer (MADE): `mask` is `(out, in)`; disconnected weights are zero from now on and
@@ -276,30 +329,61 @@ impl<F: Float> Linear<F> {
         &self.blocks
     }
     pub fn zero_init(&mut self) {
-        self.weight.value.iter_mut().for_each(|v| *v = F::zero());
-        self.bias.value.iter_mut().for_each(|v| *v = F::zero());
+        self.weight
+            .value_mut()
+            .iter_mut()
+            .for_each(|v| *v = F::zero());
+        self.bias
+            .value_mut()
+            .iter_mut()
+            .for_each(|v| *v = F::zero());
     }
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
-        let mut y = kernels::bias_rows(x.rows, &self.bias.value);
-        self.accumulate_product(x, &mut y);
+        let mut y = kernels::bias_rows(x.rows, self.bias.value());
+        self.accumulate_product(x, &mut y, false);
         y
     }
     /// `y = x W^T + b` into an existing `rows x out` buffer.
     pub fn forward_to(&self, x: &Mat<F>, y: &mut Mat<F>) {
         assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
-        kernels::fill_rows(y, &self.bias.value);
-        self.accumulate_product(x, y);
+        kernels::fill_rows(y, self.bias.value());
+        self.accumulate_product(x, y, false);
+    }
+    /// [`Linear::forward`] for inference: the same values, with the weights packed once and kept while they
+    /// are unchanged ([`PackedWeights`]).
+    pub fn infer(&self, x: &Mat<F>) -> Mat<F> {
+        let mut y = kernels::bias_rows(x.rows, self.bias.value());
+        self.accumulate_product(x, &mut y, true);
+        y
+    }
+    /// [`Linear::forward_to`] for inference (see [`Linear::infer`]).
+    pub fn infer_to(&self, x: &Mat<F>, y: &mut Mat<F>) {
+        assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
+        kernels::fill_rows(y, self.bias.value());
+        self.accumulate_product(x, y, true);
     }
 
-    /// `y += x W^T` (block-sparse for a masked layer with blocks).
-    fn accumulate_product(&self, x: &Mat<F>, y: &mut Mat<F>) {
+    /// `y += x W^T` (block-sparse for a masked layer with blocks); with `keep`, on the packed weights
+    /// ([`PackedWeights`]) where the product runs on that kernel.
+    fn accumulate_product(&self, x: &Mat<F>, y: &mut Mat<F>, keep: bool) {
         assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
         let (n, inp, out) = (x.rows, self.inp, self.out);
+        let ranged = self.ranged(n, inp, out);
+        // (a masked layer only on the kernel that skips its empty tiles)
+        let packed = (keep && (ranged.is_some() || !self.masked()))
+            .then(|| self.packed.get(&self.weight, out, inp, n))
+            .flatten();
+        if let Some(w) = packed {
+            let depth = |_: usize, j: usize| ranged.expect("masked").out_inputs[j];
+            let depth = ranged.is_some().then_some(&depth as &kernels::Depth<'_>);
+            kernels::gemm_prepared(&x.data, n, inp, &w, &mut y.data, out, true, depth);
+            return;
+        }
         if let Some(p) = self.ranged(n, inp, out) {
             kernels::gemm_view_ranged(
                 &x.data,
                 View::block(inp, 0, n, 0, inp),
-                &self.weight.value,
+                self.weight.value(),
                 View::block(inp, 0, out, 0, inp).t(),
                 &mut y.data,
                 View::block(out, 0, n, 0, out),
@@ -314,7 +398,7 @@ impl<F: Float> Linear<F> {
                 x.rows,
                 x.cols,
                 false,
-                &self.weight.value,
+                self.weight.value(),
                 self.out,
                 self.inp,
                 true,
@@ -331,7 +415,7 @@ impl<F: Float> Linear<F> {
                 View::block(self.out, lo, n, b.o0, h),
             )
         });
-        kernels::gemm_tasks(&x.data, &self.weight.value, &mut y.data, &tasks, true);
+        kernels::gemm_tasks(&x.data, self.weight.value(), &mut y.data, &tasks, true);
     }
 
     /// The mask's tile ranges when a `m x k` by `k x n` product of this layer runs on the ranged f32 kernel.
@@ -362,7 +446,7 @@ impl<F: Float> Linear<F> {
         assert_eq!((y.rows, y.cols), (x.rows, self.out));
         let n = x.rows;
         for r in 0..n {
-            y.row_mut(r)[o0..o1].copy_from_slice(&self.bias.value[o0..o1]);
+            y.row_mut(r)[o0..o1].copy_from_slice(&self.bias.value()[o0..o1]);
         }
         let runs = match &self.weight.mask {
             Some(m) => column_runs(m, self.inp, o0, o1),
@@ -372,7 +456,7 @@ impl<F: Float> Linear<F> {
             kernels::gemm_view(
                 &x.data,
                 View::block(self.inp, 0, n, i0, i1 - i0),
-                &self.weight.value,
+                self.weight.value(),
                 View::block(self.inp, o0, o1 - o0, i0, i1 - i0).t(),
                 &mut y.data,
                 View::block(self.out, 0, n, o0, o1 - o0),
@@ -388,7 +472,7 @@ impl<F: Float> Linear<F> {
             kernels::gemm_view_ranged(
                 &dy.data,
                 View::block(out, 0, n, 0, out),
-                &self.weight.value,
+                self.weight.value(),
                 View::block(inp, 0, out, 0, inp),
                 &mut dx.data,
                 View::block(inp, 0, n, 0, inp),
@@ -403,7 +487,7 @@ impl<F: Float> Linear<F> {
                 dy.rows,
                 dy.cols,
                 false,
-                &self.weight.value,
+                self.weight.value(),
                 self.out,
                 self.inp,
                 false,
@@ -420,13 +504,15 @@ impl<F: Float> Linear<F> {
                 View::block(self.inp, lo, n, b.i0, w),
             )
         });
-        kernels::gemm_tasks(&dy.data, &self.weight.value, &mut dx.data, &tasks, true);
+        kernels::gemm_tasks(&dy.data, self.weight.value(), &mut dx.data, &tasks, true);
         dx
     }
 
     /// Accumulate `dW += dy^T x`, `db += sum dy`; return `dx = dy W` if asked.
     pub fn backward(&mut self, x: &Mat<F>, dy: &Mat<F>, want_dx: bool) -> Option<Mat<F>> {
         let (n, inp, out) = (dy.rows, self.inp, self.out);
+        // training: the weights are about to change, so the inference packing is not worth its memory
+        self.packed.clear();
         if let Some(p) = MaskPanels::ranged::<F>(&self.panels, out, n, inp) {
             kernels::gemm_view_ranged(
                 &dy.data,
@@ -662,11 +748,11 @@ impl<F: Float> Mlp<F> {
             return self.forward_pieces(&p, x);
         }
         let n = self.layers.len();
-        let mut h = self.layers[0].forward(x);
+        let mut h = self.layers[0].infer(x);
         for l in 1..n {
             let act = self.act;
             act.apply_slice(&mut h.data);
-            h = self.layers[l].forward(&h);
+            h = self.layers[l].infer(&h);
         }
         h
     }
@@ -684,7 +770,7 @@ impl<F: Float> Mlp<F> {
                     let act = self.act;
                     act.apply_slice(&mut h.data);
                 }
-                h = self.layers[l].forward(&h);
+                h = self.layers[l].infer(&h);
             }
             h
         };
@@ -710,7 +796,13 @@ impl<F: Float> Mlp<F> {
             act.apply_slice(&mut a.data);
             a
         };
-        let mut h = self.layers[0].forward(&x);
+        // (inference keeps its packed weights: `Linear::infer`)
+        let training = cache.is_some();
+        let layer = |l: usize, x: &Mat<F>| match training {
+            true => self.layers[l].forward(x),
+            false => self.layers[l].infer(x),
+        };
+        let mut h = layer(0, &x);
         if let Some((inputs, pre)) = cache.as_mut() {
             inputs.clear();
             pre.clear();
@@ -721,7 +813,7 @@ impl<F: Float> Mlp<F> {
             // layer l reads act(h) (first layer of a block, and the output layer) or act(t) (second layer)
             let src = if self.adds_residual(l) { &t } else { &h };
             let a = activate(src);
-            let y = self.layers[l].forward(&a);
+            let y = layer(l, &a);
             if let Some((inputs, pre)) = cache.as_mut() {
                 pre.push(src.clone());
                 inputs.push(a);
@@ -764,7 +856,7 @@ impl<F: Float> Mlp<F> {
             let (done, rest) = ws.split_at_mut(l);
             let inp = if l == 0 { x } else { &done[l - 1] };
             let y = &mut rest[0];
-            self.layers[l].forward_to(inp, y);
+            self.layers[l].infer_to(inp, y);
             if l + 1 < n {
                 let act = self.act;
                 act.apply_slice(&mut y.data);
@@ -965,6 +1057,70 @@ mod tests {
             close(&dx.data, &dxd.data, "input gradient");
             close(&l.weight.grad, &dense.weight.grad, "weight gradient");
             close(&l.bias.grad, &dense.bias.grad, "bias gradient");
+        }
+    }
+
+    /// Inference on packed weights gives the training forward's bits (dense and masked layers, batches on and
+    /// off the kernel, `infer_to` into a dirty buffer); the packing is reused while the weights are unchanged,
+    /// redone after any write to them (and then again equal to the forward), dropped by a backward; clones
+    /// start without it.
+    #[test]
+    fn inference_packs_weights_once_while_unchanged() {
+        let mut r = rng(3);
+        for masked in [false, true] {
+            let mut l: Linear<f32> = Linear::new("l", 200, 90, &mut r);
+            if masked {
+                let mask = (0..90 * 200)
+                    .map(|j| {
+                        if (j % 200) * 90 <= (j / 200) * 200 {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                l.set_mask(mask);
+            }
+            let held =
+                |l: &Linear<f32>| l.packed.0.lock().unwrap().as_ref().map(|(_, p)| p.clone());
+            for n in [5, 40, 256] {
+                let x: Mat<f32> = randn(&mut r, n, 200);
+                assert_eq!(
+                    l.infer(&x).data,
+                    l.forward(&x).data,
+                    "masked {masked}, {n} rows"
+                );
+                let mut y = Mat::from_vec(n, 90, vec![7.0; n * 90]);
+                l.infer_to(&x, &mut y);
+                assert_eq!(
+                    y.data,
+                    l.forward(&x).data,
+                    "infer_to, masked {masked}, {n} rows"
+                );
+            }
+            let x: Mat<f32> = randn(&mut r, 40, 200);
+            let first = held(&l);
+            assert_eq!(
+                first.is_some(),
+                kernels::preparable::<f32>(40, 200, 90),
+                "packed exactly where the kernel runs"
+            );
+            let Some(first) = first else { continue };
+            l.infer(&x);
+            assert!(
+                Arc::ptr_eq(&first, &held(&l).unwrap()),
+                "repacked unchanged weights"
+            );
+            assert!(
+                l.clone().packed.0.lock().unwrap().is_none(),
+                "clone holds a packing"
+            );
+            l.weight.value_mut()[5] += 0.5;
+            assert_eq!(l.infer(&x).data, l.forward(&x).data, "after a write");
+            let second = held(&l).unwrap();
+            assert!(!Arc::ptr_eq(&first, &second), "stale packing used");
+            l.backward(&x, &randn(&mut r, 40, 90), false);
+            assert!(held(&l).is_none(), "training kept the packing");
         }
     }
 

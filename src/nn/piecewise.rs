@@ -38,14 +38,13 @@ pub(crate) fn negative_slope(act: Activation) -> Option<f64> {
 /// depend on the split).
 const PAR_ELEMS: usize = 1 << 15;
 
-/// A table and the weights it was built from (`w0`, `b0`, `W1`, `b1`).
-type Keyed<F> = ([Vec<F>; 4], Arc<Pieces<F>>);
+/// A table and the versions of the weights it was built from (`w0`, `b0`, `W1`, `b1`).
+type Keyed<F> = ([u64; 4], Arc<Pieces<F>>);
 
-/// The last table a network built, with the weights it was built from: inference with unchanged weights
-/// (scoring a data set batch by batch, drawing batch after batch) reuses it instead of rebuilding it per call.
-/// Every use compares the weights themselves (a copy, compared value by value: ~60 KB for a 128-unit pair,
-/// against a build that reads them and writes a table of 130 x 128 x 2), so a changed weight, however it was
-/// changed, always rebuilds. Clones start empty.
+/// The last table a network built, with the [`super::Param::version`]s of the weights it was built from:
+/// inference with unchanged weights (scoring a data set batch by batch, drawing batch after batch) reuses it
+/// instead of rebuilding it per call. Every write to a weight gives it a new version, so a changed weight always
+/// rebuilds. Clones start empty.
 #[derive(Default)]
 pub(crate) struct TableCache<F> {
     pub(crate) last: std::sync::Mutex<Option<Keyed<F>>>,
@@ -68,35 +67,22 @@ impl<F> std::fmt::Debug for TableCache<F> {
 impl<F: Float> TableCache<F> {
     /// The table of `l1(act(l0(x)))`: the cached one if it was built from these exact weights.
     pub(crate) fn get(&self, l0: &Linear<F>, l1: &Linear<F>, alpha: f64) -> Arc<Pieces<F>> {
-        let parts = [
-            &l0.weight.value[..],
-            &l0.bias.value[..],
-            &l1.weight.value[..],
-            &l1.bias.value[..],
+        let key = [
+            l0.weight.version(),
+            l0.bias.version(),
+            l1.weight.version(),
+            l1.bias.version(),
         ];
-        // (compared in blocks without an early exit inside them, so the comparison vectorises)
-        let equal = |a: &[F], b: &[F]| {
-            a.len() == b.len()
-                && a.chunks(256)
-                    .zip(b.chunks(256))
-                    .all(|(x, y)| x.iter().zip(y).fold(true, |ok, (u, v)| ok & (u == v)))
-        };
-        let same = |key: &[Vec<F>; 4]| key.iter().zip(&parts).all(|(k, p)| equal(k, p));
         // (a contended cache is bypassed, never waited for)
         let Ok(mut last) = self.last.try_lock() else {
             return Arc::new(Pieces::new(l0, l1, alpha));
         };
-        if let Some((key, table)) = last.as_ref() {
-            if table.alpha == alpha && same(key) {
+        if let Some((held, table)) = last.as_ref() {
+            if table.alpha == alpha && *held == key {
                 return table.clone();
             }
         }
         let table = Arc::new(Pieces::new(l0, l1, alpha));
-        let mut key = last.take().map(|(k, _)| k).unwrap_or_default();
-        for (k, p) in key.iter_mut().zip(&parts) {
-            k.clear();
-            k.extend_from_slice(p);
-        }
         *last = Some((key, table.clone()));
         table
     }
@@ -145,8 +131,8 @@ impl<F: Float> Pieces<F> {
     fn build(l0: &Linear<F>, l1: &Linear<F>, alpha: f64) -> Self {
         let (h, out) = (l0.out, l1.out);
         assert!(l0.inp == 1 && l1.inp == h, "a one-input front pair");
-        let w0: Vec<f64> = l0.weight.value.iter().map(|v| v.f64()).collect();
-        let b0: Vec<f64> = l0.bias.value.iter().map(|v| v.f64()).collect();
+        let w0: Vec<f64> = l0.weight.value().iter().map(|v| v.f64()).collect();
+        let b0: Vec<f64> = l0.bias.value().iter().map(|v| v.f64()).collect();
         let mut keyed: Vec<(f64, usize)> = (0..h)
             .filter(|&j| w0[j] != 0.0)
             .map(|j| (-b0[j] / w0[j], j))
@@ -157,7 +143,7 @@ impl<F: Float> Pieces<F> {
         let mut cols = vec![0.0f64; h * out];
         // in 8 x 8 tiles through registers (a column-at-a-time walk with W1's power-of-two row stride keeps
         // missing L1)
-        let w1 = &l1.weight.value;
+        let w1 = l1.weight.value();
         for i0 in (0..out).step_by(8) {
             for j0 in (0..h).step_by(8) {
                 if i0 + 8 <= out && j0 + 8 <= h {
@@ -203,7 +189,7 @@ impl<F: Float> Pieces<F> {
         let pieces = t.len() + 1;
         let (mut slope, mut icpt) = (vec![F::zero(); pieces * out], vec![F::zero(); pieces * out]);
         let mut a = vec![0.0f64; out];
-        let mut c: Vec<f64> = l1.bias.value.iter().map(|v| v.f64()).collect();
+        let mut c: Vec<f64> = l1.bias.value().iter().map(|v| v.f64()).collect();
         let update = |(dw, db): (f64, f64), j: usize, a: &mut [f64], c: &mut [f64]| {
             let col = &cols[j * out..(j + 1) * out];
             for ((a, c), &v) in a.iter_mut().zip(c.iter_mut()).zip(col) {
@@ -365,7 +351,7 @@ impl<F: Float> Pieces<F> {
             kg.copy_from_slice(&k8[..kg.len()]);
         }
         let mid = (out / 2).next_multiple_of(8).min(out);
-        let (w0, b0) = (&l0.weight.value[..], &l0.bias.value[..]);
+        let (w0, b0) = (l0.weight.value(), l0.bias.value());
         let (gw_lo, gw_hi) = l1.weight.grad.split_at_mut(mid * h);
         let (gb_lo, gb_hi) = l1.bias.grad.split_at_mut(mid);
         let job = |cols: (usize, usize), gw: &mut [F], gb: &mut [F]| {
@@ -575,14 +561,17 @@ mod tests {
         let mut r = rng(seed);
         let mut m = Mlp::new("net", 1, 12, depth, 3, act, &mut r);
         for l in &mut m.layers {
-            for v in l.weight.value.iter_mut().chain(&mut l.bias.value) {
+            for v in l.weight.value_mut() {
+                *v = r.gen_range(-1.0..1.0);
+            }
+            for v in l.bias.value_mut() {
                 *v = r.gen_range(-1.0..1.0);
             }
         }
-        m.layers[0].weight.value[3] = 0.0;
-        m.layers[0].bias.value[3] = 0.4;
-        m.layers[0].weight.value[7] = 0.0;
-        m.layers[0].bias.value[7] = -0.2;
+        m.layers[0].weight.value_mut()[3] = 0.0;
+        m.layers[0].bias.value_mut()[3] = 0.4;
+        m.layers[0].weight.value_mut()[7] = 0.0;
+        m.layers[0].bias.value_mut()[7] = -0.2;
         m
     }
 
@@ -730,8 +719,8 @@ mod tests {
         let l0 = &m.layers[0];
         for cols in [(0, 8), (8, 12)] {
             let half = Half {
-                w0: &l0.weight.value,
-                b0: &l0.bias.value,
+                w0: l0.weight.value(),
+                b0: l0.bias.value(),
                 x: &x.data,
                 ks: &ks,
                 g: &g,
@@ -763,7 +752,7 @@ mod tests {
             } else {
                 &mut m.layers[l].bias
             };
-            p.value[k] += 0.25;
+            p.value_mut()[k] += 0.25;
             let after = m.pieces().unwrap();
             assert!(
                 !Arc::ptr_eq(&before, &after),

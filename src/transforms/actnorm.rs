@@ -35,27 +35,27 @@ impl<F: Float> ActNorm<F> {
         }
     }
     pub fn is_initialized(&self) -> bool {
-        self.initialized.value[0] > F::zero()
+        self.initialized.value()[0] > F::zero()
     }
     /// Data-dependent initialisation from a batch.
     pub fn init_from(&mut self, x: &Mat<F>) {
         let hw = self.hw;
         let n = (x.rows * hw).max(1) as f64;
-        for ch in 0..self.bias.value.len() {
+        for ch in 0..self.bias.value().len() {
             let vals = || {
                 (0..x.rows)
                     .flat_map(move |r| x.row(r)[ch * hw..(ch + 1) * hw].iter().map(|v| v.f64()))
             };
             let mean = vals().sum::<f64>() / n;
             let var = vals().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-            self.bias.value[ch] = F::c(-mean);
-            self.log_scale.value[ch] = F::c(-(var.sqrt() + 1e-6).ln());
+            self.bias.value_mut()[ch] = F::c(-mean);
+            self.log_scale.value_mut()[ch] = F::c(-(var.sqrt() + 1e-6).ln());
         }
-        self.initialized.value[0] = F::one();
+        self.initialized.value_mut()[0] = F::one();
     }
     fn apply(&self, x: &Mat<F>, inverse: bool) -> (Mat<F>, Vec<F>) {
-        let b = &self.bias.value;
-        let s = &self.log_scale.value;
+        let b = self.bias.value();
+        let s = self.log_scale.value();
         let hw = self.hw;
         let mut z = x.clone();
         for r in 0..z.rows {
@@ -78,7 +78,7 @@ impl<F: Float> Transform<F> for ActNorm<F> {
         "ActNorm"
     }
     fn dim(&self) -> usize {
-        self.bias.value.len() * self.hw
+        self.bias.value().len() * self.hw
     }
     fn forward(&self, x: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         self.apply(x, false)
@@ -96,7 +96,7 @@ impl<F: Float> Transform<F> for ActNorm<F> {
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         let d = dz.cols;
         let hw = self.hw;
-        let e: Vec<F> = self.log_scale.value.iter().map(|&s| s.exp()).collect();
+        let e: Vec<F> = self.log_scale.value().iter().map(|&s| s.exp()).collect();
         let gsum: F = dlogdet.iter().copied().sum::<F>() * F::c(hw as f64);
         let mut dx = dz.clone();
         for r in 0..dz.rows {
@@ -105,7 +105,7 @@ impl<F: Float> Transform<F> for ActNorm<F> {
             for j in 0..d {
                 let c = j / hw;
                 self.bias.grad[c] += dzr[j] * e[c];
-                self.log_scale.grad[c] += dzr[j] * (xr[j] + self.bias.value[c]) * e[c];
+                self.log_scale.grad[c] += dzr[j] * (xr[j] + self.bias.value()[c]) * e[c];
             }
             dx.row_mut(r)
                 .iter_mut()

@@ -38,8 +38,8 @@ impl<F: Float> BatchNorm<F> {
         }
     }
     fn apply(&self, x: &Mat<F>, mean: &[F], sd: &[F], inverse: bool) -> (Mat<F>, Vec<F>) {
-        let g = &self.log_gamma.value;
-        let b = &self.beta.value;
+        let g = self.log_gamma.value();
+        let b = self.beta.value();
         let mut z = x.clone();
         for r in 0..z.rows {
             for (j, v) in z.row_mut(r).iter_mut().enumerate() {
@@ -55,7 +55,7 @@ impl<F: Float> BatchNorm<F> {
     }
     fn running_sd(&self) -> Vec<F> {
         self.running_var
-            .value
+            .value()
             .iter()
             .map(|&v| (v + F::c(EPS)).sqrt())
             .collect()
@@ -67,13 +67,13 @@ impl<F: Float> Transform<F> for BatchNorm<F> {
         "BatchNorm"
     }
     fn dim(&self) -> usize {
-        self.beta.value.len()
+        self.beta.value().len()
     }
     fn forward(&self, x: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        self.apply(x, &self.running_mean.value, &self.running_sd(), false)
+        self.apply(x, self.running_mean.value(), &self.running_sd(), false)
     }
     fn inverse(&self, z: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        self.apply(z, &self.running_mean.value, &self.running_sd(), true)
+        self.apply(z, self.running_mean.value(), &self.running_sd(), true)
     }
     fn forward_train(&mut self, x: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let d = x.cols;
@@ -95,9 +95,9 @@ impl<F: Float> Transform<F> for BatchNorm<F> {
             let mom = F::c(self.momentum);
             let unbiased = nf / F::c((n - 1) as f64);
             for j in 0..d {
-                let rm = &mut self.running_mean.value[j];
+                let rm = &mut self.running_mean.value_mut()[j];
                 *rm = (F::one() - mom) * *rm + mom * mean[j];
-                let rv = &mut self.running_var.value[j];
+                let rv = &mut self.running_var.value_mut()[j];
                 *rv = (F::one() - mom) * *rv + mom * var[j] * unbiased;
             }
             self.batch_stats = true;
@@ -105,7 +105,7 @@ impl<F: Float> Transform<F> for BatchNorm<F> {
             (mean, sd)
         } else {
             self.batch_stats = false;
-            (self.running_mean.value.clone(), self.running_sd())
+            (self.running_mean.value().to_vec(), self.running_sd())
         };
         let mut xhat = x.clone();
         for r in 0..n {
@@ -121,7 +121,7 @@ impl<F: Float> Transform<F> for BatchNorm<F> {
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         let (n, d) = (dz.rows, dz.cols);
         let nf = F::c(n as f64);
-        let e: Vec<F> = self.log_gamma.value.iter().map(|&g| g.exp()).collect();
+        let e: Vec<F> = self.log_gamma.value().iter().map(|&g| g.exp()).collect();
         let gsum: F = dlogdet.iter().copied().sum();
         // dL/dxhat = dz * exp(gamma); sums over the batch for the batch-statistics terms.
         let mut sum_dxh = vec![F::zero(); d];

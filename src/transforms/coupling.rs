@@ -231,7 +231,7 @@ impl<F: Float> CouplingCore<F> {
         self.net.forward(&self.net_input(x, ctx))
     }
     pub(crate) fn reload(&mut self) {
-        let m: Vec<bool> = self.mask.value.iter().map(|v| v.f64() > 0.5).collect();
+        let m: Vec<bool> = self.mask.value().iter().map(|v| v.f64() > 0.5).collect();
         let (ia, ib) = split(&m);
         self.ia = ia;
         self.ib = ib;

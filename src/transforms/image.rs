@@ -258,7 +258,7 @@ impl<F: Float> InvConv1x1<F> {
         let c = self.shape.c;
         match &self.weight {
             Weight::Plain(w) => {
-                let w: Vec<f64> = w.value.iter().map(|v| v.f64()).collect();
+                let w: Vec<f64> = w.value().iter().map(|v| v.f64()).collect();
                 let ld = inverse_logdet(&w, c).1;
                 (w, ld)
             }
@@ -281,10 +281,10 @@ impl<F: Float> InvConv1x1<F> {
                 }
                 let mut w = vec![0.0; c * c];
                 for i in 0..c {
-                    let p = perm.value[i].f64() as usize;
+                    let p = perm.value()[i].f64() as usize;
                     w[i * c..(i + 1) * c].copy_from_slice(&m[p * c..(p + 1) * c]);
                 }
-                let ld = log_s.value.iter().map(|v| v.f64()).sum();
+                let ld = log_s.value().iter().map(|v| v.f64()).sum();
                 (w, ld)
             }
         }
@@ -304,12 +304,12 @@ impl<F: Float> InvConv1x1<F> {
             for j in 0..c {
                 let k = i * c + j;
                 if j < i {
-                    l[k] = lower.value[k].f64();
+                    l[k] = lower.value()[k].f64();
                 } else if j == i {
                     l[k] = 1.0;
-                    u[k] = sign.value[i].f64() * log_s.value[i].f64().exp();
+                    u[k] = sign.value()[i].f64() * log_s.value()[i].f64().exp();
                 } else {
-                    u[k] = upper.value[k].f64();
+                    u[k] = upper.value()[k].f64();
                 }
             }
         }
@@ -333,7 +333,7 @@ impl<F: Float> InvConv1x1<F> {
         let (l, u) = self.lu_parts(lower, upper, log_s, sign);
         let mut dm = vec![0.0; c * c];
         for i in 0..c {
-            let p = perm.value[i].f64() as usize;
+            let p = perm.value()[i].f64() as usize;
             dm[p * c..(p + 1) * c].copy_from_slice(&g[i * c..(i + 1) * c]);
         }
         let mut dl = vec![0.0; c * c];

@@ -33,10 +33,10 @@ impl<F: Float> LuLinear<F> {
         }
     }
     fn d(&self) -> usize {
-        self.bias.value.len()
+        self.bias.value().len()
     }
     fn perm(&self) -> Vec<usize> {
-        self.perm.value.iter().map(|v| v.f64() as usize).collect()
+        self.perm.value().iter().map(|v| v.f64() as usize).collect()
     }
     /// Explicit `L` (unit diagonal) and `U` (diagonal exp(d)) as dense row-major matrices.
     fn lu(&self) -> (Vec<F>, Vec<F>) {
@@ -47,12 +47,12 @@ impl<F: Float> LuLinear<F> {
             for j in 0..d {
                 let k = i * d + j;
                 if j < i {
-                    l[k] = self.lower.value[k];
+                    l[k] = self.lower.value()[k];
                 } else if j == i {
                     l[k] = F::one();
-                    u[k] = self.log_diag.value[i].exp();
+                    u[k] = self.log_diag.value()[i].exp();
                 } else {
-                    u[k] = self.upper.value[k];
+                    u[k] = self.upper.value()[k];
                 }
             }
         }
@@ -72,7 +72,7 @@ impl<F: Float> LuLinear<F> {
         w
     }
     fn logdet(&self) -> F {
-        self.log_diag.value.iter().copied().sum()
+        self.log_diag.value().iter().copied().sum()
     }
 }
 
@@ -86,7 +86,7 @@ impl<F: Float> Transform<F> for LuLinear<F> {
     fn forward(&self, x: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let d = self.d();
         let mut z = Mat::zeros(x.rows, d);
-        crate::engine::kernels::linear(x, &self.weight(), &self.bias.value, d, &mut z);
+        crate::engine::kernels::linear(x, &self.weight(), self.bias.value(), d, &mut z);
         (z, vec![self.logdet(); x.rows])
     }
     fn inverse(&self, z: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
@@ -99,7 +99,7 @@ impl<F: Float> Transform<F> for LuLinear<F> {
             let zr = z.row(r);
             // y = P^T (z - b): (P^T v)[perm[i]] = v[i]
             for i in 0..d {
-                y[p[i]] = zr[i] - self.bias.value[i];
+                y[p[i]] = zr[i] - self.bias.value()[i];
             }
             // L y' = y (unit diagonal), in place
             for i in 0..d {

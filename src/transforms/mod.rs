@@ -206,9 +206,9 @@ mod tests {
             assert!(m.abs() < 1e-9 && (v - 1.0).abs() < 1e-4, "mean {m} var {v}");
         }
         // a second batch does not re-initialise
-        let before = a.params()[0].value.clone();
+        let before = a.params()[0].value().to_vec();
         let _ = a.forward_train(&randn(&mut r, 8, 3), None);
-        assert_eq!(before, a.params()[0].value);
+        assert_eq!(before, a.params()[0].value());
     }
 
     /// A MAF or IAF layer (same constructor) for the shared tests.

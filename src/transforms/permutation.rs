@@ -48,7 +48,7 @@ impl<F: Float> Permutation<F> {
         &self.idx
     }
     fn sync(&mut self) {
-        let idx: Vec<usize> = self.perm.value.iter().map(|v| v.f64() as usize).collect();
+        let idx: Vec<usize> = self.perm.value().iter().map(|v| v.f64() as usize).collect();
         *self = Self::new(idx);
     }
 }

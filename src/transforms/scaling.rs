@@ -21,7 +21,7 @@ impl<F: Float> Scaling<F> {
     fn scaled(&self, x: &Mat<F>, sign: F) -> (Mat<F>, Vec<F>) {
         let e: Vec<F> = self
             .log_scale
-            .value
+            .value()
             .iter()
             .map(|&s| (sign * s).exp())
             .collect();
@@ -29,7 +29,7 @@ impl<F: Float> Scaling<F> {
         for r in 0..z.rows {
             z.row_mut(r).iter_mut().zip(&e).for_each(|(v, &e)| *v *= e);
         }
-        let ld = sign * self.log_scale.value.iter().copied().sum::<F>();
+        let ld = sign * self.log_scale.value().iter().copied().sum::<F>();
         (z, vec![ld; x.rows])
     }
 }
@@ -39,7 +39,7 @@ impl<F: Float> Transform<F> for Scaling<F> {
         "Scaling"
     }
     fn dim(&self) -> usize {
-        self.log_scale.value.len()
+        self.log_scale.value().len()
     }
     fn forward(&self, x: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         self.scaled(x, F::one())
@@ -52,7 +52,7 @@ impl<F: Float> Transform<F> for Scaling<F> {
         self.scaled(x, F::one())
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let e: Vec<F> = self.log_scale.value.iter().map(|&s| s.exp()).collect();
+        let e: Vec<F> = self.log_scale.value().iter().map(|&s| s.exp()).collect();
         let gsum: F = dlogdet.iter().copied().sum();
         let mut dx = dz.clone();
         for r in 0..dz.rows {

@@ -11,10 +11,10 @@ use rand::Rng as _;
 pub fn randomize(t: &mut dyn Transform<f64>, rng: &mut Rng, scale: f64) {
     for p in t.params_mut() {
         if p.trainable {
-            for k in 0..p.value.len() {
+            for k in 0..p.value().len() {
                 let e = scale * rng.gen_range(-1.0..1.0);
                 if p.is_free(k) {
-                    p.value[k] += e;
+                    p.value_mut()[k] += e;
                 }
             }
         }
@@ -78,7 +78,7 @@ pub fn flow_param_fd(
     let shift = |flow: &mut crate::flows::Flow<f64>, d: f64| {
         for (n, p) in flow.named_params_mut() {
             if n == name {
-                p.value[k] += d;
+                p.value_mut()[k] += d;
             }
         }
     };
@@ -209,7 +209,7 @@ pub fn check_transform(
         .iter()
         .filter(|p| p.trainable)
         .map(|p| {
-            let free = (0..p.value.len()).map(|k| p.is_free(k)).collect();
+            let free = (0..p.value().len()).map(|k| p.is_free(k)).collect();
             (p.name.clone(), p.grad.clone(), free)
         })
         .collect();
@@ -232,7 +232,7 @@ pub fn check_transform(
                     .filter(|p| p.trainable)
                     .nth(pi)
                     .expect("param");
-                p.value[k] += delta;
+                p.value_mut()[k] += delta;
             };
             set(t, h);
             let lp = train_loss(t, x, ctx, &w, &c);
