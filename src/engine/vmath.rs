@@ -16,7 +16,10 @@ pub fn exp_f32(x: f32) -> f32 {
     // adding and subtracting 1.5 * 2^23 rounds to the nearest integer
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // `k` holds `n` in its low mantissa bits (same exponent as ROUND): integer arithmetic on the bits gives 2^n
+    // without a float-to-int conversion, which Rust saturates lane by lane and so would not vectorise
+    let k = x * LOG2E + ROUND;
+    let n = k - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -25,7 +28,8 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    let n_bits = k.to_bits().wrapping_sub(ROUND.to_bits());
+    y * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// `tanh(x)` for f32, within 2e-7 of the exact value (relative near 0).
