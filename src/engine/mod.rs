@@ -174,10 +174,18 @@ impl<F: Float> Mat<F> {
     }
     /// Index of the first non-finite entry, if any.
     pub fn first_non_finite(&self) -> Option<(usize, usize)> {
-        self.data
-            .iter()
-            .position(|v| !v.is_finite())
-            .map(|p| (p / self.cols.max(1), p % self.cols.max(1)))
+        // whole blocks checked without an early exit (so the check vectorises), then the first bad block searched
+        const BLOCK: usize = 256;
+        let bad = self
+            .data
+            .chunks(BLOCK)
+            .position(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite()))?;
+        let p = bad * BLOCK
+            + self.data[bad * BLOCK..]
+                .iter()
+                .position(|v| !v.is_finite())
+                .expect("the block holds one");
+        Some((p / self.cols.max(1), p % self.cols.max(1)))
     }
 }
 
@@ -210,4 +218,32 @@ pub fn randn<F: Float>(rng: &mut Rng, rows: usize, cols: usize) -> Mat<F> {
         })
         .collect();
     Mat::from_vec(rows, cols, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first NaN / Inf in row-major order, wherever it sits relative to the checked blocks; none when all
+    /// are finite.
+    #[test]
+    fn first_non_finite_finds_the_first() {
+        let (rows, cols) = (9, 70);
+        let clean = Mat::from_vec(rows, cols, (0..rows * cols).map(|i| i as f32).collect());
+        assert_eq!(clean.first_non_finite(), None);
+        for at in [0, 255, 256, 300, rows * cols - 1] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut m = clean.clone();
+                m.data[at] = bad;
+                // a later one in the same or a later block does not matter
+                m.data[(at + 1).min(rows * cols - 1)] = f32::NAN;
+                m.data[rows * cols - 1] = f32::INFINITY;
+                assert_eq!(
+                    m.first_non_finite(),
+                    Some((at / cols, at % cols)),
+                    "at {at}"
+                );
+            }
+        }
+    }
 }
