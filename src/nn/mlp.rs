@@ -207,15 +207,16 @@ impl PackedWeights {
         if !kernels::preparable::<F>(rows, inp, out) {
             return None;
         }
-        let mut held = self.0.lock().ok()?;
-        match held.as_ref() {
-            Some((v, p)) if *v == w.version() => Some(p.clone()),
-            _ => {
-                let p = Arc::new(kernels::prepare_weight(w.value(), out, inp, rows)?);
-                *held = Some((w.version(), p.clone()));
-                Some(p)
+        // the lock is held only to read or replace the entry, never across the packing: the packing runs on the
+        // pool, and a thread waiting for it may pick up another row block's inference, which comes here too
+        if let Some((v, p)) = self.0.lock().ok()?.as_ref() {
+            if *v == w.version() {
+                return Some(p.clone());
             }
         }
+        let p = Arc::new(kernels::prepare_weight(w.value(), out, inp, rows)?);
+        *self.0.lock().ok()? = Some((w.version(), p.clone()));
+        Some(p)
     }
 
     fn clear(&mut self) {
@@ -1121,6 +1122,31 @@ mod tests {
             assert!(!Arc::ptr_eq(&first, &second), "stale packing used");
             l.backward(&x, &randn(&mut r, 40, 90), false);
             assert!(held(&l).is_none(), "training kept the packing");
+        }
+    }
+
+    /// A piecewise network with a hidden layer after its front runs its row blocks in parallel, each on the
+    /// same packed weights (packed by whichever block comes first, the lock not held across the packing, which
+    /// runs on the pool too): the result equals the training forward's.
+    #[test]
+    fn parallel_row_blocks_share_the_packed_weights() {
+        let mut m: Mlp<f32> = Mlp::new("n", 1, 160, 3, 2, Activation::Relu, &mut rng(4));
+        for l in &mut m.layers {
+            for (k, v) in l.weight.value_mut().iter_mut().enumerate() {
+                *v += 0.01 * ((k % 7) as f32 - 3.0);
+            }
+        }
+        let x: Mat<f32> = randn(&mut rng(5), 3000, 1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for _ in 0..2 {
+            let y = pool.install(|| m.forward(&x));
+            let want = m.clone().forward_train(&x);
+            for (u, v) in y.data.iter().zip(&want.data) {
+                assert!((u - v).abs() <= 1e-5 * v.abs().max(1.0), "{u} vs {v}");
+            }
         }
     }
 

@@ -160,14 +160,20 @@ impl<F: Float> AffineAr<F> {
     }
 
     /// The MADE output gradient `(dt, dh)` from per-entry closures of the cache index.
-    fn made_grad(&self, rows: usize, dt: impl Fn(usize) -> F, dh: impl Fn(usize) -> F) -> Mat<F> {
+    fn made_grad(
+        &self,
+        rows: usize,
+        dt: impl Fn(usize, usize) -> F,
+        dh: impl Fn(usize, usize) -> F,
+    ) -> Mat<F> {
         let d = self.d;
         let mut g = Mat::zeros(rows, 2 * d);
-        for r in 0..rows {
+        for (r, gr) in g.data.chunks_exact_mut(2 * d).enumerate() {
+            let (gt, gh) = gr.split_at_mut(d);
             for i in 0..d {
                 let c = r * d + i;
-                g.data[r * 2 * d + i] = dt(c);
-                g.data[r * 2 * d + d + i] = dh(c);
+                gt[i] = dt(r, c);
+                gh[i] = dh(r, c);
             }
         }
         g
@@ -179,8 +185,8 @@ impl<F: Float> AffineAr<F> {
         let (s, u, dl) = (&self.s, &self.u, &self.dl);
         let dh = self.made_grad(
             dy.rows,
-            |c| dy.data[c],
-            |c| (dy.data[c] * u[c] * s[c] + gld[c / d]) * dl[c],
+            |_, c| dy.data[c],
+            |r, c| (dy.data[c] * u[c] * s[c] + gld[r]) * dl[c],
         );
         let mut du = Mat::from_vec(
             dy.rows,
@@ -200,12 +206,12 @@ impl<F: Float> AffineAr<F> {
         let d = self.d;
         let rows = du.rows;
         let (s, u, dl) = (&self.s, &self.u, &self.dl);
-        let gsum = self.made_grad(rows, |_| F::zero(), |c| gld[c / d] * dl[c]);
+        let gsum = self.made_grad(rows, |_, _| F::zero(), |r, c| gld[r] * dl[c]);
         let w = self.made.backward_input(&gsum);
         let b: Vec<F> = du.data.iter().zip(&w.data).map(|(&a, &w)| a - w).collect();
         let mut v: Vec<F> = b.iter().zip(s).map(|(&b, &s)| b / s).collect();
         for _ in 0..d {
-            let g = self.made_grad(rows, |c| v[c], |c| v[c] * u[c] * s[c] * dl[c]);
+            let g = self.made_grad(rows, |_, c| v[c], |_, c| v[c] * u[c] * s[c] * dl[c]);
             let nv = self.made.backward_input(&g);
             let next: Vec<F> = b
                 .iter()
@@ -221,8 +227,8 @@ impl<F: Float> AffineAr<F> {
         }
         let gp = self.made_grad(
             rows,
-            |c| -v[c],
-            |c| (-v[c] * u[c] * s[c] - gld[c / d]) * dl[c],
+            |_, c| -v[c],
+            |r, c| (-v[c] * u[c] * s[c] - gld[r]) * dl[c],
         );
         self.made.backward_params(&gp);
         Mat::from_vec(rows, d, v)

@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 /// nflow's own kernel, the same file the library builds.
+#[allow(dead_code)] // (the library uses more of the file than this benchmark does)
 #[path = "../../../src/engine/sgemm.rs"]
 mod sgemm;
 
