@@ -75,6 +75,18 @@ thread_local! {
     static BUFFERS: RefCell<Buffers> = const { RefCell::new(Buffers { a: Vec::new(), b: Vec::new() }) };
 }
 
+/// `f` on this thread's packing buffers; a nested call on the thread (work stolen while it waits inside a
+/// product) gets buffers of its own.
+fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => f(&mut bufs),
+        Err(_) => f(&mut Buffers {
+            a: Vec::new(),
+            b: Vec::new(),
+        }),
+    })
+}
+
 /// A 64-byte aligned region of `len` floats inside `v` (grown as needed).
 fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
     if v.len() < len + 16 {
@@ -156,17 +168,7 @@ pub unsafe fn sgemm(
         return;
     }
     let (len_a, len_b) = (pm * MR * k, pn * NR * k);
-    let mut own = None;
-    BUFFERS.with(|cell| {
-        // a nested call on this thread (work stolen while it waits) gets buffers of its own
-        let mut guard = cell.try_borrow_mut();
-        let bufs = match guard.as_deref_mut() {
-            Ok(b) => b,
-            Err(_) => own.insert(Buffers {
-                a: Vec::new(),
-                b: Vec::new(),
-            }),
-        };
+    with_buffers(|bufs| {
         let s = Shared {
             a,
             b,
@@ -286,16 +288,7 @@ pub unsafe fn sgemm_packed(
         let shifted = s.depth.map(|f| move |i: usize, j: usize| f(i + i0, j));
         let depth = shifted.as_ref().map(|f| f as &Depth<'_>);
         let panels = i1 - i0;
-        let mut own = None;
-        BUFFERS.with(|cell| {
-            let mut guard = cell.try_borrow_mut();
-            let bufs = match guard.as_deref_mut() {
-                Ok(b) => b,
-                Err(_) => own.insert(Buffers {
-                    a: Vec::new(),
-                    b: Vec::new(),
-                }),
-            };
+        with_buffers(|bufs| {
             let s = Shared {
                 a: Operand {
                     ptr: s.a.ptr.offset(r0 as isize * s.a.rs),

@@ -43,14 +43,8 @@ impl<F: Float> Conv2d<F> {
         }
     }
     pub fn zero_init(&mut self) {
-        self.weight
-            .value_mut()
-            .iter_mut()
-            .for_each(|v| *v = F::zero());
-        self.bias
-            .value_mut()
-            .iter_mut()
-            .for_each(|v| *v = F::zero());
+        self.weight.fill(F::zero());
+        self.bias.fill(F::zero());
     }
     /// `y = conv(x)`; `x` is `pixels x cin`.
     pub fn forward(&self, x: &Mat<F>, s: Hw) -> Mat<F> {

@@ -330,38 +330,34 @@ impl<F: Float> Linear<F> {
         &self.blocks
     }
     pub fn zero_init(&mut self) {
-        self.weight
-            .value_mut()
-            .iter_mut()
-            .for_each(|v| *v = F::zero());
-        self.bias
-            .value_mut()
-            .iter_mut()
-            .for_each(|v| *v = F::zero());
+        self.weight.fill(F::zero());
+        self.bias.fill(F::zero());
     }
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
-        let mut y = kernels::bias_rows(x.rows, self.bias.value());
-        self.accumulate_product(x, &mut y, false);
-        y
+        self.output(x, false)
     }
     /// `y = x W^T + b` into an existing `rows x out` buffer.
     pub fn forward_to(&self, x: &Mat<F>, y: &mut Mat<F>) {
-        assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
-        kernels::fill_rows(y, self.bias.value());
-        self.accumulate_product(x, y, false);
+        self.output_to(x, y, false)
     }
     /// [`Linear::forward`] for inference: the same values, with the weights packed once and kept while they
     /// are unchanged ([`PackedWeights`]).
     pub fn infer(&self, x: &Mat<F>) -> Mat<F> {
-        let mut y = kernels::bias_rows(x.rows, self.bias.value());
-        self.accumulate_product(x, &mut y, true);
-        y
+        self.output(x, true)
     }
     /// [`Linear::forward_to`] for inference (see [`Linear::infer`]).
     pub fn infer_to(&self, x: &Mat<F>, y: &mut Mat<F>) {
+        self.output_to(x, y, true)
+    }
+    fn output(&self, x: &Mat<F>, keep: bool) -> Mat<F> {
+        let mut y = kernels::bias_rows(x.rows, self.bias.value());
+        self.accumulate_product(x, &mut y, keep);
+        y
+    }
+    fn output_to(&self, x: &Mat<F>, y: &mut Mat<F>, keep: bool) {
         assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
         kernels::fill_rows(y, self.bias.value());
-        self.accumulate_product(x, y, true);
+        self.accumulate_product(x, y, keep);
     }
 
     /// `y += x W^T` (block-sparse for a masked layer with blocks); with `keep`, on the packed weights

@@ -65,6 +65,10 @@ impl<F: Float> Param<F> {
         self.version = next_version();
         (&mut self.value, &self.grad)
     }
+    /// Set every value to `v`.
+    pub fn fill(&mut self, v: F) {
+        self.value_mut().iter_mut().for_each(|w| *w = v);
+    }
     /// Replace the values (same length).
     pub fn set_value(&mut self, value: Vec<F>) {
         assert_eq!(
