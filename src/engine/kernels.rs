@@ -588,11 +588,26 @@ pub fn gemm_prepared<F: Float>(
 }
 
 /// A `rows x b.len()` matrix whose every row is `b` (a linear layer's output before its product accumulates onto
-/// it: no zero-filling pass). Rows are copied in doubling blocks: a few large copies, not one small one per row.
+/// it: no zero-filling pass). Rows are copied in doubling blocks (a few large copies, not one small one per row);
+/// large matrices are written in blocks of rows over the pool.
 pub fn bias_rows<F: Float>(rows: usize, b: &[F]) -> Mat<F> {
     let len = rows * b.len();
     let mut data = Vec::with_capacity(len);
-    if len > 0 {
+    if len >= PAR_FILL && rayon::current_num_threads() > 1 {
+        // large: blocks of whole rows over the pool, each written once
+        let block = CHUNK.div_ceil(b.len()) * b.len();
+        data.spare_capacity_mut()[..len]
+            .par_chunks_mut(block)
+            .for_each(|c| {
+                for row in c.chunks_mut(b.len()) {
+                    for (v, &x) in row.iter_mut().zip(b) {
+                        v.write(x);
+                    }
+                }
+            });
+        // SAFETY: the loop above wrote all `len` elements
+        unsafe { data.set_len(len) };
+    } else if len > 0 {
         data.extend_from_slice(b);
         while data.len() < len {
             data.extend_from_within(..data.len().min(len - data.len()));
@@ -601,11 +616,42 @@ pub fn bias_rows<F: Float>(rows: usize, b: &[F]) -> Mat<F> {
     Mat::from_vec(rows, b.len(), data)
 }
 
-/// Set every row of `y` to `b` (doubling copies, as [`bias_rows`]).
+/// Output buffers at least this large are filled over the pool ([`bias_rows`], [`fill_rows`], [`zeros`]): a
+/// serial fill of a 256 x 512 activation keeps the other threads waiting.
+const PAR_FILL: usize = 1 << 16;
+
+/// A `rows x cols` matrix of zeros, large ones zeroed over the pool.
+pub fn zeros<F: Float>(rows: usize, cols: usize) -> Mat<F> {
+    let len = rows * cols;
+    if len < PAR_FILL || rayon::current_num_threads() == 1 {
+        return Mat::zeros(rows, cols);
+    }
+    let mut data = Vec::with_capacity(len);
+    data.spare_capacity_mut()[..len]
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| {
+            for v in c {
+                v.write(F::zero());
+            }
+        });
+    // SAFETY: the loop above wrote all `len` elements
+    unsafe { data.set_len(len) };
+    Mat::from_vec(rows, cols, data)
+}
+
 pub fn fill_rows<F: Float>(y: &mut Mat<F>, b: &[F]) {
     assert_eq!(y.cols, b.len());
     let len = y.data.len();
     if len == 0 {
+        return;
+    }
+    if len >= PAR_FILL && rayon::current_num_threads() > 1 {
+        let block = CHUNK.div_ceil(b.len()) * b.len();
+        y.data.par_chunks_mut(block).for_each(|c| {
+            for row in c.chunks_mut(b.len()) {
+                row.copy_from_slice(b);
+            }
+        });
         return;
     }
     y.data[..b.len()].copy_from_slice(b);
@@ -734,11 +780,21 @@ mod tests {
     #[test]
     fn bias_rows_repeat_the_bias() {
         let b = [1.0, -2.0, 3.5];
-        for rows in [0, 1, 2, 3, 7, 64, 100] {
-            let y: Mat<f64> = bias_rows(rows, &b);
-            let mut z = Mat::from_vec(rows, 3, vec![9.0; rows * 3]);
-            fill_rows(&mut z, &b);
+        // (the large ones over a pool of 3 threads, in blocks that end mid-matrix)
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for rows in [0, 1, 2, 3, 7, 64, 100, PAR_FILL / 3 + 5, PAR_FILL] {
+            let (y, z, zero) = pool.install(|| {
+                let y: Mat<f64> = bias_rows(rows, &b);
+                let mut z = Mat::from_vec(rows, 3, vec![9.0; rows * 3]);
+                fill_rows(&mut z, &b);
+                (y, z, zeros::<f64>(rows, 3))
+            });
             assert_eq!((y.rows, y.cols), (rows, 3));
+            assert_eq!((zero.rows, zero.cols), (rows, 3));
+            assert!(zero.data.iter().all(|&v| v == 0.0), "zeros, {rows} rows");
             for r in 0..rows {
                 assert_eq!(y.row(r), &b[..], "bias_rows, {rows} rows, row {r}");
                 assert_eq!(z.row(r), &b[..], "fill_rows, {rows} rows, row {r}");

@@ -463,7 +463,7 @@ impl<F: Float> Linear<F> {
     }
     /// `dx = dy W` without touching the gradients.
     pub fn input_grad(&self, dy: &Mat<F>) -> Mat<F> {
-        let mut dx = Mat::zeros(dy.rows, self.inp);
+        let mut dx = kernels::zeros(dy.rows, self.inp);
         let (n, inp, out) = (dy.rows, self.inp, self.out);
         if let Some(p) = self.ranged(n, out, inp) {
             kernels::gemm_view_ranged(
