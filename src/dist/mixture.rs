@@ -192,12 +192,13 @@ impl<F: Float> GaussianMixture<F> {
             }
         }
         let total: f64 = counts.iter().sum();
+        let (logits, loc) = (self.logits.value_mut(), self.loc.value_mut());
+        let log_scale = self.log_scale.value_mut();
         for c in 0..k {
-            self.logits.value_mut()[c] = F::c((counts[c] / total).ln());
+            logits[c] = F::c((counts[c] / total).ln());
             for j in 0..d {
-                self.loc.value_mut()[c * d + j] = F::c(centres[c][j]);
-                self.log_scale.value_mut()[c * d + j] =
-                    F::c(spread[c][j].sqrt().max(floor[j]).ln());
+                loc[c * d + j] = F::c(centres[c][j]);
+                log_scale[c * d + j] = F::c(spread[c][j].sqrt().max(floor[j]).ln());
             }
         }
         self.initialized.value_mut()[0] = F::one();

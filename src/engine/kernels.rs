@@ -496,17 +496,6 @@ pub fn gemm_view_ranged<F: Float>(
 /// and runs as one parallel region ([`sgemm::sgemm_packed`]; the same bits as [`gemm`]).
 pub struct PreparedWeight(sgemm::PackedB);
 
-impl PreparedWeight {
-    /// Floats held: `W`'s size, `out` rounded up to the kernel's tile.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 /// Whether `rows x inp` by `(out x inp)^T` products of `F` run on the kernel that [`PreparedWeight`] serves
 /// (f32, a CPU with AVX2 and FMA, a shape it suits).
 pub fn preparable<F: Float>(rows: usize, inp: usize, out: usize) -> bool {

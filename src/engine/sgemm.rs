@@ -225,15 +225,6 @@ impl PackedB {
     pub fn dims(&self) -> (usize, usize) {
         (self.k, self.n)
     }
-
-    /// Floats held (the matrix padded to whole micro-panels).
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
 }
 
 /// [`sgemm`] with B packed beforehand ([`PackedB`], `k x n`): each task packs its own rows of A and computes

@@ -94,11 +94,11 @@ impl<F: Float> Transform<F> for BatchNorm<F> {
             var.iter_mut().for_each(|v| *v /= nf);
             let mom = F::c(self.momentum);
             let unbiased = nf / F::c((n - 1) as f64);
-            for j in 0..d {
-                let rm = &mut self.running_mean.value_mut()[j];
-                *rm = (F::one() - mom) * *rm + mom * mean[j];
-                let rv = &mut self.running_var.value_mut()[j];
-                *rv = (F::one() - mom) * *rv + mom * var[j] * unbiased;
+            for (rm, &m) in self.running_mean.value_mut().iter_mut().zip(&mean) {
+                *rm = (F::one() - mom) * *rm + mom * m;
+            }
+            for (rv, &v) in self.running_var.value_mut().iter_mut().zip(&var) {
+                *rv = (F::one() - mom) * *rv + mom * v * unbiased;
             }
             self.batch_stats = true;
             let sd: Vec<F> = var.iter().map(|&v| (v + F::c(EPS)).sqrt()).collect();
