@@ -125,14 +125,15 @@ fn own_kernel<F: Float>(m: usize, k: usize, n: usize) -> bool {
     std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() && sgemm::suits(m, k, n)
 }
 
-/// [`sgemm::sgemm`] on views, `threads` threads, each tile over its `depth` range when given.
+/// [`sgemm::sgemm`] on views, `threads` threads, with its epilogue, each tile over its `depth` range when given.
 ///
 /// # Safety
-/// As [`gemm_serial`]; `F` must be `f32` and the CPU must run the kernel ([`own_kernel`]).
+/// As [`gemm_serial`]; `F` must be `f32` and the CPU must run the kernel ([`own_kernel`]); a bias must hold
+/// `cv.cols` values.
 unsafe fn sgemm_on<F: Float>(
     o: Operands<F>,
     (av, bv, cv): Product,
-    accumulate: bool,
+    ep: Epilogue<'_, F>,
     threads: usize,
     depth: Option<&sgemm::Depth<'_>>,
 ) {
@@ -150,10 +151,65 @@ unsafe fn sgemm_on<F: Float>(
         o.c.add(cv.off) as *mut f32,
         cv.rs as isize,
         cv.cs as isize,
-        accumulate,
+        ep.out(),
         threads,
         depth,
     )
+}
+
+/// What a product does as it writes C: `C = act((accumulate ? C : 0) + bias + A B)`, with `bias` one value per
+/// column of C and `act` = `max(0, .)` when `relu`. On the f32 kernel the bias and the ReLU ride on the stores
+/// of the product's tiles (a layer's output written once, no fill before it or pass after it); elsewhere they
+/// are passes of their own.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a, F> {
+    pub accumulate: bool,
+    pub bias: Option<&'a [F]>,
+    pub relu: bool,
+}
+
+impl<F: Float> Epilogue<'_, F> {
+    /// `C (+)= A B`, nothing more.
+    pub fn plain(accumulate: bool) -> Self {
+        Epilogue {
+            accumulate,
+            bias: None,
+            relu: false,
+        }
+    }
+
+    /// The kernel's form (`F` must be `f32` where a bias is given).
+    fn out(&self) -> sgemm::Out {
+        sgemm::Out {
+            accumulate: self.accumulate,
+            bias: self
+                .bias
+                .map_or(std::ptr::null(), |b| b.as_ptr() as *const f32),
+            relu: self.relu,
+        }
+    }
+
+    /// `c = act(c' + bias)` around `product`, which computes `c' (+)= A B` in place (the passes for products off
+    /// the kernel): the bias goes in first, so `product` then accumulates.
+    fn around(&self, c: &mut [F], cv: View, product: impl FnOnce(&mut [F], bool)) {
+        if let Some(b) = self.bias {
+            for i in 0..cv.rows {
+                for (j, &bj) in b.iter().enumerate() {
+                    let v = &mut c[cv.off + i * cv.rs + j * cv.cs];
+                    *v = if self.accumulate { *v + bj } else { bj };
+                }
+            }
+        }
+        product(c, self.accumulate || self.bias.is_some());
+        if self.relu {
+            for i in 0..cv.rows {
+                for j in 0..cv.cols {
+                    let v = &mut c[cv.off + i * cv.rs + j * cv.cs];
+                    *v = v.max(F::zero());
+                }
+            }
+        }
+    }
 }
 
 /// A strided matrix view for [`gemm_view`]: element `(i, j)` is `data[off + i * rs + j * cs]`.
@@ -324,7 +380,7 @@ pub fn gemm_view<F: Float>(
             let o = Operands::new(a, b, c);
             let threads = threads_for(m * k * n);
             // SAFETY: `check` bounds every index; `c` is borrowed mutably so it aliases neither `a` nor `b`
-            unsafe { sgemm_on(o, (av, bv, cv), accumulate, threads, None) };
+            unsafe { sgemm_on(o, (av, bv, cv), Epilogue::plain(accumulate), threads, None) };
         } else {
             gemm_tasks(a, b, c, &slabs((av, bv, cv)), accumulate);
         }
@@ -487,8 +543,94 @@ pub fn gemm_view_ranged<F: Float>(
         let threads = threads_for(m * k * n);
         // SAFETY: F is f32 and the CPU runs the kernel (`ranged_available`), `check` bounds every index, `c` is
         // borrowed mutably so it aliases neither `a` nor `b`
-        unsafe { sgemm_on(o, (av, bv, cv), accumulate, threads, Some(depth)) };
+        unsafe {
+            sgemm_on(
+                o,
+                (av, bv, cv),
+                Epilogue::plain(accumulate),
+                threads,
+                Some(depth),
+            )
+        };
     }
+}
+
+/// [`gemm_view`] with an [`Epilogue`] (a bias of `cv.cols` values, a ReLU); with `depth`, tiles sum over their
+/// ranges on the kernel ([`gemm_view_ranged`]), which needs operands whose other entries are zero: products
+/// off the kernel run over the whole depth, which gives the same.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_view_ep<F: Float>(
+    a: &[F],
+    av: View,
+    b: &[F],
+    bv: View,
+    c: &mut [F],
+    cv: View,
+    ep: Epilogue<'_, F>,
+    depth: Option<&sgemm::Depth<'_>>,
+) {
+    if let Some(bias) = ep.bias {
+        assert_eq!(bias.len(), cv.cols, "gemm: bias length");
+    }
+    if !check(a, b, c, &(av, bv, cv)) {
+        return;
+    }
+    let (m, k, n) = (av.rows, av.cols, bv.cols);
+    if own_kernel::<F>(m, k, n) {
+        let o = Operands::new(a, b, c);
+        // SAFETY: F is f32 and the CPU runs the kernel, `check` bounds every index, the bias has `n` values,
+        // `c` is borrowed mutably so it aliases neither `a` nor `b`
+        unsafe { sgemm_on(o, (av, bv, cv), ep, threads_for(m * k * n), depth) };
+    } else {
+        ep.around(c, cv, |c, acc| gemm_view(a, av, b, bv, c, cv, acc));
+    }
+}
+
+/// A new `rows x cols` matrix (row-major) holding `act(bias + A B)` ([`gemm_view_ep`], not accumulating): on the
+/// f32 kernel its memory is written once, by the product (nothing clears it first).
+pub fn gemm_view_new<F: Float>(
+    a: &[F],
+    av: View,
+    b: &[F],
+    bv: View,
+    bias: Option<&[F]>,
+    relu: bool,
+    depth: Option<&sgemm::Depth<'_>>,
+) -> Vec<F> {
+    let (m, k, n) = (av.rows, av.cols, bv.cols);
+    let ep = Epilogue {
+        accumulate: false,
+        bias,
+        relu,
+    };
+    let cv = View::block(n, 0, m, 0, n);
+    if !own_kernel::<F>(m, k, n) {
+        let mut c = vec![F::zero(); m * n];
+        gemm_view_ep(a, av, b, bv, &mut c, cv, ep, depth);
+        return c;
+    }
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "gemm: bias length");
+    }
+    assert_eq!(bv.rows, k, "gemm: inner dimensions differ");
+    assert!(
+        av.end() <= a.len() && bv.end() <= b.len(),
+        "gemm: operand bounds"
+    );
+    let mut c = Vec::with_capacity(m * n);
+    let o = Operands {
+        a: a.as_ptr(),
+        b: b.as_ptr(),
+        c: c.spare_capacity_mut().as_mut_ptr() as *mut F,
+    };
+    // SAFETY: F is f32 and the CPU runs the kernel (`own_kernel`), the operands' bounds were checked above, C is
+    // the vector's own `m * n` fresh elements, and a product that does not accumulate writes every one of them
+    // (without reading them) before `set_len`
+    unsafe {
+        sgemm_on(o, (av, bv, cv), ep, threads_for(m * k * n), depth);
+        c.set_len(m * n);
+    }
+    c
 }
 
 /// A weight matrix `W` (`out x inp`, row-major) prepared once for many products `X W^T` with the same `W`
@@ -526,9 +668,9 @@ pub fn prepare_weight<F: Float>(
     }))
 }
 
-/// `y (+)= x W^T` for a prepared `W` (`out x inp`): `x` is `rows x inp` (row stride `ldx`), `y` `rows x out`
-/// (row stride `ldy`); with `depth`, each tile of `y` sums only over its range ([`gemm_view_ranged`]).
-/// Needs [`preparable`] for these rows.
+/// `y = act((accumulate ? y : 0) + bias + x W^T)` ([`Epilogue`]) for a prepared `W` (`out x inp`): `x` is
+/// `rows x inp` (row stride `ldx`), `y` `rows x out` (row stride `ldy`); with `depth`, each tile of `y` sums only
+/// over its range ([`gemm_view_ranged`]). Needs [`preparable`] for these rows.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_prepared<F: Float>(
     x: &[F],
@@ -537,7 +679,63 @@ pub fn gemm_prepared<F: Float>(
     w: &PreparedWeight,
     y: &mut [F],
     ldy: usize,
-    accumulate: bool,
+    ep: Epilogue<'_, F>,
+    depth: Option<&sgemm::Depth<'_>>,
+) {
+    let out = w.0.dims().1;
+    if rows > 0 {
+        assert!(
+            y.len() >= (rows - 1) * ldy + out,
+            "gemm_prepared: operand sizes"
+        );
+    }
+    // SAFETY: `y` is borrowed mutably, so it aliases neither `x` nor the packed weights, and it holds the rows
+    // checked above
+    unsafe { prepared_into(x, rows, ldx, w, y.as_mut_ptr(), ldy, ep, depth) }
+}
+
+/// A new `rows x out` matrix holding `act(bias + x W^T)` for a prepared `W` ([`gemm_prepared`], not
+/// accumulating): its memory is written once, by the product.
+pub fn gemm_prepared_new<F: Float>(
+    x: &[F],
+    rows: usize,
+    ldx: usize,
+    w: &PreparedWeight,
+    bias: Option<&[F]>,
+    relu: bool,
+    depth: Option<&sgemm::Depth<'_>>,
+) -> Vec<F> {
+    let out = w.0.dims().1;
+    let mut y = Vec::with_capacity(rows * out);
+    let ep = Epilogue {
+        accumulate: false,
+        bias,
+        relu,
+    };
+    let c = y.spare_capacity_mut().as_mut_ptr() as *mut F;
+    // SAFETY: `c` is the vector's own `rows * out` fresh elements, which a product that does not accumulate
+    // writes every one of (without reading them) before `set_len`
+    unsafe {
+        prepared_into(x, rows, ldx, w, c, out, ep, depth);
+        y.set_len(rows * out);
+    }
+    y
+}
+
+/// [`gemm_prepared`] into raw memory.
+///
+/// # Safety
+/// `y` must be valid for writes (and, when accumulating, reads) of `rows` rows of `out` values, `ldy` apart,
+/// and alias neither `x` nor the packed weights.
+#[allow(clippy::too_many_arguments)]
+unsafe fn prepared_into<F: Float>(
+    x: &[F],
+    rows: usize,
+    ldx: usize,
+    w: &PreparedWeight,
+    y: *mut F,
+    ldy: usize,
+    ep: Epilogue<'_, F>,
     depth: Option<&sgemm::Depth<'_>>,
 ) {
     let (inp, out) = w.0.dims();
@@ -546,11 +744,14 @@ pub fn gemm_prepared<F: Float>(
         "gemm_prepared: not available for these rows"
     );
     assert!(ldx >= inp && ldy >= out, "gemm_prepared: row strides");
+    if let Some(bias) = ep.bias {
+        assert_eq!(bias.len(), out, "gemm_prepared: bias length");
+    }
     if rows == 0 {
         return;
     }
     assert!(
-        x.len() >= (rows - 1) * ldx + inp && y.len() >= (rows - 1) * ldy + out,
+        x.len() >= (rows - 1) * ldx + inp,
         "gemm_prepared: operand sizes"
     );
     let a = sgemm::Operand {
@@ -559,21 +760,18 @@ pub fn gemm_prepared<F: Float>(
         cs: 1,
     };
     let threads = threads_for(rows * inp * out);
-    // SAFETY: F is f32 and the CPU runs the kernel (`preparable`); the sizes were checked above and `y` is
-    // borrowed mutably, so it aliases neither `x` nor the packed weights
-    unsafe {
-        sgemm::sgemm_packed(
-            rows,
-            a,
-            &w.0,
-            y.as_mut_ptr() as *mut f32,
-            ldy as isize,
-            1,
-            accumulate,
-            threads,
-            depth,
-        )
-    }
+    // F is f32 and the CPU runs the kernel (`preparable`); `x`'s size was checked above, `y`'s is the caller's
+    sgemm::sgemm_packed(
+        rows,
+        a,
+        &w.0,
+        y as *mut f32,
+        ldy as isize,
+        1,
+        ep.out(),
+        threads,
+        depth,
+    )
 }
 
 /// A `rows x b.len()` matrix whose every row is `b` (a linear layer's output before its product accumulates onto

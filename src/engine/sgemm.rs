@@ -65,6 +65,33 @@ pub struct Operand {
 /// products with structural zeros (MADE's masked layers): a product over the whole depth computes the same.
 pub type Depth<'a> = dyn Fn(usize, usize) -> (usize, usize) + Sync + 'a;
 
+/// What a product does as it writes C: `C = act(init + bias + A B)`, where `init` is C's values (`accumulate`)
+/// or zero, `bias` (when not null) holds one value per column of C and `act` is `max(0, .)` when `relu`. The
+/// bias and the ReLU ride on the tile stores (no pass of their own over C), and a product that does not
+/// accumulate writes every element of C: it may start as uninitialised memory.
+#[derive(Clone, Copy)]
+pub struct Out {
+    pub accumulate: bool,
+    pub bias: *const f32,
+    pub relu: bool,
+}
+
+// SAFETY: the bias is only read, by every task of the product
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// `C (+)= A B`, nothing more.
+    #[allow(dead_code)] // (for the tests and `bench/gemm`: the library goes through `kernels::Epilogue`)
+    pub fn plain(accumulate: bool) -> Self {
+        Out {
+            accumulate,
+            bias: std::ptr::null(),
+            relu: false,
+        }
+    }
+}
+
 /// Packing buffers, reused across products by the thread that starts them.
 struct Buffers {
     a: Vec<f32>,
@@ -114,13 +141,13 @@ struct Shared<'d> {
 unsafe impl Send for Shared<'_> {}
 unsafe impl Sync for Shared<'_> {}
 
-/// `C = (accumulate ? C : 0) + A B` for `A` `m x k`, `B` `k x n`, `C` `m x n` (row stride `crs`, column stride
-/// `ccs`), on up to `threads` threads of the current rayon pool; with `depth`, each tile of C runs only over its
+/// `C = act((accumulate ? C : 0) + bias + A B)` ([`Out`]) for `A` `m x k`, `B` `k x n`, `C` `m x n` (row stride
+/// `crs`, column stride `ccs`), on up to `threads` threads of the current rayon pool; with `depth`, each tile of C runs only over its
 /// part of the depth ([`Depth`]).
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA ([`available`]); every element the operands' strides address must be valid,
-/// and C's elements distinct from one another and from A's and B's.
+/// and C's elements distinct from one another and from A's and B's; a bias must hold `n` values.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(
     m: usize,
@@ -131,7 +158,7 @@ pub unsafe fn sgemm(
     c: *mut f32,
     crs: isize,
     ccs: isize,
-    accumulate: bool,
+    out: Out,
     threads: usize,
     depth: Option<&Depth<'_>>,
 ) {
@@ -163,7 +190,7 @@ pub unsafe fn sgemm(
             let c = s.c.offset(r0 as isize * s.crs);
             let shifted = s.depth.map(|f| move |i: usize, j: usize| f(i + i0, j));
             let depth = shifted.as_ref().map(|f| f as &Depth<'_>);
-            sgemm(r1 - r0, n, k, a, s.b, c, s.crs, s.ccs, accumulate, 1, depth);
+            sgemm(r1 - r0, n, k, a, s.b, c, s.crs, s.ccs, out, 1, depth);
         });
         return;
     }
@@ -179,7 +206,7 @@ pub unsafe fn sgemm(
             pb: aligned(&mut bufs.b, len_b),
             depth,
         };
-        run(m, n, k, s, accumulate, threads.max(1));
+        run(m, n, k, s, out, threads.max(1));
     });
 }
 
@@ -241,7 +268,7 @@ pub unsafe fn sgemm_packed(
     c: *mut f32,
     crs: isize,
     ccs: isize,
-    accumulate: bool,
+    out: Out,
     threads: usize,
     depth: Option<&Depth<'_>>,
 ) {
@@ -309,7 +336,7 @@ pub unsafe fn sgemm_packed(
                 (0, pn),
                 panels,
                 pn,
-                accumulate,
+                out,
                 true,
             );
         });
@@ -328,7 +355,7 @@ fn panel_offset(p0: usize, kc: usize, i: usize, w: usize, panels: usize) -> usiz
     p0 * panels * w + i * kc * w
 }
 
-unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, accumulate: bool, threads: usize) {
+unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: usize) {
     let (pm, pn) = (m.div_ceil(MR), n.div_ceil(NR));
     // 1. pack: one unit per micro-panel of A (all depth blocks) and of B, each over the depth its tiles use
     let (a_used, b_used) = match s.depth {
@@ -376,7 +403,7 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, accumulate: bool, thr
         let (ri, ci) = (t / cp, t % cp);
         let (i0, i1) = (ri * pm / rp, (ri + 1) * pm / rp);
         let (j0, j1) = (ci * pn / cp, (ci + 1) * pn / cp);
-        compute(s, m, n, k, (i0, i1), (j0, j1), pm, pn, accumulate, false);
+        compute(s, m, n, k, (i0, i1), (j0, j1), pm, pn, out, false);
     };
     if threads == 1 {
         (0..pm + pn).for_each(pack);
@@ -516,7 +543,8 @@ fn prefetch_lines(p: *const i8, l0: usize, l1: usize) {
 }
 
 /// One task: C's A panels `i0..i1` by B panels `j0..j1`, over every depth block (with `prefetch`, each B panel
-/// fetched ahead while the one before is in use).
+/// fetched ahead while the one before is in use); the bias goes in with the first depth block, the ReLU with
+/// the last.
 #[allow(clippy::too_many_arguments)]
 unsafe fn compute(
     s: Shared<'_>,
@@ -527,15 +555,20 @@ unsafe fn compute(
     (j0, j1): (usize, usize),
     pm: usize,
     pn: usize,
-    accumulate: bool,
+    out: Out,
     prefetch: bool,
 ) {
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
-        let first = p0 == 0 && !accumulate;
+        let overwrite = p0 == 0 && !out.accumulate;
+        let relu = out.relu && p0 + kc >= k;
         for j in j0..j1 {
             let bp = s.pb.add(panel_offset(p0, kc, j, NR, pn));
             let cols = NR.min(n - j * NR);
+            let bias = match p0 == 0 && !out.bias.is_null() {
+                true => out.bias.add(j * NR),
+                false => std::ptr::null(),
+            };
             // with `prefetch`, the next B micro-panel (the next one in memory: the next column panel, or the
             // first of the next depth block) comes into L1 a slice per A panel while this one is in use. For
             // weights packed beforehand, which come from memory when a flow's layers outgrow the caches: a cold
@@ -559,39 +592,67 @@ unsafe fn compute(
                     }
                 };
                 if lo >= hi {
-                    if first {
+                    // nothing to add in this block: the epilogue alone
+                    if overwrite || !bias.is_null() || relu {
                         for r in 0..rows {
                             for q in 0..cols {
-                                *c.offset(r as isize * s.crs + q as isize * s.ccs) = 0.0;
+                                let p = c.offset(r as isize * s.crs + q as isize * s.ccs);
+                                let v = if overwrite { 0.0 } else { *p }
+                                    + if bias.is_null() { 0.0 } else { *bias.add(q) };
+                                *p = if relu { v.max(0.0) } else { v };
                             }
                         }
                     }
                     continue;
                 }
                 let (ap, bp) = (ap.add((lo - p0) * MR), bp.add((lo - p0) * NR));
-                kernel(hi - lo, ap, bp, c, s.crs, s.ccs, rows, cols, first);
+                let tile = Tile {
+                    c,
+                    crs: s.crs,
+                    ccs: s.ccs,
+                    rows,
+                    cols,
+                    overwrite,
+                    bias,
+                    relu,
+                };
+                kernel(hi - lo, ap, bp, tile);
             }
         }
     }
 }
 
-/// The 6 x 16 micro-kernel: `C[0..rows, 0..cols] (=|+=) Apanel (kc x 6)^T-ish . Bpanel (kc x 16)`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
+/// Where and how the micro-kernel writes its tile: `rows x cols` of C at `c`, `C = act((overwrite ? 0 : C) +
+/// bias + sum)` (`bias`: the tile's first column's value, or null).
+#[derive(Clone, Copy)]
+struct Tile {
     c: *mut f32,
     crs: isize,
     ccs: isize,
     rows: usize,
     cols: usize,
     overwrite: bool,
-) {
+    bias: *const f32,
+    relu: bool,
+}
+
+/// The 6 x 16 micro-kernel: `C[0..rows, 0..cols] = [act]((C | 0) [+ bias] + Apanel (kc x 6)^T-ish . Bpanel
+/// (kc x 16))` ([`Tile`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, t: Tile) {
     use std::arch::x86_64::*;
-    // C's rows start coming in while the products run
+    let Tile {
+        c,
+        crs,
+        ccs,
+        rows,
+        cols,
+        overwrite,
+        bias,
+        relu,
+    } = t;
+    // C's rows start coming in while the products run (also when overwriting: the stores need the lines)
     for r in 0..rows {
         let p = c.offset(r as isize * crs) as *const i8;
         _mm_prefetch::<_MM_HINT_T0>(p);
@@ -627,15 +688,28 @@ unsafe fn kernel(
         b = b.add(NR);
     }
     if rows == MR && cols == NR && ccs == 1 {
+        let zero = _mm256_setzero_ps();
+        let (bias0, bias1) = match bias.is_null() {
+            true => (zero, zero),
+            false => (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))),
+        };
         for (r, pair) in acc.chunks_exact(2).enumerate() {
             let p = c.offset(r as isize * crs);
-            if overwrite {
-                _mm256_storeu_ps(p, pair[0]);
-                _mm256_storeu_ps(p.add(8), pair[1]);
-            } else {
-                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), pair[0]));
-                _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), pair[1]));
+            let (mut v0, mut v1) = (pair[0], pair[1]);
+            if !bias.is_null() {
+                v0 = _mm256_add_ps(v0, bias0);
+                v1 = _mm256_add_ps(v1, bias1);
             }
+            if !overwrite {
+                v0 = _mm256_add_ps(_mm256_loadu_ps(p), v0);
+                v1 = _mm256_add_ps(_mm256_loadu_ps(p.add(8)), v1);
+            }
+            if relu {
+                v0 = _mm256_max_ps(v0, zero);
+                v1 = _mm256_max_ps(v1, zero);
+            }
+            _mm256_storeu_ps(p, v0);
+            _mm256_storeu_ps(p.add(8), v1);
         }
     } else {
         let mut t = [0.0f32; MR * NR];
@@ -646,25 +720,21 @@ unsafe fn kernel(
         for r in 0..rows {
             for j in 0..cols {
                 let p = c.offset(r as isize * crs + j as isize * ccs);
-                *p = if overwrite { 0.0 } else { *p } + t[r * NR + j];
+                let mut v = t[r * NR + j];
+                if !bias.is_null() {
+                    v += *bias.add(j);
+                }
+                if !overwrite {
+                    v += *p;
+                }
+                *p = if relu { v.max(0.0) } else { v };
             }
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
-    _kc: usize,
-    _a: *const f32,
-    _b: *const f32,
-    _c: *mut f32,
-    _crs: isize,
-    _ccs: isize,
-    _rows: usize,
-    _cols: usize,
-    _overwrite: bool,
-) {
+unsafe fn kernel(_kc: usize, _a: *const f32, _b: *const f32, _t: Tile) {
     unreachable!("sgemm::available() is false off x86-64")
 }
 
@@ -683,8 +753,8 @@ mod tests {
             .collect()
     }
 
-    /// `C (+)= op(A) op(B)` on a pool of `threads`, A and B transposed or not, C a block inside a wider
-    /// matrix (row stride `ldc`), with a tile-depth function when given.
+    /// `C (+)= op(A) op(B)` ([`Out`]) on a pool of `threads`, A and B transposed or not, C a block inside a
+    /// wider matrix (row stride `ldc`), with a tile-depth function when given.
     #[allow(clippy::too_many_arguments)]
     fn product(
         (m, k, n): (usize, usize, usize),
@@ -692,7 +762,7 @@ mod tests {
         (b, tb): (&[f32], bool),
         c: &mut [f32],
         ldc: usize,
-        accumulate: bool,
+        out: Out,
         threads: usize,
         depth: Option<&Depth<'_>>,
     ) {
@@ -718,7 +788,7 @@ mod tests {
                 cp as *mut f32,
                 ldc as isize,
                 1,
-                accumulate,
+                out,
                 threads,
                 depth,
             )
@@ -759,7 +829,7 @@ mod tests {
                             (&b, tb),
                             &mut c,
                             ldc,
-                            accumulate,
+                            Out::plain(accumulate),
                             threads,
                             None,
                         );
@@ -819,7 +889,7 @@ mod tests {
                             (&b, true),
                             &mut want,
                             ldc,
-                            accumulate,
+                            Out::plain(accumulate),
                             threads,
                             depth,
                         );
@@ -848,7 +918,7 @@ mod tests {
                                 c,
                                 ldc as isize,
                                 1,
-                                accumulate,
+                                Out::plain(accumulate),
                                 threads,
                                 depth,
                             );
@@ -897,7 +967,7 @@ mod tests {
                     (&b, false),
                     &mut c,
                     n,
-                    accumulate,
+                    Out::plain(accumulate),
                     threads,
                     Some(&range),
                 );
@@ -918,6 +988,139 @@ mod tests {
                             (got - want).abs() < 1e-4,
                             "({i},{j}) range {lo}..{hi}: {got} vs {want}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The epilogue (bias per column, ReLU) against a plain product finished by hand: accumulate and
+    /// overwrite, edge tiles, a depth over several blocks, per-tile depth ranges with empty ones (also where the
+    /// only range starts past the first block), C inside a wider matrix, shared and packed-beforehand B, 1 and 3
+    /// threads. An overwriting product writes every element of its block: C starts as NaN there, and the
+    /// columns outside the block keep their NaN.
+    #[test]
+    fn epilogue_adds_the_bias_and_clamps() {
+        if !available() {
+            return;
+        }
+        let mut seed = 11;
+        for (m, k, n) in [(13, 9, 17), (50, 600, 70), (40, 600, 300)] {
+            let a = rand(m * k, &mut seed);
+            let b = rand(k * n, &mut seed);
+            let bias = rand(n, &mut seed);
+            let ldc = n + 5;
+            let c0 = rand(m * ldc, &mut seed);
+            let range = |i: usize, j: usize| match (i + 2 * j) % 4 {
+                0 => (0, k),
+                1 => (300.min(k), k),
+                2 => (0, 0),
+                _ => (3, k / 2),
+            };
+            for ranged in [false, true] {
+                let depth = ranged.then_some(&range as &Depth<'_>);
+                for accumulate in [false, true] {
+                    for (with_bias, relu) in [(true, false), (false, true), (true, true)] {
+                        for threads in [1, 3] {
+                            let start = match accumulate {
+                                true => c0.clone(),
+                                false => vec![f32::NAN; m * ldc],
+                            };
+                            let out = Out {
+                                accumulate,
+                                bias: if with_bias {
+                                    bias.as_ptr()
+                                } else {
+                                    std::ptr::null()
+                                },
+                                relu,
+                            };
+                            let mut got = start.clone();
+                            product(
+                                (m, k, n),
+                                (&a, false),
+                                (&b, false),
+                                &mut got,
+                                ldc,
+                                out,
+                                threads,
+                                depth,
+                            );
+                            // the same through B packed beforehand
+                            let mut packed_got = start.clone();
+                            let pool = rayon::ThreadPoolBuilder::new()
+                                .num_threads(threads)
+                                .build()
+                                .unwrap();
+                            pool.install(|| unsafe {
+                                let bo = Operand {
+                                    ptr: b.as_ptr(),
+                                    rs: n as isize,
+                                    cs: 1,
+                                };
+                                let packed = PackedB::new(k, n, bo, threads);
+                                let ao = Operand {
+                                    ptr: a.as_ptr(),
+                                    rs: k as isize,
+                                    cs: 1,
+                                };
+                                let c = packed_got.as_mut_ptr();
+                                sgemm_packed(
+                                    m,
+                                    ao,
+                                    &packed,
+                                    c,
+                                    ldc as isize,
+                                    1,
+                                    out,
+                                    threads,
+                                    depth,
+                                );
+                            });
+                            for i in 0..m {
+                                for j in 0..ldc {
+                                    let what = format!(
+                                        "{m}x{k}x{n} ({i},{j}) ranged {ranged} acc {accumulate} bias {with_bias} \
+                                         relu {relu} threads {threads}"
+                                    );
+                                    if j >= n {
+                                        assert_eq!(
+                                            got[i * ldc + j].to_bits(),
+                                            start[i * ldc + j].to_bits(),
+                                            "{what}"
+                                        );
+                                        assert_eq!(
+                                            packed_got[i * ldc + j].to_bits(),
+                                            start[i * ldc + j].to_bits()
+                                        );
+                                        continue;
+                                    }
+                                    let (lo, hi) = if ranged {
+                                        range(i / MR, j / NR)
+                                    } else {
+                                        (0, k)
+                                    };
+                                    let mut want: f64 = (lo..hi)
+                                        .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                                        .sum();
+                                    if accumulate {
+                                        want += c0[i * ldc + j] as f64;
+                                    }
+                                    if with_bias {
+                                        want += bias[j] as f64;
+                                    }
+                                    if relu {
+                                        want = want.max(0.0);
+                                    }
+                                    for v in [got[i * ldc + j], packed_got[i * ldc + j]] {
+                                        assert!(
+                                            (v as f64 - want).abs() < 1e-4,
+                                            "{what}: {v} vs {want}"
+                                        );
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }

@@ -334,85 +334,104 @@ impl<F: Float> Linear<F> {
         self.bias.fill(F::zero());
     }
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
-        self.output(x, false)
+        self.output(x, None, false, false).expect("new output")
+    }
+    /// `y = x W^T + b`, then `max(0, y)` when `relu` (the activation of the layer after it, applied as the
+    /// product writes `y` where it runs on the f32 kernel: no pass of its own).
+    pub fn forward_relu(&self, x: &Mat<F>, relu: bool) -> Mat<F> {
+        self.output(x, None, false, relu).expect("new output")
     }
     /// `y = x W^T + b` into an existing `rows x out` buffer.
     pub fn forward_to(&self, x: &Mat<F>, y: &mut Mat<F>) {
-        self.output_to(x, y, false)
+        self.output(x, Some(y), false, false);
     }
     /// [`Linear::forward`] for inference: the same values, with the weights packed once and kept while they
     /// are unchanged ([`PackedWeights`]).
     pub fn infer(&self, x: &Mat<F>) -> Mat<F> {
-        self.output(x, true)
+        self.output(x, None, true, false).expect("new output")
     }
-    /// [`Linear::forward_to`] for inference (see [`Linear::infer`]).
-    pub fn infer_to(&self, x: &Mat<F>, y: &mut Mat<F>) {
-        self.output_to(x, y, true)
+    /// [`Linear::forward_relu`] for inference (see [`Linear::infer`]).
+    pub fn infer_relu(&self, x: &Mat<F>, relu: bool) -> Mat<F> {
+        self.output(x, None, true, relu).expect("new output")
     }
-    fn output(&self, x: &Mat<F>, keep: bool) -> Mat<F> {
-        let mut y = kernels::bias_rows(x.rows, self.bias.value());
-        self.accumulate_product(x, &mut y, keep);
-        y
-    }
-    fn output_to(&self, x: &Mat<F>, y: &mut Mat<F>, keep: bool) {
-        assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
-        kernels::fill_rows(y, self.bias.value());
-        self.accumulate_product(x, y, keep);
+    /// [`Linear::forward_to`] for inference (see [`Linear::infer`]), with the ReLU of [`Linear::forward_relu`].
+    pub fn infer_to(&self, x: &Mat<F>, y: &mut Mat<F>, relu: bool) {
+        self.output(x, Some(y), true, relu);
     }
 
-    /// `y += x W^T` (block-sparse for a masked layer with blocks); with `keep`, on the packed weights
-    /// ([`PackedWeights`]) where the product runs on that kernel.
-    fn accumulate_product(&self, x: &Mat<F>, y: &mut Mat<F>, keep: bool) {
-        assert_eq!((y.rows, y.cols, x.cols), (x.rows, self.out, self.inp));
+    /// `act(x W^T + b)` (block-sparse for a masked layer with blocks; `act` ReLU when `relu`) into `y`, or into a
+    /// new matrix when `y` is `None` (returned); with `keep`, on the packed weights ([`PackedWeights`]) where the
+    /// product runs on that kernel. On the f32 kernel the bias and the ReLU go in as the product writes `y`, and
+    /// a new output is not cleared first.
+    fn output(&self, x: &Mat<F>, y: Option<&mut Mat<F>>, keep: bool, relu: bool) -> Option<Mat<F>> {
         let (n, inp, out) = (x.rows, self.inp, self.out);
+        assert_eq!(x.cols, inp);
+        if let Some(y) = &y {
+            assert_eq!((y.rows, y.cols), (n, out));
+        }
+        let bias = Some(self.bias.value());
         let ranged = self.ranged(n, inp, out);
+        let depth = |_: usize, j: usize| ranged.expect("masked").out_inputs[j];
+        let depth = ranged.is_some().then_some(&depth as &kernels::Depth<'_>);
         // (a masked layer only on the kernel that skips its empty tiles)
         let packed = (keep && (ranged.is_some() || !self.masked()))
             .then(|| self.packed.get(&self.weight, out, inp, n))
             .flatten();
-        if let Some(w) = packed {
-            let depth = |_: usize, j: usize| ranged.expect("masked").out_inputs[j];
-            let depth = ranged.is_some().then_some(&depth as &kernels::Depth<'_>);
-            kernels::gemm_prepared(&x.data, n, inp, &w, &mut y.data, out, true, depth);
-            return;
+        let ep = kernels::Epilogue {
+            accumulate: false,
+            bias,
+            relu,
+        };
+        let (xv, wv) = (
+            View::block(inp, 0, n, 0, inp),
+            View::block(inp, 0, out, 0, inp).t(),
+        );
+        let w = self.weight.value();
+        match (packed, y) {
+            (Some(p), None) => {
+                let data = kernels::gemm_prepared_new(&x.data, n, inp, &p, bias, relu, depth);
+                Some(Mat::from_vec(n, out, data))
+            }
+            (Some(p), Some(y)) => {
+                kernels::gemm_prepared(&x.data, n, inp, &p, &mut y.data, out, ep, depth);
+                None
+            }
+            (None, y) if ranged.is_some() || self.blocks.is_empty() => match y {
+                None => {
+                    let data = kernels::gemm_view_new(&x.data, xv, w, wv, bias, relu, depth);
+                    Some(Mat::from_vec(n, out, data))
+                }
+                Some(y) => {
+                    let yv = View::block(out, 0, n, 0, out);
+                    kernels::gemm_view_ep(&x.data, xv, w, wv, &mut y.data, yv, ep, depth);
+                    None
+                }
+            },
+            (None, y) => {
+                // the block-sparse form: the bias first, the blocks' products onto it, then the ReLU
+                let tasks = self.batch_tasks(n, |lo, rows, b| {
+                    let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
+                    (
+                        View::block(inp, lo, rows, b.i0, w),
+                        View::block(inp, b.o0, h, b.i0, w).t(),
+                        View::block(out, lo, rows, b.o0, h),
+                    )
+                });
+                let mut fresh = None;
+                let y = match y {
+                    Some(y) => {
+                        kernels::fill_rows(y, self.bias.value());
+                        y
+                    }
+                    None => fresh.insert(kernels::bias_rows(n, self.bias.value())),
+                };
+                kernels::gemm_tasks(&x.data, w, &mut y.data, &tasks, true);
+                if relu {
+                    Activation::Relu.apply_slice(&mut y.data);
+                }
+                fresh
+            }
         }
-        if let Some(p) = ranged {
-            kernels::gemm_view_ranged(
-                &x.data,
-                View::block(inp, 0, n, 0, inp),
-                self.weight.value(),
-                View::block(inp, 0, out, 0, inp).t(),
-                &mut y.data,
-                View::block(out, 0, n, 0, out),
-                true,
-                &|_, j| p.out_inputs[j],
-            );
-            return;
-        }
-        if self.blocks.is_empty() {
-            kernels::gemm(
-                &x.data,
-                x.rows,
-                x.cols,
-                false,
-                self.weight.value(),
-                self.out,
-                self.inp,
-                true,
-                &mut y.data,
-                true,
-            );
-            return;
-        }
-        let tasks = self.batch_tasks(x.rows, |lo, n, b| {
-            let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
-            (
-                View::block(self.inp, lo, n, b.i0, w),
-                View::block(self.inp, b.o0, h, b.i0, w).t(),
-                View::block(self.out, lo, n, b.o0, h),
-            )
-        });
-        kernels::gemm_tasks(&x.data, self.weight.value(), &mut y.data, &tasks, true);
     }
 
     /// The mask's tile ranges when a `m x k` by `k x n` product of this layer runs on the ranged f32 kernel.
@@ -733,8 +752,15 @@ impl<F: Float> Mlp<F> {
                 let act = (self.layers.len() > 2).then_some(self.act);
                 (p.eval(x, act), Some(p))
             }
-            None => (self.layers[0].forward(x), None),
+            // (a ReLU goes in with the product: `fused_relu`)
+            None => (self.layers[0].forward_relu(x, self.fused_relu(0)), None),
         }
+    }
+
+    /// Whether layer `l`'s output gets the activation as its product writes it (ReLU after a hidden layer,
+    /// [`Linear::forward_relu`]) rather than in a pass of its own.
+    fn fused_relu(&self, l: usize) -> bool {
+        self.act == Activation::Relu && l + 1 < self.layers.len()
     }
 
     pub fn forward(&self, x: &Mat<F>) -> Mat<F> {
@@ -745,11 +771,12 @@ impl<F: Float> Mlp<F> {
             return self.forward_pieces(&p, x);
         }
         let n = self.layers.len();
-        let mut h = self.layers[0].infer(x);
+        let mut h = self.layers[0].infer_relu(x, self.fused_relu(0));
         for l in 1..n {
-            let act = self.act;
-            act.apply_slice(&mut h.data);
-            h = self.layers[l].infer(&h);
+            if !self.fused_relu(l - 1) {
+                self.act.apply_slice(&mut h.data);
+            }
+            h = self.layers[l].infer_relu(&h, self.fused_relu(l));
         }
         h
     }
@@ -763,11 +790,10 @@ impl<F: Float> Mlp<F> {
         let block = |xb: &Mat<F>| {
             let mut h = p.eval(xb, (n > 2).then_some(self.act));
             for l in 2..n {
-                if l > 2 {
-                    let act = self.act;
-                    act.apply_slice(&mut h.data);
+                if l > 2 && !self.fused_relu(l - 1) {
+                    self.act.apply_slice(&mut h.data);
                 }
-                h = self.layers[l].infer(&h);
+                h = self.layers[l].infer_relu(&h, self.fused_relu(l));
             }
             h
         };
@@ -853,10 +879,9 @@ impl<F: Float> Mlp<F> {
             let (done, rest) = ws.split_at_mut(l);
             let inp = if l == 0 { x } else { &done[l - 1] };
             let y = &mut rest[0];
-            self.layers[l].infer_to(inp, y);
-            if l + 1 < n {
-                let act = self.act;
-                act.apply_slice(&mut y.data);
+            self.layers[l].infer_to(inp, y, self.fused_relu(l));
+            if l + 1 < n && !self.fused_relu(l) {
+                self.act.apply_slice(&mut y.data);
             }
         }
         &ws[n - 1]
@@ -896,10 +921,10 @@ impl<F: Float> Mlp<F> {
             if keep_pre {
                 self.pre.push(h.clone());
             }
-            if self.front.is_none() || l > start {
+            if (self.front.is_none() || l > start) && !self.fused_relu(l - 1) {
                 act.apply_slice(&mut h.data);
             }
-            let next = self.layers[l].forward(&h);
+            let next = self.layers[l].forward_relu(&h, self.fused_relu(l));
             self.inputs.push(h);
             h = next;
         }
@@ -1088,7 +1113,7 @@ mod tests {
                     "masked {masked}, {n} rows"
                 );
                 let mut y = Mat::from_vec(n, 90, vec![7.0; n * 90]);
-                l.infer_to(&x, &mut y);
+                l.infer_to(&x, &mut y, false);
                 assert_eq!(
                     y.data,
                     l.forward(&x).data,
@@ -1118,6 +1143,45 @@ mod tests {
             assert!(!Arc::ptr_eq(&first, &second), "stale packing used");
             l.backward(&x, &randn(&mut r, 40, 90), false);
             assert!(held(&l).is_none(), "training kept the packing");
+        }
+    }
+
+    /// The ReLU applied as the product writes (`forward_relu`, `infer_relu`, `infer_to` into a dirty buffer)
+    /// gives the bits of a separate pass over the plain output: f32 (on the kernel, also on packed weights) and
+    /// f64 (the passes around the product), dense and masked layers, batches on and off the kernel.
+    #[test]
+    fn fused_relu_equals_a_separate_pass() {
+        fn case<F: Float>(masked: bool, r: &mut Rng) {
+            let mut l: Linear<F> = Linear::new("l", 70, 90, r);
+            if masked {
+                let mask = (0..90 * 70)
+                    .map(|j| {
+                        if (j % 70) * 90 <= (j / 70) * 70 {
+                            F::one()
+                        } else {
+                            F::zero()
+                        }
+                    })
+                    .collect();
+                l.set_mask(mask);
+            }
+            for n in [5, 40, 256] {
+                let x: Mat<F> = randn(r, n, 70);
+                let mut want = l.forward(&x);
+                assert!(want.data.iter().any(|&v| v < F::zero()), "nothing to clamp");
+                Activation::Relu.apply_slice(&mut want.data);
+                let what = format!("masked {masked}, {n} rows");
+                assert_eq!(l.forward_relu(&x, true).data, want.data, "forward, {what}");
+                assert_eq!(l.infer_relu(&x, true).data, want.data, "infer, {what}");
+                let mut y = Mat::from_vec(n, 90, vec![F::from(-7.0).unwrap(); n * 90]);
+                l.infer_to(&x, &mut y, true);
+                assert_eq!(y.data, want.data, "infer_to, {what}");
+            }
+        }
+        let mut r = rng(5);
+        for masked in [false, true] {
+            case::<f32>(masked, &mut r);
+            case::<f64>(masked, &mut r);
         }
     }
 

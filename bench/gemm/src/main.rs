@@ -182,7 +182,7 @@ fn run(p: &str, c: &Case, out: &mut [f32], threads: usize) {
                 rs: brs,
                 cs: bcs,
             };
-            sgemm::sgemm(m, n, k, a, b, out.as_mut_ptr(), n as isize, 1, false, threads, None)
+            sgemm::sgemm(m, n, k, a, b, out.as_mut_ptr(), n as isize, 1, sgemm::Out::plain(false), threads, None)
         },
         "matrixmultiply" => unsafe {
             matrixmultiply::sgemm(
