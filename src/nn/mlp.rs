@@ -482,36 +482,24 @@ impl<F: Float> Linear<F> {
     }
     /// `dx = dy W` without touching the gradients.
     pub fn input_grad(&self, dy: &Mat<F>) -> Mat<F> {
-        let mut dx = kernels::zeros(dy.rows, self.inp);
         let (n, inp, out) = (dy.rows, self.inp, self.out);
-        if let Some(p) = self.ranged(n, out, inp) {
-            kernels::gemm_view_ranged(
+        let ranged = self.ranged(n, out, inp);
+        if ranged.is_some() || self.blocks.is_empty() {
+            // a product that writes every element (on the kernel, into memory not cleared first)
+            let depth = |_: usize, j: usize| ranged.expect("masked").in_outputs[j];
+            let depth = ranged.is_some().then_some(&depth as &kernels::Depth<'_>);
+            let data = kernels::gemm_view_new(
                 &dy.data,
                 View::block(out, 0, n, 0, out),
                 self.weight.value(),
                 View::block(inp, 0, out, 0, inp),
-                &mut dx.data,
-                View::block(inp, 0, n, 0, inp),
+                None,
                 false,
-                &|_, j| p.in_outputs[j],
+                depth,
             );
-            return dx;
+            return Mat::from_vec(n, inp, data);
         }
-        if self.blocks.is_empty() {
-            kernels::gemm(
-                &dy.data,
-                dy.rows,
-                dy.cols,
-                false,
-                self.weight.value(),
-                self.out,
-                self.inp,
-                false,
-                &mut dx.data,
-                false,
-            );
-            return dx;
-        }
+        let mut dx = kernels::zeros(n, inp);
         let tasks = self.batch_tasks(dy.rows, |lo, n, b| {
             let (h, w) = (b.o1 - b.o0, b.i1 - b.i0);
             (
