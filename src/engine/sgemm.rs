@@ -591,21 +591,6 @@ unsafe fn compute(
                         (lo.max(p0), hi.min(p0 + kc))
                     }
                 };
-                if lo >= hi {
-                    // nothing to add in this block: the epilogue alone
-                    if overwrite || !bias.is_null() || relu {
-                        for r in 0..rows {
-                            for q in 0..cols {
-                                let p = c.offset(r as isize * s.crs + q as isize * s.ccs);
-                                let v = if overwrite { 0.0 } else { *p }
-                                    + if bias.is_null() { 0.0 } else { *bias.add(q) };
-                                *p = if relu { v.max(0.0) } else { v };
-                            }
-                        }
-                    }
-                    continue;
-                }
-                let (ap, bp) = (ap.add((lo - p0) * MR), bp.add((lo - p0) * NR));
                 let tile = Tile {
                     c,
                     crs: s.crs,
@@ -616,6 +601,14 @@ unsafe fn compute(
                     bias,
                     relu,
                 };
+                if lo >= hi {
+                    // nothing to add in this block: the epilogue alone (an empty sum)
+                    if overwrite || !bias.is_null() || relu {
+                        kernel(0, ap, bp, tile);
+                    }
+                    continue;
+                }
+                let (ap, bp) = (ap.add((lo - p0) * MR), bp.add((lo - p0) * NR));
                 kernel(hi - lo, ap, bp, tile);
             }
         }
