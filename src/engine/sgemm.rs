@@ -68,7 +68,8 @@ pub type Depth<'a> = dyn Fn(usize, usize) -> (usize, usize) + Sync + 'a;
 /// What a product does as it writes C: `C = act(init + bias + A B)`, where `init` is C's values (`accumulate`)
 /// or zero, `bias` (when not null) holds one value per column of C and `act` is `max(0, .)` when `relu`. The
 /// bias and the ReLU ride on the tile stores (no pass of their own over C), and a product that does not
-/// accumulate writes every element of C: it may start as uninitialised memory.
+/// accumulate writes every element of C (given a positive depth, as [`suits`] requires): it may start as
+/// uninitialised memory.
 #[derive(Clone, Copy)]
 pub struct Out {
     pub accumulate: bool,
