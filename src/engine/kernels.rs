@@ -371,20 +371,7 @@ pub fn gemm_view<F: Float>(
     cv: View,
     accumulate: bool,
 ) {
-    if check(a, b, c, &(av, bv, cv)) {
-        let (m, k, n) = (av.rows, av.cols, bv.cols);
-        if thin(a, av, b, bv, c, cv, accumulate) {
-            return;
-        }
-        if own_kernel::<F>(m, k, n) {
-            let o = Operands::new(a, b, c);
-            let threads = threads_for(m * k * n);
-            // SAFETY: `check` bounds every index; `c` is borrowed mutably so it aliases neither `a` nor `b`
-            unsafe { sgemm_on(o, (av, bv, cv), Epilogue::plain(accumulate), threads, None) };
-        } else {
-            gemm_tasks(a, b, c, &slabs((av, bv, cv)), accumulate);
-        }
-    }
+    gemm_view_ep(a, av, b, bv, c, cv, Epilogue::plain(accumulate), None)
 }
 
 /// Largest dimension a product may have for [`thin`].
@@ -538,21 +525,16 @@ pub fn gemm_view_ranged<F: Float>(
         ranged_available::<F>(m, k, n),
         "gemm_view_ranged: not available"
     );
-    if check(a, b, c, &(av, bv, cv)) {
-        let o = Operands::new(a, b, c);
-        let threads = threads_for(m * k * n);
-        // SAFETY: F is f32 and the CPU runs the kernel (`ranged_available`), `check` bounds every index, `c` is
-        // borrowed mutably so it aliases neither `a` nor `b`
-        unsafe {
-            sgemm_on(
-                o,
-                (av, bv, cv),
-                Epilogue::plain(accumulate),
-                threads,
-                Some(depth),
-            )
-        };
-    }
+    gemm_view_ep(
+        a,
+        av,
+        b,
+        bv,
+        c,
+        cv,
+        Epilogue::plain(accumulate),
+        Some(depth),
+    );
 }
 
 /// [`gemm_view`] with an [`Epilogue`] (a bias of `cv.cols` values, a ReLU); with `depth`, tiles sum over their
@@ -581,8 +563,10 @@ pub fn gemm_view_ep<F: Float>(
         // SAFETY: F is f32 and the CPU runs the kernel, `check` bounds every index, the bias has `n` values,
         // `c` is borrowed mutably so it aliases neither `a` nor `b`
         unsafe { sgemm_on(o, (av, bv, cv), ep, threads_for(m * k * n), depth) };
-    } else {
+    } else if ep.bias.is_some() || ep.relu {
         ep.around(c, cv, |c, acc| gemm_view(a, av, b, bv, c, cv, acc));
+    } else if !thin(a, av, b, bv, c, cv, ep.accumulate) {
+        gemm_tasks(a, b, c, &slabs((av, bv, cv)), ep.accumulate);
     }
 }
 
