@@ -596,25 +596,33 @@ pub fn gemm_view_new<F: Float>(
     if let Some(bias) = bias {
         assert_eq!(bias.len(), n, "gemm: bias length");
     }
-    assert_eq!(bv.rows, k, "gemm: inner dimensions differ");
-    assert!(
-        av.end() <= a.len() && bv.end() <= b.len(),
-        "gemm: operand bounds"
-    );
-    let mut c = Vec::with_capacity(m * n);
-    let o = Operands {
-        a: a.as_ptr(),
-        b: b.as_ptr(),
-        c: c.spare_capacity_mut().as_mut_ptr() as *mut F,
-    };
-    // SAFETY: F is f32 and the CPU runs the kernel (`own_kernel`), the operands' bounds were checked above, C is
-    // the vector's own `m * n` fresh elements, and a product that does not accumulate writes every one of them
-    // (without reading them) before `set_len`
+    // SAFETY: F is f32 and the CPU runs the kernel (`own_kernel`), `check` bounds every index of the operands
+    // and of the new matrix, and a product that does not accumulate writes every element of C
     unsafe {
-        sgemm_on(o, (av, bv, cv), ep, threads_for(m * k * n), depth);
-        c.set_len(m * n);
+        written(m * n, |c| {
+            check(a, b, c, &(av, bv, cv));
+            let o = Operands {
+                a: a.as_ptr(),
+                b: b.as_ptr(),
+                c: c.as_mut_ptr() as *mut F,
+            };
+            sgemm_on(o, (av, bv, cv), ep, threads_for(m * k * n), depth);
+        })
     }
-    c
+}
+
+/// A new vector of `len` values, all written by `write` into its fresh (uninitialised) memory.
+///
+/// # Safety
+/// `write` must write every one of the `len` elements (and read none before writing it).
+unsafe fn written<F: Float>(
+    len: usize,
+    write: impl FnOnce(&mut [std::mem::MaybeUninit<F>]),
+) -> Vec<F> {
+    let mut v = Vec::with_capacity(len);
+    write(&mut v.spare_capacity_mut()[..len]);
+    v.set_len(len);
+    v
 }
 
 /// A weight matrix `W` (`out x inp`, row-major) prepared once for many products `X W^T` with the same `W`
@@ -690,20 +698,18 @@ pub fn gemm_prepared_new<F: Float>(
     depth: Option<&sgemm::Depth<'_>>,
 ) -> Vec<F> {
     let out = w.0.dims().1;
-    let mut y = Vec::with_capacity(rows * out);
     let ep = Epilogue {
         accumulate: false,
         bias,
         relu,
     };
-    let c = y.spare_capacity_mut().as_mut_ptr() as *mut F;
-    // SAFETY: `c` is the vector's own `rows * out` fresh elements, which a product that does not accumulate
-    // writes every one of (without reading them) before `set_len`
+    // SAFETY: the new matrix holds `rows` rows of `out` values and aliases nothing; a product that does not
+    // accumulate writes every one of them
     unsafe {
-        prepared_into(x, rows, ldx, w, c, out, ep, depth);
-        y.set_len(rows * out);
+        written(rows * out, |y| {
+            prepared_into(x, rows, ldx, w, y.as_mut_ptr() as *mut F, out, ep, depth)
+        })
     }
-    y
 }
 
 /// [`gemm_prepared`] into raw memory.

@@ -143,8 +143,8 @@ unsafe impl Send for Shared<'_> {}
 unsafe impl Sync for Shared<'_> {}
 
 /// `C = act((accumulate ? C : 0) + bias + A B)` ([`Out`]) for `A` `m x k`, `B` `k x n`, `C` `m x n` (row stride
-/// `crs`, column stride `ccs`), on up to `threads` threads of the current rayon pool; with `depth`, each tile of C runs only over its
-/// part of the depth ([`Depth`]).
+/// `crs`, column stride `ccs`), on up to `threads` threads of the current rayon pool; with `depth`, each tile of C
+/// runs only over its part of the depth ([`Depth`]).
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA ([`available`]); every element the operands' strides address must be valid,
@@ -789,6 +789,39 @@ mod tests {
         });
     }
 
+    /// [`product`] through [`sgemm_packed`]: B (transposed when `tb`) packed beforehand, A as stored.
+    #[allow(clippy::too_many_arguments)]
+    fn packed_product(
+        (m, k, n): (usize, usize, usize),
+        a: &[f32],
+        (b, tb): (&[f32], bool),
+        c: &mut [f32],
+        ldc: usize,
+        out: Out,
+        threads: usize,
+        depth: Option<&Depth<'_>>,
+    ) {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| unsafe {
+            let bo = Operand {
+                ptr: b.as_ptr(),
+                rs: if tb { 1 } else { n as isize },
+                cs: if tb { k as isize } else { 1 },
+            };
+            let packed = PackedB::new(k, n, bo, threads);
+            let ao = Operand {
+                ptr: a.as_ptr(),
+                rs: k as isize,
+                cs: 1,
+            };
+            let c = c.as_mut_ptr();
+            sgemm_packed(m, ao, &packed, c, ldc as isize, 1, out, threads, depth);
+        });
+    }
+
     /// Against a naive f64 product: every transpose, edges of the micro-tile in both directions, a depth over
     /// two blocks, accumulate and overwrite, a C inside a wider matrix (its other columns untouched); 1 and 3
     /// threads give the same bits.
@@ -888,35 +921,16 @@ mod tests {
                             depth,
                         );
                         let mut got = c0.clone();
-                        let pool = rayon::ThreadPoolBuilder::new()
-                            .num_threads(threads)
-                            .build()
-                            .unwrap();
-                        pool.install(|| unsafe {
-                            let bt = Operand {
-                                ptr: b.as_ptr(),
-                                rs: 1,
-                                cs: k as isize,
-                            };
-                            let packed = PackedB::new(k, n, bt, threads);
-                            let a = Operand {
-                                ptr: a.as_ptr(),
-                                rs: k as isize,
-                                cs: 1,
-                            };
-                            let c = got.as_mut_ptr();
-                            sgemm_packed(
-                                m,
-                                a,
-                                &packed,
-                                c,
-                                ldc as isize,
-                                1,
-                                Out::plain(accumulate),
-                                threads,
-                                depth,
-                            );
-                        });
+                        packed_product(
+                            (m, k, n),
+                            &a,
+                            (&b, true),
+                            &mut got,
+                            ldc,
+                            Out::plain(accumulate),
+                            threads,
+                            depth,
+                        );
                         assert!(
                             got == want,
                             "{m}x{k}x{n} depth {} acc {accumulate} threads {threads}",
@@ -1042,35 +1056,16 @@ mod tests {
                             );
                             // the same through B packed beforehand
                             let mut packed_got = start.clone();
-                            let pool = rayon::ThreadPoolBuilder::new()
-                                .num_threads(threads)
-                                .build()
-                                .unwrap();
-                            pool.install(|| unsafe {
-                                let bo = Operand {
-                                    ptr: b.as_ptr(),
-                                    rs: n as isize,
-                                    cs: 1,
-                                };
-                                let packed = PackedB::new(k, n, bo, threads);
-                                let ao = Operand {
-                                    ptr: a.as_ptr(),
-                                    rs: k as isize,
-                                    cs: 1,
-                                };
-                                let c = packed_got.as_mut_ptr();
-                                sgemm_packed(
-                                    m,
-                                    ao,
-                                    &packed,
-                                    c,
-                                    ldc as isize,
-                                    1,
-                                    out,
-                                    threads,
-                                    depth,
-                                );
-                            });
+                            packed_product(
+                                (m, k, n),
+                                &a,
+                                (&b, false),
+                                &mut packed_got,
+                                ldc,
+                                out,
+                                threads,
+                                depth,
+                            );
                             for i in 0..m {
                                 for j in 0..ldc {
                                     let what = format!(
