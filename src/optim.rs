@@ -212,14 +212,13 @@ pub fn clip_grad_norm<F: Float>(params: &mut [&mut Param<F>], max_norm: f64) -> 
     let norm = params
         .iter()
         .filter(|p| p.trainable)
-        .flat_map(|p| p.grad.iter())
-        .map(|g| g.f64() * g.f64())
+        .map(|p| p.grad().iter().map(|g| g.f64() * g.f64()).sum::<f64>())
         .sum::<f64>()
         .sqrt();
     if norm > max_norm && norm.is_finite() {
         let s = F::c(max_norm / (norm + 1e-12));
         for p in params.iter_mut().filter(|p| p.trainable) {
-            p.grad.iter_mut().for_each(|g| *g *= s);
+            p.grad_mut().iter_mut().for_each(|g| *g *= s);
         }
     }
     norm
@@ -290,7 +289,7 @@ mod tests {
             ..OptimConfig::default()
         });
         for _ in 0..2000 {
-            p.grad = p.value().iter().map(|&w| 2.0 * (w - 1.0)).collect();
+            p.set_grad(p.value().iter().map(|&w| 2.0 * (w - 1.0)).collect());
             opt.step(&mut [&mut p], 0.05);
         }
         assert!(
@@ -304,12 +303,12 @@ mod tests {
     fn adam_first_step_matches_hand_computation() {
         // First Adam step moves each weight by lr * sign(g) (bias-corrected m/sqrt(v) = g/|g|).
         let mut p = Param::<f64>::new("w", vec![2], vec![1.0, 1.0]);
-        p.grad = vec![0.5, -4.0];
+        p.set_grad(vec![0.5, -4.0]);
         Adam::new(OptimConfig::default()).step(&mut [&mut p], 0.1);
         assert!((p.value()[0] - 0.9).abs() < 1e-6 && (p.value()[1] - 1.1).abs() < 1e-6);
         // AdamW decays the weight before the step: w - lr*wd*w - lr*sign(g)
         let mut q = Param::<f64>::new("w", vec![1], vec![2.0]);
-        q.grad = vec![1.0];
+        q.set_grad(vec![1.0]);
         let cfg = OptimConfig {
             kind: OptimKind::Adamw,
             weight_decay: 0.5,
@@ -326,10 +325,10 @@ mod tests {
     #[test]
     fn clipping_bounds_the_norm() {
         let mut p = Param::<f64>::new("w", vec![2], vec![0.0, 0.0]);
-        p.grad = vec![3.0, 4.0];
+        p.set_grad(vec![3.0, 4.0]);
         let n = clip_grad_norm(&mut [&mut p], 1.0);
         assert_eq!(n, 5.0);
-        assert!((p.grad[0] - 0.6).abs() < 1e-9 && (p.grad[1] - 0.8).abs() < 1e-9);
+        assert!((p.grad_mut()[0] - 0.6).abs() < 1e-9 && (p.grad_mut()[1] - 0.8).abs() < 1e-9);
     }
 
     #[test]

@@ -329,7 +329,7 @@ fn flow_parameter_gradients_match_finite_differences() {
             .filter(|(_, p)| p.trainable)
             .map(|(n, p)| {
                 let free = (0..p.value().len()).map(|k| p.is_free(k)).collect();
-                (n.clone(), p.grad.clone(), free)
+                (n.clone(), p.grad().to_vec(), free)
             })
             .collect();
         let h = 1e-6;

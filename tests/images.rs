@@ -163,7 +163,7 @@ fn multiscale_parameter_gradients_match_finite_differences() {
             .named_params()
             .iter()
             .filter(|(_, p)| p.trainable)
-            .map(|(n, p)| (n.clone(), p.grad.clone()))
+            .map(|(n, p)| (n.clone(), p.grad().to_vec()))
             .collect();
         assert!(grads.len() > 4, "{name}: parameters");
         let h = 1e-6;

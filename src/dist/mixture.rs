@@ -248,14 +248,14 @@ impl<F: Float> Distribution<F> for GaussianMixture<F> {
             for j in 0..k {
                 let resp = (a[j] - lp).exp(); // posterior of component j
                 let w = self.logits.value()[j];
-                self.logits.grad[j] += (resp - (w - lse_w).exp()) * g;
+                self.logits.grad_mut()[j] += (resp - (w - lse_w).exp()) * g;
                 for i in 0..d {
                     let c = j * d + i;
                     let inv = (-self.log_scale.value()[c]).exp();
                     let u = (zr[i] - self.loc.value()[c]) * inv;
                     dz.data[r * d + i] -= resp * u * inv * g;
-                    self.loc.grad[c] += resp * u * inv * g;
-                    self.log_scale.grad[c] += resp * (u * u - F::one()) * g;
+                    self.loc.grad_mut()[c] += resp * u * inv * g;
+                    self.log_scale.grad_mut()[c] += resp * (u * u - F::one()) * g;
                 }
             }
         }

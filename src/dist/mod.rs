@@ -151,8 +151,8 @@ impl<F: Float> Distribution<F> for DiagNormal<F> {
                 let u = (z.at(r, j) - self.loc.value()[j]) * inv;
                 // log p = -0.5 u^2 - log_sigma + const
                 dz.data[r * d + j] = -u * inv * g;
-                self.loc.grad[j] += u * inv * g;
-                self.log_scale.grad[j] += (u * u - F::one()) * g;
+                self.loc.grad_mut()[j] += u * inv * g;
+                self.log_scale.grad_mut()[j] += (u * u - F::one()) * g;
             }
         }
         dz

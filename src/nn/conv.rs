@@ -68,7 +68,7 @@ impl<F: Float> Conv2d<F> {
     /// Accumulate weight and bias gradients for `dy` at input `x`; return `dx`.
     pub fn backward(&mut self, dy: &Mat<F>, x: &Mat<F>, s: Hw) -> Mat<F> {
         let kc = self.k * self.k * self.cin;
-        add_col_sums(dy, &mut self.bias.grad);
+        add_col_sums(dy, self.bias.grad_mut());
         let owned;
         let cols = if self.k == 1 {
             x
@@ -88,7 +88,7 @@ impl<F: Float> Conv2d<F> {
             cols.rows,
             kc,
             false,
-            &mut self.weight.grad,
+            self.weight.grad_mut(),
             true,
         );
         // dcols = dy W
@@ -401,8 +401,8 @@ mod tests {
             }
         };
         close(&dx.data, &want_dx, "dx");
-        close(&conv.weight.grad, &want_dw, "dW");
-        close(&conv.bias.grad, &want_db, "db");
+        close(&conv.weight.grad(), &want_dw, "dW");
+        close(&conv.bias.grad(), &want_db, "db");
     }
 
     /// L = <w, net(x)>: input and parameter gradients against central differences.
@@ -443,7 +443,7 @@ mod tests {
                 dx.data[k]
             );
         }
-        let grads: Vec<Vec<f64>> = net.params().iter().map(|p| p.grad.clone()).collect();
+        let grads: Vec<Vec<f64>> = net.params().iter().map(|p| p.grad().to_vec()).collect();
         for (pi, g) in grads.iter().enumerate() {
             for k in (0..g.len()).step_by((g.len() / 10).max(1)) {
                 let bump =

@@ -523,7 +523,7 @@ impl<F: Float> Linear<F> {
                 View::block(out, 0, n, 0, out).t(),
                 &x.data,
                 View::block(inp, 0, n, 0, inp),
-                &mut self.weight.grad,
+                self.weight.grad_mut(),
                 View::block(inp, 0, out, 0, inp),
                 true,
                 &|i, j| match p.live[i * p.live_cols + j] {
@@ -532,17 +532,10 @@ impl<F: Float> Linear<F> {
                 },
             );
         } else if self.blocks.is_empty() {
+            // after `zero_grad` the product writes the gradient instead of adding to zeros
+            let (g, accumulate) = self.weight.grad_for_write();
             kernels::gemm(
-                &dy.data,
-                dy.rows,
-                dy.cols,
-                true,
-                &x.data,
-                x.rows,
-                x.cols,
-                false,
-                &mut self.weight.grad,
-                true,
+                &dy.data, dy.rows, dy.cols, true, &x.data, x.rows, x.cols, false, g, accumulate,
             );
         } else {
             // every block owns its own weights: split the blocks over the threads by area
@@ -561,12 +554,10 @@ impl<F: Float> Linear<F> {
                     View::block(self.inp, b.o0, h, b.i0, w),
                 ));
             }
-            kernels::gemm_tasks(&dy.data, &x.data, &mut self.weight.grad, &tasks, true);
+            kernels::gemm_tasks(&dy.data, &x.data, self.weight.grad_mut(), &tasks, true);
         }
-        if let Some(m) = &self.weight.mask {
-            kernels::zip_inplace(&mut self.weight.grad, m, |g, m| g * m);
-        }
-        kernels::add_col_sums(dy, &mut self.bias.grad);
+        self.weight.mask_grad();
+        kernels::add_col_sums(dy, self.bias.grad_mut());
         want_dx.then(|| self.input_grad(dy))
     }
 }
@@ -1060,14 +1051,46 @@ mod tests {
             };
             close(&l.forward(&x).data, &dense.forward(&x).data, "forward");
             // gradients accumulate onto what is there
-            l.weight.grad.iter_mut().for_each(|g| *g = F::one());
-            dense.weight.grad.iter_mut().for_each(|g| *g = F::one());
+            l.weight.grad_mut().iter_mut().for_each(|g| *g = F::one());
+            dense
+                .weight
+                .grad_mut()
+                .iter_mut()
+                .for_each(|g| *g = F::one());
             let dx = l.backward(&x, &dy, true).unwrap();
             let dxd = dense.backward(&x, &dy, true).unwrap();
             close(&dx.data, &dxd.data, "input gradient");
-            close(&l.weight.grad, &dense.weight.grad, "weight gradient");
-            close(&l.bias.grad, &dense.bias.grad, "bias gradient");
+            close(&l.weight.grad(), &dense.weight.grad(), "weight gradient");
+            close(&l.bias.grad(), &dense.bias.grad(), "bias gradient");
         }
+    }
+
+    /// A dense layer's weight gradient after `zero_grad` is the product alone, whatever the memory held (the
+    /// product overwrites it), and a second backward adds to it; f64 and f32 (the kernel, where the CPU has it).
+    #[test]
+    fn weight_gradient_after_zero_grad_is_overwritten() {
+        overwritten::<f64>();
+        overwritten::<f32>();
+    }
+
+    fn overwritten<F: Float>() {
+        let mut r = rng(5);
+        let fresh: Linear<F> = Linear::new("l", 40, 50, &mut r);
+        let x: Mat<F> = randn(&mut r, 30, 40);
+        let dy: Mat<F> = randn(&mut r, 30, 50);
+        let mut want = fresh.clone();
+        want.backward(&x, &dy, false);
+        let mut l = fresh.clone();
+        l.weight.set_grad(vec![F::nan(); 40 * 50]);
+        l.bias.set_grad(vec![F::nan(); 50]);
+        l.weight.zero_grad();
+        l.bias.zero_grad();
+        l.backward(&x, &dy, false);
+        assert_eq!(l.weight.grad(), want.weight.grad());
+        assert_eq!(l.bias.grad(), want.bias.grad());
+        l.backward(&x, &dy, false);
+        let twice: Vec<F> = want.weight.grad().iter().map(|&g| g + g).collect();
+        assert_eq!(*l.weight.grad(), twice[..]);
     }
 
     /// Inference on packed weights gives the training forward's bits (dense and masked layers, batches on and

@@ -21,7 +21,13 @@ pub struct Param<F> {
     /// The values (read with [`Param::value`]; every write goes through [`Param::value_mut`] or
     /// [`Param::set_value`], which give the tensor a new [`Param::version`]).
     value: Vec<F>,
-    pub grad: Vec<F>,
+    /// The gradient (read with [`Param::grad`], written through [`Param::grad_mut`] or, by a product that writes
+    /// every entry, [`Param::grad_for_write`]).
+    grad: Vec<F>,
+    /// The gradient is zero but its memory not yet cleared: [`Param::zero_grad`] only marks it, so the product
+    /// that computes a big weight gradient overwrites it instead of clearing it first and then reading the
+    /// zeros back (two passes over w3's 54 MB of weight gradients in each step).
+    stale: bool,
     pub trainable: bool,
     /// Structural zeros (MADE's masked weights): entries where the mask is 0 are not parameters. They hold 0,
     /// their gradients are zeroed by the module that owns them, and gradient checks skip them.
@@ -46,6 +52,7 @@ impl<F: Float> Param<F> {
             shape,
             value,
             grad: vec![F::zero(); n],
+            stale: false,
             trainable: true,
             mask: None,
             version: next_version(),
@@ -62,8 +69,41 @@ impl<F: Float> Param<F> {
     }
     /// [`Param::value_mut`] beside read access to the gradient (an optimiser's step).
     pub fn value_and_grad_mut(&mut self) -> (&mut [F], &[F]) {
+        self.grad_mut();
         self.version = next_version();
         (&mut self.value, &self.grad)
+    }
+    /// The gradient (zeros after [`Param::zero_grad`] until something is added to it).
+    pub fn grad(&self) -> std::borrow::Cow<'_, [F]> {
+        match self.stale {
+            true => std::borrow::Cow::Owned(vec![F::zero(); self.grad.len()]),
+            false => std::borrow::Cow::Borrowed(&self.grad),
+        }
+    }
+    /// The gradient, to add to (cleared first if [`Param::zero_grad`] left it stale).
+    pub fn grad_mut(&mut self) -> &mut [F] {
+        if self.stale {
+            crate::engine::kernels::map_inplace(&mut self.grad, |_| F::zero());
+            self.stale = false;
+        }
+        &mut self.grad
+    }
+    /// The gradient's memory and whether it holds a gradient to add to (`false`: it is zero, and the caller
+    /// must write every entry, as a product that does not accumulate does).
+    pub fn grad_for_write(&mut self) -> (&mut [F], bool) {
+        let accumulate = !std::mem::take(&mut self.stale);
+        (&mut self.grad, accumulate)
+    }
+    /// Replace the gradient (same length).
+    pub fn set_grad(&mut self, grad: Vec<F>) {
+        assert_eq!(
+            grad.len(),
+            self.grad.len(),
+            "{}: wrong number of gradients",
+            self.name
+        );
+        self.grad = grad;
+        self.stale = false;
     }
     /// Set every value to `v`.
     pub fn fill(&mut self, v: F) {
@@ -95,8 +135,15 @@ impl<F: Float> Param<F> {
         p.grad = Vec::new();
         p
     }
+    /// Set the gradient to zero (lazily: the memory is cleared, or overwritten, by the next write).
     pub fn zero_grad(&mut self) {
-        crate::engine::kernels::map_inplace(&mut self.grad, |_| F::zero());
+        self.stale = true;
+    }
+    /// Zero the gradient of the structural zeros ([`Param::set_mask`]), if any.
+    pub fn mask_grad(&mut self) {
+        if let (Some(m), false) = (&self.mask, self.stale) {
+            crate::engine::kernels::zip_inplace(&mut self.grad, m, |g, m| g * m);
+        }
     }
     /// Whether entry `k` is a free parameter (not a structural zero).
     pub fn is_free(&self, k: usize) -> bool {
@@ -116,6 +163,33 @@ impl<F: Float> Param<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `zero_grad` leaves the memory alone but every read sees zeros: `grad`, `grad_mut` (which clears it),
+    /// the optimiser's `value_and_grad_mut`, and `grad_for_write` (which reports it as nothing to add to, once).
+    #[test]
+    fn zero_grad_reads_as_zeros() {
+        let mut p: Param<f64> = Param::new("p", vec![3], vec![1.0, 2.0, 3.0]);
+        p.set_grad(vec![4.0, 5.0, 6.0]);
+        assert_eq!(*p.grad(), [4.0, 5.0, 6.0]);
+        p.zero_grad();
+        assert_eq!(*p.grad(), [0.0; 3]);
+        p.grad_mut()[1] += 1.0;
+        assert_eq!(*p.grad(), [0.0, 1.0, 0.0]);
+        p.zero_grad();
+        assert_eq!(p.value_and_grad_mut().1, [0.0; 3]);
+        p.set_grad(vec![4.0, 5.0, 6.0]);
+        p.zero_grad();
+        let (g, accumulate) = p.grad_for_write();
+        assert!(!accumulate, "a zeroed gradient reported as something to add to");
+        g.copy_from_slice(&[7.0, 8.0, 9.0]);
+        assert!(p.grad_for_write().1);
+        assert_eq!(*p.grad(), [7.0, 8.0, 9.0]);
+        // masking a zeroed gradient keeps it zero
+        p.set_mask(vec![1.0, 0.0, 1.0]);
+        p.zero_grad();
+        p.mask_grad();
+        assert_eq!(*p.grad(), [0.0; 3]);
+    }
 
     /// Every way of writing the values gives a new version, reads do not, and a clone shares its original's
     /// version until either is written.

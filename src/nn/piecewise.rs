@@ -352,8 +352,8 @@ impl<F: Float> Pieces<F> {
         }
         let mid = (out / 2).next_multiple_of(8).min(out);
         let (w0, b0) = (l0.weight.value(), l0.bias.value());
-        let (gw_lo, gw_hi) = l1.weight.grad.split_at_mut(mid * h);
-        let (gb_lo, gb_hi) = l1.bias.grad.split_at_mut(mid);
+        let (gw_lo, gw_hi) = l1.weight.grad_mut().split_at_mut(mid * h);
+        let (gb_lo, gb_hi) = l1.bias.grad_mut().split_at_mut(mid);
         let job = |cols: (usize, usize), gw: &mut [F], gb: &mut [F]| {
             let half = Half {
                 w0,
@@ -373,8 +373,8 @@ impl<F: Float> Pieces<F> {
         );
         if params {
             for j in 0..h {
-                l0.weight.grad[j] += F::c(lo.0[j] + hi.0[j]);
-                l0.bias.grad[j] += F::c(lo.1[j] + hi.1[j]);
+                l0.weight.grad_mut()[j] += F::c(lo.0[j] + hi.0[j]);
+                l0.bias.grad_mut()[j] += F::c(lo.1[j] + hi.1[j]);
             }
         }
         want_dx.then(|| Mat::from_vec(n, 1, lo.2.iter().zip(&hi.2).map(|(&a, &b)| a + b).collect()))
@@ -617,24 +617,25 @@ mod tests {
                 let dy = Mat::from_vec(300, 3, dy.data);
                 // gradients accumulate onto what is there
                 for (p, q) in fast.params_mut().into_iter().zip(dense.params_mut()) {
-                    p.grad.iter_mut().for_each(|g| *g = 0.5);
-                    q.grad.iter_mut().for_each(|g| *g = 0.5);
+                    p.grad_mut().iter_mut().for_each(|g| *g = 0.5);
+                    q.grad_mut().iter_mut().for_each(|g| *g = 0.5);
                 }
                 let dx = fast.backward(&dy, true).unwrap();
                 let dx_ref = dense.backward(&dy, true).unwrap();
                 close(&dx.data, &dx_ref.data, "dx");
                 for (p, q) in fast.params().into_iter().zip(dense.params()) {
-                    close(&p.grad, &q.grad, &p.name);
+                    close(&p.grad(), &q.grad(), &p.name);
                 }
                 // the input gradient alone leaves the parameter gradients as they are
-                let before: Vec<Vec<f64>> = fast.params().iter().map(|p| p.grad.clone()).collect();
+                let before: Vec<Vec<f64>> =
+                    fast.params().iter().map(|p| p.grad().to_vec()).collect();
                 close(
                     &fast.backward_input(&dy).data,
                     &dx_ref.data,
                     "backward_input",
                 );
                 for (p, b) in fast.params().into_iter().zip(&before) {
-                    assert_eq!(&p.grad, b);
+                    assert_eq!(&p.grad().to_vec(), b);
                 }
             }
         }
@@ -800,7 +801,7 @@ mod tests {
         };
         assert_eq!(run(&mut m1, 1).data, run(&mut m3, 3).data);
         for (p, q) in m1.params().into_iter().zip(m3.params()) {
-            assert_eq!(p.grad, q.grad);
+            assert_eq!(p.grad(), q.grad());
         }
     }
 }

@@ -99,20 +99,22 @@ impl<F: Float> Transform<F> for ActNorm<F> {
         let e: Vec<F> = self.log_scale.value().iter().map(|&s| s.exp()).collect();
         let gsum: F = dlogdet.iter().copied().sum::<F>() * F::c(hw as f64);
         let mut dx = dz.clone();
+        let bias = self.bias.value().to_vec();
+        let (gb, gs) = (self.bias.grad_mut(), self.log_scale.grad_mut());
         for r in 0..dz.rows {
             let xr = self.x.row(r);
             let dzr = dz.row(r);
             for j in 0..d {
                 let c = j / hw;
-                self.bias.grad[c] += dzr[j] * e[c];
-                self.log_scale.grad[c] += dzr[j] * (xr[j] + self.bias.value()[c]) * e[c];
+                gb[c] += dzr[j] * e[c];
+                gs[c] += dzr[j] * (xr[j] + bias[c]) * e[c];
             }
             dx.row_mut(r)
                 .iter_mut()
                 .enumerate()
                 .for_each(|(j, v)| *v *= e[j / hw]);
         }
-        self.log_scale.grad.iter_mut().for_each(|g| *g += gsum);
+        gs.iter_mut().for_each(|g| *g += gsum);
         dx
     }
     fn params(&self) -> Vec<&Param<F>> {

@@ -126,6 +126,7 @@ impl<F: Float> Transform<F> for BatchNorm<F> {
         // dL/dxhat = dz * exp(gamma); sums over the batch for the batch-statistics terms.
         let mut sum_dxh = vec![F::zero(); d];
         let mut sum_dxh_xh = vec![F::zero(); d];
+        let (gb, gg) = (self.beta.grad_mut(), self.log_gamma.grad_mut());
         for r in 0..n {
             let dzr = dz.row(r);
             let xh = self.xhat.row(r);
@@ -133,11 +134,11 @@ impl<F: Float> Transform<F> for BatchNorm<F> {
                 let dxh = dzr[j] * e[j];
                 sum_dxh[j] += dxh;
                 sum_dxh_xh[j] += dxh * xh[j];
-                self.beta.grad[j] += dzr[j];
-                self.log_gamma.grad[j] += dzr[j] * xh[j] * e[j];
+                gb[j] += dzr[j];
+                gg[j] += dzr[j] * xh[j] * e[j];
             }
         }
-        self.log_gamma.grad.iter_mut().for_each(|g| *g += gsum);
+        gg.iter_mut().for_each(|g| *g += gsum);
         let mut dx = Mat::zeros(n, d);
         for r in 0..n {
             let dzr = dz.row(r);

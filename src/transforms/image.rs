@@ -433,7 +433,7 @@ impl<F: Float> Transform<F> for InvConv1x1<F> {
                 let (winv, _) = inverse_logdet(&w, c);
                 for i in 0..c {
                     for j in 0..c {
-                        wp.grad[i * c + j] += F::c(g[i * c + j] + gld * winv[j * c + i]);
+                        wp.grad_mut()[i * c + j] += F::c(g[i * c + j] + gld * winv[j * c + i]);
                     }
                 }
             }
@@ -451,12 +451,12 @@ impl<F: Float> Transform<F> for InvConv1x1<F> {
                         for j in 0..c {
                             let k = i * c + j;
                             if j < i {
-                                lower.grad[k] += F::c(dl[k]);
+                                lower.grad_mut()[k] += F::c(dl[k]);
                             } else if j > i {
-                                upper.grad[k] += F::c(du[k]);
+                                upper.grad_mut()[k] += F::c(du[k]);
                             }
                         }
-                        log_s.grad[i] += F::c(ds[i] + gld);
+                        log_s.grad_mut()[i] += F::c(ds[i] + gld);
                     }
                 }
             }

@@ -141,7 +141,7 @@ impl<F: Float> Transform<F> for LuLinear<F> {
             &mut dx.data,
             false,
         );
-        crate::engine::kernels::add_col_sums(dz, &mut self.bias.grad);
+        crate::engine::kernels::add_col_sums(dz, self.bias.grad_mut());
         // dW = dz^T x, then through W = P M: dM[perm[i], :] = dW[i, :]
         let mut dw = vec![F::zero(); d * d];
         gemm(
@@ -172,12 +172,12 @@ impl<F: Float> Transform<F> for LuLinear<F> {
             for j in 0..d {
                 let k = i * d + j;
                 if j < i {
-                    self.lower.grad[k] += dl[k];
+                    self.lower.grad_mut()[k] += dl[k];
                 } else if j > i {
-                    self.upper.grad[k] += du[k];
+                    self.upper.grad_mut()[k] += du[k];
                 }
             }
-            self.log_diag.grad[i] += du[i * d + i] * u[i * d + i] + gsum;
+            self.log_diag.grad_mut()[i] += du[i * d + i] * u[i * d + i] + gsum;
         }
         dx
     }

@@ -55,15 +55,16 @@ impl<F: Float> Transform<F> for Scaling<F> {
         let e: Vec<F> = self.log_scale.value().iter().map(|&s| s.exp()).collect();
         let gsum: F = dlogdet.iter().copied().sum();
         let mut dx = dz.clone();
+        let gs = self.log_scale.grad_mut();
         for r in 0..dz.rows {
             let xr = self.x.row(r);
             let dzr = dz.row(r);
             for j in 0..e.len() {
-                self.log_scale.grad[j] += dzr[j] * xr[j] * e[j];
+                gs[j] += dzr[j] * xr[j] * e[j];
             }
             dx.row_mut(r).iter_mut().zip(&e).for_each(|(v, &e)| *v *= e);
         }
-        self.log_scale.grad.iter_mut().for_each(|g| *g += gsum);
+        gs.iter_mut().for_each(|g| *g += gsum);
         dx
     }
     fn params(&self) -> Vec<&Param<F>> {

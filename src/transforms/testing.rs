@@ -210,7 +210,7 @@ pub fn check_transform(
         .filter(|p| p.trainable)
         .map(|p| {
             let free = (0..p.value().len()).map(|k| p.is_free(k)).collect();
-            (p.name.clone(), p.grad.clone(), free)
+            (p.name.clone(), p.grad().to_vec(), free)
         })
         .collect();
     for (pi, (name, grad, free)) in grads.iter().enumerate() {
