@@ -180,7 +180,10 @@ mod tests {
         p.set_grad(vec![4.0, 5.0, 6.0]);
         p.zero_grad();
         let (g, accumulate) = p.grad_for_write();
-        assert!(!accumulate, "a zeroed gradient reported as something to add to");
+        assert!(
+            !accumulate,
+            "a zeroed gradient reported as something to add to"
+        );
         g.copy_from_slice(&[7.0, 8.0, 9.0]);
         assert!(p.grad_for_write().1);
         assert_eq!(*p.grad(), [7.0, 8.0, 9.0]);
