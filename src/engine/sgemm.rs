@@ -300,19 +300,19 @@ pub unsafe fn sgemm_packed(
         pb: b.buf.as_ptr().add(b.start) as *mut f32,
         depth,
     };
-    // without depth ranges a task takes an equal share of the (row panel, column panel) cells in row-major
-    // order, so its first and last row panels may be partial: the split is even to a cell where whole row
-    // panels split a batch of 256 rows (43 panels) 21 / 22, one thread waiting 4.6% of the product. Each task
-    // packs the row panels it touches (a panel shared by two tasks is packed by both).
+    // without depth ranges, on several threads, a task takes an equal share of the (row panel, column panel)
+    // cells in row-major order, so its first and last row panels may be partial: the split is even to a cell
+    // where whole row panels split a batch of 256 rows (43 panels) 21 / 22, one thread waiting 4.6% of the
+    // product. Each task packs the row panels it touches (a panel shared by two tasks is packed by both).
     let cells = |q: usize| match depth {
-        None => {
+        None if threads > 1 => {
             let (c0, c1) = (q * pm * pn / slabs, (q + 1) * pm * pn / slabs);
             match c0 < c1 {
                 true => ((c0 / pn, c0 % pn), (c1.div_ceil(pn), (c1 - 1) % pn + 1)),
                 false => ((0, 0), (0, 0)),
             }
         }
-        Some(_) => ((q * pm / slabs, 0), ((q + 1) * pm / slabs, pn)),
+        _ => ((q * pm / slabs, 0), ((q + 1) * pm / slabs, pn)),
     };
     let task = |q: usize| {
         let s = *shared;
@@ -354,9 +354,16 @@ pub unsafe fn sgemm_packed(
             if panels == 1 {
                 run((0, 1), (j0, j1));
             } else {
-                run((0, 1), (j0, pn));
-                run((1, panels - 1), (0, pn));
-                run((panels - 1, panels), (0, j1));
+                // column ranges cut at j0 and j1, each over the rows that have its columns (contiguous): every
+                // column's packed weights streamed once, as for whole rows
+                let mut cuts = [0, j0, j1, pn];
+                cuts.sort_unstable();
+                for w in cuts.windows(2) {
+                    let (a, b) = (w[0], w[1]);
+                    let first = if a >= j0 { 0 } else { 1 };
+                    let last = if a < j1 { panels } else { panels - 1 };
+                    run((first, last), (a, b));
+                }
             }
         });
     };
