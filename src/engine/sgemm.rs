@@ -408,14 +408,18 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
     // line per depth step, a row stride apart (4 KB for a 1024-wide weight: a line per page, which the
     // prefetcher does not follow; `bench/gemm` at 1 thread: w3's 256 x 1024 x 1024 input-gradient product 60-69
     // GFLOP/s against 73-92 for its other shapes, 90-91 against 90-94 in bands)
-    let by_rows = |o: Operand| s.depth.is_none() && o.cs == 1 && k >= 2 * BAND;
+    // (with depth ranges, each panel only over the steps its tiles use: MADE's input gradient, whose weight
+    // is B with contiguous lanes)
+    let by_rows = |o: Operand| o.cs == 1 && k >= 2 * BAND;
     let (a_rows, b_rows) = (by_rows(Operand { cs: s.a.rs, ..s.a }), by_rows(s.b));
     let a_units = if a_rows { k.div_ceil(BAND) } else { pm };
     let b_units = if b_rows { k.div_ceil(BAND) } else { pn };
     let pack = |u: usize| match u < a_units {
-        true if a_rows => pack_band::<MR>(s.a.ptr, s.a.cs, m, k, u * BAND, pm, s.pa),
+        true if a_rows => pack_band::<MR>(s.a.ptr, s.a.cs, m, k, u * BAND, &a_used, s.pa),
         true => pack_a(s, m, k, u, pm, a_used[u]),
-        false if b_rows => pack_band::<NR>(s.b.ptr, s.b.rs, n, k, (u - a_units) * BAND, pn, s.pb),
+        false if b_rows => {
+            pack_band::<NR>(s.b.ptr, s.b.rs, n, k, (u - a_units) * BAND, &b_used, s.pb)
+        }
         false => pack_b(s, n, k, u - a_units, pn, b_used[u - a_units]),
     };
     let units = a_units + b_units;
@@ -519,20 +523,24 @@ const BAND: usize = 16;
 
 /// Depth steps `p0..p0 + BAND` (within `k`) of every `W`-lane micro-panel of an operand whose lanes are
 /// contiguous: lane `q` at depth `p` is `src[q + p * ps]`, `lanes` of them (zero past the last); into the
-/// packed layout at `dst` ([`panel_offset`], `panels` panels).
+/// packed layout at `dst` ([`panel_offset`]), panel `j` only at the steps inside `used[j]`.
 unsafe fn pack_band<const W: usize>(
     src: *const f32,
     ps: isize,
     lanes: usize,
     k: usize,
     p0: usize,
-    panels: usize,
+    used: &[(usize, usize)],
     dst: *mut f32,
 ) {
+    let panels = used.len();
     let (b0, kc) = (p0 / KC * KC, KC.min(k - p0 / KC * KC));
     for p in p0..(p0 + BAND).min(k) {
         let row = src.offset(p as isize * ps);
-        for j in 0..panels {
+        for (j, &(lo, hi)) in used.iter().enumerate() {
+            if p < lo || p >= hi {
+                continue;
+            }
             let d = dst.add(panel_offset(b0, kc, j, W, panels) + (p - b0) * W);
             let w = W.min(lanes - j * W);
             if w == W {
