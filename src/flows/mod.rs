@@ -736,6 +736,11 @@ impl<F: Float> Flow<F> {
         let g = vec![-F::one() / F::c(n as f64); n];
         let mut dz = self.base.log_prob_backward(&z, ctx, &g);
         for (i, t) in self.transforms.iter_mut().enumerate().rev() {
+            if i == 0 {
+                // dL/dx of the data is not needed
+                t.backward_params(&dz, &g);
+                break;
+            }
             dz = t.backward(&dz, &g);
             if dz.first_non_finite().is_some() {
                 return Err(Error::NonFinite {

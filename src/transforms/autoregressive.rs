@@ -179,15 +179,21 @@ impl<F: Float> AffineAr<F> {
         g
     }
 
-    /// Backward of `(y, ld) = (g(u), sum l)` given dL/dy and dL/dld: accumulates parameter gradients, returns dL/du.
-    fn backward_apply(&mut self, dy: &Mat<F>, gld: &[F]) -> Mat<F> {
-        let d = self.d;
+    /// The MADE output gradient of `(y, ld) = (g(u), sum l)` given dL/dy and dL/dld.
+    fn apply_grad(&self, dy: &Mat<F>, gld: &[F]) -> Mat<F> {
         let (s, u, dl) = (&self.s, &self.u, &self.dl);
-        let dh = self.made_grad(
+        self.made_grad(
             dy.rows,
             |_, c| dy.data[c],
             |r, c| (dy.data[c] * u[c] * s[c] + gld[r]) * dl[c],
-        );
+        )
+    }
+
+    /// Backward of `(y, ld) = (g(u), sum l)` given dL/dy and dL/dld: accumulates parameter gradients, returns dL/du.
+    fn backward_apply(&mut self, dy: &Mat<F>, gld: &[F]) -> Mat<F> {
+        let d = self.d;
+        let dh = self.apply_grad(dy, gld);
+        let s = &self.s;
         let mut du = Mat::from_vec(
             dy.rows,
             d,
@@ -300,6 +306,10 @@ impl<F: Float> Transform<F> for Maf<F> {
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         self.0.backward_apply(dz, dlogdet)
+    }
+    fn backward_params(&mut self, dz: &Mat<F>, dlogdet: &[F]) {
+        let dh = self.0.apply_grad(dz, dlogdet);
+        self.0.made.backward_params(&dh);
     }
     fn context_grad(&mut self) -> Option<Mat<F>> {
         self.0.made.take_context_grad()

@@ -239,9 +239,7 @@ impl<F: Float> CouplingCore<F> {
     /// Add the conditioner's input gradient (first |a| columns of `din`) into `dx`; keep the context's
     /// (the remaining columns) for [`Transform::context_grad`].
     pub(crate) fn add_input_grad(&mut self, dx: &mut Mat<F>, din: &Mat<F>) {
-        let na = self.ia.len();
-        self.dctx = (self.ctx_dim > 0)
-            .then(|| din.gather_cols(&(na..na + self.ctx_dim).collect::<Vec<_>>()));
+        self.keep_context_grad(din);
         for r in 0..dx.rows {
             let src = din.row(r);
             let cols = dx.cols;
@@ -249,6 +247,19 @@ impl<F: Float> CouplingCore<F> {
             for (k, &j) in self.ia.iter().enumerate() {
                 dst[j] += src[k];
             }
+        }
+    }
+    fn keep_context_grad(&mut self, din: &Mat<F>) {
+        let na = self.ia.len();
+        self.dctx = (self.ctx_dim > 0)
+            .then(|| din.gather_cols(&(na..na + self.ctx_dim).collect::<Vec<_>>()));
+    }
+    /// The conditioner's backward for its output gradient `dh` when dL/dx is not wanted: parameter gradients,
+    /// and the context's (the only input gradient then formed).
+    pub(crate) fn backward_params(&mut self, dh: &Mat<F>) {
+        self.dctx = None;
+        if let Some(din) = self.net.backward(dh, self.ctx_dim > 0) {
+            self.keep_context_grad(&din);
         }
     }
     pub(crate) fn params(&self) -> Vec<&Param<F>> {
@@ -331,6 +342,10 @@ impl<F: Float> Transform<F> for AdditiveCoupling<F> {
         self.core.add_input_grad(&mut dx, &din);
         dx
     }
+    fn backward_params(&mut self, dz: &Mat<F>, _dlogdet: &[F]) {
+        let dt = dz.gather_cols(&self.core.ib);
+        self.core.backward_params(&dt);
+    }
     delegate_to_core!();
 }
 
@@ -363,6 +378,38 @@ impl<F: Float> AffineCoupling<F> {
             s: Vec::new(),
             dl: Vec::new(),
         }
+    }
+
+    /// dL/dh, the conditioner's output gradient `[dL/dt, dL/dl * dl/dh]`, from dL/dz and dL/dlogdet; with
+    /// `dx` (a copy of dz), in the same pass its transformed features' part of dL/dx (`dz_b * exp(l)`).
+    fn conditioner_grad(&self, dz: &Mat<F>, dlogdet: &[F], dx: Option<&mut Mat<F>>) -> Mat<F> {
+        let nb = self.core.ib.len();
+        let cols = dz.cols;
+        let mut dh = Mat::zeros(dz.rows, 2 * nb);
+        let row = |r: usize, dhr: &mut [F], mut dxr: Option<&mut [F]>| {
+            let g = dlogdet[r];
+            let dzr = &dz.data[r * cols..(r + 1) * cols];
+            for (k, &j) in self.core.ib.iter().enumerate() {
+                let c = r * nb + k;
+                let (s, d) = (self.s[c], dzr[j]);
+                if let Some(dxr) = dxr.as_deref_mut() {
+                    dxr[j] = d * s;
+                }
+                dhr[k] = d;
+                dhr[nb + k] = (d * self.xb[c] * s + g) * self.dl[c];
+            }
+        };
+        // rows are independent: split over the pool when large
+        let par = dz.rows * nb >= 1 << 14 && rayon::current_num_threads() > 1;
+        let min = if par { 32 } else { usize::MAX };
+        let dhs = dh.data.par_chunks_mut(2 * nb).enumerate().with_min_len(min);
+        match dx {
+            Some(dx) => dhs
+                .zip(dx.data.par_chunks_mut(cols))
+                .for_each(|((r, dhr), dxr)| row(r, dhr, Some(dxr))),
+            None => dhs.for_each(|(r, dhr)| row(r, dhr, None)),
+        }
+        dh
     }
 
     /// One fused pass: scale, shift and log-det. `cache` receives (x_b, s, dl/dh) when training. Rows are
@@ -489,32 +536,15 @@ impl<F: Float> Transform<F> for AffineCoupling<F> {
         out
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let nb = self.core.ib.len();
         let mut dx = dz.clone();
-        let mut dh = Mat::zeros(dz.rows, 2 * nb);
-        let cols = dx.cols;
-        // rows are independent: split over the pool when large
-        let row = |r: usize, dxr: &mut [F], dhr: &mut [F]| {
-            let g = dlogdet[r];
-            for (k, &j) in self.core.ib.iter().enumerate() {
-                let c = r * nb + k;
-                let s = self.s[c];
-                let d = dxr[j];
-                dxr[j] = d * s;
-                dhr[k] = d;
-                dhr[nb + k] = (d * self.xb[c] * s + g) * self.dl[c];
-            }
-        };
-        let par = dz.rows * nb >= 1 << 14 && rayon::current_num_threads() > 1;
-        dx.data
-            .par_chunks_mut(cols)
-            .zip(dh.data.par_chunks_mut(2 * nb))
-            .enumerate()
-            .with_min_len(if par { 32 } else { usize::MAX })
-            .for_each(|(r, (dxr, dhr))| row(r, dxr, dhr));
+        let dh = self.conditioner_grad(dz, dlogdet, Some(&mut dx));
         let din = self.core.net.backward(&dh, true).expect("input gradient");
         self.core.add_input_grad(&mut dx, &din);
         dx
+    }
+    fn backward_params(&mut self, dz: &Mat<F>, dlogdet: &[F]) {
+        let dh = self.conditioner_grad(dz, dlogdet, None);
+        self.core.backward_params(&dh);
     }
     delegate_to_core!();
 }

@@ -46,6 +46,12 @@ pub trait Transform<F: Float>: Send + Sync {
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>);
     /// Given dL/dz and dL/dlogdet of the last `forward_train`, accumulate parameter gradients; return dL/dx.
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F>;
+    /// [`backward`](Self::backward) for a transform whose input gradient nobody reads (a flow's first, whose
+    /// input is the data): the same parameter (and context) gradients, dL/dx not formed. Transforms whose
+    /// conditioner then skips its first layer's input-gradient product override it.
+    fn backward_params(&mut self, dz: &Mat<F>, dlogdet: &[F]) {
+        self.backward(dz, dlogdet);
+    }
     /// dL/dcontext of the last `backward` (taken: a second call returns `None`), for a learned context
     /// embedding in front of the flow. `None` for transforms that ignore the context.
     fn context_grad(&mut self) -> Option<Mat<F>> {

@@ -247,4 +247,34 @@ pub fn check_transform(
             );
         }
     }
+    // 4. the backward that skips dL/dx (a flow's first transform) leaves the same parameter and context
+    // gradients as the full one, to the bit (at the parameters as they are now: the steps above moved them
+    // by rounding)
+    let mut run = |full: bool| {
+        for p in t.params_mut() {
+            p.zero_grad();
+        }
+        t.forward_train(x, ctx);
+        if full {
+            t.backward(&w, &c);
+        } else {
+            t.backward_params(&w, &c);
+        }
+        let grads: Vec<Vec<u64>> = t
+            .params()
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.grad().iter().map(|g| g.to_bits()).collect())
+            .collect();
+        (grads, t.context_grad().map(|m| m.data))
+    };
+    let (full, partial) = (run(true), run(false));
+    assert!(
+        full.0 == partial.0,
+        "{kind}: backward_params gives other parameter gradients"
+    );
+    assert_eq!(
+        full.1, partial.1,
+        "{kind}: backward_params gives another context gradient"
+    );
 }
