@@ -518,14 +518,16 @@ impl<F: Float> Linear<F> {
         // training: the weights are about to change, so the inference packing is not worth its memory
         self.packed.clear();
         if let Some(p) = MaskPanels::ranged::<F>(&self.panels, out, n, inp) {
+            // a zeroed gradient is overwritten (a tile with no live block gets zeros), not cleared and added to
+            let (g, accumulate) = self.weight.grad_for_write();
             kernels::gemm_view_ranged(
                 &dy.data,
                 View::block(out, 0, n, 0, out).t(),
                 &x.data,
                 View::block(inp, 0, n, 0, inp),
-                self.weight.grad_mut(),
+                g,
                 View::block(inp, 0, out, 0, inp),
-                true,
+                accumulate,
                 &|i, j| match p.live[i * p.live_cols + j] {
                     true => (0, n),
                     false => (0, 0),
@@ -1065,17 +1067,26 @@ mod tests {
         }
     }
 
-    /// A dense layer's weight gradient after `zero_grad` is the product alone, whatever the memory held (the
-    /// product overwrites it), and a second backward adds to it; f64 and f32 (the kernel, where the CPU has it).
+    /// A layer's weight gradient after `zero_grad` is the product alone, whatever the memory held (the product
+    /// overwrites it), and a second backward adds to it; dense and masked (triangular: tiles with no live
+    /// block), f64 and f32 (the kernel, where the CPU has it).
     #[test]
     fn weight_gradient_after_zero_grad_is_overwritten() {
-        overwritten::<f64>();
-        overwritten::<f32>();
+        for masked in [false, true] {
+            overwritten::<f64>(masked);
+            overwritten::<f32>(masked);
+        }
     }
 
-    fn overwritten<F: Float>() {
+    fn overwritten<F: Float>(masked: bool) {
         let mut r = rng(5);
-        let fresh: Linear<F> = Linear::new("l", 40, 50, &mut r);
+        let mut fresh: Linear<F> = Linear::new("l", 40, 50, &mut r);
+        if masked {
+            let mask = (0..50 * 40)
+                .map(|j| F::c(((j % 40) * 50 <= (j / 40) * 40) as u8 as f64))
+                .collect();
+            fresh.set_mask(mask);
+        }
         let x: Mat<F> = randn(&mut r, 30, 40);
         let dy: Mat<F> = randn(&mut r, 30, 50);
         let mut want = fresh.clone();
