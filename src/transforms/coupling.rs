@@ -257,7 +257,7 @@ impl<F: Float> CouplingCore<F> {
     /// The conditioner's backward for its output gradient `dh` when dL/dx is not wanted: parameter gradients,
     /// and the context's (the only input gradient then formed).
     pub(crate) fn backward_params(&mut self, dh: &Mat<F>) {
-        self.dctx = None;
+        // (without a context nothing is formed, and `dctx` is `None` as `keep_context_grad` always leaves it)
         if let Some(din) = self.net.backward(dh, self.ctx_dim > 0) {
             self.keep_context_grad(&din);
         }
