@@ -593,3 +593,113 @@ fn conditional_density_integrates_to_one_for_each_context() {
         }
     }
 }
+
+/// On several threads a small flow's large batch runs in shards (one per thread, on the flow and on replicas
+/// of it): the same loss and gradients as the whole batch on one thread, up to the order of the sums, in every
+/// step (the replicas follow the flow's parameters); the same log-probabilities and samples to the bit. A
+/// flow with batch statistics keeps whole batches (the same bits as on one thread), and a NaN in a shard
+/// is still an error naming the layer.
+#[test]
+fn sharded_batches_match_whole_ones() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for (kind, actnorm, bn, base, permute, ctx, embed) in [
+        (FlowKind::Realnvp, false, false, None, Permute::None, 0, 0),
+        (
+            FlowKind::Realnvp,
+            true,
+            false,
+            Some(BaseKind::Mixture),
+            Permute::None,
+            0,
+            0,
+        ),
+        (FlowKind::Maf, false, false, None, Permute::Lu, 0, 0),
+        (FlowKind::Iaf, false, false, None, Permute::Random, 2, 3),
+        (
+            FlowKind::MafMog,
+            false,
+            false,
+            Some(BaseKind::MadeMog),
+            Permute::Reverse,
+            2,
+            0,
+        ),
+        (FlowKind::NsfC, true, false, None, Permute::Lu, 2, 0),
+        (FlowKind::Maf, false, true, None, Permute::None, 0, 0),
+    ] {
+        for dim in [2, 5] {
+            let spec = FlowSpec {
+                actnorm,
+                batch_norm: bn,
+                base,
+                permute,
+                components: 3,
+                context_dim: ctx,
+                context_embed: embed,
+                embed_hidden: 5,
+                ..small_spec(kind, dim)
+            };
+            let tag = format!("{kind:?} D={dim} actnorm={actnorm} batch_norm={bn}");
+            let x: Mat<f64> = randn(&mut rng(3), 300, dim);
+            let c: Option<Mat<f64>> = (ctx > 0).then(|| randn(&mut rng(9), 300, ctx));
+            let c = c.as_ref();
+            let mut whole = spec.build::<f64>().unwrap();
+            let mut split = spec.build::<f64>().unwrap();
+            for step in 0..3 {
+                // the first step initialises ActNorm and the mixture (whole batches); then new parameters
+                if step > 0 {
+                    randomize(&mut whole, step, 0.2);
+                    randomize(&mut split, step, 0.2);
+                }
+                whole.zero_grad();
+                split.zero_grad();
+                let l1 = one.install(|| whole.nll_backward(&x, c)).unwrap();
+                let l2 = two.install(|| split.nll_backward(&x, c)).unwrap();
+                assert!(
+                    (l1 - l2).abs() < 1e-12 * l1.abs().max(1.0),
+                    "{tag} step {step}: loss {l1} vs {l2}"
+                );
+                for ((name, p), (_, q)) in whole.named_params().iter().zip(split.named_params()) {
+                    let (g1, g2) = (p.grad(), q.grad());
+                    for (k, (a, b)) in g1.iter().zip(g2.iter()).enumerate() {
+                        if bn {
+                            assert_eq!(
+                                a, b,
+                                "{tag}: {name}[{k}]: a whole batch gives the same bits"
+                            );
+                        }
+                        assert!(
+                            (a - b).abs() < 1e-11 * (1.0 + a.abs()),
+                            "{tag} step {step}: {name}[{k}] {a} vs {b}"
+                        );
+                    }
+                }
+            }
+            whole.set_training(false);
+            split.set_training(false);
+            let lp1 = one.install(|| whole.log_prob(&x, c));
+            let lp2 = two.install(|| split.log_prob(&x, c));
+            assert_eq!(lp1, lp2, "{tag}: log-probabilities");
+            let s1 = one.install(|| whole.sample(300, &mut rng(5), c));
+            let s2 = two.install(|| split.sample(300, &mut rng(5), c));
+            assert_eq!(s1.data, s2.data, "{tag}: samples");
+            // a NaN in the second shard's rows
+            let mut bad = x.clone();
+            bad.data[250 * dim] = f64::NAN;
+            split.set_training(true);
+            match two.install(|| split.nll_backward(&bad, c)) {
+                Err(Error::NonFinite { layer }) => {
+                    assert!(layer.contains("layer"), "{tag}: {layer}")
+                }
+                r => panic!("{tag}: a NaN in the second shard gave {r:?}"),
+            }
+        }
+    }
+}

@@ -172,6 +172,9 @@ impl<F: Float> Distribution<F> for MadeMog<F> {
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         self.made.params_mut()
     }
+    fn replica(&self) -> Option<Box<dyn Distribution<F>>> {
+        Some(Box::new(self.clone()))
+    }
     fn reload(&mut self) {
         self.made.apply_masks();
     }

@@ -292,6 +292,10 @@ impl<F: Float> Distribution<F> for GaussianMixture<F> {
             &mut self.initialized,
         ]
     }
+    fn replica(&self) -> Option<Box<dyn Distribution<F>>> {
+        self.is_initialized()
+            .then(|| Box::new(self.clone()) as Box<dyn Distribution<F>>)
+    }
 }
 
 /// Index drawn from the categorical `w` (summing to ~1) with a uniform `u`.

@@ -39,6 +39,11 @@ pub trait Distribution<F: Float>: Send + Sync {
     }
     /// Rebuild derived state (masks) after loading.
     fn reload(&mut self) {}
+    /// A copy to train on a shard of the batch (as [`crate::transforms::Transform::replica`]); `None` (the
+    /// default) while its training pass depends on the whole batch (a data-dependent initialisation to come).
+    fn replica(&self) -> Option<Box<dyn Distribution<F>>> {
+        None
+    }
 }
 
 /// Which base distribution a flow uses.
@@ -76,6 +81,9 @@ pub struct StandardNormal {
 }
 
 impl<F: Float> Distribution<F> for StandardNormal {
+    fn replica(&self) -> Option<Box<dyn Distribution<F>>> {
+        Some(Box::new(self.clone()))
+    }
     fn kind(&self) -> &'static str {
         "StandardNormal"
     }
@@ -174,6 +182,9 @@ impl<F: Float> Distribution<F> for DiagNormal<F> {
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         vec![&mut self.loc, &mut self.log_scale]
     }
+    fn replica(&self) -> Option<Box<dyn Distribution<F>>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 /// Standard logistic per feature (NICE's prior): `log p(z) = -sum(softplus(z) + softplus(-z))`.
@@ -191,6 +202,9 @@ fn softplus<F: Float>(x: F) -> F {
 }
 
 impl<F: Float> Distribution<F> for StandardLogistic {
+    fn replica(&self) -> Option<Box<dyn Distribution<F>>> {
+        Some(Box::new(self.clone()))
+    }
     fn kind(&self) -> &'static str {
         "StandardLogistic"
     }

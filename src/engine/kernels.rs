@@ -333,7 +333,7 @@ pub fn threads_for(flops: usize) -> usize {
     if flops < PAR_GEMM_FLOPS {
         1
     } else {
-        rayon::current_num_threads()
+        crate::engine::pool::threads()
     }
 }
 
@@ -409,7 +409,7 @@ fn thin<F: Float>(
         thin_rows(a, av, b, bv, c, cv, (lo, hi), by_rows, accumulate)
     };
     let c = &mut c[cv.off..];
-    if m >= 2 * ROWS && m * n * k >= 1 << 15 && rayon::current_num_threads() > 1 {
+    if m >= 2 * ROWS && m * n * k >= 1 << 15 && crate::engine::pool::threads() > 1 {
         let cv = View { off: 0, ..cv };
         c.par_chunks_mut(ROWS * cv.rs)
             .enumerate()
@@ -770,7 +770,7 @@ unsafe fn prepared_into<F: Float>(
 pub fn bias_rows<F: Float>(rows: usize, b: &[F]) -> Mat<F> {
     let len = rows * b.len();
     let mut data = Vec::with_capacity(len);
-    if len >= PAR_FILL && rayon::current_num_threads() > 1 {
+    if len >= PAR_FILL && crate::engine::pool::threads() > 1 {
         // large: blocks of whole rows over the pool, each written once
         let block = CHUNK.div_ceil(b.len()) * b.len();
         data.spare_capacity_mut()[..len]
@@ -800,7 +800,7 @@ const PAR_FILL: usize = 1 << 16;
 /// A `rows x cols` matrix of zeros, large ones zeroed over the pool.
 pub fn zeros<F: Float>(rows: usize, cols: usize) -> Mat<F> {
     let len = rows * cols;
-    if len < PAR_FILL || rayon::current_num_threads() == 1 {
+    if len < PAR_FILL || crate::engine::pool::threads() == 1 {
         return Mat::zeros(rows, cols);
     }
     let mut data = Vec::with_capacity(len);
@@ -822,7 +822,7 @@ pub fn fill_rows<F: Float>(y: &mut Mat<F>, b: &[F]) {
     if len == 0 {
         return;
     }
-    if len >= PAR_FILL && rayon::current_num_threads() > 1 {
+    if len >= PAR_FILL && crate::engine::pool::threads() > 1 {
         let block = CHUNK.div_ceil(b.len()) * b.len();
         y.data.par_chunks_mut(block).for_each(|c| {
             for row in c.chunks_mut(b.len()) {
@@ -861,7 +861,7 @@ pub fn linear<F: Float>(x: &Mat<F>, w: &[F], b: &[F], out: usize, y: &mut Mat<F>
 
 /// In-place element-wise map, parallel over fixed chunks for large buffers.
 pub fn map_inplace<F: Float>(v: &mut [F], f: impl Fn(F) -> F + Sync + Send) {
-    if v.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
+    if v.len() >= 2 * CHUNK && crate::engine::pool::threads() > 1 {
         v.par_chunks_mut(CHUNK)
             .for_each(|c| c.iter_mut().for_each(|x| *x = f(*x)));
     } else {
@@ -872,7 +872,7 @@ pub fn map_inplace<F: Float>(v: &mut [F], f: impl Fn(F) -> F + Sync + Send) {
 /// `a[i] = f(a[i], b[i])`, parallel over fixed chunks for large buffers.
 pub fn zip_inplace<F: Float>(a: &mut [F], b: &[F], f: impl Fn(F, F) -> F + Sync + Send) {
     assert_eq!(a.len(), b.len());
-    if a.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
+    if a.len() >= 2 * CHUNK && crate::engine::pool::threads() > 1 {
         a.par_chunks_mut(CHUNK)
             .zip(b.par_chunks(CHUNK))
             .for_each(|(ca, cb)| ca.iter_mut().zip(cb).for_each(|(x, &y)| *x = f(*x, y)));
@@ -895,7 +895,7 @@ pub fn zip3_inplace<F: Float>(
             .zip(c)
             .for_each(|((x, &y), &z)| *x = f(*x, y, z))
     };
-    if a.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
+    if a.len() >= 2 * CHUNK && crate::engine::pool::threads() > 1 {
         a.par_chunks_mut(CHUNK)
             .zip(b.par_chunks(CHUNK))
             .zip(c.par_chunks(CHUNK))
@@ -918,7 +918,7 @@ pub fn add_col_sums<F: Float>(m: &Mat<F>, acc: &mut [F]) {
         }
     };
     const COLS: usize = 256;
-    if m.rows * m.cols >= 2 * CHUNK && m.cols >= 2 * COLS && rayon::current_num_threads() > 1 {
+    if m.rows * m.cols >= 2 * CHUNK && m.cols >= 2 * COLS && crate::engine::pool::threads() > 1 {
         acc.par_chunks_mut(COLS)
             .enumerate()
             .for_each(|(i, a)| sum(i * COLS, a));

@@ -8,6 +8,7 @@
 //! stretch with none.
 
 use rayon::Yield;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -58,6 +59,47 @@ pub fn run_warm<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         .ok()
         .flatten()
         .expect("run_warm: the command ran on thread 0")
+}
+
+thread_local! {
+    /// Threads a kernel called on this thread may use (0: the whole pool); set while it runs one of several
+    /// shards of a batch ([`shards`]).
+    static SHARE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many threads a kernel called here should split its work over: the pool's, or this thread's share of
+/// it while it runs one of several [`shards`] at once (the kernels' fixed chunking keeps the results the same).
+pub fn threads() -> usize {
+    match SHARE.with(Cell::get) {
+        0 => rayon::current_num_threads(),
+        t => t,
+    }
+}
+
+/// Run `f(i)` for each shard `i < n` at once on the pool (or one after the other on one thread), each with
+/// an equal share of the threads for its own kernels; the results in shard order.
+///
+/// Why: a small flow's step is hundreds of kernels of tens of microseconds; split inside each kernel, the
+/// threads meet at every one of them, while whole shards of the batch run a step's kernels with no meeting
+/// (data parallelism, as a multi-process trainer does across devices).
+pub fn shards<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    use rayon::prelude::*;
+    let share = (threads() / n.max(1)).max(1);
+    let run = |i: usize| {
+        /// Puts the thread's share back however `f` ends.
+        struct Restore(usize);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                SHARE.with(|s| s.set(self.0));
+            }
+        }
+        let _restore = Restore(SHARE.with(|s| s.replace(share)));
+        f(i)
+    };
+    match threads() {
+        1 => (0..n).map(run).collect(),
+        _ => (0..n).into_par_iter().with_max_len(1).map(run).collect(),
+    }
 }
 
 #[cfg(test)]

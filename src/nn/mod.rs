@@ -105,6 +105,28 @@ impl<F: Float> Param<F> {
         self.grad = grad;
         self.stale = false;
     }
+    /// Take `src`'s values and version where they differ (a replica following its original, same shape);
+    /// whether anything was copied.
+    pub(crate) fn follow(&mut self, src: &Param<F>) -> bool {
+        if self.version == src.version {
+            return false;
+        }
+        crate::engine::kernels::zip_inplace(&mut self.value, &src.value, |_, b| b);
+        self.version = src.version;
+        true
+    }
+    /// Add `src`'s gradient (a replica's, same shape) to this one.
+    pub(crate) fn add_grad(&mut self, src: &Param<F>) {
+        if src.stale || !self.trainable {
+            return;
+        }
+        if self.stale {
+            crate::engine::kernels::zip_inplace(&mut self.grad, &src.grad, |_, b| b);
+            self.stale = false;
+        } else {
+            crate::engine::kernels::zip_inplace(&mut self.grad, &src.grad, |a, b| a + b);
+        }
+    }
     /// Set every value to `v`.
     pub fn fill(&mut self, v: F) {
         self.value_mut().iter_mut().for_each(|w| *w = v);

@@ -267,7 +267,7 @@ impl<F: Float> Pieces<F> {
         // every output is written exactly once, straight into the result (no zero-fill, no gathering of parts)
         let mut y: Vec<F> = Vec::with_capacity(n * out);
         let dst = &mut y.spare_capacity_mut()[..n * out];
-        if n * out >= PAR_ELEMS && rayon::current_num_threads() > 1 {
+        if n * out >= PAR_ELEMS && crate::engine::pool::threads() > 1 {
             // blocks of rows over the pool (each row is computed the same way)
             const ROWS: usize = 128;
             dst.par_chunks_mut(ROWS * out)

@@ -123,4 +123,8 @@ impl<F: Float> Transform<F> for ActNorm<F> {
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         vec![&mut self.bias, &mut self.log_scale, &mut self.initialized]
     }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        self.is_initialized()
+            .then(|| Box::new(self.clone()) as Box<dyn Transform<F>>)
+    }
 }

@@ -121,7 +121,7 @@ impl<F: Float> AffineAr<F> {
                     }
                 }
             };
-        let par = rows * d >= 1 << 13 && rayon::current_num_threads() > 1;
+        let par = rows * d >= 1 << 13 && crate::engine::pool::threads() > 1;
         let min = if par { 1 } else { usize::MAX };
         let blocks = y
             .data
@@ -344,6 +344,9 @@ impl<F: Float> Transform<F> for Maf<F> {
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         self.0.made.params_mut()
     }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        Some(Box::new(self.clone()))
+    }
     fn reload(&mut self) {
         self.0.made.apply_masks();
     }
@@ -380,6 +383,9 @@ impl<F: Float> Transform<F> for Iaf<F> {
     }
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         self.0.made.params_mut()
+    }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        Some(Box::new(self.clone()))
     }
     fn reload(&mut self) {
         self.0.made.apply_masks();

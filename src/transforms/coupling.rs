@@ -154,6 +154,9 @@ macro_rules! delegate_to_core {
         fn params_mut(&mut self) -> Vec<&mut Param<F>> {
             self.core.params_mut()
         }
+        fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+            Some(Box::new(self.clone()))
+        }
         fn reload(&mut self) {
             self.core.reload()
         }
@@ -400,7 +403,7 @@ impl<F: Float> AffineCoupling<F> {
             }
         };
         // rows are independent: split over the pool when large
-        let par = dz.rows * nb >= 1 << 14 && rayon::current_num_threads() > 1;
+        let par = dz.rows * nb >= 1 << 14 && crate::engine::pool::threads() > 1;
         let min = if par { 32 } else { usize::MAX };
         let dhs = dh.data.par_chunks_mut(2 * nb).enumerate().with_min_len(min);
         match dx {
@@ -462,7 +465,7 @@ impl<F: Float> AffineCoupling<F> {
         };
         const ROWS: usize = 32;
         // small batches stay on the calling thread: one piece, run in place
-        let par = x.rows * nb >= 1 << 14 && rayon::current_num_threads() > 1;
+        let par = x.rows * nb >= 1 << 14 && crate::engine::pool::threads() > 1;
         let min_len = if par { 1 } else { usize::MAX };
         match cache {
             Some((xb, s, dl)) => {

@@ -79,6 +79,9 @@ impl<F: Float> Transform<F> for Squeeze {
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         vec![]
     }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 /// The feature permutation that applies the channel permutation `perm` (`out channel k = in channel
@@ -487,6 +490,9 @@ impl<F: Float> Transform<F> for InvConv1x1<F> {
             } => vec![perm, lower, upper, log_s, sign],
         }
     }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 /// Which features of an image a convolutional coupling keeps (conditions on) and which it transforms.
@@ -791,6 +797,9 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         self.net.params_mut()
     }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 /// Applies `inner` to the first `inner.dim()` features, identity on the rest (the factored-out part of a
@@ -854,6 +863,13 @@ impl<F: Float> Transform<F> for Prefix<F> {
     }
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         self.inner.params_mut()
+    }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        let inner = self.inner.replica()?;
+        Some(Box::new(Prefix {
+            dim: self.dim,
+            inner,
+        }))
     }
     fn set_training(&mut self, training: bool) {
         self.inner.set_training(training)

@@ -199,4 +199,7 @@ impl<F: Float> Transform<F> for LuLinear<F> {
             &mut self.bias,
         ]
     }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        Some(Box::new(self.clone()))
+    }
 }

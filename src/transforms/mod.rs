@@ -64,6 +64,12 @@ pub trait Transform<F: Float>: Send + Sync {
     fn set_training(&mut self, _training: bool) {}
     /// Rebuild state derived from buffers (index lists of masks and permutations) after loading weights.
     fn reload(&mut self) {}
+    /// A copy to train on a shard of the batch ([`crate::flows::Flow::nll_backward`] runs a small flow's large
+    /// batches as shards on the threads at once). `None` (the default) where a row's training pass depends on
+    /// the other rows: batch statistics, or a data-dependent initialisation still to come.
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        None
+    }
 }
 
 /// The log-det of a volume-preserving map: zero for each of `n` rows.

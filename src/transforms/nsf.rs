@@ -269,6 +269,9 @@ impl<F: Float> Transform<F> for SplineAr<F> {
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         self.made.params_mut()
     }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        Some(Box::new(self.clone()))
+    }
     fn reload(&mut self) {
         self.made.apply_masks()
     }

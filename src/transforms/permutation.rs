@@ -82,6 +82,9 @@ impl<F: Float> Transform<F> for Permutation<F> {
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         vec![&mut self.perm]
     }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        Some(Box::new(self.clone()))
+    }
     fn reload(&mut self) {
         self.sync();
     }

@@ -73,4 +73,7 @@ impl<F: Float> Transform<F> for Scaling<F> {
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
         vec![&mut self.log_scale]
     }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        Some(Box::new(self.clone()))
+    }
 }
