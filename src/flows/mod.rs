@@ -914,7 +914,7 @@ impl<F: Float> Flow<F> {
         Some(Flow::new(base, ts, self.context_dim).with_embedding(self.embedding.clone()))
     }
 
-    /// [`Flow::nll_backward`] on one shard of a batch of `total` rows (the mean is over the whole batch).
+    /// [`Flow::nll_backward`] on one shard of a batch of `total_rows` rows (the mean is over the whole batch).
     fn nll_backward_rows(
         &mut self,
         x: &Mat<F>,
