@@ -428,24 +428,16 @@ impl<F: Float> AffineCoupling<F> {
         let d = x.cols;
         let mut z = x.clone();
         let mut ld = vec![F::zero(); x.rows];
-        // the scales of rows `r0..r0 + rows` in one vectorised pass over their raw outputs
-        let scales = |r0: usize, rows: usize| {
-            let raw: Vec<F> = (r0..r0 + rows)
-                .flat_map(|r| h.row(r)[nb..2 * nb].iter().copied())
-                .collect();
-            let mut sc = Scales::new(raw.len());
-            self.bound.eval_slice(&raw, inverse, &mut sc);
-            sc
-        };
-        // row `r` given its scales (entries `i * nb..` of `sc`)
+        // row `r`: its scales in one vectorised pass over its raw outputs (contiguous in the row, so no copy),
+        // into `sc` (one per block of rows, reused row after row), then shift, scale and log-det
         let row = |r: usize,
                    zr: &mut [F],
                    ldr: &mut F,
                    mut keep: Option<(&mut [F], &mut [F], &mut [F])>,
-                   sc: &Scales<F>,
-                   i: usize| {
+                   sc: &mut Scales<F>| {
             let hr = h.row(r);
-            let (l, dl, e) = (&sc.l[i * nb..], &sc.dl[i * nb..], &sc.e[i * nb..]);
+            self.bound.eval_slice(&hr[nb..2 * nb], inverse, sc);
+            let (l, dl, e) = (&sc.l, &sc.dl, &sc.e);
             let mut acc = F::zero();
             for (k, &j) in self.core.ib.iter().enumerate() {
                 let t = hr[k];
@@ -482,12 +474,12 @@ impl<F: Float> AffineCoupling<F> {
                     .enumerate()
                     .with_min_len(min_len)
                     .for_each(|(c, ((((zc, lc), xc), sc), dc))| {
-                        let scales = scales(c * ROWS, lc.len());
+                        let mut scales = Scales::new(nb);
                         for (i, ldr) in lc.iter_mut().enumerate() {
                             let k = i * nb..(i + 1) * nb;
                             let keep = (&mut xc[k.clone()], &mut sc[k.clone()], &mut dc[k]);
                             let zr = &mut zc[i * d..(i + 1) * d];
-                            row(c * ROWS + i, zr, ldr, Some(keep), &scales, i);
+                            row(c * ROWS + i, zr, ldr, Some(keep), &mut scales);
                         }
                     });
             }
@@ -498,10 +490,10 @@ impl<F: Float> AffineCoupling<F> {
                 .enumerate()
                 .with_min_len(min_len)
                 .for_each(|(c, (zc, lc))| {
-                    let scales = scales(c * ROWS, lc.len());
+                    let mut scales = Scales::new(nb);
                     for (i, ldr) in lc.iter_mut().enumerate() {
                         let zr = &mut zc[i * d..(i + 1) * d];
-                        row(c * ROWS + i, zr, ldr, None, &scales, i);
+                        row(c * ROWS + i, zr, ldr, None, &mut scales);
                     }
                 }),
         }
