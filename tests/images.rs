@@ -342,3 +342,57 @@ fn image_model_save_load_round_trip() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Image flows in shards (on two threads a batch of 128 images or more runs as two shards, training on the flow
+/// and a replica: ActNorm's initialisation first, then replicas of every layer kind): the loss and gradients of
+/// one thread up to the order of the sums, in every step; log-probabilities and samples to the bit.
+#[test]
+fn image_flows_in_shards_match_one_thread() {
+    let pools = [1, 2].map(|t| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+    });
+    for (name, spec) in variants() {
+        let d = spec.image.unwrap().dim();
+        let x: Mat<f64> = randn(&mut rng(3), 160, d);
+        let c: Option<Mat<f64>> =
+            (spec.context_dim > 0).then(|| randn(&mut rng(9), 160, spec.context_dim));
+        let c = c.as_ref();
+        let mut flows = [spec.build::<f64>().unwrap(), spec.build::<f64>().unwrap()];
+        for step in 0..3 {
+            let mut res = Vec::new();
+            for (pool, flow) in pools.iter().zip(flows.iter_mut()) {
+                if step > 0 {
+                    randomize(flow, step, 0.05);
+                }
+                flow.zero_grad();
+                res.push(pool.install(|| flow.nll_backward(&x, c)).unwrap());
+            }
+            assert!(
+                (res[0] - res[1]).abs() < 1e-12 * res[0].abs().max(1.0),
+                "{name} step {step}: {res:?}"
+            );
+            for ((n, p), (_, q)) in flows[0].named_params().iter().zip(flows[1].named_params()) {
+                for (k, (a, b)) in p.grad().iter().zip(q.grad().iter()).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-11 * (1.0 + a.abs()),
+                        "{name} step {step}: {n}[{k}] {a} vs {b}"
+                    );
+                }
+            }
+        }
+        let [f1, f2] = &mut flows;
+        f1.set_training(false);
+        f2.set_training(false);
+        let (lp1, lp2) = (
+            pools[0].install(|| f1.log_prob(&x, c)),
+            pools[1].install(|| f2.log_prob(&x, c)),
+        );
+        assert_eq!(lp1, lp2, "{name}: log-probabilities");
+        let s1 = pools[0].install(|| f1.sample(160, &mut rng(5), c));
+        let s2 = pools[1].install(|| f2.sample(160, &mut rng(5), c));
+        assert_eq!(s1.data, s2.data, "{name}: samples");
+    }
+}
