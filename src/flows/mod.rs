@@ -660,11 +660,7 @@ impl<F: Float> Flow<F> {
         if shards < 2 {
             return 1;
         }
-        let params: usize = (self.transforms.iter().flat_map(|t| t.params()))
-            .chain(self.base.params())
-            .chain(self.embedding.iter().flat_map(|e| e.params()))
-            .map(|p| p.value().len())
-            .sum();
+        let params: usize = self.all_params().iter().map(|p| p.value().len()).sum();
         match params <= most_params {
             true => shards,
             false => 1,
@@ -688,16 +684,16 @@ impl<F: Float> Flow<F> {
             let c = ctx.map(|c| c.slice_rows(a, b));
             f(&x.slice_rows(a, b), c.as_ref())
         });
-        let mut out = Mat::zeros(0, 0);
-        let mut ld = Vec::with_capacity(x.rows);
-        for (i, (m, l)) in parts.into_iter().enumerate() {
-            if i == 0 {
-                out = Mat::zeros(x.rows, m.cols);
-            }
-            out.data[cut(i) * m.cols..cut(i + 1) * m.cols].copy_from_slice(&m.data);
+        let cols = parts[0].0.cols;
+        let (mut data, mut ld) = (
+            Vec::with_capacity(x.rows * cols),
+            Vec::with_capacity(x.rows),
+        );
+        for (m, l) in parts {
+            data.extend_from_slice(&m.data);
             ld.extend(l);
         }
-        (out, ld)
+        (Mat::from_vec(x.rows, cols, data), ld)
     }
 
     /// [`Flow::transform_to_noise`] given the embedded context.
