@@ -669,19 +669,6 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
     ]
 }
 
-/// Bring the 64-byte lines `l0..l1` from `p` into L1 (a hint: never faults, whatever the address).
-#[inline(always)]
-fn prefetch_lines(p: *const i8, l0: usize, l1: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for l in l0..l1 {
-        use std::arch::x86_64::*;
-        // SAFETY: a prefetch reads nothing architecturally and does not fault
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l * 64)) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, l0, l1);
-}
-
 /// One task: C's A panels `i0..i1` by B panels `j0..j1`, over every depth block (with `prefetch`, each B panel
 /// fetched ahead while the one before is in use); the bias goes in with the first depth block, the ReLU with
 /// the last.
@@ -715,11 +702,19 @@ unsafe fn compute(
             // panel stalled the first tiles of each column (w3's log-prob at 1 thread 0.94x the time, 6 of 6
             // A/B pairs). Not for B packed just before (training): no gain there, and 2 threads lost some.
             let next = bp.wrapping_add(kc * NR) as *const i8;
-            let (lines, count) = (kc * NR / 16, i1 - i0);
+            // (a slice of `per` lines per A panel: two divisions per tile were 1% of w3's log-prob)
+            let lines = kc * NR / 16;
+            let per = lines.div_ceil(i1 - i0);
             for i in i0..i1 {
-                if prefetch {
-                    prefetch_lines(next, (i - i0) * lines / count, (i - i0 + 1) * lines / count);
-                }
+                // this tile's slice, fetched by the kernel a line per four depth steps (issued together before
+                // the tile, the prefetches of lines on their way from memory held up the loads: 1.6% of w3's
+                // log-prob at 1 thread in this loop)
+                let l0 = ((i - i0) * per).min(lines);
+                let pf_lines = if prefetch {
+                    (l0 + per).min(lines) - l0
+                } else {
+                    0
+                };
                 let ap = s.pa.add(panel_offset(p0, kc, i, MR, pm));
                 let rows = MR.min(m - i * MR);
                 let c =
@@ -740,16 +735,23 @@ unsafe fn compute(
                     overwrite,
                     bias,
                     relu,
+                    pf: next.wrapping_add(l0 * 64),
+                    pf_lines,
                 };
                 if lo >= hi {
                     // nothing to add in this block: the epilogue alone (an empty sum)
                     if overwrite || !bias.is_null() || relu {
-                        kernel(0, ap, bp, tile);
+                        kernel::<MR>(0, ap, bp, tile);
                     }
                     continue;
                 }
                 let (ap, bp) = (ap.add((lo - p0) * MR), bp.add((lo - p0) * NR));
-                kernel(hi - lo, ap, bp, tile);
+                // a short last panel (256 rows: 42 panels of 6 and one of 4) computes only its rows
+                match rows {
+                    MR | 5 => kernel::<MR>(hi - lo, ap, bp, tile),
+                    3 | 4 => kernel::<4>(hi - lo, ap, bp, tile),
+                    _ => kernel::<2>(hi - lo, ap, bp, tile),
+                }
             }
         }
     }
@@ -767,13 +769,17 @@ struct Tile {
     overwrite: bool,
     bias: *const f32,
     relu: bool,
+    /// Lines (64 bytes from `pf`) to bring into L1 while computing: the next B panel's, for a later tile.
+    pf: *const i8,
+    pf_lines: usize,
 }
 
 /// The 6 x 16 micro-kernel: `C[0..rows, 0..cols] = [act]((C | 0) [+ bias] + Apanel (kc x 6)^T-ish . Bpanel
-/// (kc x 16))` ([`Tile`]).
+/// (kc x 16))` ([`Tile`]), computing the panel's first `R` rows (`rows <= R <= MR`; each element's sum the same
+/// whatever `R`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, t: Tile) {
+unsafe fn kernel<const R: usize>(kc: usize, a: *const f32, b: *const f32, t: Tile) {
     use std::arch::x86_64::*;
     let Tile {
         c,
@@ -784,6 +790,8 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, t: Tile) {
         overwrite,
         bias,
         relu,
+        pf,
+        pf_lines,
     } = t;
     // C's rows start coming in while the products run (also when overwriting: the stores need the lines)
     for r in 0..rows {
@@ -799,15 +807,18 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, t: Tile) {
             let (a, b) = ($a, $b);
             let b0 = _mm256_load_ps(b);
             let b1 = _mm256_load_ps(b.add(8));
-            for r in 0..MR {
+            for r in 0..R {
                 let ar = _mm256_broadcast_ss(&*a.add(r));
                 $acc[2 * r] = _mm256_fmadd_ps(ar, b0, $acc[2 * r]);
                 $acc[2 * r + 1] = _mm256_fmadd_ps(ar, b1, $acc[2 * r + 1]);
             }
         }};
     }
-    // four depth steps per iteration (fewer loop instructions between the FMAs)
-    for _ in 0..kc / 4 {
+    // four depth steps per iteration (fewer loop instructions between the FMAs); the first `pf_lines`
+    // iterations each fetch a line
+    let fetching = pf_lines.min(kc / 4);
+    for l in 0..fetching {
+        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(l * 64));
         step!(acc, a, b);
         step!(acc, a.add(MR), b.add(NR));
         step!(acc, a.add(2 * MR), b.add(2 * NR));
@@ -815,18 +826,31 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, t: Tile) {
         a = a.add(4 * MR);
         b = b.add(4 * NR);
     }
+    for _ in fetching..kc / 4 {
+        step!(acc, a, b);
+        step!(acc, a.add(MR), b.add(NR));
+        step!(acc, a.add(2 * MR), b.add(2 * NR));
+        step!(acc, a.add(3 * MR), b.add(3 * NR));
+        a = a.add(4 * MR);
+        b = b.add(4 * NR);
+    }
+    // (a depth too short to spread them over)
+    for l in fetching..pf_lines {
+        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(l * 64));
+    }
     for _ in 0..kc % 4 {
         step!(acc, a, b);
         a = a.add(MR);
         b = b.add(NR);
     }
-    if rows == MR && cols == NR && ccs == 1 {
+    debug_assert!(rows <= R && R <= MR);
+    if rows == R && cols == NR && ccs == 1 {
         let zero = _mm256_setzero_ps();
         let (bias0, bias1) = match bias.is_null() {
             true => (zero, zero),
             false => (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))),
         };
-        for (r, pair) in acc.chunks_exact(2).enumerate() {
+        for (r, pair) in acc.chunks_exact(2).take(R).enumerate() {
             let p = c.offset(r as isize * crs);
             let (mut v0, mut v1) = (pair[0], pair[1]);
             if !bias.is_null() {
@@ -846,7 +870,7 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, t: Tile) {
         }
     } else {
         let mut t = [0.0f32; MR * NR];
-        for (r, pair) in acc.chunks_exact(2).enumerate() {
+        for (r, pair) in acc.chunks_exact(2).take(R).enumerate() {
             _mm256_storeu_ps(t.as_mut_ptr().add(r * NR), pair[0]);
             _mm256_storeu_ps(t.as_mut_ptr().add(r * NR + 8), pair[1]);
         }
@@ -867,7 +891,7 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, t: Tile) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_kc: usize, _a: *const f32, _b: *const f32, _t: Tile) {
+unsafe fn kernel<const R: usize>(_kc: usize, _a: *const f32, _b: *const f32, _t: Tile) {
     unreachable!("sgemm::available() is false off x86-64")
 }
 
@@ -977,6 +1001,9 @@ mod tests {
             (6, 256, 16),
             (97, 513, 33),
             (40, 300, 300),
+            // a last row panel of every height (13, 50, 97: 1 or 2 rows; 45: 3; 40: 4; 53: 5)
+            (45, 40, 20),
+            (53, 70, 40),
         ] {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let a = rand(m * k, &mut seed);
