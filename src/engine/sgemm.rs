@@ -702,13 +702,11 @@ unsafe fn compute(
             // panel stalled the first tiles of each column (w3's log-prob at 1 thread 0.94x the time, 6 of 6
             // A/B pairs). Not for B packed just before (training): no gain there, and 2 threads lost some.
             let next = bp.wrapping_add(kc * NR) as *const i8;
-            // (a slice of `per` lines per A panel: two divisions per tile were 1% of w3's log-prob)
+            // Each tile's kernel fetches a slice of `per` lines, one per four depth steps (issued together before
+            // each tile, behind two divisions, they were 1.6-2.0% of w3's log-prob at 1 thread).
             let lines = kc * NR / 16;
             let per = lines.div_ceil(i1 - i0);
             for i in i0..i1 {
-                // this tile's slice, fetched by the kernel a line per four depth steps (issued together before
-                // the tile, the prefetches of lines on their way from memory held up the loads: 1.6% of w3's
-                // log-prob at 1 thread in this loop)
                 let l0 = ((i - i0) * per).min(lines);
                 let pf_lines = if prefetch {
                     (l0 + per).min(lines) - l0
@@ -814,25 +812,25 @@ unsafe fn kernel<const R: usize>(kc: usize, a: *const f32, b: *const f32, t: Til
             }
         }};
     }
-    // four depth steps per iteration (fewer loop instructions between the FMAs); the first `pf_lines`
-    // iterations each fetch a line
+    // four depth steps per iteration (fewer loop instructions between the FMAs)
+    macro_rules! four {
+        () => {{
+            step!(acc, a, b);
+            step!(acc, a.add(MR), b.add(NR));
+            step!(acc, a.add(2 * MR), b.add(2 * NR));
+            step!(acc, a.add(3 * MR), b.add(3 * NR));
+            a = a.add(4 * MR);
+            b = b.add(4 * NR);
+        }};
+    }
+    // the first `pf_lines` iterations each fetch a line
     let fetching = pf_lines.min(kc / 4);
     for l in 0..fetching {
         _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(l * 64));
-        step!(acc, a, b);
-        step!(acc, a.add(MR), b.add(NR));
-        step!(acc, a.add(2 * MR), b.add(2 * NR));
-        step!(acc, a.add(3 * MR), b.add(3 * NR));
-        a = a.add(4 * MR);
-        b = b.add(4 * NR);
+        four!();
     }
     for _ in fetching..kc / 4 {
-        step!(acc, a, b);
-        step!(acc, a.add(MR), b.add(NR));
-        step!(acc, a.add(2 * MR), b.add(2 * NR));
-        step!(acc, a.add(3 * MR), b.add(3 * NR));
-        a = a.add(4 * MR);
-        b = b.add(4 * NR);
+        four!();
     }
     // (a depth too short to spread them over)
     for l in fetching..pf_lines {

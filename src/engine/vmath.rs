@@ -1,9 +1,8 @@
 //! Vectorisable f32 `exp` and `tanh` for the affine layers' scales (`exp(B tanh(h / B))` per element): glibc's
 //! scalar `expf` / `tanhf` calls were 5-9% of a MAF or RealNVP step. Branch-free polynomial forms (Cephes'
 //! `expf` and `tanhf` coefficients, S. Moshier), compiled for AVX2 where the CPU has it, so the compiler runs
-//! eight at a time, with fused multiply-adds there (`FMA`: the polynomials' steps rounded once; a fifth of the
-//! instructions, 2% of w3's log-prob before). f64 (the gradient and Jacobian tests) keeps the standard library's
-//! functions.
+//! eight at a time, with fused multiply-adds there (`FMA`: each polynomial step one instruction, rounded once).
+//! f64 (the gradient and Jacobian tests) keeps the standard library's functions.
 
 use super::Float;
 use std::any::TypeId;
