@@ -22,14 +22,19 @@ thread_local! {
     static COLUMNS: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A kept column buffer of this thread (empty when none), as a `0 x 0` matrix to be resized.
-fn columns<F: Float>() -> Mat<F> {
+/// A kept column buffer of this thread (empty when none), holding whatever its last use left.
+fn kept_columns<F: Float>() -> Vec<F> {
     let kept = COLUMNS.with(|c| {
         let mut c = c.borrow_mut();
         let i = c.iter().position(|b| b.is::<Vec<F>>())?;
         c.swap_remove(i).downcast::<Vec<F>>().ok()
     });
-    let mut v = kept.map(|b| *b).unwrap_or_default();
+    kept.map(|b| *b).unwrap_or_default()
+}
+
+/// A kept column buffer as an empty `0 x 0` matrix, for `im2col` to fill.
+fn columns<F: Float>() -> Mat<F> {
+    let mut v = kept_columns();
     v.clear();
     Mat::from_vec(0, 0, v)
 }
@@ -121,10 +126,11 @@ impl<F: Float> Conv2d<F> {
             self.weight.grad_mut(),
             true,
         );
-        // dcols = dy W (every entry written: the product does not accumulate)
-        let mut dcols = columns();
-        dcols.data.resize(dy.rows * kc, F::zero());
-        (dcols.rows, dcols.cols) = (dy.rows, kc);
+        // dcols = dy W: every entry written (the product does not accumulate), so the kept buffer's old
+        // values stay in place rather than being zeroed first (only a longer buffer's new tail is)
+        let mut data = kept_columns();
+        data.resize(dy.rows * kc, F::zero());
+        let mut dcols = Mat::from_vec(dy.rows, kc, data);
         gemm(
             &dy.data,
             dy.rows,
