@@ -601,14 +601,12 @@ fn conditional_density_integrates_to_one_for_each_context() {
 /// is still an error naming the layer.
 #[test]
 fn sharded_batches_match_whole_ones() {
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let two = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let [one, two] = [1, 2].map(|t| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+    });
     for (kind, actnorm, bn, base, permute, ctx, embed) in [
         (FlowKind::Realnvp, false, false, None, Permute::None, 0, 0),
         (
