@@ -535,19 +535,30 @@ unsafe fn pack_band<const W: usize>(
 ) {
     let panels = used.len();
     let (b0, kc) = (p0 / KC * KC, KC.min(k - p0 / KC * KC));
-    for p in p0..(p0 + BAND).min(k) {
-        let row = src.offset(p as isize * ps);
-        for (j, &(lo, hi)) in used.iter().enumerate() {
-            if p < lo || p >= hi {
-                continue;
-            }
-            let d = dst.add(panel_offset(b0, kc, j, W, panels) + (p - b0) * W);
-            let w = W.min(lanes - j * W);
+    let p1 = (p0 + BAND).min(k);
+    // panel by panel, each panel's steps of the band in turn: the band's rows are read as BAND sequential
+    // streams either way, and each panel's part is then written contiguously (step by step across the panels,
+    // every store went to another panel, `kc * W` floats apart: for B that is a multiple of 4 KB, so all of a
+    // step's stores fell in one L1 set)
+    for (j, &(lo, hi)) in used.iter().enumerate() {
+        let (s0, s1) = (p0.max(lo), p1.min(hi));
+        if s0 >= s1 {
+            continue;
+        }
+        let d = dst.add(panel_offset(b0, kc, j, W, panels) + (s0 - b0) * W);
+        let w = W.min(lanes - j * W);
+        let at = src.add(j * W);
+        for (t, p) in (s0..s1).enumerate() {
+            let (row, d) = (at.offset(p as isize * ps), d.add(t * W));
+            #[cfg(target_arch = "x86_64")]
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                row.wrapping_add(4 * W) as *const i8,
+            );
             if w == W {
-                std::ptr::copy_nonoverlapping(row.add(j * W), d, W);
+                std::ptr::copy_nonoverlapping(row, d, W);
             } else {
                 for q in 0..W {
-                    *d.add(q) = if q < w { *row.add(j * W + q) } else { 0.0 };
+                    *d.add(q) = if q < w { *row.add(q) } else { 0.0 };
                 }
             }
         }

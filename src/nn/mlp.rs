@@ -237,6 +237,10 @@ struct MaskPanels {
     /// Weight gradient `dy^T x`, per tile of `TILE.0` outputs by `TILE.1` inputs: any unmasked weight.
     live: Vec<bool>,
     live_cols: usize,
+    /// The structural zeros inside live weight-gradient tiles, as runs `[start, end)` of the flattened weight:
+    /// the only masked entries that product writes nonzero (MADE's masks are a prefix or suffix of each row,
+    /// so these are the ends of the rows' last partial tiles).
+    fix: Vec<(usize, usize)>,
 }
 
 impl MaskPanels {
@@ -278,17 +282,31 @@ impl MaskPanels {
             .map(|j| span(j * tc..(j * tc + tc).min(inp), &|i| cols[i]))
             .collect();
         let live_cols = inp.div_ceil(tc);
-        let live = (0..out.div_ceil(tr) * live_cols)
+        let live: Vec<bool> = (0..out.div_ceil(tr) * live_cols)
             .map(|t| {
                 let (o0, i0) = ((t / live_cols) * tr, (t % live_cols) * tc);
                 (o0..(o0 + tr).min(out)).any(|o| (i0..(i0 + tc).min(inp)).any(|i| on(o, i)))
             })
             .collect();
+        let mut fix: Vec<(usize, usize)> = Vec::new();
+        for o in 0..out {
+            for i in 0..inp {
+                if on(o, i) || !live[(o / tr) * live_cols + i / tc] {
+                    continue;
+                }
+                let k = o * inp + i;
+                match fix.last_mut() {
+                    Some(r) if r.1 == k => r.1 = k + 1,
+                    _ => fix.push((k, k + 1)),
+                }
+            }
+        }
         MaskPanels {
             out_inputs,
             in_outputs,
             live,
             live_cols,
+            fix,
         }
     }
 }
@@ -533,12 +551,24 @@ impl<F: Float> Linear<F> {
                     false => (0, 0),
                 },
             );
+            if accumulate {
+                // (what was there may hold anything, in the dead tiles too)
+                self.weight.mask_grad();
+            } else {
+                // the dead tiles were written with zeros: only the masked entries of the live ones are zeroed,
+                // not every entry multiplied by the mask (a pass over the gradient and the mask)
+                let g = self.weight.grad_mut();
+                for &(a, b) in &p.fix {
+                    g[a..b].fill(F::zero());
+                }
+            }
         } else if self.blocks.is_empty() {
             // after `zero_grad` the product writes the gradient instead of adding to zeros
             let (g, accumulate) = self.weight.grad_for_write();
             kernels::gemm(
                 &dy.data, dy.rows, dy.cols, true, &x.data, x.rows, x.cols, false, g, accumulate,
             );
+            self.weight.mask_grad();
         } else {
             // every block owns its own weights: split the blocks over the threads by area
             let n = dy.rows;
@@ -557,8 +587,8 @@ impl<F: Float> Linear<F> {
                 ));
             }
             kernels::gemm_tasks(&dy.data, &x.data, self.weight.grad_mut(), &tasks, true);
+            self.weight.mask_grad();
         }
-        self.weight.mask_grad();
         kernels::add_col_sums(dy, self.bias.grad_mut());
         want_dx.then(|| self.input_grad(dy))
     }
