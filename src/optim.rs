@@ -137,19 +137,28 @@ impl<F: Float> Adam<F> {
         // one fused pass per tensor, element-wise (so the result does not depend on the thread count), split
         // over the pool in fixed chunks for the big tensors
         let update = move |w: &mut [F], g: &[F], m: &mut [F], v: &mut [F]| update(k, w, g, m, v);
+        // every tensor's chunks in one parallel region (one per tensor waited for each tensor's last chunk, and
+        // ran the tensors of one chunk or less on one thread while the others waited)
         const CHUNK: usize = 1 << 15;
+        let mut tasks = Vec::new();
+        let mut total = 0;
         for ((p, m), v) in params.into_iter().zip(&mut self.m).zip(&mut self.v) {
             let p: &mut Param<F> = p;
             let (w, g) = p.value_and_grad_mut();
-            if w.len() <= CHUNK {
-                update(w, g, m, v);
-            } else {
-                w.par_chunks_mut(CHUNK)
-                    .zip(g.par_chunks(CHUNK))
-                    .zip(m.par_chunks_mut(CHUNK))
-                    .zip(v.par_chunks_mut(CHUNK))
-                    .for_each(|(((w, g), m), v)| update(w, g, m, v));
-            }
+            total += w.len();
+            tasks.extend(
+                w.chunks_mut(CHUNK)
+                    .zip(g.chunks(CHUNK))
+                    .zip(m.chunks_mut(CHUNK))
+                    .zip(v.chunks_mut(CHUNK))
+                    .map(|(((w, g), m), v)| (w, g, m, v)),
+            );
+        }
+        let run = |(w, g, m, v): (&mut [F], &[F], &mut [F], &mut [F])| update(w, g, m, v);
+        if total > CHUNK && crate::engine::pool::threads() > 1 {
+            tasks.into_par_iter().for_each(run);
+        } else {
+            tasks.into_iter().for_each(run);
         }
     }
 }

@@ -180,9 +180,46 @@ pub unsafe fn sgemm(
             pb: std::ptr::null_mut(),
             depth,
         };
+        // slabs of equal work: with depth ranges (a masked layer's weight gradient, whose rows are the outputs
+        // of a triangular mask) equal numbers of rows can differ in work several times over
+        let cuts: Vec<usize> = match depth {
+            None => (0..=threads).map(|q| q * pm / threads).collect(),
+            Some(f) => {
+                let work: Vec<usize> = (0..pm)
+                    .map(|i| {
+                        1 + (0..pn)
+                            .map(|j| f(i, j))
+                            .map(|(l, h)| h.saturating_sub(l))
+                            .sum::<usize>()
+                    })
+                    .collect();
+                let total: usize = work.iter().sum();
+                // cut `q` before or after the panel that crosses `q / threads` of the work, whichever is nearer
+                let mut cuts = vec![0];
+                let mut acc = 0;
+                for (i, w) in work.iter().enumerate() {
+                    let (before, after) = (acc * threads, (acc + w) * threads);
+                    while cuts.len() < threads && after >= cuts.len() * total {
+                        let target = cuts.len() * total;
+                        let at = if target - before.min(target) < after - target {
+                            i
+                        } else {
+                            i + 1
+                        };
+                        cuts.push(at.max(cuts[cuts.len() - 1]));
+                    }
+                    acc += w;
+                }
+                cuts.resize(threads + 1, pm);
+                cuts
+            }
+        };
         (0..threads).into_par_iter().for_each(|q| {
             let s = *shared;
-            let (i0, i1) = (q * pm / threads, (q + 1) * pm / threads);
+            let (i0, i1) = (cuts[q], cuts[q + 1]);
+            if i0 >= i1 {
+                return;
+            }
             let (r0, r1) = (i0 * MR, (i1 * MR).min(m));
             let a = Operand {
                 ptr: s.a.ptr.offset(r0 as isize * s.a.rs),
@@ -1127,17 +1164,21 @@ mod tests {
         let mut seed = 3;
         // per-thread copies of B, then shared packing
         for (m, k, n) in [(40, 600, 50), (40, 600, 200)] {
-            depth_case(m, k, n, &mut seed);
+            depth_case(m, k, n, false, &mut seed);
         }
+        // rows of very different work (a triangular mask's weight gradient): per-thread slabs cut by work, one
+        // of them a single panel
+        depth_case(60, 600, 50, true, &mut seed);
     }
 
-    fn depth_case(m: usize, k: usize, n: usize, seed: &mut u64) {
+    fn depth_case(m: usize, k: usize, n: usize, skewed: bool, seed: &mut u64) {
         let a = rand(m * k, seed);
         let b = rand(k * n, seed);
-        let range = |i: usize, j: usize| match (i + j) % 4 {
-            0 => (0, k),
-            1 => (300, 590),
-            2 => (0, 0),
+        let range = |i: usize, j: usize| match (skewed, (i + j) % 4) {
+            (true, _) => (0, if i + 1 == m.div_ceil(MR) { k } else { i * 8 }),
+            (_, 0) => (0, k),
+            (_, 1) => (300, 590),
+            (_, 2) => (0, 0),
             _ => (17, 260),
         };
         let c0 = rand(m * n, seed);
