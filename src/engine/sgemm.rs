@@ -422,11 +422,15 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
     let (pm, pn) = (m.div_ceil(MR), n.div_ceil(NR));
     // 1. pack: one unit per micro-panel of A (all depth blocks) and of B, each over the depth its tiles use (or
     // per band of depth steps, below)
-    let (a_used, b_used) = match s.depth {
-        None => (vec![(0, k); pm], vec![(0, k); pn]),
+    // (with depth ranges, also the work of every tile of panels as 2-D prefix sums, `work[i][j]` the sum over
+    // panels `< i` by `< j`, for dealing the tiles to the threads)
+    let wk = pn + 1;
+    let (a_used, b_used, work) = match s.depth {
+        None => (vec![(0, k); pm], vec![(0, k); pn], Vec::new()),
         Some(f) => {
             let mut a_used = vec![(k, 0); pm];
             let mut b_used = vec![(k, 0); pn];
+            let mut work = vec![0usize; (pm + 1) * wk];
             for i in 0..pm {
                 for j in 0..pn {
                     let (lo, hi) = f(i, j);
@@ -435,9 +439,13 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
                         *a = (a.0.min(lo), a.1.max(hi));
                         *b = (b.0.min(lo), b.1.max(hi));
                     }
+                    // (a depth step of a tile, plus what a tile costs whatever its depth)
+                    let cost = hi.saturating_sub(lo) + TILE_COST;
+                    work[(i + 1) * wk + j + 1] =
+                        cost + work[i * wk + j + 1] + work[(i + 1) * wk + j] - work[i * wk + j];
                 }
             }
-            (a_used, b_used)
+            (a_used, b_used, work)
         }
     };
     // an operand whose lanes (A's rows, B's columns) are contiguous in memory is packed a band of depth steps
@@ -476,13 +484,25 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
             break;
         }
     }
-    // without depth ranges every tile's work is known: each thread gets a list of tiles dealt up front (a grid
-    // of the default size or finer, the one whose busiest thread has least to do). Why: a batch of 256 rows is
-    // 43 row panels, which two row groups split 21 / 22, so one thread waited 4.6% of the product for the
-    // other; a 2 x 2 grid dealt diagonally is off by one panel's width.
-    let lists = match threads > 1 && s.depth.is_none() {
+    // every tile's work is known (its area; with depth ranges, the sum of its panels' depths): each thread gets
+    // a list of tiles dealt up front (a grid of the default size or finer, the one whose busiest thread has
+    // least to do). Why: a batch of 256 rows is 43 row panels, which two row groups split 21 / 22, so one
+    // thread waited 4.6% of the product for the other; a 2 x 2 grid dealt diagonally is off by one panel's
+    // width. With depth ranges the pool balanced the tiles by stealing, but a triangular mask's weight gradient
+    // has 8 row groups whose work grows from nothing to the whole depth: the pool's halving of the tile range
+    // split them about 10 : 26, and stealing only evened that out to about 25 : 11.
+    let lists = match threads > 1 {
         true => {
-            let (r, c, lists) = deal(pm, pn, (rp, cp), threads);
+            let (r, c, lists) = match s.depth {
+                None => deal(pm, pn, (rp, cp), threads, &|i0, i1, j0, j1| {
+                    (i1 - i0) * (j1 - j0)
+                }),
+                Some(_) => deal(pm, pn, (rp, cp), threads, &|i0, i1, j0, j1| {
+                    work[i1 * wk + j1] + work[i0 * wk + j0]
+                        - work[i0 * wk + j1]
+                        - work[i1 * wk + j0]
+                }),
+            };
             (rp, cp) = (r, c);
             lists
         }
@@ -512,18 +532,21 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
 
 /// Tiles of C (row-major indices into an `rp x cp` grid of `pm x pn` panels) dealt to `threads` lists, largest
 /// first to the least loaded (LPT), on the grid among `start` and finer ones (up to twice as many row and column
-/// groups, at most four tiles per thread) whose busiest list has the least area; a finer grid must gain more
-/// than 1% to be chosen. Returns the grid and the lists, each in row-major order.
+/// groups, at most four tiles per thread) whose busiest list has the least work (`cost(i0, i1, j0, j1)` of the
+/// tile of row panels `i0..i1` by column panels `j0..j1`); a finer grid must gain more than 1% to be chosen.
+/// Returns the grid and the lists, each in row-major order.
 fn deal(
     pm: usize,
     pn: usize,
     start: (usize, usize),
     threads: usize,
+    cost: &dyn Fn(usize, usize, usize, usize) -> usize,
 ) -> (usize, usize, Vec<Vec<usize>>) {
     let lpt = |rp: usize, cp: usize| {
         let area = |t: usize| {
             let (ri, ci) = (t / cp, t % cp);
-            ((ri + 1) * pm / rp - ri * pm / rp) * ((ci + 1) * pn / cp - ci * pn / cp)
+            let (i0, i1) = (ri * pm / rp, (ri + 1) * pm / rp);
+            cost(i0, i1, ci * pn / cp, (ci + 1) * pn / cp)
         };
         let mut order: Vec<usize> = (0..rp * cp).collect();
         order.sort_by_key(|&t| std::cmp::Reverse(area(t)));
@@ -554,6 +577,9 @@ fn deal(
     }
     best
 }
+
+/// What a tile costs beside its depth steps, in depth steps, for dealing tiles of uneven depth ([`deal`]).
+const TILE_COST: usize = 8;
 
 /// Depth steps per unit of [`pack_band`].
 const BAND: usize = 16;
