@@ -385,7 +385,7 @@ pub unsafe fn sgemm_packed(
             }
             let run = |rows: (usize, usize), cols: (usize, usize)| {
                 if rows.0 < rows.1 && cols.0 < cols.1 {
-                    compute(s, r1 - r0, n, k, rows, cols, panels, pn, out, true);
+                    compute(s, r1 - r0, n, k, rows, cols, panels, pn, out, true, false);
                 }
             };
             if panels == 1 {
@@ -457,8 +457,22 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
     // is B with contiguous lanes)
     let by_rows = |o: Operand| o.cs == 1 && k >= 2 * BAND;
     let (a_rows, b_rows) = (by_rows(Operand { cs: s.a.rs, ..s.a }), by_rows(s.b));
+    // A big B (a layer's weights) for few rows of A (a batch of a few hundred): B is packed micro-panel by
+    // micro-panel just before its tiles use it, its source lines fetched while the panel before is in use
+    // ([`compute`]), instead of all of it up front from memory (a 256 x 1024 x 1024 product with the weight
+    // packed up front ran at 91-92 GFLOP/s at 1 thread, the weight gradient's, whose operands are small,
+    // at 102). Each B panel then belongs to one tile: the tiles split the columns only.
+    let fuse = s.depth.is_none()
+        && pm <= 2 * (MC / MR)
+        && k * n >= FUSE_B
+        && k >= 2 * BAND
+        && pn >= 4 * threads;
     let a_units = if a_rows { k.div_ceil(BAND) } else { pm };
-    let b_units = if b_rows { k.div_ceil(BAND) } else { pn };
+    let b_units = match (fuse, b_rows) {
+        (true, _) => 0,
+        (false, true) => k.div_ceil(BAND),
+        (false, false) => pn,
+    };
     let pack = |u: usize| match u < a_units {
         true if a_rows => pack_band::<MR>(s.a.ptr, s.a.cs, m, k, u * BAND, &a_used, s.pa),
         true => pack_a(s, m, k, u, pm, a_used[u]),
@@ -491,7 +505,17 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
     // width. With depth ranges the pool balanced the tiles by stealing, but a triangular mask's weight gradient
     // has 8 row groups whose work grows from nothing to the whole depth: the pool's halving of the tile range
     // split them about 10 : 26, and stealing only evened that out to about 25 : 11.
-    let lists = match threads > 1 {
+    if fuse {
+        (rp, cp) = (
+            1,
+            if threads > 1 {
+                threads
+            } else {
+                pn.div_ceil(NC / NR)
+            },
+        );
+    }
+    let lists = match threads > 1 && !fuse {
         true => {
             let (r, c, lists) = match s.depth {
                 None => deal(pm, pn, (rp, cp), threads, &|i0, i1, j0, j1| {
@@ -512,7 +536,7 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
         let (ri, ci) = (t / cp, t % cp);
         let (i0, i1) = (ri * pm / rp, (ri + 1) * pm / rp);
         let (j0, j1) = (ci * pn / cp, (ci + 1) * pn / cp);
-        compute(s, m, n, k, (i0, i1), (j0, j1), pm, pn, out, false);
+        compute(s, m, n, k, (i0, i1), (j0, j1), pm, pn, out, false, fuse);
     };
     if threads == 1 {
         (0..units).for_each(pack);
@@ -576,6 +600,85 @@ fn deal(
         }
     }
     best
+}
+
+/// Floats of B from which a product with few rows of A packs B as it goes ([`run`], [`compute`]): 1 MB.
+const FUSE_B: usize = 1 << 18;
+
+/// The source lines of one micro-panel of B (column panel `j`, depth steps `p0..p1`), fetched one by one
+/// ([`RawLines::fetch_next`]) without divisions: `outer` runs of `inner` lines, `stride` floats apart.
+struct RawLines {
+    base: *const f32,
+    stride: isize,
+    inner: usize,
+    outer: usize,
+    o: usize,
+    i: usize,
+}
+
+impl RawLines {
+    fn none() -> Self {
+        RawLines {
+            base: std::ptr::null(),
+            stride: 0,
+            inner: 0,
+            outer: 0,
+            o: 0,
+            i: 0,
+        }
+    }
+
+    /// Lanes contiguous along the depth (`x W^T`'s B): per lane, its steps' lines; lanes contiguous (`dy W`'s B):
+    /// per step, the lanes' line (two, as it may straddle); otherwise none.
+    unsafe fn new(b: Operand, n: usize, j: usize, p0: usize, p1: usize) -> Self {
+        let (q0, lanes) = (j * NR, NR.min(n - j * NR));
+        let at = |p: usize, q: usize| b.ptr.offset(p as isize * b.rs + q as isize * b.cs);
+        match (b.rs, b.cs) {
+            (1, cs) => RawLines {
+                base: at(p0, q0),
+                stride: cs,
+                inner: (p1 - p0).div_ceil(16) + 1,
+                outer: lanes,
+                o: 0,
+                i: 0,
+            },
+            (rs, 1) => RawLines {
+                base: at(p0, q0),
+                stride: rs,
+                inner: 2,
+                outer: p1 - p0,
+                o: 0,
+                i: 0,
+            },
+            _ => Self::none(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.inner * self.outer
+    }
+
+    /// Fetch the next line into the caches (nothing past the last).
+    #[inline(always)]
+    fn fetch_next(&mut self) {
+        if self.o >= self.outer {
+            return;
+        }
+        let at = self
+            .base
+            .wrapping_offset(self.o as isize * self.stride)
+            .wrapping_add(self.i * 16);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch never faults, whatever the address
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at as *const i8)
+        };
+        self.i += 1;
+        if self.i == self.inner {
+            self.i = 0;
+            self.o += 1;
+        }
+    }
 }
 
 /// What a tile costs beside its depth steps, in depth steps, for dealing tiles of uneven depth ([`deal`]).
@@ -758,6 +861,7 @@ unsafe fn compute(
     pn: usize,
     out: Out,
     prefetch: bool,
+    pack: bool,
 ) {
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
@@ -765,6 +869,18 @@ unsafe fn compute(
         let relu = out.relu && p0 + kc >= k;
         for j in j0..j1 {
             let bp = s.pb.add(panel_offset(p0, kc, j, NR, pn));
+            // with `pack`, this micro-panel of B is packed now (its source lines fetched while the one before
+            // was in use), and the next one's source lines are fetched a slice per A panel
+            let mut raw = RawLines::none();
+            if pack {
+                pack_b(s, n, k, j, pn, (p0, p0 + kc));
+                raw = match (j + 1 < j1, p0 + KC < k) {
+                    (true, _) => RawLines::new(s.b, n, j + 1, p0, p0 + kc),
+                    (false, true) => RawLines::new(s.b, n, j0, p0 + KC, (p0 + 2 * KC).min(k)),
+                    _ => RawLines::none(),
+                };
+            }
+            let raw_per = raw.len().div_ceil(i1 - i0);
             let cols = NR.min(n - j * NR);
             let bias = match p0 == 0 && !out.bias.is_null() {
                 true => out.bias.add(j * NR),
@@ -787,6 +903,9 @@ unsafe fn compute(
                 } else {
                     0
                 };
+                for _ in 0..raw_per {
+                    raw.fetch_next();
+                }
                 let ap = s.pa.add(panel_offset(p0, kc, i, MR, pm));
                 let rows = MR.min(m - i * MR);
                 let c =
@@ -1076,6 +1195,9 @@ mod tests {
             // a last row panel of every height (13, 50, 97: 1 or 2 rows; 45: 3; 40: 4; 53: 5)
             (45, 40, 20),
             (53, 70, 40),
+            // few rows and a big B: B packed panel by panel as the tiles go, over a ragged last column panel and
+            // depth block
+            (40, 600, 450),
         ] {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let a = rand(m * k, &mut seed);
