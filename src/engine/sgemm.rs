@@ -459,9 +459,10 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
     let (a_rows, b_rows) = (by_rows(Operand { cs: s.a.rs, ..s.a }), by_rows(s.b));
     // A big B (a layer's weights) for few rows of A (a batch of a few hundred): B is packed micro-panel by
     // micro-panel just before its tiles use it, its source lines fetched while the panel before is in use
-    // ([`compute`]), instead of all of it up front from memory (a 256 x 1024 x 1024 product with the weight
-    // packed up front ran at 91-92 GFLOP/s at 1 thread, the weight gradient's, whose operands are small,
-    // at 102). Each B panel then belongs to one tile: the tiles split the columns only.
+    // ([`compute`]), instead of all of it up front into a buffer that outgrows L2 and is read back panel by
+    // panel (a 256 x 1024 x 1024 product with the weight packed up front took 1.10-1.14x the time of the weight
+    // gradient of the same size, whose operands are small; now 1.05-1.10x). Each B panel then belongs to one
+    // tile: the tiles split the columns only.
     let fuse = s.depth.is_none()
         && pm <= 2 * (MC / MR)
         && k * n >= FUSE_B
@@ -847,8 +848,9 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
 }
 
 /// One task: C's A panels `i0..i1` by B panels `j0..j1`, over every depth block (with `prefetch`, each B panel
-/// fetched ahead while the one before is in use); the bias goes in with the first depth block, the ReLU with
-/// the last.
+/// fetched ahead while the one before is in use; with `pack`, each B panel packed here just before its use, from
+/// source lines fetched while the one before is in use: the task must be the only one using these B panels);
+/// the bias goes in with the first depth block, the ReLU with the last.
 #[allow(clippy::too_many_arguments)]
 unsafe fn compute(
     s: Shared<'_>,

@@ -238,8 +238,8 @@ struct MaskPanels {
     live: Vec<bool>,
     live_cols: usize,
     /// The structural zeros inside live weight-gradient tiles, as runs `[start, end)` of the flattened weight:
-    /// the only masked entries that product writes nonzero (MADE's masks are a prefix or suffix of each row,
-    /// so these are the ends of the rows' last partial tiles).
+    /// the only masked entries that product writes nonzero (in MADE's hidden and output layers, whose hidden
+    /// degrees are sorted, each row's free weights are a prefix: these are the ends of its last partial tile).
     fix: Vec<(usize, usize)>,
 }
 
