@@ -186,12 +186,7 @@ pub unsafe fn sgemm(
             None => (0..=threads).map(|q| q * pm / threads).collect(),
             Some(f) => {
                 let work: Vec<usize> = (0..pm)
-                    .map(|i| {
-                        1 + (0..pn)
-                            .map(|j| f(i, j))
-                            .map(|(l, h)| h.saturating_sub(l))
-                            .sum::<usize>()
-                    })
+                    .map(|i| (0..pn).map(|j| tile_work(f(i, j))).sum())
                     .collect();
                 let total: usize = work.iter().sum();
                 // cut `q` before or after the panel that crosses `q / threads` of the work, whichever is nearer
@@ -439,10 +434,9 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
                         *a = (a.0.min(lo), a.1.max(hi));
                         *b = (b.0.min(lo), b.1.max(hi));
                     }
-                    // (a depth step of a tile, plus what a tile costs whatever its depth)
-                    let cost = hi.saturating_sub(lo) + TILE_COST;
                     work[(i + 1) * wk + j + 1] =
-                        cost + work[i * wk + j + 1] + work[(i + 1) * wk + j] - work[i * wk + j];
+                        tile_work((lo, hi)) + work[i * wk + j + 1] + work[(i + 1) * wk + j]
+                            - work[i * wk + j];
                 }
             }
             (a_used, b_used, work)
@@ -665,15 +659,11 @@ impl RawLines {
         if self.o >= self.outer {
             return;
         }
-        let at = self
-            .base
-            .wrapping_offset(self.o as isize * self.stride)
-            .wrapping_add(self.i * 16);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch never faults, whatever the address
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at as *const i8)
-        };
+        prefetch_line(
+            self.base
+                .wrapping_offset(self.o as isize * self.stride)
+                .wrapping_add(self.i * 16),
+        );
         self.i += 1;
         if self.i == self.inner {
             self.i = 0;
@@ -682,8 +672,26 @@ impl RawLines {
     }
 }
 
+/// Bring the 64-byte line holding `p` into L1 (a hint: never faults, whatever the address).
+#[inline(always)]
+fn prefetch_line(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and does not fault
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// What a tile costs beside its depth steps, in depth steps, for dealing tiles of uneven depth ([`deal`]).
 const TILE_COST: usize = 8;
+
+/// The work of a tile (one A panel by one B panel) over the depth range `[lo, hi)`, for splitting products with
+/// depth ranges by work: its depth steps plus [`TILE_COST`].
+fn tile_work((lo, hi): (usize, usize)) -> usize {
+    hi.saturating_sub(lo) + TILE_COST
+}
 
 /// Depth steps per unit of [`pack_band`].
 const BAND: usize = 16;
@@ -717,10 +725,7 @@ unsafe fn pack_band<const W: usize>(
         let at = src.add(j * W);
         for (t, p) in (s0..s1).enumerate() {
             let (row, d) = (at.offset(p as isize * ps), d.add(t * W));
-            #[cfg(target_arch = "x86_64")]
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                row.wrapping_add(4 * W) as *const i8,
-            );
+            prefetch_line(row.wrapping_add(4 * W));
             if w == W {
                 std::ptr::copy_nonoverlapping(row, d, W);
             } else {
