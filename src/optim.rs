@@ -134,11 +134,10 @@ impl<F: Float> Adam<F> {
             lr_wd: F::c(lr) * F::c(c.weight_decay),
             decoupled: c.kind == OptimKind::Adamw,
         };
-        // one fused pass per tensor, element-wise (so the result does not depend on the thread count), split
-        // over the pool in fixed chunks for the big tensors
+        // one fused pass, element-wise (so the result does not depend on the thread count), over fixed chunks of
+        // every tensor in one parallel region (one region per tensor waited for each tensor's last chunk, and ran
+        // the tensors of one chunk or less on one thread while the others waited)
         let update = move |w: &mut [F], g: &[F], m: &mut [F], v: &mut [F]| update(k, w, g, m, v);
-        // every tensor's chunks in one parallel region (one per tensor waited for each tensor's last chunk, and
-        // ran the tensors of one chunk or less on one thread while the others waited)
         const CHUNK: usize = 1 << 15;
         let mut tasks = Vec::new();
         let mut total = 0;

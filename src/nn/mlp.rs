@@ -535,7 +535,8 @@ impl<F: Float> Linear<F> {
         let (n, inp, out) = (dy.rows, self.inp, self.out);
         // training: the weights are about to change, so the inference packing is not worth its memory
         self.packed.clear();
-        if let Some(p) = MaskPanels::ranged::<F>(&self.panels, out, n, inp) {
+        // whether the structural zeros' gradients are already zero (else the whole gradient is masked below)
+        let masked = if let Some(p) = MaskPanels::ranged::<F>(&self.panels, out, n, inp) {
             // a zeroed gradient is overwritten (a tile with no live block gets zeros), not cleared and added to
             let (g, accumulate) = self.weight.grad_for_write();
             kernels::gemm_view_ranged(
@@ -551,24 +552,23 @@ impl<F: Float> Linear<F> {
                     false => (0, 0),
                 },
             );
-            if accumulate {
-                // (what was there may hold anything, in the dead tiles too)
-                self.weight.mask_grad();
-            } else {
-                // the dead tiles were written with zeros: only the masked entries of the live ones are zeroed,
-                // not every entry multiplied by the mask (a pass over the gradient and the mask)
+            // not accumulating, the dead tiles were written with zeros: only the masked entries of the live ones
+            // are zeroed, not every entry multiplied by the mask (a pass over the gradient and the mask); when
+            // accumulating, what was there may hold anything, in the dead tiles too
+            if !accumulate {
                 let g = self.weight.grad_mut();
                 for &(a, b) in &p.fix {
                     g[a..b].fill(F::zero());
                 }
             }
+            !accumulate
         } else if self.blocks.is_empty() {
             // after `zero_grad` the product writes the gradient instead of adding to zeros
             let (g, accumulate) = self.weight.grad_for_write();
             kernels::gemm(
                 &dy.data, dy.rows, dy.cols, true, &x.data, x.rows, x.cols, false, g, accumulate,
             );
-            self.weight.mask_grad();
+            false
         } else {
             // every block owns its own weights: split the blocks over the threads by area
             let n = dy.rows;
@@ -587,6 +587,9 @@ impl<F: Float> Linear<F> {
                 ));
             }
             kernels::gemm_tasks(&dy.data, &x.data, self.weight.grad_mut(), &tasks, true);
+            false
+        };
+        if !masked {
             self.weight.mask_grad();
         }
         kernels::add_col_sums(dy, self.bias.grad_mut());
