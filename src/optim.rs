@@ -1,5 +1,6 @@
 //! Optimisers (Adam, AdamW), global gradient-norm clipping and learning-rate schedules.
 
+use crate::engine::kernels::PacksWriter;
 use crate::engine::Float;
 use crate::nn::Param;
 use rayon::prelude::*;
@@ -137,23 +138,44 @@ impl<F: Float> Adam<F> {
         // one fused pass, element-wise (so the result does not depend on the thread count), over fixed chunks of
         // every tensor in one parallel region (one region per tensor waited for each tensor's last chunk, and ran
         // the tensors of one chunk or less on one thread while the others waited)
-        let update = move |w: &mut [F], g: &[F], m: &mut [F], v: &mut [F]| update(k, w, g, m, v);
+        // (a weight whose packed forms are kept in step, [`Param::step_parts`]: chunks of whole groups of rows,
+        // each repacked right after its update, while it is in cache)
         const CHUNK: usize = 1 << 15;
         let mut tasks = Vec::new();
         let mut total = 0;
         for ((p, m), v) in params.into_iter().zip(&mut self.m).zip(&mut self.v) {
             let p: &mut Param<F> = p;
-            let (w, g) = p.value_and_grad_mut();
+            let (w, g, packs) = p.step_parts();
             total += w.len();
+            let (chunk, row) = match packs {
+                Some(pw) => {
+                    let row = pw.row_len();
+                    let group = PacksWriter::ROWS * row;
+                    ((CHUNK / group).max(1) * group, row)
+                }
+                None => (CHUNK, 1),
+            };
             tasks.extend(
-                w.chunks_mut(CHUNK)
-                    .zip(g.chunks(CHUNK))
-                    .zip(m.chunks_mut(CHUNK))
-                    .zip(v.chunks_mut(CHUNK))
-                    .map(|(((w, g), m), v)| (w, g, m, v)),
+                w.chunks_mut(chunk)
+                    .zip(g.chunks(chunk))
+                    .zip(m.chunks_mut(chunk))
+                    .zip(v.chunks_mut(chunk))
+                    .enumerate()
+                    .map(|(c, (((w, g), m), v))| {
+                        let r0 = c * chunk / row;
+                        let rows = packs.map(|p| (p, r0, r0 + w.len() / row));
+                        (w, g, m, v, rows)
+                    }),
             );
         }
-        let run = |(w, g, m, v): (&mut [F], &[F], &mut [F], &mut [F])| update(w, g, m, v);
+        let run = |(w, g, m, v, rows): Task<'_, F>| {
+            update(k, w, g, m, v);
+            if let Some((packs, r0, r1)) = rows {
+                // SAFETY: the chunks, hence the rows, of one tensor are disjoint, and nothing reads the packs
+                // during the step
+                unsafe { packs.rows(w, r0, r1) };
+            }
+        };
         if total > CHUNK && crate::engine::pool::threads() > 1 {
             tasks.into_par_iter().for_each(run);
         } else {
@@ -161,6 +183,16 @@ impl<F: Float> Adam<F> {
         }
     }
 }
+
+/// A chunk of one tensor for one step: weights, gradients, moments, and, for a weight with packed forms, the
+/// writer and the chunk's rows.
+type Task<'a, F> = (
+    &'a mut [F],
+    &'a [F],
+    &'a mut [F],
+    &'a mut [F],
+    Option<(PacksWriter, usize, usize)>,
+);
 
 /// Adam's coefficients for one step.
 #[derive(Clone, Copy)]

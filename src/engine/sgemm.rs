@@ -281,9 +281,177 @@ impl PackedB {
         PackedB { buf, start, k, n }
     }
 
+    /// Room for a packed `k x n` matrix, written later part by part ([`PackedB::writer`]); zeros until then.
+    pub fn zeroed(k: usize, n: usize) -> Self {
+        let mut buf = Vec::new();
+        let pb = aligned(&mut buf, n.div_ceil(NR) * NR * k);
+        // SAFETY: `aligned` returns a pointer into `buf`
+        let start = unsafe { pb.offset_from(buf.as_ptr()) } as usize;
+        PackedB { buf, start, k, n }
+    }
+
     /// `(k, n)`: the depth and columns of the packed matrix.
     pub fn dims(&self) -> (usize, usize) {
         (self.k, self.n)
+    }
+
+    /// A handle that repacks parts of the matrix from its source, from several threads at once (disjoint
+    /// parts); valid while `self` is neither moved nor dropped, and nothing reads it meanwhile.
+    pub fn writer(&mut self) -> PackWriter {
+        PackWriter {
+            pb: self.buf[self.start..].as_mut_ptr(),
+            k: self.k,
+            n: self.n,
+        }
+    }
+}
+
+/// Writes parts of a [`PackedB`] (from [`PackedB::writer`]): an optimiser's step repacks the rows of a weight
+/// it has just updated while they are still in cache, instead of every product packing the whole weight again.
+#[derive(Clone, Copy)]
+pub struct PackWriter {
+    pb: *mut f32,
+    k: usize,
+    n: usize,
+}
+
+// SAFETY: the writers of one matrix write disjoint parts of it ([`PackWriter::lanes`], [`PackWriter::steps`])
+unsafe impl Send for PackWriter {}
+unsafe impl Sync for PackWriter {}
+
+/// Lanes or depth steps per part a [`PackWriter`] writes: a part starts at a multiple of it.
+pub const PACK_PART: usize = NR;
+
+impl PackWriter {
+    fn shared(&self, b: Operand) -> Shared<'static> {
+        Shared {
+            a: b,
+            b,
+            c: std::ptr::null_mut(),
+            crs: 0,
+            ccs: 0,
+            pa: std::ptr::null_mut(),
+            pb: self.pb,
+            depth: None,
+        }
+    }
+
+    /// Repack columns `q0..q1` of B (every depth step) from `b` (the whole `k x n` source); `q0` a multiple of
+    /// [`PACK_PART`], `q1` too or `n`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA, `b` must address the `k x n` source, and no other thread may write or
+    /// read the same columns meanwhile.
+    pub unsafe fn lanes(&self, b: Operand, q0: usize, q1: usize) {
+        debug_assert!(
+            q0.is_multiple_of(NR) && (q1.is_multiple_of(NR) || q1 == self.n) && q1 <= self.n
+        );
+        let (s, pn) = (self.shared(b), self.n.div_ceil(NR));
+        for j in q0 / NR..q1.div_ceil(NR) {
+            #[cfg(target_arch = "x86_64")]
+            if b.rs == 1 && (j + 1) * NR <= self.n {
+                stream_lanes(b, self.k, j, pn, self.pb);
+                continue;
+            }
+            pack_b(s, self.n, self.k, j, pn, (0, self.k));
+        }
+        fence();
+    }
+
+    /// Repack depth steps `p0..p1` of B (every column) from `b` (the whole `k x n` source, columns contiguous:
+    /// `b.cs == 1`); `p0` a multiple of [`PACK_PART`], `p1` too or `k`.
+    ///
+    /// # Safety
+    /// As [`PackWriter::lanes`], for these depth steps.
+    pub unsafe fn steps(&self, b: Operand, p0: usize, p1: usize) {
+        debug_assert!(
+            b.cs == 1 && p0.is_multiple_of(BAND) && (p1.is_multiple_of(BAND) || p1 == self.k)
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            stream_steps(b, self.n, self.k, p0, p1, self.pb);
+            fence();
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let used = vec![(0, self.k); self.n.div_ceil(NR)];
+            for p in (p0..p1).step_by(BAND) {
+                pack_band::<NR>(b.ptr, b.rs, self.n, self.k, p, &used, self.pb);
+            }
+        }
+    }
+}
+
+/// Order the non-temporal stores of a [`PackWriter`] before whatever the thread does next (they bypass the
+/// caches, and the products that read the packs may run on another thread).
+#[inline(always)]
+fn fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a store fence has no operands
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// Column panel `j` (all `NR` lanes present) of a B whose lanes are contiguous along the depth (`b.rs == 1`),
+/// every depth block, into the packed layout at `pb` (`pn` panels), with non-temporal stores: the packs of a
+/// weight are written once per optimiser step and read in the next step's products, long after, so the stores
+/// go to memory without first reading each line in, and without evicting the caches' contents. 8 lanes x 8
+/// steps per register transpose; a depth block's last `kc % 8` steps plainly.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn stream_lanes(b: Operand, k: usize, j: usize, pn: usize, pb: *mut f32) {
+    use std::arch::x86_64::*;
+    let src = |q: usize, p: usize| b.ptr.offset((j * NR + q) as isize * b.cs).add(p);
+    for p0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - p0);
+        let dst = pb.add(panel_offset(p0, kc, j, NR, pn));
+        let mut t = 0;
+        while t + 8 <= kc {
+            let mut halves = [[_mm256_setzero_ps(); 8]; 2];
+            for (h, half) in halves.iter_mut().enumerate() {
+                let rows: [__m256; 8] =
+                    std::array::from_fn(|q| _mm256_loadu_ps(src(8 * h + q, p0 + t)));
+                *half = transpose8(rows);
+            }
+            for u in 0..8 {
+                let d = dst.add((t + u) * NR);
+                _mm256_stream_ps(d, halves[0][u]);
+                _mm256_stream_ps(d.add(8), halves[1][u]);
+            }
+            t += 8;
+        }
+        for t in t..kc {
+            for q in 0..NR {
+                *dst.add(t * NR + q) = *src(q, p0 + t);
+            }
+        }
+    }
+}
+
+/// Depth steps `p0..p1` of every column panel of a B whose columns are contiguous (`b.cs == 1`), `n` columns
+/// (zero past them) and depth `k`, into the packed layout at `pb`: panel by panel, each step's `NR` lanes one
+/// line, with non-temporal stores ([`stream_lanes`] says why).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn stream_steps(b: Operand, n: usize, k: usize, p0: usize, p1: usize, pb: *mut f32) {
+    use std::arch::x86_64::*;
+    let pn = n.div_ceil(NR);
+    for j in 0..pn {
+        let w = NR.min(n - j * NR);
+        for p in p0..p1 {
+            let (b0, kc) = (p / KC * KC, KC.min(k - p / KC * KC));
+            let d = pb.add(panel_offset(b0, kc, j, NR, pn) + (p - b0) * NR);
+            let row = b.ptr.offset(p as isize * b.rs).add(j * NR);
+            if w == NR {
+                _mm256_stream_ps(d, _mm256_loadu_ps(row));
+                _mm256_stream_ps(d.add(8), _mm256_loadu_ps(row.add(8)));
+            } else {
+                for q in 0..NR {
+                    *d.add(q) = if q < w { *row.add(q) } else { 0.0 };
+                }
+            }
+        }
     }
 }
 
@@ -1304,6 +1472,69 @@ mod tests {
                             depth.is_some()
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// A matrix packed part by part ([`PackWriter`]: by columns, or by depth steps for a source with contiguous
+    /// columns; parts written from several threads at once, in any order) is the matrix packed whole: ragged last
+    /// panels and depth blocks, a source with either stride contiguous.
+    #[test]
+    fn packing_part_by_part_equals_packing_whole() {
+        if !available() {
+            return;
+        }
+        let mut seed = 5;
+        for (k, n) in [(600, 70), (37, 300), (256, 16), (20, 33)] {
+            let src = rand(k * n, &mut seed);
+            let row_major = Operand {
+                ptr: src.as_ptr(),
+                rs: n as isize,
+                cs: 1,
+            };
+            let col_major = Operand {
+                ptr: src.as_ptr(),
+                rs: 1,
+                cs: k as isize,
+            };
+            for b in [row_major, col_major] {
+                // SAFETY: the CPU runs the kernel (checked above) and `b` addresses `k x n` elements of `src`
+                let whole = unsafe { PackedB::new(k, n, b, 1) };
+                // (the packed floats only: the slack after them depends on the buffer's alignment)
+                let len = n.div_ceil(NR) * NR * k;
+                let of = |p: &PackedB| p.buf[p.start..p.start + len].to_vec();
+                let want = of(&whole);
+                let parts = |len: usize| -> Vec<(usize, usize)> {
+                    let cuts: Vec<usize> = (0..len.div_ceil(PACK_PART))
+                        .step_by(3)
+                        .map(|p| p * PACK_PART)
+                        .chain([len])
+                        .collect();
+                    cuts.windows(2).rev().map(|w| (w[0], w[1])).collect()
+                };
+                // (the source by address: an `Operand` is not `Sync`)
+                let (at, rs, cs) = (b.ptr as usize, b.rs, b.cs);
+                let b = move || Operand {
+                    ptr: at as *const f32,
+                    rs,
+                    cs,
+                };
+                let mut by_lanes = PackedB::zeroed(k, n);
+                let w = by_lanes.writer();
+                // SAFETY: the parts are disjoint, nothing reads the matrix meanwhile
+                parts(n)
+                    .into_par_iter()
+                    .for_each(|(q0, q1)| unsafe { w.lanes(b(), q0, q1) });
+                assert!(of(&by_lanes) == want, "{k}x{n} by columns, rs {rs}");
+                if cs == 1 {
+                    let mut by_steps = PackedB::zeroed(k, n);
+                    let w = by_steps.writer();
+                    // SAFETY: as above
+                    parts(k)
+                        .into_par_iter()
+                        .for_each(|(p0, p1)| unsafe { w.steps(b(), p0, p1) });
+                    assert!(of(&by_steps) == want, "{k}x{n} by depth steps");
                 }
             }
         }

@@ -391,10 +391,18 @@ impl<F: Float> Linear<F> {
         let ranged = self.ranged(n, inp, out);
         let depth = |_: usize, j: usize| ranged.expect("masked").out_inputs[j];
         let depth = ranged.is_some().then_some(&depth as &kernels::Depth<'_>);
-        // (a masked layer only on the kernel that skips its empty tiles)
-        let packed = (keep && (ranged.is_some() || !self.masked()))
-            .then(|| self.packed.get(&self.weight, out, inp, n))
-            .flatten();
+        // the training packs when they hold the current weights, else for inference the inference packing (a
+        // masked layer only on the kernel that skips its empty tiles)
+        let held;
+        let packed = match self.packs_for(n) {
+            Some(p) => Some(p.forward()),
+            None => {
+                held = (keep && (ranged.is_some() || !self.masked()))
+                    .then(|| self.packed.get(&self.weight, out, inp, n))
+                    .flatten();
+                held.as_deref()
+            }
+        };
         let ep = kernels::Epilogue {
             accumulate: false,
             bias,
@@ -407,11 +415,11 @@ impl<F: Float> Linear<F> {
         let w = self.weight.value();
         match (packed, y) {
             (Some(p), None) => {
-                let data = kernels::gemm_prepared_new(&x.data, n, inp, &p, bias, relu, depth);
+                let data = kernels::gemm_prepared_new(&x.data, n, inp, p, bias, relu, depth);
                 Some(Mat::from_vec(n, out, data))
             }
             (Some(p), Some(y)) => {
-                kernels::gemm_prepared(&x.data, n, inp, &p, &mut y.data, out, ep, depth);
+                kernels::gemm_prepared(&x.data, n, inp, p, &mut y.data, out, ep, depth);
                 None
             }
             (None, y) if ranged.is_some() || self.blocks.is_empty() => match y {
@@ -450,6 +458,15 @@ impl<F: Float> Linear<F> {
                 fresh
             }
         }
+    }
+
+    /// The weight's training packs ([`Param::want_packs`]) for `rows`-row products, where they hold the current
+    /// weights and both products run on the kernel that uses them (a masked layer only on the ranged kernel).
+    fn packs_for(&self, rows: usize) -> Option<&kernels::WeightPacks> {
+        let p = self.weight.packs()?;
+        let kernel = kernels::WeightPacks::suit::<F>(rows, self.out, self.inp)
+            && (!self.masked() || self.ranged(rows, self.inp, self.out).is_some());
+        kernel.then_some(p)
     }
 
     /// The mask's tile ranges when a `m x k` by `k x n` product of this layer runs on the ranged f32 kernel.
@@ -506,6 +523,18 @@ impl<F: Float> Linear<F> {
             // a product that writes every element (on the kernel, into memory not cleared first)
             let depth = |_: usize, j: usize| ranged.expect("masked").in_outputs[j];
             let depth = ranged.is_some().then_some(&depth as &kernels::Depth<'_>);
+            if let Some(p) = self.packs_for(n) {
+                let data = kernels::gemm_prepared_new(
+                    &dy.data,
+                    n,
+                    out,
+                    p.input_grad(),
+                    None,
+                    false,
+                    depth,
+                );
+                return Mat::from_vec(n, inp, data);
+            }
             let data = kernels::gemm_view_new(
                 &dy.data,
                 View::block(out, 0, n, 0, out),
@@ -533,8 +562,15 @@ impl<F: Float> Linear<F> {
     /// Accumulate `dW += dy^T x`, `db += sum dy`; return `dx = dy W` if asked.
     pub fn backward(&mut self, x: &Mat<F>, dy: &Mat<F>, want_dx: bool) -> Option<Mat<F>> {
         let (n, inp, out) = (dy.rows, self.inp, self.out);
-        // training: the weights are about to change, so the inference packing is not worth its memory
+        // training: the weights are about to change, so the inference packing is not worth its memory; a big
+        // weight asks the optimiser to keep its packed forms in step instead (a masked layer only where its
+        // products run on the ranged kernel)
         self.packed.clear();
+        if kernels::WeightPacks::suit::<F>(n, out, inp)
+            && (!self.masked() || self.ranged(n, inp, out).is_some())
+        {
+            self.weight.want_packs(out, inp);
+        }
         // whether the structural zeros' gradients are already zero (else the whole gradient is masked below)
         let masked = if let Some(p) = MaskPanels::ranged::<F>(&self.panels, out, n, inp) {
             // a zeroed gradient is overwritten (a tile with no live block gets zeros), not cleared and added to
@@ -1141,6 +1177,68 @@ mod tests {
     /// off the kernel, `infer_to` into a dirty buffer); the packing is reused while the weights are unchanged,
     /// redone after any write to them (and then again equal to the forward), dropped by a backward; clones
     /// start without it.
+    /// A big weight trained with Adam keeps its packed forms in step (the layer asks for them in its backward,
+    /// the optimiser writes them as it updates the weight): from the first step on the products run on them and
+    /// give the bits of products that pack the weight themselves (a clone, which holds no packs), step after step,
+    /// masked or not; a write other than the optimiser's makes them stale until its next step.
+    #[test]
+    fn trained_weights_keep_their_packs_in_step() {
+        use crate::optim::{Adam, OptimConfig};
+        let mut r = rng(8);
+        let (inp, out, n) = (300, 900, 64);
+        assert!(kernels::WeightPacks::suit::<f32>(n, out, inp) || !sgemm_runs());
+        for masked in [false, true] {
+            let mut l: Linear<f32> = Linear::new("l", inp, out, &mut r);
+            if masked {
+                let mask = (0..out * inp)
+                    .map(|j| ((j % inp) * out <= (j / inp) * inp) as u8 as f32)
+                    .collect();
+                l.set_mask(mask);
+            }
+            let mut plain = l.clone();
+            let cfg = OptimConfig {
+                lr: 1e-2,
+                ..OptimConfig::default()
+            };
+            let (mut opt, mut opt_plain) = (Adam::new(cfg), Adam::new(cfg));
+            for step in 0..4 {
+                assert_eq!(
+                    l.packs_for(n).is_some(),
+                    step > 0 && sgemm_runs(),
+                    "masked {masked}, step {step}: packs in use"
+                );
+                // the plain layer: a fresh clone each step, so its products always pack the weight
+                plain = plain.clone();
+                let x: Mat<f32> = randn(&mut r, n, inp);
+                let (y, y_plain) = (l.forward_relu(&x, true), plain.forward_relu(&x, true));
+                assert!(
+                    y.data == y_plain.data,
+                    "masked {masked}, step {step}: forward"
+                );
+                let dy = Mat::from_vec(n, out, y.data.iter().map(|v| v - 0.3).collect());
+                let dx = l.backward(&x, &dy, true).unwrap();
+                let dx_plain = plain.backward(&x, &dy, true).unwrap();
+                assert!(dx.data == dx_plain.data, "masked {masked}, step {step}: dx");
+                opt.step(&mut [&mut l.weight, &mut l.bias], 1e-2);
+                opt_plain.step(&mut [&mut plain.weight, &mut plain.bias], 1e-2);
+                assert!(l.weight.value() == plain.weight.value(), "step {step}");
+            }
+            // a write of its own: stale, and the products pack the weight again
+            l.weight.value_mut()[3] += 0.25;
+            plain.weight.value_mut()[3] += 0.25;
+            assert!(
+                l.packs_for(n).is_none(),
+                "masked {masked}: stale packs in use"
+            );
+            let x: Mat<f32> = randn(&mut r, n, inp);
+            assert!(l.forward(&x).data == plain.clone().forward(&x).data);
+        }
+    }
+
+    fn sgemm_runs() -> bool {
+        crate::engine::sgemm::available()
+    }
+
     #[test]
     fn inference_packs_weights_once_while_unchanged() {
         let mut r = rng(3);

@@ -10,6 +10,7 @@ pub use conv::{Conv2d, ConvNet, ConvNetKind};
 pub use made::{Made, MadeOpts};
 pub use mlp::{Activation, Linear, Mlp};
 
+use crate::engine::kernels::{PacksWriter, WeightPacks};
 use crate::engine::Float;
 
 /// A named tensor of a module: trainable weights, or a buffer (running statistics, masks, an "initialised"
@@ -33,6 +34,31 @@ pub struct Param<F> {
     /// their gradients are zeroed by the module that owns them, and gradient checks skip them.
     pub mask: Option<Vec<F>>,
     version: u64,
+    /// The packed forms of a layer's weight, when the layer asks for them.
+    packs: Packs,
+}
+
+/// A weight's packed forms for its layer's products ([`WeightPacks`]): asked for by the layer that trains it
+/// ([`Param::want_packs`]), written by the optimiser as it updates the weight ([`Param::step_parts`]), used while
+/// they were written at the tensor's current version. Clones start without.
+#[derive(Default)]
+struct Packs {
+    /// The weight's `(out, inp)` when its layer wants them.
+    want: Option<(usize, usize)>,
+    /// The packs and the version they were written at.
+    held: Option<(u64, Box<WeightPacks>)>,
+}
+
+impl Clone for Packs {
+    fn clone(&self) -> Self {
+        Packs::default()
+    }
+}
+
+impl std::fmt::Debug for Packs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.held.is_some() { "Packs" } else { "-" })
+    }
 }
 
 /// Source of [`Param::version`]s: unique over the process, so a version names one state of one tensor's values
@@ -56,6 +82,7 @@ impl<F: Float> Param<F> {
             trainable: true,
             mask: None,
             version: next_version(),
+            packs: Packs::default(),
         }
     }
     pub fn value(&self) -> &[F] {
@@ -72,6 +99,39 @@ impl<F: Float> Param<F> {
         self.grad_mut();
         self.version = next_version();
         (&mut self.value, &self.grad)
+    }
+    /// [`Param::value_and_grad_mut`] for an optimiser that keeps the weight's packed forms in step
+    /// ([`Param::want_packs`]): with them, a writer that the caller must repack every row through once it has
+    /// written the row's new values (the packs are taken as written at the new version).
+    pub fn step_parts(&mut self) -> (&mut [F], &[F], Option<PacksWriter>) {
+        self.grad_mut();
+        self.version = next_version();
+        let writer = match self.packs.want {
+            Some((out, inp)) => {
+                let held = match self.packs.held.take() {
+                    Some((_, p)) if p.dims() == (out, inp) => p,
+                    _ => Box::new(WeightPacks::zeroed(out, inp)),
+                };
+                let (_, p) = self.packs.held.insert((self.version, held));
+                Some(p.writer())
+            }
+            None => None,
+        };
+        (&mut self.value, &self.grad, writer)
+    }
+    /// Ask for this `out x inp` weight's packed forms: the optimiser writes them from its next step on
+    /// ([`Param::step_parts`]). For f32 weights whose products run on the packed kernel
+    /// ([`WeightPacks::suit`]).
+    pub(crate) fn want_packs(&mut self, out: usize, inp: usize) {
+        assert_eq!(out * inp, self.value.len(), "{}: packs' shape", self.name);
+        self.packs.want = Some((out, inp));
+    }
+    /// The packed forms, if written at the current values.
+    pub(crate) fn packs(&self) -> Option<&WeightPacks> {
+        match &self.packs.held {
+            Some((v, p)) if *v == self.version => Some(p),
+            _ => None,
+        }
     }
     /// The gradient (zeros after [`Param::zero_grad`] until something is added to it).
     pub fn grad(&self) -> std::borrow::Cow<'_, [F]> {
