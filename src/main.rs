@@ -5,6 +5,10 @@ mod cli;
 
 use clap::Parser;
 
+/// Big blocks (parameters, gradients, optimiser moments) on transparent huge pages.
+#[global_allocator]
+static ALLOC: nflow::engine::HugePages = nflow::engine::HugePages;
+
 fn main() {
     nflow::engine::tune_allocator();
     let args = cli::Cli::parse();

@@ -112,11 +112,15 @@ impl<F: Float> Adam<F> {
     pub fn step(&mut self, params: &mut [&mut Param<F>], lr: f64) {
         let params: Vec<&mut &mut Param<F>> = params.iter_mut().filter(|p| p.trainable).collect();
         if self.m.is_empty() {
-            self.m = params
-                .iter()
-                .map(|p| vec![F::zero(); p.value().len()])
-                .collect();
-            self.v = self.m.clone();
+            // (the moments live as long as the optimiser and are streamed every step: huge pages where allowed)
+            let zeros = || {
+                params
+                    .iter()
+                    .map(|p| vec![F::zero(); p.value().len()])
+                    .collect()
+            };
+            self.m = crate::engine::lasting(zeros);
+            self.v = crate::engine::lasting(zeros);
         }
         self.t += 1;
         let c = &self.cfg;

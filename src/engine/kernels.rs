@@ -683,11 +683,12 @@ impl WeightPacks {
     }
 
     /// Room for the packed forms of an `out x inp` weight, all to be written ([`WeightPacks::writer`]).
+    /// (On huge pages where the program allows: they live as long as the weight and are streamed every step.)
     pub fn zeroed(out: usize, inp: usize) -> Self {
-        WeightPacks {
+        crate::engine::lasting(|| WeightPacks {
             fwd: PreparedWeight(sgemm::PackedB::zeroed(inp, out)),
             bwd: PreparedWeight(sgemm::PackedB::zeroed(out, inp)),
-        }
+        })
     }
 
     /// `(out, inp)`: the weight's shape.

@@ -73,11 +73,16 @@ impl<F: Float> Param<F> {
     pub fn new(name: impl Into<String>, shape: Vec<usize>, value: Vec<F>) -> Self {
         assert_eq!(shape.iter().product::<usize>(), value.len());
         let n = value.len();
+        // the values and the gradient of a big tensor on huge pages (where the program allows: `lasting`)
+        let value = match n * std::mem::size_of::<F>() >= crate::engine::HUGE_PAGE {
+            true => crate::engine::lasting(|| value.clone()),
+            false => value,
+        };
         Param {
             name: name.into(),
             shape,
             value,
-            grad: vec![F::zero(); n],
+            grad: crate::engine::lasting(|| vec![F::zero(); n]),
             stale: false,
             trainable: true,
             mask: None,
@@ -200,7 +205,8 @@ impl<F: Float> Param<F> {
             self.name
         );
         self.version = next_version();
-        self.value = value;
+        // (into the tensor's own memory, which may be on huge pages)
+        self.value.copy_from_slice(&value);
     }
     /// Changes whenever the values may have: equal versions mean equal values (process-wide, clones included).
     pub fn version(&self) -> u64 {
