@@ -214,7 +214,7 @@ pub fn tune_allocator() {
 /// transparent huge pages (Linux, where THP is in `madvise` mode as on most distributions; elsewhere, or with THP
 /// off, plain pages). Why: a training step streams every parameter, its gradient, Adam's moments and the packed
 /// weights through memory (w3: 13.5M parameters, about 300 MB a step), each 4 KB page a TLB miss; on huge pages
-/// w3's optimiser step took 0.85x the time and the whole training step 0.98x at one thread. Blocks from the
+/// w3's optimiser step took 0.87x the time and the whole training step 0.98-0.99x at one thread. Blocks from the
 /// system allocator's heap could not be relied on for it: parts of them had been used before, on small pages.
 pub struct HugePages;
 
