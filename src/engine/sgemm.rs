@@ -1520,21 +1520,21 @@ mod tests {
                     rs,
                     cs,
                 };
-                let mut by_lanes = PackedB::zeroed(k, n);
-                let w = by_lanes.writer();
-                // SAFETY: the parts are disjoint, nothing reads the matrix meanwhile
-                parts(n)
-                    .into_par_iter()
-                    .for_each(|(q0, q1)| unsafe { w.lanes(b(), q0, q1) });
-                assert!(of(&by_lanes) == want, "{k}x{n} by columns, rs {rs}");
-                if cs == 1 {
-                    let mut by_steps = PackedB::zeroed(k, n);
-                    let w = by_steps.writer();
-                    // SAFETY: as above
-                    parts(k)
+                // the matrix packed by parts of `len` columns or depth steps, written in parallel
+                let by = |len: usize, write: &(dyn Fn(&PackWriter, usize, usize) + Sync)| {
+                    let mut packed = PackedB::zeroed(k, n);
+                    let w = packed.writer();
+                    parts(len)
                         .into_par_iter()
-                        .for_each(|(p0, p1)| unsafe { w.steps(b(), p0, p1) });
-                    assert!(of(&by_steps) == want, "{k}x{n} by depth steps");
+                        .for_each(|(lo, hi)| write(&w, lo, hi));
+                    of(&packed)
+                };
+                // SAFETY (both): the parts are disjoint, nothing reads the matrix meanwhile
+                let lanes = by(n, &|w, q0, q1| unsafe { w.lanes(b(), q0, q1) });
+                assert!(lanes == want, "{k}x{n} by columns, rs {rs}");
+                if cs == 1 {
+                    let steps = by(k, &|w, p0, p1| unsafe { w.steps(b(), p0, p1) });
+                    assert!(steps == want, "{k}x{n} by depth steps");
                 }
             }
         }

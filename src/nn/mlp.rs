@@ -464,9 +464,14 @@ impl<F: Float> Linear<F> {
     /// weights and both products run on the kernel that uses them (a masked layer only on the ranged kernel).
     fn packs_for(&self, rows: usize) -> Option<&kernels::WeightPacks> {
         let p = self.weight.packs()?;
-        let kernel = kernels::WeightPacks::suit::<F>(rows, self.out, self.inp)
-            && (!self.masked() || self.ranged(rows, self.inp, self.out).is_some());
-        kernel.then_some(p)
+        self.packs_suit(rows).then_some(p)
+    }
+
+    /// Whether `rows`-row products of this layer gain from packs kept in step ([`kernels::WeightPacks::suit`]),
+    /// a masked layer only where its products run on the ranged kernel.
+    fn packs_suit(&self, rows: usize) -> bool {
+        kernels::WeightPacks::suit::<F>(rows, self.out, self.inp)
+            && (!self.masked() || self.ranged(rows, self.inp, self.out).is_some())
     }
 
     /// The mask's tile ranges when a `m x k` by `k x n` product of this layer runs on the ranged f32 kernel.
@@ -566,9 +571,7 @@ impl<F: Float> Linear<F> {
         // weight asks the optimiser to keep its packed forms in step instead (a masked layer only where its
         // products run on the ranged kernel)
         self.packed.clear();
-        if kernels::WeightPacks::suit::<F>(n, out, inp)
-            && (!self.masked() || self.ranged(n, inp, out).is_some())
-        {
+        if self.packs_suit(n) {
             self.weight.want_packs(out, inp);
         }
         // whether the structural zeros' gradients are already zero (else the whole gradient is masked below)
@@ -1173,10 +1176,6 @@ mod tests {
         assert_eq!(*l.weight.grad(), twice[..]);
     }
 
-    /// Inference on packed weights gives the training forward's bits (dense and masked layers, batches on and
-    /// off the kernel, `infer_to` into a dirty buffer); the packing is reused while the weights are unchanged,
-    /// redone after any write to them (and then again equal to the forward), dropped by a backward; clones
-    /// start without it.
     /// A big weight trained with Adam keeps its packed forms in step (the layer asks for them in its backward,
     /// the optimiser writes them as it updates the weight): from the first step on the products run on them and
     /// give the bits of products that pack the weight themselves (a clone, which holds no packs), step after step,
@@ -1239,6 +1238,10 @@ mod tests {
         crate::engine::sgemm::available()
     }
 
+    /// Inference on packed weights gives the training forward's bits (dense and masked layers, batches on and
+    /// off the kernel, `infer_to` into a dirty buffer); the packing is reused while the weights are unchanged,
+    /// redone after any write to them (and then again equal to the forward), dropped by a backward; clones
+    /// start without it.
     #[test]
     fn inference_packs_weights_once_while_unchanged() {
         let mut r = rng(3);
