@@ -230,10 +230,16 @@ thread_local! {
 /// program runs on [`HugePages`] (otherwise as usual): for buffers that live as long as a model and are streamed
 /// through every step.
 pub fn lasting<R>(f: impl FnOnce() -> R) -> R {
-    let before = LASTING.with(|l| l.replace(true));
-    let r = f();
-    LASTING.with(|l| l.set(before));
-    r
+    // the thread's setting restored however `f` ends (a panic unwinding through it included)
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = self.0;
+            let _ = LASTING.try_with(|l| l.set(before));
+        }
+    }
+    let _restore = Restore(LASTING.with(|l| l.replace(true)));
+    f()
 }
 
 /// The start of every block [`HugePages`] has mapped and not yet unmapped (0: a free slot); a fixed table, so that
