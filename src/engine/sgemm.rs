@@ -259,26 +259,15 @@ impl PackedB {
     /// The CPU must have AVX2 and FMA ([`available`]) and every element `b`'s strides address must be valid.
     pub unsafe fn new(k: usize, n: usize, b: Operand, threads: usize) -> Self {
         let pn = n.div_ceil(NR);
-        let mut buf = Vec::new();
-        let pb = aligned(&mut buf, pn * NR * k);
-        let start = pb.offset_from(buf.as_ptr()) as usize;
-        let s = Shared {
-            a: b,
-            b,
-            c: std::ptr::null_mut(),
-            crs: 0,
-            ccs: 0,
-            pa: std::ptr::null_mut(),
-            pb,
-            depth: None,
-        };
+        let mut packed = Self::zeroed(k, n);
+        let s = packed.writer().shared(b);
         let pack = |j: usize| pack_b(s, n, k, j, pn, (0, k));
         if threads > 1 {
             (0..pn).into_par_iter().with_min_len(4).for_each(pack);
         } else {
             (0..pn).for_each(pack);
         }
-        PackedB { buf, start, k, n }
+        packed
     }
 
     /// Room for a packed `k x n` matrix, written later part by part ([`PackedB::writer`]); zeros until then.
