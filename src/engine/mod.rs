@@ -298,16 +298,19 @@ impl HugePages {
         }
     }
 
+    /// The slot of [`MAPPED`] that records the block at `p` of `size` bytes, if [`HugePages::map`] made it.
+    fn mapped(p: *mut u8, size: usize) -> Option<&'static std::sync::atomic::AtomicUsize> {
+        if size < HUGE_PAGE || p.is_null() || !cfg!(target_os = "linux") {
+            return None;
+        }
+        MAPPED
+            .iter()
+            .find(|s| s.load(std::sync::atomic::Ordering::Acquire) == p as usize)
+    }
+
     /// Unmap the block at `p` (`size` bytes) if [`HugePages::map`] made it; whether it did.
     fn unmap(p: *mut u8, size: usize) -> bool {
-        use std::sync::atomic::Ordering;
-        if size < HUGE_PAGE || p.is_null() || !cfg!(target_os = "linux") {
-            return false;
-        }
-        let Some(slot) = MAPPED
-            .iter()
-            .find(|s| s.load(Ordering::Acquire) == p as usize)
-        else {
+        let Some(slot) = Self::mapped(p, size) else {
             return false;
         };
         #[cfg(target_os = "linux")]
@@ -315,7 +318,7 @@ impl HugePages {
         unsafe {
             libc::munmap(p as *mut libc::c_void, size.next_multiple_of(HUGE_PAGE));
         }
-        slot.store(0, Ordering::Release);
+        slot.store(0, std::sync::atomic::Ordering::Release);
         true
     }
 
@@ -356,11 +359,7 @@ unsafe impl std::alloc::GlobalAlloc for HugePages {
 
     unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, size: usize) -> *mut u8 {
         let new = std::alloc::Layout::from_size_align_unchecked(size, l.align());
-        let mapped = l.size() >= HUGE_PAGE
-            && MAPPED
-                .iter()
-                .any(|s| s.load(std::sync::atomic::Ordering::Acquire) == p as usize);
-        if !mapped && !Self::wanted(new) {
+        if Self::mapped(p, l.size()).is_none() && !Self::wanted(new) {
             return std::alloc::System.realloc(p, l, size);
         }
         let q = Self::block(new, false);
@@ -414,9 +413,8 @@ mod tests {
     #[test]
     fn huge_page_blocks() {
         use std::alloc::{GlobalAlloc, Layout};
-        use std::sync::atomic::Ordering::Relaxed;
         let a = HugePages;
-        let mapped = |p: *mut u8| MAPPED.iter().any(|s| s.load(Relaxed) == p as usize);
+        let mapped = |p: *mut u8| HugePages::mapped(p, HUGE_PAGE).is_some();
         let big = Layout::array::<f32>(HUGE_PAGE / 2).unwrap();
         // SAFETY: every block is used within its layout's size and freed with the layout it has then
         unsafe {

@@ -1185,7 +1185,9 @@ mod tests {
         use crate::optim::{Adam, OptimConfig};
         let mut r = rng(8);
         let (inp, out, n) = (300, 900, 64);
-        assert!(kernels::WeightPacks::suit::<f32>(n, out, inp) || !sgemm_runs());
+        assert!(
+            kernels::WeightPacks::suit::<f32>(n, out, inp) || !crate::engine::sgemm::available()
+        );
         for masked in [false, true] {
             let mut l: Linear<f32> = Linear::new("l", inp, out, &mut r);
             if masked {
@@ -1203,7 +1205,7 @@ mod tests {
             for step in 0..4 {
                 assert_eq!(
                     l.packs_for(n).is_some(),
-                    step > 0 && sgemm_runs(),
+                    step > 0 && crate::engine::sgemm::available(),
                     "masked {masked}, step {step}: packs in use"
                 );
                 // the plain layer: a fresh clone each step, so its products always pack the weight
@@ -1232,10 +1234,6 @@ mod tests {
             let x: Mat<f32> = randn(&mut r, n, inp);
             assert!(l.forward(&x).data == plain.clone().forward(&x).data);
         }
-    }
-
-    fn sgemm_runs() -> bool {
-        crate::engine::sgemm::available()
     }
 
     /// Inference on packed weights gives the training forward's bits (dense and masked layers, batches on and
