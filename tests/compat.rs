@@ -21,11 +21,15 @@ const FIXTURES: &[&str] = &[
 ];
 
 fn dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/v1")
+        .join(name)
 }
 
 fn column(path: &Path) -> Vec<f64> {
-    data::load_source(path.to_str().unwrap(), 0, 0).unwrap().data
+    data::load_source(path.to_str().unwrap(), 0, 0)
+        .unwrap()
+        .data
 }
 
 #[test]
@@ -54,7 +58,11 @@ fn version_1_models_give_the_same_log_probs_and_samples() {
             .unwrap();
         assert_eq!(s.columns, want.columns, "{name}");
         for (i, (a, b)) in s.data.iter().zip(&want.data).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "{name}: sample value {i}: {a} != {b}");
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{name}: sample value {i}: {a} != {b}"
+            );
         }
     }
 }

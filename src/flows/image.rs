@@ -10,18 +10,17 @@
 //! `K + 1` checkerboard couplings. Conditioners are ResNets.
 //!
 //! Factored-out channels are the last half of the current image rows; every later transform is wrapped in a
-//! [`Prefix`], so the flow stays one chain of transforms over `C*H*W` features on a standard normal prior.
+//! [`crate::transforms::Prefix`], so the flow stays one chain of transforms over `C*H*W` features on a
+//! standard normal prior.
 
-use super::{FlowKind, FlowSpec, Permute};
-use crate::engine::{Float, Rng};
-use crate::nn::ConvNetKind;
-use crate::transforms::image::channel_permutation;
-use crate::transforms::{
-    ActNorm, ConvCoupling, ImageMask, ImageShape, InvConv1x1, Permutation, Prefix, Squeeze,
-    Transform,
+use super::layers::{
+    ActNormConfig, ConvCouplingConfig, InvConv1x1Config, Layer, PermutationConfig, PermutationRule,
+    SqueezeConfig,
 };
+use super::{FlowKind, FlowSpec, Permute};
+use crate::nn::ConvNetKind;
+use crate::transforms::{ImageMask, ImageShape};
 use crate::Error;
-use rand::seq::SliceRandom;
 
 /// Glow's and RealNVP's coupling function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
@@ -89,76 +88,63 @@ pub(super) fn validate(spec: &FlowSpec) -> Result<(), Error> {
     Ok(())
 }
 
-/// Build the transforms of `glow` or `realnvp-multiscale`.
-pub(super) fn build<F: Float>(spec: &FlowSpec, r: &mut Rng) -> Vec<Box<dyn Transform<F>>> {
+/// The layers of `glow` or `realnvp-multiscale` (transforms of the kept channels after a split act on the
+/// first features of the row: [`Layer::build`] wraps them).
+pub(super) fn layers(spec: &FlowSpec) -> Vec<Layer> {
     let mut shape = spec.image.expect("validated");
-    let d = spec.dim;
-    let mut ts: Vec<Box<dyn Transform<F>>> = Vec::new();
-    // wrap a transform of the kept channels so it sees only the first `active` features
-    let push = |ts: &mut Vec<Box<dyn Transform<F>>>, t: Box<dyn Transform<F>>| {
-        if t.dim() == d {
-            ts.push(t)
-        } else {
-            ts.push(Box::new(Prefix::new(d, t)))
-        }
-    };
+    let mut ts: Vec<Layer> = Vec::new();
     let affine = spec.coupling == CouplingKind::Affine;
-    let ctx = spec.cond_dim();
     let mut n = 0usize;
-    let mut name = || {
+    let mut coupling = |shape: ImageShape, mask: ImageMask, net: ConvNetKind| {
         n += 1;
-        format!("net{}", n - 1)
+        Layer::ConvCoupling(ConvCouplingConfig {
+            name: format!("net{}", n - 1),
+            shape,
+            mask,
+            affine,
+            scale: spec.scale,
+            net,
+            width: spec.hidden,
+        })
     };
+    let actnorm = |shape: ImageShape| Layer::ActNorm(ActNormConfig { image: Some(shape) });
     match spec.kind {
         FlowKind::Glow => {
             for level in 0..spec.scales {
-                push(&mut ts, Box::new(Squeeze::new(shape)));
+                ts.push(Layer::Squeeze(SqueezeConfig { shape }));
                 shape = shape.squeezed();
                 for k in 0..spec.layers {
                     if spec.actnorm {
-                        push(&mut ts, Box::new(ActNorm::per_channel(shape.c, shape.hw())));
+                        ts.push(actnorm(shape));
                     }
                     let mut swap = false;
+                    let perm = |rule| {
+                        Layer::Permutation(PermutationConfig {
+                            rule,
+                            indices: None,
+                            image: Some(shape),
+                        })
+                    };
                     match spec.permute {
                         Permute::None => swap = k % 2 == 1,
-                        Permute::Reverse => {
-                            let p: Vec<usize> = (0..shape.c).rev().collect();
-                            push(
-                                &mut ts,
-                                Box::new(Permutation::new(channel_permutation(shape, &p))),
-                            )
+                        Permute::Reverse => ts.push(perm(PermutationRule::Reverse)),
+                        Permute::Random => ts.push(perm(PermutationRule::Random)),
+                        Permute::Conv1x1 | Permute::Lu => {
+                            ts.push(Layer::InvConv1x1(InvConv1x1Config {
+                                shape,
+                                lu: spec.permute == Permute::Lu,
+                            }))
                         }
-                        Permute::Random => {
-                            let mut p: Vec<usize> = (0..shape.c).collect();
-                            p.shuffle(r);
-                            push(
-                                &mut ts,
-                                Box::new(Permutation::new(channel_permutation(shape, &p))),
-                            )
-                        }
-                        Permute::Conv1x1 | Permute::Lu => push(
-                            &mut ts,
-                            Box::new(InvConv1x1::new(shape, spec.permute == Permute::Lu, r)),
-                        ),
                     }
-                    push(
-                        &mut ts,
-                        Box::new(ConvCoupling::new(
-                            &name(),
-                            shape,
-                            ImageMask::Channel { swap },
-                            affine,
-                            spec.scale,
-                            ConvNetKind::Glow,
-                            spec.hidden,
-                            ctx,
-                            r,
-                        )),
-                    );
+                    ts.push(coupling(
+                        shape,
+                        ImageMask::Channel { swap },
+                        ConvNetKind::Glow,
+                    ));
                 }
                 if level + 1 < spec.scales {
                     if spec.split_prior {
-                        push(&mut ts, split_prior(shape, spec, &name(), r));
+                        ts.push(split_prior(&mut coupling, shape));
                     }
                     shape.c /= 2;
                 }
@@ -171,49 +157,31 @@ pub(super) fn build<F: Float>(spec: &FlowSpec, r: &mut Rng) -> Vec<Box<dyn Trans
                 let n_cb = if last { spec.layers + 1 } else { spec.layers };
                 for k in 0..n_cb {
                     if spec.actnorm {
-                        push(&mut ts, Box::new(ActNorm::per_channel(shape.c, shape.hw())));
+                        ts.push(actnorm(shape));
                     }
-                    push(
-                        &mut ts,
-                        Box::new(ConvCoupling::new(
-                            &name(),
-                            shape,
-                            ImageMask::Checkerboard { parity: k % 2 },
-                            affine,
-                            spec.scale,
-                            net,
-                            spec.hidden,
-                            ctx,
-                            r,
-                        )),
-                    );
+                    ts.push(coupling(
+                        shape,
+                        ImageMask::Checkerboard { parity: k % 2 },
+                        net,
+                    ));
                 }
                 if last {
                     break;
                 }
-                push(&mut ts, Box::new(Squeeze::new(shape)));
+                ts.push(Layer::Squeeze(SqueezeConfig { shape }));
                 shape = shape.squeezed();
                 for k in 0..spec.layers {
                     if spec.actnorm {
-                        push(&mut ts, Box::new(ActNorm::per_channel(shape.c, shape.hw())));
+                        ts.push(actnorm(shape));
                     }
-                    push(
-                        &mut ts,
-                        Box::new(ConvCoupling::new(
-                            &name(),
-                            shape,
-                            ImageMask::Channel { swap: k % 2 == 1 },
-                            affine,
-                            spec.scale,
-                            net,
-                            spec.hidden,
-                            ctx,
-                            r,
-                        )),
-                    );
+                    ts.push(coupling(
+                        shape,
+                        ImageMask::Channel { swap: k % 2 == 1 },
+                        net,
+                    ));
                 }
                 if spec.split_prior {
-                    push(&mut ts, split_prior(shape, spec, &name(), r));
+                    ts.push(split_prior(&mut coupling, shape));
                 }
                 shape.c /= 2;
             }
@@ -225,21 +193,16 @@ pub(super) fn build<F: Float>(spec: &FlowSpec, r: &mut Rng) -> Vec<Box<dyn Trans
 
 /// Glow's learned prior on the factored-out half: `z2 ~ N(mu(z1), sigma(z1))` written as an affine coupling
 /// `(z2 - mu) / sigma` of the second half given the first, with a single zero-initialised convolution.
-fn split_prior<F: Float>(
+fn split_prior(
+    coupling: &mut impl FnMut(ImageShape, ImageMask, ConvNetKind) -> Layer,
     shape: ImageShape,
-    spec: &FlowSpec,
-    name: &str,
-    r: &mut Rng,
-) -> Box<dyn Transform<F>> {
-    Box::new(ConvCoupling::new(
-        name,
+) -> Layer {
+    match coupling(
         shape,
         ImageMask::Channel { swap: false },
-        true,
-        spec.scale,
         ConvNetKind::Single,
-        spec.hidden,
-        spec.cond_dim(),
-        r,
-    ))
+    ) {
+        Layer::ConvCoupling(c) => Layer::ConvCoupling(ConvCouplingConfig { affine: true, ..c }),
+        l => l,
+    }
 }

@@ -1,0 +1,339 @@
+//! A flow's architecture as data: the number of features, a list of [`Layer`]s (data -> noise order), a base
+//! distribution and an optional context embedding, plus the seed of the initial weights. Stored as the
+//! `flow` field of a model's `config.json`; presets ([`super::FlowSpec`]) are functions that make one.
+//!
+//! ```
+//! use nflow::flows::{Flow, Layer, BaseConfig, AffineCouplingConfig, MlpConfig};
+//! let arch = Flow::<f64>::builder(2)
+//!     .layer(Layer::AffineCoupling(AffineCouplingConfig { index: 0, ..Default::default() }))
+//!     .layer(Layer::AffineCoupling(AffineCouplingConfig { index: 1, ..Default::default() }))
+//!     .base(BaseConfig::Normal);
+//! let flow = arch.build::<f64>().unwrap();
+//! assert_eq!(flow.dim(), 2);
+//! ```
+
+use super::layers::{BuildCtx, Layer, MadeConfig};
+use super::Flow;
+use crate::dist::{
+    BaseKind, DiagNormal, Distribution, GaussianMixture, MadeMog, MixtureInit, StandardLogistic,
+    StandardNormal,
+};
+use crate::engine::{rng, Float, Rng};
+use crate::nn::{Activation, Linear, Mlp};
+use crate::transforms::{ImageShape, Order, ScaleBound};
+use crate::Error;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The base distribution `p_Z`.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BaseConfig {
+    /// `N(0, I)`.
+    #[default]
+    Normal,
+    /// A diagonal normal with learned mean and scale.
+    DiagNormal,
+    /// The standard logistic (NICE's prior).
+    Logistic,
+    /// A Gaussian mixture with learned weights, means and diagonal scales, initialised from the first batch.
+    Mixture {
+        components: usize,
+        #[serde(default)]
+        init: MixtureInit,
+    },
+    /// MADE MoG (Papamakarios et al. 2017): an autoregressive mixture of Gaussians, the base of MAF MoG.
+    MadeMog {
+        components: usize,
+        #[serde(default)]
+        order: Order,
+        #[serde(default)]
+        index: usize,
+        #[serde(default)]
+        made: MadeConfig,
+        #[serde(default)]
+        scale: ScaleBound,
+    },
+}
+
+impl BaseConfig {
+    pub fn kind(&self) -> BaseKind {
+        match self {
+            BaseConfig::Normal => BaseKind::Normal,
+            BaseConfig::DiagNormal => BaseKind::DiagNormal,
+            BaseConfig::Logistic => BaseKind::Logistic,
+            BaseConfig::Mixture { .. } => BaseKind::Mixture,
+            BaseConfig::MadeMog { .. } => BaseKind::MadeMog,
+        }
+    }
+
+    fn build<F: Float>(
+        &self,
+        d: usize,
+        cond_dim: usize,
+        seed: u64,
+        r: &mut Rng,
+    ) -> Result<Box<dyn Distribution<F>>, Error> {
+        Ok(match self {
+            BaseConfig::Normal => Box::new(StandardNormal { d }),
+            BaseConfig::DiagNormal => Box::new(DiagNormal::new(d)),
+            BaseConfig::Logistic => Box::new(StandardLogistic { d }),
+            BaseConfig::Mixture { components, init } => {
+                if *components == 0 {
+                    return Err(Error::Config(
+                        "base: a mixture needs at least one component".into(),
+                    ));
+                }
+                Box::new(GaussianMixture::new(d, *components, *init, seed))
+            }
+            BaseConfig::MadeMog {
+                components,
+                order,
+                index,
+                made,
+                scale,
+            } => {
+                if *components == 0 {
+                    return Err(Error::Config(
+                        "base: a mixture needs at least one component".into(),
+                    ));
+                }
+                made.check("base (made-mog)")?;
+                let order = order.build(d, *index, r);
+                Box::new(MadeMog::new(
+                    d,
+                    cond_dim,
+                    made.hidden,
+                    made.depth,
+                    *components,
+                    made.activation,
+                    *scale,
+                    &order,
+                    crate::nn::MadeOpts {
+                        random_degrees: made.random_degrees,
+                        residual: made.residual,
+                    },
+                    r,
+                ))
+            }
+        })
+    }
+}
+
+/// A learned context embedding: the context goes through an MLP (`depth` hidden layers of `hidden` units)
+/// to `features` features, which every conditioner then sees instead of the raw context.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    pub features: usize,
+    #[serde(default = "default_embed_hidden")]
+    pub hidden: usize,
+    #[serde(default = "one")]
+    pub depth: usize,
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+fn default_embed_hidden() -> usize {
+    64
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Everything needed to rebuild a flow (weights aside).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Number of features.
+    pub dim: usize,
+    /// Number of context features the user gives (0: unconditional).
+    #[serde(default)]
+    pub context_dim: usize,
+    /// The shape of one row as an image, for image flows (rows are `C*H*W` values, channel planes one after
+    /// another): such data is not standardised per column, and is reported in bits/dim too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageShape>,
+    /// Data -> noise order.
+    #[serde(serialize_with = "layers_out", deserialize_with = "layers_in")]
+    pub layers: Vec<Layer>,
+    #[serde(default)]
+    pub base: BaseConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbeddingConfig>,
+    /// Seed of the initial weights and of everything drawn at random when building.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn layers_out<S: Serializer>(layers: &[Layer], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(layers.iter().map(Layer::to_json))
+}
+
+fn layers_in<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Layer>, D::Error> {
+    let vs: Vec<serde_json::Value> = Vec::deserialize(d)?;
+    vs.into_iter()
+        .enumerate()
+        .map(|(i, v)| Layer::from_json(v, &format!("layers[{i}]")))
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+impl FlowConfig {
+    /// An empty architecture of `dim` features on a standard normal base (add layers with
+    /// [`FlowConfig::layer`]).
+    pub fn new(dim: usize) -> Self {
+        FlowConfig {
+            dim,
+            context_dim: 0,
+            image: None,
+            layers: Vec::new(),
+            base: BaseConfig::Normal,
+            embedding: None,
+            seed: 0,
+        }
+    }
+
+    pub fn layer(mut self, l: Layer) -> Self {
+        self.layers.push(l);
+        self
+    }
+
+    pub fn layers(mut self, ls: impl IntoIterator<Item = Layer>) -> Self {
+        self.layers.extend(ls);
+        self
+    }
+
+    pub fn base(mut self, b: BaseConfig) -> Self {
+        self.base = b;
+        self
+    }
+
+    /// Condition on `context_dim` context features.
+    pub fn context(mut self, context_dim: usize) -> Self {
+        self.context_dim = context_dim;
+        self
+    }
+
+    pub fn embedding(mut self, e: Option<EmbeddingConfig>) -> Self {
+        self.embedding = e;
+        self
+    }
+
+    pub fn image(mut self, shape: Option<ImageShape>) -> Self {
+        self.image = shape;
+        self
+    }
+
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Whether the data are images (see [`FlowConfig::image`]).
+    pub fn is_image(&self) -> bool {
+        self.image.is_some()
+    }
+
+    /// Context features the conditioners see: the embedding's output, or the raw context.
+    pub fn cond_dim(&self) -> usize {
+        match self.embedding {
+            Some(e) if self.context_dim > 0 => e.features,
+            _ => self.context_dim,
+        }
+    }
+
+    /// Checks that need no building: sizes and the combinations the layers cannot see.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.dim == 0 {
+            return bad("dim must be at least 1".into());
+        }
+        if self.layers.is_empty() && self.base.kind() != BaseKind::MadeMog {
+            return bad(
+                "a flow needs at least one layer (none only with a made-mog base: MADE MoG)".into(),
+            );
+        }
+        if let Some(e) = self.embedding {
+            if self.context_dim == 0 {
+                return bad("a context embedding needs a context (context_dim > 0)".into());
+            }
+            if e.features == 0 || e.hidden == 0 {
+                return bad("embedding: features and hidden must be at least 1".into());
+            }
+        }
+        if let Some(s) = self.image {
+            if s.dim() != self.dim {
+                return bad(format!(
+                    "image shape {s} has {} values per image, the flow has {} features",
+                    s.dim(),
+                    self.dim
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Build the flow with freshly initialised weights (deterministic in `seed`). Errors name the layer.
+    pub fn build<F: Float>(&self) -> Result<Flow<F>, Error> {
+        self.validate()?;
+        let mut r = rng(self.seed);
+        let c = BuildCtx {
+            dim: self.dim,
+            cond_dim: self.cond_dim(),
+        };
+        let ts = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                l.build::<F>(&c, &mut r).map_err(|e| match e {
+                    Error::Config(m) => Error::Config(format!("layer {i}: {m}")),
+                    e => e,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let base = self
+            .base
+            .build::<F>(self.dim, c.cond_dim, self.seed, &mut r)?;
+        let e = self.build_embedding(&mut r);
+        Ok(Flow::new(base, ts, self.context_dim).with_embedding(e))
+    }
+
+    /// The learned context embedding (`None` without one). Unlike the conditioners its last layer is not
+    /// zero-initialised: the flow starts as the identity anyway, and a random embedding passes the context on
+    /// from the first step.
+    fn build_embedding<F: Float>(&self, r: &mut Rng) -> Option<Mlp<F>> {
+        let e = self.embedding.filter(|_| self.context_dim > 0)?;
+        let mut m = Mlp::new(
+            "embed",
+            self.context_dim,
+            e.hidden,
+            e.depth,
+            e.features,
+            e.activation,
+            r,
+        );
+        let last = m.layers.last_mut().expect("at least one layer");
+        *last = Linear::new(&format!("embed.{}", e.depth), last.inp, last.out, r);
+        Some(m)
+    }
+
+    /// The architecture as pretty JSON (what `config.json` holds, and what `nflow train --arch` reads).
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("architecture serialises")
+    }
+
+    /// Read an architecture from JSON; errors name the field or layer.
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        serde_json::from_str(text).map_err(|e| Error::Config(format!("architecture: {e}")))
+    }
+}
+
+impl<F: Float> Flow<F> {
+    /// Start composing a flow of `dim` features by hand: add layers and a base, then
+    /// [`FlowConfig::build`] (or give the config to the trainer, which saves it with the model).
+    pub fn builder(dim: usize) -> FlowConfig {
+        FlowConfig::new(dim)
+    }
+}

@@ -1,0 +1,577 @@
+//! Layer configs: one serialisable description per kind of transform, with the options of its family, that
+//! builds the transform. A flow's architecture is a list of these (see [`super::FlowConfig`]); `config.json`
+//! stores the list, so any flow built from them (a preset's or one composed by hand) trains, saves and loads.
+//!
+//! In JSON a layer is an object tagged by `"type"` (`{"type": "affine-coupling", "mask": "alternate", ...}`);
+//! options left out take their defaults. Types registered from outside the crate ([`super::registry`]) use the
+//! same form.
+
+use super::registry;
+use crate::engine::{Float, Rng};
+use crate::nn::{Activation, ConvNetKind, MadeOpts};
+use crate::transforms::image::channel_permutation;
+use crate::transforms::{
+    ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, ConvCoupling, Iaf, ImageMask, ImageShape,
+    InvConv1x1, LuLinear, Maf, Mask, Order, Permutation, Prefix, RqSpline, ScaleBound, Scaling,
+    SplineAr, SplineCoupling, Squeeze, Transform,
+};
+use crate::Error;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+/// What a layer is built for: the flow's number of features and the context features its conditioners see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildCtx {
+    pub dim: usize,
+    pub cond_dim: usize,
+}
+
+/// An MLP conditioner: `depth` hidden layers of `hidden` units (its last layer starts at zero, so every
+/// coupling starts as the identity).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MlpConfig {
+    pub hidden: usize,
+    pub depth: usize,
+    pub activation: Activation,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        MlpConfig {
+            hidden: 128,
+            depth: 2,
+            activation: Activation::Relu,
+        }
+    }
+}
+
+impl MlpConfig {
+    fn check(&self, what: &str) -> Result<(), Error> {
+        if self.hidden == 0 {
+            return Err(Error::Config(format!("{what}: hidden must be at least 1")));
+        }
+        Ok(())
+    }
+}
+
+/// A MADE conditioner (Germain et al. 2015): `depth` hidden layers (or ResMADE residual blocks) of `hidden`
+/// units with autoregressive degree masks.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MadeConfig {
+    pub hidden: usize,
+    pub depth: usize,
+    pub activation: Activation,
+    /// ResMADE: `depth` residual blocks of width `hidden`.
+    pub residual: bool,
+    /// Hidden degrees drawn at random (seeded) instead of cycled over `1..D-1`.
+    pub random_degrees: bool,
+}
+
+impl Default for MadeConfig {
+    fn default() -> Self {
+        MadeConfig {
+            hidden: 128,
+            depth: 2,
+            activation: Activation::Relu,
+            residual: false,
+            random_degrees: false,
+        }
+    }
+}
+
+impl MadeConfig {
+    fn opts(&self) -> MadeOpts {
+        MadeOpts {
+            random_degrees: self.random_degrees,
+            residual: self.residual,
+        }
+    }
+    pub(crate) fn check(&self, what: &str) -> Result<(), Error> {
+        if self.hidden == 0 || self.depth == 0 {
+            return Err(Error::Config(format!(
+                "{what}: a MADE needs hidden >= 1 and depth >= 1 (got hidden {}, depth {})",
+                self.hidden, self.depth
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// RealNVP's affine coupling (Dinh et al. 2017), [`AffineCoupling`].
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AffineCouplingConfig {
+    /// Which features it transforms, the rule applied as for layer number `index` (alternating rules flip
+    /// with its parity).
+    pub mask: Mask,
+    pub index: usize,
+    pub net: MlpConfig,
+    pub scale: ScaleBound,
+}
+
+/// NICE's additive coupling (Dinh et al. 2015), [`AdditiveCoupling`].
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdditiveCouplingConfig {
+    /// Which features it transforms, the rule applied as for layer number `index` (alternating rules flip
+    /// with its parity).
+    pub mask: Mask,
+    pub index: usize,
+    pub net: MlpConfig,
+}
+
+/// RQ-NSF coupling (Durkan et al. 2019), [`SplineCoupling`].
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplineCouplingConfig {
+    /// Which features it transforms, the rule applied as for layer number `index` (alternating rules flip
+    /// with its parity).
+    pub mask: Mask,
+    pub index: usize,
+    pub net: MlpConfig,
+    pub spline: RqSpline,
+}
+
+/// Masked affine autoregressive layer, MAF's (Papamakarios et al. 2017) or IAF's (Kingma et al. 2016)
+/// orientation: [`Maf`], [`Iaf`].
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AffineArConfig {
+    /// The autoregressive ordering, applied as for layer number `index` (`alternate` flips with its parity).
+    pub order: Order,
+    pub index: usize,
+    pub made: MadeConfig,
+    pub scale: ScaleBound,
+}
+
+/// RQ-NSF autoregressive layer (Durkan et al. 2019), [`SplineAr`].
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplineArConfig {
+    /// The autoregressive ordering, applied as for layer number `index` (`alternate` flips with its parity).
+    pub order: Order,
+    pub index: usize,
+    pub made: MadeConfig,
+    pub spline: RqSpline,
+}
+
+/// How a permutation is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PermutationRule {
+    #[default]
+    Reverse,
+    /// Drawn from the flow's seed.
+    Random,
+}
+
+/// A fixed permutation of the features, or with `image`, of an image's channels.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PermutationConfig {
+    pub rule: PermutationRule,
+    /// Explicit indices (`z_i = x_{indices[i]}`), instead of the rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indices: Option<Vec<usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageShape>,
+}
+
+/// A learned LU-parameterised linear map (the NSF paper's), optionally after a random permutation.
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LuLinearConfig {
+    pub random_permutation: bool,
+}
+
+/// ActNorm (Kingma & Dhariwal 2018): per feature, or with `image`, per channel; initialised from the first
+/// batch.
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActNormConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageShape>,
+}
+
+/// Glow's invertible 1x1 convolution on images of `shape`, plain or LU-parameterised.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvConv1x1Config {
+    pub shape: ImageShape,
+    #[serde(default)]
+    pub lu: bool,
+}
+
+/// A coupling on images of `shape` with a CNN conditioner ([`ConvCoupling`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvCouplingConfig {
+    /// Name of the conditioner's parameters (`net0`, ...): unique within a flow.
+    pub name: String,
+    pub shape: ImageShape,
+    pub mask: ImageMask,
+    #[serde(default = "yes")]
+    pub affine: bool,
+    #[serde(default)]
+    pub scale: ScaleBound,
+    pub net: ConvNetKind,
+    /// Channels of the CNN's hidden layers.
+    pub width: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Squeeze (2x2 space-to-depth) of images of `shape`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqueezeConfig {
+    pub shape: ImageShape,
+}
+
+/// A layer type registered from outside the crate: its name and options as JSON ([`registry`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CustomLayerConfig {
+    pub kind: String,
+    pub options: serde_json::Value,
+}
+
+/// One layer of a flow's architecture. Transforms of fewer features than the flow (after a multi-scale
+/// split) act on the first features and leave the rest alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Layer {
+    AffineCoupling(AffineCouplingConfig),
+    AdditiveCoupling(AdditiveCouplingConfig),
+    SplineCoupling(SplineCouplingConfig),
+    Maf(AffineArConfig),
+    Iaf(AffineArConfig),
+    SplineAr(SplineArConfig),
+    Permutation(PermutationConfig),
+    LuLinear(LuLinearConfig),
+    ActNorm(ActNormConfig),
+    BatchNorm,
+    /// NICE's final diagonal scaling.
+    Scaling,
+    Squeeze(SqueezeConfig),
+    #[serde(rename = "inv-conv-1x1")]
+    InvConv1x1(InvConv1x1Config),
+    ConvCoupling(ConvCouplingConfig),
+    /// Serialised by [`Layer::to_json`], read by [`Layer::from_json`].
+    #[serde(skip)]
+    Custom(CustomLayerConfig),
+}
+
+/// The `"type"` names of the built-in layers.
+pub const BUILT_IN: &[&str] = &[
+    "affine-coupling",
+    "additive-coupling",
+    "spline-coupling",
+    "maf",
+    "iaf",
+    "spline-ar",
+    "permutation",
+    "lu-linear",
+    "act-norm",
+    "batch-norm",
+    "scaling",
+    "squeeze",
+    "inv-conv-1x1",
+    "conv-coupling",
+];
+
+impl Layer {
+    /// The layer as a JSON object tagged by `"type"`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Layer::Custom(c) => {
+                let mut m = match &c.options {
+                    serde_json::Value::Object(m) => m.clone(),
+                    serde_json::Value::Null => serde_json::Map::new(),
+                    other => {
+                        let mut m = serde_json::Map::new();
+                        m.insert("options".into(), other.clone());
+                        m
+                    }
+                };
+                m.insert("type".into(), serde_json::Value::String(c.kind.clone()));
+                serde_json::Value::Object(m)
+            }
+            l => serde_json::to_value(l).expect("built-in layers serialise"),
+        }
+    }
+
+    /// A layer from its JSON object; `what` names it in errors (`"layers[3]"`). An unknown `"type"` is an
+    /// error naming it and the known ones.
+    pub fn from_json(v: serde_json::Value, what: &str) -> Result<Layer, Error> {
+        let kind = match v.get("type") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(_) => return Err(Error::Config(format!("{what}: 'type' must be a string"))),
+            None => {
+                return Err(Error::Config(format!(
+                    "{what}: no 'type' (one of {})",
+                    known_types().join(", ")
+                )))
+            }
+        };
+        if BUILT_IN.contains(&kind.as_str()) {
+            return serde_json::from_value(v)
+                .map_err(|e| Error::Config(format!("{what} ({kind}): {e}")));
+        }
+        if registry::is_registered(&kind) {
+            let mut options = v;
+            if let Some(m) = options.as_object_mut() {
+                m.remove("type");
+            }
+            return Ok(Layer::Custom(CustomLayerConfig { kind, options }));
+        }
+        Err(Error::Config(format!(
+            "{what}: unknown layer type '{kind}' (known: {})",
+            known_types().join(", ")
+        )))
+    }
+
+    /// The layer's `"type"` name.
+    pub fn type_name(&self) -> String {
+        match self {
+            Layer::Custom(c) => c.kind.clone(),
+            l => match serde_json::to_value(l) {
+                Ok(serde_json::Value::Object(m)) => m
+                    .get("type")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("?")
+                    .to_string(),
+                _ => "?".into(),
+            },
+        }
+    }
+
+    /// Whether this is one of the image transforms (convolutions, squeezes, per-channel maps).
+    pub fn is_image(&self) -> bool {
+        match self {
+            Layer::Squeeze(_) | Layer::InvConv1x1(_) | Layer::ConvCoupling(_) => true,
+            Layer::ActNorm(a) => a.image.is_some(),
+            Layer::Permutation(p) => p.image.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Build the transform with fresh weights, drawing what is random (masks, orderings, permutations,
+    /// weights) from `r` in a fixed order. Wrong options are errors naming the layer type.
+    pub fn build<F: Float>(
+        &self,
+        c: &BuildCtx,
+        r: &mut Rng,
+    ) -> Result<Box<dyn Transform<F>>, Error> {
+        let d = c.dim;
+        let name = self.type_name();
+        let bad = |m: String| Err(Error::Config(format!("{name}: {m}")));
+        let t: Box<dyn Transform<F>> = match self {
+            Layer::AffineCoupling(o) => {
+                o.net.check(&name)?;
+                check_scale(o.scale, &name)?;
+                let m = o.mask.build(d, o.index, r);
+                let n = &o.net;
+                Box::new(AffineCoupling::new(
+                    &m,
+                    c.cond_dim,
+                    n.hidden,
+                    n.depth,
+                    n.activation,
+                    o.scale,
+                    r,
+                ))
+            }
+            Layer::AdditiveCoupling(o) => {
+                o.net.check(&name)?;
+                let m = o.mask.build(d, o.index, r);
+                let n = &o.net;
+                Box::new(AdditiveCoupling::new(
+                    &m,
+                    c.cond_dim,
+                    n.hidden,
+                    n.depth,
+                    n.activation,
+                    r,
+                ))
+            }
+            Layer::SplineCoupling(o) => {
+                o.net.check(&name)?;
+                o.spline
+                    .validate()
+                    .map_err(|e| Error::Config(format!("{name}: {e}")))?;
+                let m = o.mask.build(d, o.index, r);
+                let n = &o.net;
+                Box::new(SplineCoupling::new(
+                    &m,
+                    c.cond_dim,
+                    n.hidden,
+                    n.depth,
+                    n.activation,
+                    o.spline,
+                    r,
+                ))
+            }
+            Layer::Maf(o) | Layer::Iaf(o) => {
+                o.made.check(&name)?;
+                check_scale(o.scale, &name)?;
+                let order = o.order.build(d, o.index, r);
+                let m = &o.made;
+                let maf = Maf::new(
+                    d,
+                    c.cond_dim,
+                    m.hidden,
+                    m.depth,
+                    m.activation,
+                    o.scale,
+                    &order,
+                    m.opts(),
+                    r,
+                );
+                match self {
+                    Layer::Iaf(_) => Box::new(Iaf::from(maf)),
+                    _ => Box::new(maf),
+                }
+            }
+            Layer::SplineAr(o) => {
+                o.made.check(&name)?;
+                o.spline
+                    .validate()
+                    .map_err(|e| Error::Config(format!("{name}: {e}")))?;
+                let order = o.order.build(d, o.index, r);
+                let m = &o.made;
+                Box::new(SplineAr::new(
+                    d,
+                    c.cond_dim,
+                    m.hidden,
+                    m.depth,
+                    m.activation,
+                    o.spline,
+                    &order,
+                    m.opts(),
+                    r,
+                ))
+            }
+            Layer::Permutation(p) => {
+                let n = p.image.map_or(d, |s| s.c);
+                let idx: Vec<usize> = match (&p.indices, p.rule) {
+                    (Some(ix), _) => {
+                        let mut seen = vec![false; n];
+                        if ix.len() != n
+                            || ix
+                                .iter()
+                                .any(|&i| i >= n || std::mem::replace(&mut seen[i], true))
+                        {
+                            return bad(format!(
+                                "indices must be a permutation of 0..{n}, got {ix:?}"
+                            ));
+                        }
+                        ix.clone()
+                    }
+                    (None, PermutationRule::Reverse) => (0..n).rev().collect(),
+                    (None, PermutationRule::Random) => {
+                        let mut ix: Vec<usize> = (0..n).collect();
+                        ix.shuffle(r);
+                        ix
+                    }
+                };
+                match p.image {
+                    Some(s) => {
+                        check_image(s, d, &name)?;
+                        Box::new(Permutation::new(channel_permutation(s, &idx)))
+                    }
+                    None => Box::new(Permutation::new(idx)),
+                }
+            }
+            Layer::LuLinear(o) => {
+                let p = o
+                    .random_permutation
+                    .then(|| Permutation::<F>::random(d, r).indices().to_vec());
+                Box::new(LuLinear::new(d, p))
+            }
+            Layer::ActNorm(a) => match a.image {
+                Some(s) => {
+                    check_image(s, d, &name)?;
+                    Box::new(ActNorm::per_channel(s.c, s.hw()))
+                }
+                None => Box::new(ActNorm::new(d)),
+            },
+            Layer::BatchNorm => Box::new(BatchNorm::new(d)),
+            Layer::Scaling => Box::new(Scaling::new(d)),
+            Layer::Squeeze(s) => {
+                check_image(s.shape, d, &name)?;
+                if s.shape.h % 2 != 0 || s.shape.w % 2 != 0 {
+                    return bad(format!(
+                        "a 2x2 squeeze needs even height and width, the images are {}",
+                        s.shape
+                    ));
+                }
+                Box::new(Squeeze::new(s.shape))
+            }
+            Layer::InvConv1x1(o) => {
+                check_image(o.shape, d, &name)?;
+                Box::new(InvConv1x1::new(o.shape, o.lu, r))
+            }
+            Layer::ConvCoupling(o) => {
+                check_image(o.shape, d, &name)?;
+                check_scale(o.scale, &name)?;
+                if o.width == 0 {
+                    return bad("width must be at least 1".into());
+                }
+                match o.mask {
+                    ImageMask::Channel { .. } if o.shape.c < 2 => {
+                        return bad("a channel mask needs at least 2 channels".into())
+                    }
+                    ImageMask::Checkerboard { .. } if o.shape.h < 2 && o.shape.w < 2 => {
+                        return bad("a checkerboard mask needs at least 2 pixels".into())
+                    }
+                    _ => {}
+                }
+                Box::new(ConvCoupling::new(
+                    &o.name, o.shape, o.mask, o.affine, o.scale, o.net, o.width, c.cond_dim, r,
+                ))
+            }
+            Layer::Custom(l) => registry::build::<F>(&l.kind, &l.options, c, r)?,
+        };
+        let td = t.dim();
+        if td > d {
+            return bad(format!("acts on {td} features, the flow has {d}"));
+        }
+        if td == 0 {
+            return bad("acts on no features".into());
+        }
+        Ok(if td < d {
+            Box::new(Prefix::new(d, t))
+        } else {
+            t
+        })
+    }
+}
+
+fn check_scale(s: ScaleBound, name: &str) -> Result<(), Error> {
+    match s {
+        ScaleBound::SoftClamp { bound } if !(bound.is_finite() && bound > 0.0) => Err(
+            Error::Config(format!("{name}: scale bound must be positive, got {bound}")),
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn check_image(s: ImageShape, d: usize, name: &str) -> Result<(), Error> {
+    if s.c == 0 || s.h == 0 || s.w == 0 || s.dim() > d {
+        return Err(Error::Config(format!(
+            "{name}: image shape {s} does not fit a flow of {d} features"
+        )));
+    }
+    Ok(())
+}
+
+/// Every layer type a config may name: the built-in ones, then the registered ones.
+pub fn known_types() -> Vec<String> {
+    let mut v: Vec<String> = BUILT_IN.iter().map(|s| s.to_string()).collect();
+    v.extend(registry::names());
+    v
+}
