@@ -165,7 +165,7 @@ fn save_load_round_trip(model: &Model, test: &Table, tag: &str) -> Model {
     let cfg_path = dir.join("config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["flow"]["seed"] = serde_json::json!(model.spec.seed + 12345);
+    cfg["flow"]["seed"] = serde_json::json!(model.arch.seed + 12345);
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
     let back = Model::load(&dir).unwrap();
     assert_eq!(model.norm, back.norm, "{tag}: normalisation differs");

@@ -193,7 +193,8 @@ fn bits_per_dim_of_an_identity_flow_computed_by_hand() {
     let lam: f64 = 0.05;
     let model = Model {
         flow: spec.build::<f32>().unwrap(),
-        spec,
+        arch: spec.architecture().unwrap(),
+        preset: Some(spec),
         columns: nflow::data::pixel_columns(shape),
         norm: Standardizer::identity(16),
         context_columns: vec![],
@@ -331,7 +332,7 @@ fn image_model_save_load_round_trip() {
     let dir = std::env::temp_dir().join(format!("nflow-img-model-{}", std::process::id()));
     model.save(&dir).unwrap();
     let back = Model::load(&dir).unwrap();
-    assert_eq!(back.spec.image, Some(ImageShape::new(1, 4, 4)));
+    assert_eq!(back.arch.image, Some(ImageShape::new(1, 4, 4)));
     assert_eq!(
         model.log_prob_table(&t).unwrap(),
         back.log_prob_table(&t).unwrap()

@@ -784,7 +784,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     }
     if let Some(g) = &a.grid {
         let shape = model
-            .spec
+            .arch
             .image
             .or_else(|| data::shape_from_columns(&model.columns))
             .with_context(|| {
@@ -931,31 +931,25 @@ fn plot(a: PlotArgs) -> Result<()> {
 fn info(a: InfoArgs) -> Result<()> {
     let m = Model::load(&a.model)?;
     println!("model folder   {}", a.model.display());
+    let name = m.preset.as_ref().map_or("composed", |p| p.kind.name());
     println!(
-        "flow           {} ({} features: {})",
-        m.spec.kind.name(),
+        "flow           {name} ({} features: {})",
         m.dim(),
         m.columns.join(", ")
     );
-    println!(
-        "architecture   {} layers, conditioner {}x{} {:?}, mask {:?}, scale {:?}, batch norm {}, actnorm {}",
-        m.spec.layers, m.spec.depth, m.spec.hidden, m.spec.activation, m.spec.mask, m.spec.scale, m.spec.batch_norm, m.spec.actnorm
-    );
-    println!(
-        "base           {:?}{}, between layers {:?}",
-        m.spec.base_kind(),
-        if matches!(m.spec.base_kind(), BaseKind::Mixture | BaseKind::MadeMog) {
-            format!(" ({} components)", m.spec.components)
-        } else {
-            String::new()
-        },
-        m.spec.permute
-    );
+    if let Some(p) = &m.preset {
+        println!(
+            "architecture   {} layers, conditioner {}x{} {:?}, mask {:?}, scale {:?}, batch norm {}, actnorm {}",
+            p.layers, p.depth, p.hidden, p.activation, p.mask, p.scale, p.batch_norm, p.actnorm
+        );
+        println!("between layers {:?}", p.permute);
+        if p.residual {
+            println!("conditioners   ResMADE ({} residual blocks)", p.depth);
+        }
+    }
+    println!("base           {}", base_text(&m.arch.base));
     if !m.context_columns.is_empty() {
         println!("context        {}", m.context_columns.join(", "));
-    }
-    if m.spec.residual {
-        println!("conditioners   ResMADE ({} residual blocks)", m.spec.depth);
     }
     if let Some(p) = &m.preprocess {
         println!(
@@ -989,6 +983,16 @@ fn info(a: InfoArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn base_text(b: &nflow::flows::BaseConfig) -> String {
+    use nflow::flows::BaseConfig;
+    match b {
+        BaseConfig::Mixture { components, .. } | BaseConfig::MadeMog { components, .. } => {
+            format!("{:?} ({components} components)", b.kind())
+        }
+        _ => format!("{:?}", b.kind()),
+    }
 }
 
 fn demo(a: DemoArgs) -> Result<()> {
@@ -1055,8 +1059,8 @@ fn curve(a: CurveArgs) -> Result<()> {
                 .with_context(|| format!("{}: train_log.jsonl line {}", a.model.display(), i + 1))
         })
         .collect::<Result<_>>()?;
-    let dim = model.spec.dim;
-    let bpd = model.spec.kind.image() || model.preprocess.as_ref().is_some_and(|p| p.dequantize);
+    let dim = model.dim();
+    let bpd = model.arch.is_image() || model.preprocess.as_ref().is_some_and(|p| p.dequantize);
     // figure of merit from a mean log-likelihood (data units)
     let fig = |ll: f64| {
         if bpd {

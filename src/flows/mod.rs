@@ -24,5 +24,5 @@ pub use layers::{
     ConvCouplingConfig, InvConv1x1Config, Layer, LuLinearConfig, MadeConfig, MlpConfig,
     PermutationConfig, PermutationRule, SplineArConfig, SplineCouplingConfig, SqueezeConfig,
 };
-pub use presets::{FlowKind, FlowSpec, Permute};
+pub use presets::{FlowDef, FlowKind, FlowSpec, Permute};
 pub use registry::{register_layer, CustomLayer};

@@ -521,3 +521,35 @@ impl FlowSpec {
         self.architecture()?.build()
     }
 }
+
+/// What the trainer fits: a preset's options or an architecture (composed by hand, read from a file).
+#[derive(Clone, Debug, PartialEq)]
+pub enum FlowDef {
+    Preset(FlowSpec),
+    Config(FlowConfig),
+}
+
+impl From<FlowSpec> for FlowDef {
+    fn from(s: FlowSpec) -> Self {
+        FlowDef::Preset(s)
+    }
+}
+
+impl From<FlowConfig> for FlowDef {
+    fn from(c: FlowConfig) -> Self {
+        FlowDef::Config(c)
+    }
+}
+
+impl FlowDef {
+    /// The architecture, and the preset it came from (kept with a model for `nflow info`).
+    pub fn resolve(self) -> Result<(FlowConfig, Option<FlowSpec>), Error> {
+        match self {
+            FlowDef::Preset(s) => Ok((s.architecture()?, Some(s))),
+            FlowDef::Config(c) => {
+                c.validate()?;
+                Ok((c, None))
+            }
+        }
+    }
+}

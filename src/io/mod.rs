@@ -1,11 +1,16 @@
-//! A model on disk is a folder: `config.json` (format version, flow spec, column names, data normalisation,
-//! training summary) + `weights.safetensors` (every parameter and buffer, by name) + `train_log.jsonl`.
+//! A model on disk is a folder: `config.json` (format version, the architecture, column names, data
+//! normalisation, training summary) + `weights.safetensors` (every parameter and buffer, by name) +
+//! `train_log.jsonl`.
+//!
+//! Versions: 2 stores the architecture as a list of layers (`flow`, a [`FlowConfig`]) and the preset's options
+//! it came from, if any (`preset`); 1 (nflow before layer lists) stored only the preset's options (`flow`, a
+//! [`FlowSpec`]), which are turned into the same layers on loading.
 //! Folders are written atomically: into a temporary sibling folder, then renamed into place, so an
 //! interrupted save never leaves a half-written model where a good one was.
 
 use crate::data::{Preprocess, Standardizer, Table};
 use crate::engine::{rng, Mat};
-use crate::flows::{Flow, FlowSpec};
+use crate::flows::{Flow, FlowConfig, FlowSpec};
 use crate::{Error, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -13,7 +18,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub const FORMAT: &str = "nflow-model";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest version this nflow reads.
+pub const OLDEST_VERSION: u32 = 1;
 const CONFIG: &str = "config.json";
 const WEIGHTS: &str = "weights.safetensors";
 const LOG: &str = "train_log.jsonl";
@@ -46,7 +53,10 @@ struct ConfigFile {
     format: String,
     version: u32,
     dtype: String,
-    flow: FlowSpec,
+    flow: FlowConfig,
+    /// The preset's options the architecture was made from (none for an architecture composed by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    preset: Option<FlowSpec>,
     columns: Vec<String>,
     #[serde(default)]
     context_columns: Vec<String>,
@@ -66,7 +76,10 @@ struct ConfigFile {
 /// A trained flow with everything needed to use it on raw data: the density is reported in the units of
 /// the data the user gave (the standardisation Jacobian is included).
 pub struct Model {
-    pub spec: FlowSpec,
+    /// The architecture (what [`Model::load`] rebuilds before reading the weights).
+    pub arch: FlowConfig,
+    /// The preset it was made from, if any.
+    pub preset: Option<FlowSpec>,
     pub flow: Flow<f32>,
     pub columns: Vec<String>,
     pub norm: Standardizer,
@@ -98,7 +111,7 @@ fn from_norm(n: &Normalization) -> Standardizer {
 
 impl Model {
     pub fn dim(&self) -> usize {
-        self.spec.dim
+        self.arch.dim
     }
 
     /// The model's columns of a table: by name when the table has them all (a label column, say, is left
@@ -175,7 +188,7 @@ impl Model {
             }
             c => c,
         };
-        match (ctx, self.spec.context_dim) {
+        match (ctx, self.arch.context_dim) {
             (None, 0) => Ok(None),
             (Some(c), k) if k > 0 => {
                 if c.cols != k || c.rows != rows {
@@ -241,7 +254,7 @@ impl Model {
         let c = self.prepare_ctx(ctx, t.rows)?;
         let shift = self.norm.log_abs_det();
         // image flows' convolutions keep a neighbourhood matrix of 9 x width values per pixel: small chunks
-        let ch = if self.spec.kind.image() { 128 } else { 4096 };
+        let ch = if self.arch.is_image() { 128 } else { 4096 };
         let chunks: Vec<Vec<f64>> = (0..x.rows.div_ceil(ch))
             .into_par_iter()
             .map(|k| {
@@ -282,7 +295,7 @@ impl Model {
                 "temperature must be positive, got {temperature}"
             )));
         }
-        if temperature != 1.0 && self.spec.base_kind() != crate::dist::BaseKind::Normal {
+        if temperature != 1.0 && self.arch.base.kind() != crate::dist::BaseKind::Normal {
             return Err(Error::Config(format!(
                 "a temperature needs a standard normal base; this model's base is {}",
                 self.flow.base.kind()
@@ -311,7 +324,8 @@ impl Model {
             format: FORMAT.into(),
             version: VERSION,
             dtype: "f32".into(),
-            flow: self.spec.clone(),
+            flow: self.arch.clone(),
+            preset: self.preset.clone(),
             columns: self.columns.clone(),
             context_columns: self.context_columns.clone(),
             normalization: to_norm(&self.norm),
@@ -436,14 +450,25 @@ impl Model {
             )));
         }
         let ver = v.get("version").and_then(|f| f.as_u64()).unwrap_or(0);
-        if ver != VERSION as u64 {
+        if !(OLDEST_VERSION as u64..=VERSION as u64).contains(&ver) {
             return Err(bad(format!(
-                "{CONFIG}: format version {ver} is not supported (this nflow reads version {VERSION})"
+                "{CONFIG}: format version {ver} is not supported (this nflow reads versions \
+                 {OLDEST_VERSION} to {VERSION})"
             )));
         }
-        let cfg: ConfigFile =
-            serde_json::from_value(v).map_err(|e| bad(format!("{CONFIG}: {e}")))?;
+        let cfg: ConfigFile = if ver == 1 {
+            upgrade_v1(v).map_err(|e| bad(format!("{CONFIG}: {e}")))?
+        } else {
+            serde_json::from_value(v).map_err(|e| bad(format!("{CONFIG}: {e}")))?
+        };
         let d = cfg.flow.dim;
+        if let Some(p) = &cfg.preset {
+            if p.dim != d || p.context_dim != cfg.flow.context_dim {
+                return Err(bad(format!(
+                    "{CONFIG}: 'preset' does not match 'flow' (dim / context_dim)"
+                )));
+            }
+        }
         if cfg.columns.len() != d
             || cfg.normalization.mean.len() != d
             || cfg.normalization.std.len() != d
@@ -500,7 +525,8 @@ impl Model {
             .map(|s| s.lines().map(String::from).collect())
             .unwrap_or_default();
         Ok(Model {
-            spec: cfg.flow,
+            arch: cfg.flow,
+            preset: cfg.preset,
             flow,
             columns: cfg.columns,
             norm: from_norm(&cfg.normalization),
@@ -512,6 +538,15 @@ impl Model {
             log,
         })
     }
+}
+
+/// A version-1 `config.json` (its `flow` holds a preset's options) as a version-2 one.
+fn upgrade_v1(mut v: serde_json::Value) -> Result<ConfigFile> {
+    let spec: FlowSpec = serde_json::from_value(v["flow"].take())
+        .map_err(|e| Error::Config(format!("flow: {e}")))?;
+    v["flow"] = serde_json::to_value(spec.architecture()?).expect("architecture serialises");
+    v["preset"] = serde_json::to_value(&spec).expect("spec serialises");
+    serde_json::from_value(v).map_err(|e| Error::Config(e.to_string()))
 }
 
 use crate::engine::Float as _;

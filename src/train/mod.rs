@@ -6,7 +6,7 @@
 
 use crate::data::{split_indices, Preprocess, Standardizer, Table};
 use crate::engine::{rng, Mat};
-use crate::flows::FlowSpec;
+use crate::flows::{FlowConfig, FlowDef};
 use crate::io::{Model, TrainSummary};
 use crate::optim::{clip_grad_norm, Adam, OptimConfig, Schedule};
 use crate::{Error, Result};
@@ -146,7 +146,7 @@ pub struct Trainer {
 /// What a checkpoint holds besides the model (weights and buffers are in the model folder).
 #[derive(Serialize, Deserialize)]
 struct TrainState {
-    spec: FlowSpec,
+    flow: FlowConfig,
     cfg: TrainConfig,
     step: usize,
     adam_t: i32,
@@ -242,16 +242,18 @@ impl Trainer {
         self
     }
 
-    /// Fit `spec` to the rows of `table` (and `context`, for a conditional flow), data name `table.source`.
+    /// Fit a flow (a preset's [`crate::flows::FlowSpec`] or any [`FlowConfig`]) to the rows of `table` (and
+    /// `context`, for a conditional flow), data name `table.source`.
     pub fn fit(
         &self,
-        spec: FlowSpec,
+        flow: impl Into<FlowDef>,
         table: &Table,
         context: Option<&Table>,
         mut on_step: impl FnMut(&Progress),
     ) -> Result<Fitted> {
         let cfg = &self.cfg;
         cfg.validate()?;
+        let (arch, preset) = flow.into().resolve()?;
         // a categorical context is expanded to one-hot columns here (the model keeps the raw column names)
         let raw_ctx_columns = context.map(|c| c.columns.clone()).unwrap_or_default();
         let one_hot = !self.context_classes.is_empty();
@@ -263,22 +265,22 @@ impl Trainer {
             }
             c => c,
         };
-        if spec.dim != table.cols {
+        if arch.dim != table.cols {
             return Err(Error::Shape(format!(
-                "{}: {} columns, flow spec says dim = {}",
-                table.source, table.cols, spec.dim
+                "{}: {} columns, the flow has dim = {}",
+                table.source, table.cols, arch.dim
             )));
         }
         table.check_finite()?;
         if let Some(c) = context {
             c.check_finite()?;
-            if c.rows != table.rows || c.cols != spec.context_dim {
+            if c.rows != table.rows || c.cols != arch.context_dim {
                 return Err(Error::Shape(format!(
                     "{}: context is {}x{}, expected {}x{}",
-                    c.source, c.rows, c.cols, table.rows, spec.context_dim
+                    c.source, c.rows, c.cols, table.rows, arch.context_dim
                 )));
             }
-        } else if spec.context_dim > 0 {
+        } else if arch.context_dim > 0 {
             return Err(Error::Shape(
                 "conditional flow needs context columns".into(),
             ));
@@ -300,7 +302,7 @@ impl Trainer {
         let fresh = self.preprocess.as_ref().filter(|p| p.dequantize);
         // image flows see the pixels as they are (ActNorm normalises per channel); a per-pixel
         // standardisation would give every pixel its own scale and break the convolutions' weight sharing
-        let norm = if spec.kind.image() {
+        let norm = if arch.is_image() {
             Standardizer::identity(train_t.cols)
         } else {
             Standardizer::fit(&train_t)?
@@ -345,7 +347,7 @@ impl Trainer {
                 let cm = match (c, &cnorm) {
                     (Some(c), _) if one_hot => Some(to_mat(
                         &crate::data::one_hot(c, &self.context_classes)?,
-                        &Standardizer::identity(spec.context_dim),
+                        &Standardizer::identity(arch.context_dim),
                     )),
                     (Some(c), Some(n)) => Some(to_mat(c, n)),
                     _ => None,
@@ -354,7 +356,7 @@ impl Trainer {
             }
             None => None,
         };
-        let mut flow = spec.build::<f32>()?;
+        let mut flow = arch.build::<f32>()?;
         flow.set_training(true);
         let n = raw_train.rows;
         let batch = cfg.batch_size.min(n);
@@ -395,7 +397,7 @@ impl Trainer {
                 .map_err(|e| bad(format!("{STATE_JSON}: {e}")))?;
             let st: TrainState =
                 serde_json::from_str(&text).map_err(|e| bad(format!("{STATE_JSON}: {e}")))?;
-            if st.spec != spec {
+            if st.flow != arch {
                 return Err(bad(
                     "the checkpoint was made with a different flow (architecture options differ)"
                         .into(),
@@ -452,7 +454,7 @@ impl Trainer {
          -> f64 {
             flow.set_training(false);
             let mut s = 0.0;
-            let ch = if spec.kind.image() { 128 } else { 1024 };
+            let ch = if arch.is_image() { 128 } else { 1024 };
             for a in (0..x.rows).step_by(ch) {
                 let b = (a + ch).min(x.rows);
                 let cs = c.map(|c| c.slice_rows(a, b));
@@ -552,7 +554,7 @@ impl Trainer {
                     train_nll: last_train,
                     val_nll: vl.map(|v| -v),
                     monitor_log_prob: ml,
-                    monitor_bits_per_dim: ml.map(|m| bits_per_dim(m, spec.dim)),
+                    monitor_bits_per_dim: ml.map(|m| bits_per_dim(m, arch.dim)),
                     best: improved,
                 });
                 val = vl;
@@ -568,12 +570,12 @@ impl Trainer {
                 },
                 val_log_prob: val,
                 monitor_log_prob: mon,
-                dim: spec.dim,
+                dim: arch.dim,
             });
             if let Some((dir, every)) = &self.checkpoint {
                 if step % every == 0 && step < total {
                     let st = TrainState {
-                        spec: spec.clone(),
+                        flow: arch.clone(),
                         cfg: cfg.clone(),
                         step,
                         adam_t: opt.state().2,
@@ -596,7 +598,8 @@ impl Trainer {
                         ("best", best.as_ref().map(|b| &b.2).unwrap_or(&empty)),
                     ]);
                     let model = Model {
-                        spec: spec.clone(),
+                        arch: arch.clone(),
+                        preset: preset.clone(),
                         flow,
                         columns: table.columns.clone(),
                         norm: norm.clone(),
@@ -652,7 +655,8 @@ impl Trainer {
             .collect();
         Ok(Fitted {
             model: Model {
-                spec,
+                arch,
+                preset,
                 flow,
                 columns: table.columns.clone(),
                 norm,
