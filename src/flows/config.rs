@@ -3,10 +3,12 @@
 //! `flow` field of a model's `config.json`; presets ([`super::FlowSpec`]) are functions that make one.
 //!
 //! ```
-//! use nflow::flows::{Flow, Layer, BaseConfig, AffineCouplingConfig, MlpConfig};
+//! use nflow::flows::{BaseConfig, CouplingConfig, Flow, Layer, MapConfig};
+//! let coupling = |index| Layer::Coupling(CouplingConfig { index, map: MapConfig::SinhArcsinh, ..Default::default() });
 //! let arch = Flow::<f64>::builder(2)
-//!     .layer(Layer::AffineCoupling(AffineCouplingConfig { index: 0, ..Default::default() }))
-//!     .layer(Layer::AffineCoupling(AffineCouplingConfig { index: 1, ..Default::default() }))
+//!     .layer(coupling(0))
+//!     .layer(Layer::LuLinear(Default::default()))
+//!     .layer(coupling(1))
 //!     .base(BaseConfig::Normal);
 //! let flow = arch.build::<f64>().unwrap();
 //! assert_eq!(flow.dim(), 2);

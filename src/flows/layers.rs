@@ -11,9 +11,8 @@ use crate::engine::{Float, Rng};
 use crate::nn::{Activation, ConvNetKind, MadeOpts};
 use crate::transforms::image::channel_permutation;
 use crate::transforms::{
-    ActNorm, AdditiveCoupling, AffineCoupling, BatchNorm, ConvCoupling, Iaf, ImageMask, ImageShape,
-    InvConv1x1, LuLinear, Maf, Mask, Order, Permutation, Prefix, RqSpline, ScaleBound, Scaling,
-    SplineAr, SplineCoupling, Squeeze, Transform,
+    ActNorm, BatchNorm, ConvCoupling, ImageMask, ImageShape, InvConv1x1, LuLinear, MapConfig, Mask,
+    NetShape, Order, Permutation, Prefix, ScaleBound, Scaling, Squeeze, Transform,
 };
 use crate::Error;
 use rand::seq::SliceRandom;
@@ -47,6 +46,13 @@ impl Default for MlpConfig {
 }
 
 impl MlpConfig {
+    fn shape(&self) -> NetShape {
+        NetShape {
+            hidden: self.hidden,
+            depth: self.depth,
+            activation: self.activation,
+        }
+    }
     fn check(&self, what: &str) -> Result<(), Error> {
         if self.hidden == 0 {
             return Err(Error::Config(format!("{what}: hidden must be at least 1")));
@@ -99,22 +105,13 @@ impl MadeConfig {
     }
 }
 
-/// RealNVP's affine coupling (Dinh et al. 2017), [`AffineCoupling`].
+/// A coupling layer (Dinh et al. 2015, 2017): the features chosen by the mask go through the element-wise
+/// `map`, whose parameters an MLP computes from the other features (and the context). RealNVP is the affine
+/// map, NICE the additive one, RQ-NSF (C) the spline.
 #[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct AffineCouplingConfig {
-    /// Which features it transforms, the rule applied as for layer number `index` (alternating rules flip
-    /// with its parity).
-    pub mask: Mask,
-    pub index: usize,
-    pub net: MlpConfig,
-    pub scale: ScaleBound,
-}
-
-/// NICE's additive coupling (Dinh et al. 2015), [`AdditiveCoupling`].
-#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdditiveCouplingConfig {
+pub struct CouplingConfig {
+    pub map: MapConfig,
     /// Which features it transforms, the rule applied as for layer number `index` (alternating rules flip
     /// with its parity).
     pub mask: Mask,
@@ -122,39 +119,17 @@ pub struct AdditiveCouplingConfig {
     pub net: MlpConfig,
 }
 
-/// RQ-NSF coupling (Durkan et al. 2019), [`SplineCoupling`].
+/// A masked autoregressive layer (Papamakarios et al. 2017): feature `i` goes through the element-wise `map`,
+/// whose parameters a MADE computes from the features before it in the ordering (and the context). MAF is
+/// the affine map, RQ-NSF (AR) the spline. Density one pass, sampling D passes; `iaf` layers the other way.
 #[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct SplineCouplingConfig {
-    /// Which features it transforms, the rule applied as for layer number `index` (alternating rules flip
-    /// with its parity).
-    pub mask: Mask,
-    pub index: usize,
-    pub net: MlpConfig,
-    pub spline: RqSpline,
-}
-
-/// Masked affine autoregressive layer, MAF's (Papamakarios et al. 2017) or IAF's (Kingma et al. 2016)
-/// orientation: [`Maf`], [`Iaf`].
-#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AffineArConfig {
+pub struct AutoregressiveConfig {
+    pub map: MapConfig,
     /// The autoregressive ordering, applied as for layer number `index` (`alternate` flips with its parity).
     pub order: Order,
     pub index: usize,
     pub made: MadeConfig,
-    pub scale: ScaleBound,
-}
-
-/// RQ-NSF autoregressive layer (Durkan et al. 2019), [`SplineAr`].
-#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SplineArConfig {
-    /// The autoregressive ordering, applied as for layer number `index` (`alternate` flips with its parity).
-    pub order: Order,
-    pub index: usize,
-    pub made: MadeConfig,
-    pub spline: RqSpline,
 }
 
 /// How a permutation is chosen.
@@ -244,12 +219,10 @@ pub struct CustomLayerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Layer {
-    AffineCoupling(AffineCouplingConfig),
-    AdditiveCoupling(AdditiveCouplingConfig),
-    SplineCoupling(SplineCouplingConfig),
-    Maf(AffineArConfig),
-    Iaf(AffineArConfig),
-    SplineAr(SplineArConfig),
+    Coupling(CouplingConfig),
+    Autoregressive(AutoregressiveConfig),
+    /// IAF (Kingma et al. 2016): the affine autoregressive layer used the other way round (sampling one pass).
+    Iaf(AutoregressiveConfig),
     Permutation(PermutationConfig),
     LuLinear(LuLinearConfig),
     ActNorm(ActNormConfig),
@@ -267,12 +240,9 @@ pub enum Layer {
 
 /// The `"type"` names of the built-in layers.
 pub const BUILT_IN: &[&str] = &[
-    "affine-coupling",
-    "additive-coupling",
-    "spline-coupling",
-    "maf",
+    "coupling",
+    "autoregressive",
     "iaf",
-    "spline-ar",
     "permutation",
     "lu-linear",
     "act-norm",
@@ -370,90 +340,30 @@ impl Layer {
         let name = self.type_name();
         let bad = |m: String| Err(Error::Config(format!("{name}: {m}")));
         let t: Box<dyn Transform<F>> = match self {
-            Layer::AffineCoupling(o) => {
+            Layer::Coupling(o) => {
                 o.net.check(&name)?;
-                check_scale(o.scale, &name)?;
-                let m = o.mask.build(d, o.index, r);
-                let n = &o.net;
-                Box::new(AffineCoupling::new(
-                    &m,
-                    c.cond_dim,
-                    n.hidden,
-                    n.depth,
-                    n.activation,
-                    o.scale,
-                    r,
-                ))
-            }
-            Layer::AdditiveCoupling(o) => {
-                o.net.check(&name)?;
-                let m = o.mask.build(d, o.index, r);
-                let n = &o.net;
-                Box::new(AdditiveCoupling::new(
-                    &m,
-                    c.cond_dim,
-                    n.hidden,
-                    n.depth,
-                    n.activation,
-                    r,
-                ))
-            }
-            Layer::SplineCoupling(o) => {
-                o.net.check(&name)?;
-                o.spline
+                o.map
                     .validate()
-                    .map_err(|e| Error::Config(format!("{name}: {e}")))?;
+                    .map_err(|e| Error::Config(format!("{name} ({}): {e}", o.map.name())))?;
                 let m = o.mask.build(d, o.index, r);
-                let n = &o.net;
-                Box::new(SplineCoupling::new(
-                    &m,
-                    c.cond_dim,
-                    n.hidden,
-                    n.depth,
-                    n.activation,
-                    o.spline,
-                    r,
-                ))
+                o.map.coupling(&m, c.cond_dim, o.net.shape(), r)
             }
-            Layer::Maf(o) | Layer::Iaf(o) => {
+            Layer::Autoregressive(o) | Layer::Iaf(o) => {
                 o.made.check(&name)?;
-                check_scale(o.scale, &name)?;
-                let order = o.order.build(d, o.index, r);
-                let m = &o.made;
-                let maf = Maf::new(
-                    d,
-                    c.cond_dim,
-                    m.hidden,
-                    m.depth,
-                    m.activation,
-                    o.scale,
-                    &order,
-                    m.opts(),
-                    r,
-                );
-                match self {
-                    Layer::Iaf(_) => Box::new(Iaf::from(maf)),
-                    _ => Box::new(maf),
-                }
-            }
-            Layer::SplineAr(o) => {
-                o.made.check(&name)?;
-                o.spline
+                o.map
                     .validate()
-                    .map_err(|e| Error::Config(format!("{name}: {e}")))?;
+                    .map_err(|e| Error::Config(format!("{name} ({}): {e}", o.map.name())))?;
                 let order = o.order.build(d, o.index, r);
+                let iaf = matches!(self, Layer::Iaf(_));
                 let m = &o.made;
-                Box::new(SplineAr::new(
-                    d,
-                    c.cond_dim,
-                    m.hidden,
-                    m.depth,
-                    m.activation,
-                    o.spline,
-                    &order,
-                    m.opts(),
-                    r,
-                ))
+                let shape = NetShape {
+                    hidden: m.hidden,
+                    depth: m.depth,
+                    activation: m.activation,
+                };
+                o.map
+                    .autoregressive(&order, c.cond_dim, shape, m.opts(), iaf, r)
+                    .map_err(|e| Error::Config(format!("{name}: {e}")))?
             }
             Layer::Permutation(p) => {
                 let n = p.image.map_or(d, |s| s.c);

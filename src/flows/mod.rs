@@ -16,13 +16,14 @@ pub mod layers;
 mod presets;
 pub mod registry;
 
+pub use crate::transforms::MapConfig;
 pub use config::{BaseConfig, EmbeddingConfig, FlowConfig};
 pub use flow::Flow;
 pub use image::CouplingKind;
 pub use layers::{
-    ActNormConfig, AdditiveCouplingConfig, AffineArConfig, AffineCouplingConfig, BuildCtx,
-    ConvCouplingConfig, InvConv1x1Config, Layer, LuLinearConfig, MadeConfig, MlpConfig,
-    PermutationConfig, PermutationRule, SplineArConfig, SplineCouplingConfig, SqueezeConfig,
+    ActNormConfig, AutoregressiveConfig, BuildCtx, ConvCouplingConfig, CouplingConfig,
+    InvConv1x1Config, Layer, LuLinearConfig, MadeConfig, MlpConfig, PermutationConfig,
+    PermutationRule, SqueezeConfig,
 };
 pub use presets::{FlowDef, FlowKind, FlowSpec, Permute};
 pub use registry::{register_layer, CustomLayer};

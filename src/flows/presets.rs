@@ -4,14 +4,14 @@
 use super::config::{BaseConfig, EmbeddingConfig, FlowConfig};
 use super::image;
 use super::layers::{
-    ActNormConfig, AdditiveCouplingConfig, AffineArConfig, AffineCouplingConfig, Layer,
-    LuLinearConfig, MadeConfig, MlpConfig, PermutationConfig, PermutationRule, SplineArConfig,
-    SplineCouplingConfig,
+    ActNormConfig, AutoregressiveConfig, CouplingConfig, Layer, LuLinearConfig, MadeConfig,
+    MlpConfig, PermutationConfig, PermutationRule,
 };
 use super::{CouplingKind, Flow};
 use crate::dist::{BaseKind, MixtureInit};
 use crate::engine::Float;
 use crate::nn::Activation;
+use crate::transforms::MapConfig;
 use crate::transforms::{ImageShape, Mask, Order, RqSpline, ScaleBound};
 use crate::Error;
 use serde::{Deserialize, Serialize};
@@ -233,6 +233,10 @@ pub struct FlowSpec {
     /// Seed of the initial weights and of random masks.
     #[serde(default)]
     pub seed: u64,
+    /// The element-wise map of the coupling and autoregressive presets, instead of their own (affine for
+    /// realnvp / maf / iaf, additive for nice, the spline for nsf-c / nsf-ar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapConfig>,
 }
 
 impl FlowSpec {
@@ -286,6 +290,7 @@ impl FlowSpec {
             bins: default_bins(),
             tail_bound: default_tail_bound(),
             seed: 0,
+            map: None,
         }
     }
 
@@ -306,9 +311,15 @@ impl FlowSpec {
         if self.context_embed > 0 && self.embed_hidden == 0 {
             return bad("embed_hidden must be at least 1".into());
         }
-        if matches!(self.kind, FlowKind::NsfC | FlowKind::NsfAr) {
-            self.spline().validate().map_err(Error::Config)?;
+        if self.map.is_some() && (self.kind.image() || self.kind == FlowKind::Iaf) {
+            return bad(format!(
+                "{} has its own coupling function: a map is for nice, realnvp, maf, maf-mog, nsf-c and nsf-ar",
+                self.kind.name()
+            ));
         }
+        self.element_map()
+            .validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", self.element_map().name())))?;
         if self.permute == Permute::Conv1x1 && !self.kind.image() {
             return bad(
                 "permute 1x1 (invertible 1x1 convolution) is for image flows; use lu".into(),
@@ -407,6 +418,18 @@ impl FlowSpec {
         }
     }
 
+    /// The element-wise map of the coupling and autoregressive presets: the preset's own, or `map`.
+    pub fn element_map(&self) -> MapConfig {
+        if let Some(m) = self.map {
+            return m;
+        }
+        match self.kind {
+            FlowKind::Nice => MapConfig::Additive,
+            FlowKind::NsfC | FlowKind::NsfAr => MapConfig::RqSpline(self.spline()),
+            _ => MapConfig::Affine { scale: self.scale },
+        }
+    }
+
     fn base_config(&self) -> BaseConfig {
         match self.base_kind() {
             BaseKind::Normal => BaseConfig::Normal,
@@ -453,37 +476,22 @@ impl FlowSpec {
             if normalised && self.actnorm {
                 ts.push(Layer::ActNorm(ActNormConfig::default()));
             }
-            let ar = AffineArConfig {
+            let map = self.element_map();
+            let coupling = Layer::Coupling(CouplingConfig {
+                map,
+                mask,
+                index,
+                net: self.mlp(),
+            });
+            let ar = AutoregressiveConfig {
+                map,
                 order,
                 index,
                 made: self.made(),
-                scale: self.scale,
             };
             ts.push(match self.kind {
-                FlowKind::Nice => Layer::AdditiveCoupling(AdditiveCouplingConfig {
-                    mask,
-                    index,
-                    net: self.mlp(),
-                }),
-                FlowKind::Realnvp => Layer::AffineCoupling(AffineCouplingConfig {
-                    mask,
-                    index,
-                    net: self.mlp(),
-                    scale: self.scale,
-                }),
-                FlowKind::NsfC => Layer::SplineCoupling(SplineCouplingConfig {
-                    mask,
-                    index,
-                    net: self.mlp(),
-                    spline: self.spline(),
-                }),
-                FlowKind::NsfAr => Layer::SplineAr(SplineArConfig {
-                    order,
-                    index,
-                    made: self.made(),
-                    spline: self.spline(),
-                }),
-                FlowKind::Maf | FlowKind::MafMog => Layer::Maf(ar),
+                FlowKind::Nice | FlowKind::Realnvp | FlowKind::NsfC => coupling,
+                FlowKind::Maf | FlowKind::MafMog | FlowKind::NsfAr => Layer::Autoregressive(ar),
                 FlowKind::Iaf => Layer::Iaf(ar),
                 FlowKind::Glow | FlowKind::RealnvpMultiscale => unreachable!("built above"),
             });

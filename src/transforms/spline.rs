@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 /// Shape of the spline: bins, tail bound and the minimum bin width, height and derivative.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RqSpline {
     pub bins: usize,
     pub bound: f64,

@@ -1,24 +1,27 @@
-//! Neural spline flows (Durkan et al. 2019): rational-quadratic splines ([`RqSpline`]) whose bin widths,
-//! heights and knot derivatives come from a conditioner network.
+//! The structures that condition any element-wise map `g` ([`ElementwiseMap`]):
 //!
-//! - [`SplineCoupling`] (RQ-NSF (C)): `z_b = RQS(x_b; θ(x_a, c))`, `z_a = x_a`, an MLP conditioner.
-//! - [`SplineAr`] (RQ-NSF (AR)): `z_i = RQS(x_i; θ_i(x_<i, c))`, a MADE conditioner; log p is one pass, the
-//!   inverse (sampling) D passes, like MAF.
+//! - [`MapCoupling`]: `z_b = g(x_b; θ(x_a, c))`, `z_a = x_a`, an MLP conditioner (Dinh et al. 2017's coupling).
+//! - [`MapAr`]: `z_i = g(x_i; θ_i(x_<i, c))`, a MADE conditioner (Papamakarios et al. 2017's masked
+//!   autoregressive layer); log p is one pass, the inverse (sampling) D passes.
+//!
+//! With the rational-quadratic spline ([`RqSpline`]) they are the neural spline flows (Durkan et al. 2019):
+//! [`SplineCoupling`] (RQ-NSF (C)) and [`SplineAr`] (RQ-NSF (AR)).
 //!
 //! Conditioner outputs are laid out parameter-major: parameter `j` of transformed feature `k` is output
 //! `j * n + k` (`n` transformed features). The last layer starts at zero, so every layer starts as the identity.
 
 use super::coupling::{delegate_to_core, CouplingCore};
-use super::spline::{Knots, RqSpline};
+use super::map::ElementwiseMap;
+use super::spline::RqSpline;
 use super::Transform;
 use crate::engine::{Float, Mat, Rng};
 use crate::nn::{Activation, Made, MadeOpts, Param};
 use rayon::prelude::*;
 
-/// Apply the splines of one batch: `x` (rows x dim), conditioner outputs `h` (rows x P*n), `cols[k]` = the
-/// feature transformed by spline `k`. Returns the new matrix and the per-row log-det.
-fn apply_splines<F: Float>(
-    sp: &RqSpline,
+/// Apply the maps of one batch: `x` (rows x dim), conditioner outputs `h` (rows x P*n), `cols[k]` = the
+/// feature transformed by map `k`. Returns the new matrix and the per-row log-det.
+fn apply_maps<F: Float, M: ElementwiseMap>(
+    sp: &M,
     x: &Mat<F>,
     h: &Mat<F>,
     cols: &[usize],
@@ -35,14 +38,14 @@ fn apply_splines<F: Float>(
         .enumerate()
         .for_each(|(r, (zr, ldr))| {
             let hr = h.row(r);
-            let mut kn = Knots::default();
+            let mut kn = M::State::<F>::default();
             let mut prm = vec![F::zero(); p];
             let mut acc = F::zero();
             for (k, &j) in cols.iter().enumerate() {
                 for (q, v) in prm.iter_mut().enumerate() {
                     *v = hr[q * n + k];
                 }
-                sp.knots(&prm, &mut kn);
+                sp.prepare(&prm, &mut kn);
                 let (v, l) = if inverse {
                     sp.inverse(zr[j], &kn)
                 } else {
@@ -56,10 +59,10 @@ fn apply_splines<F: Float>(
     (z, ld)
 }
 
-/// Backward of [`apply_splines`] (forward direction) at input `x`: `dx` for the transformed features (others
+/// Backward of [`apply_maps`] (forward direction) at input `x`: `dx` for the transformed features (others
 /// pass `dz` through) and the conditioner-output gradient `dh`.
-fn backward_splines<F: Float>(
-    sp: &RqSpline,
+fn backward_maps<F: Float, M: ElementwiseMap>(
+    sp: &M,
     x: &Mat<F>,
     h: &Mat<F>,
     cols: &[usize],
@@ -77,14 +80,14 @@ fn backward_splines<F: Float>(
         .enumerate()
         .for_each(|(r, (dxr, dhr))| {
             let (xr, hr) = (x.row(r), h.row(r));
-            let mut kn = Knots::default();
+            let mut kn = M::State::<F>::default();
             let mut prm = vec![F::zero(); p];
             let mut dp = vec![F::zero(); p];
             for (k, &j) in cols.iter().enumerate() {
                 for (q, v) in prm.iter_mut().enumerate() {
                     *v = hr[q * n + k];
                 }
-                sp.knots(&prm, &mut kn);
+                sp.prepare(&prm, &mut kn);
                 dp.iter_mut().for_each(|v| *v = F::zero());
                 dxr[j] = sp.backward(xr[j], &kn, dxr[j], dlogdet[r], &mut dp);
                 for (q, &v) in dp.iter().enumerate() {
@@ -95,16 +98,19 @@ fn backward_splines<F: Float>(
     (dx, dh)
 }
 
-/// RQ-NSF coupling layer.
+/// A coupling layer of the map `M`.
 #[derive(Clone, Debug)]
-pub struct SplineCoupling<F> {
+pub struct MapCoupling<F, M> {
     core: CouplingCore<F>,
-    spline: RqSpline,
+    map: M,
     x: Mat<F>,
     h: Mat<F>,
 }
 
-impl<F: Float> SplineCoupling<F> {
+/// RQ-NSF coupling layer.
+pub type SplineCoupling<F> = MapCoupling<F, RqSpline>;
+
+impl<F: Float, M: ElementwiseMap> MapCoupling<F, M> {
     /// `mask[j]` is true for the features that get transformed.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -113,53 +119,52 @@ impl<F: Float> SplineCoupling<F> {
         hidden: usize,
         depth: usize,
         act: Activation,
-        spline: RqSpline,
+        map: M,
         rng: &mut Rng,
     ) -> Self {
-        SplineCoupling {
+        MapCoupling {
             core: CouplingCore::new(
                 mask,
                 ctx_dim,
                 hidden,
                 depth,
                 act,
-                spline.params_per_element(),
+                map.params_per_element(),
                 rng,
             ),
-            spline,
+            map,
             x: Mat::zeros(0, 0),
             h: Mat::zeros(0, 0),
         }
     }
 }
 
-impl<F: Float> Transform<F> for SplineCoupling<F> {
+impl<F: Float, M: ElementwiseMap> Transform<F> for MapCoupling<F, M> {
     fn kind(&self) -> &'static str {
-        "SplineCoupling"
+        M::COUPLING
     }
     fn dim(&self) -> usize {
         self.core.dim
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let h = self.core.conditioner(x, ctx);
-        apply_splines(&self.spline, x, &h, &self.core.ib, false)
+        apply_maps(&self.map, x, &h, &self.core.ib, false)
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         // x_a = z_a: the conditioner's input is available from z
         let h = self.core.conditioner(z, ctx);
-        apply_splines(&self.spline, z, &h, &self.core.ib, true)
+        apply_maps(&self.map, z, &h, &self.core.ib, true)
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let inp = self.core.net_input(x, ctx);
         let h = self.core.net.forward_train_owned(inp);
-        let out = apply_splines(&self.spline, x, &h, &self.core.ib, false);
+        let out = apply_maps(&self.map, x, &h, &self.core.ib, false);
         self.x = x.clone();
         self.h = h;
         out
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let (mut dx, dh) =
-            backward_splines(&self.spline, &self.x, &self.h, &self.core.ib, dz, dlogdet);
+        let (mut dx, dh) = backward_maps(&self.map, &self.x, &self.h, &self.core.ib, dz, dlogdet);
         let din = self.core.net.backward(&dh, true).expect("input gradient");
         self.core.add_input_grad(&mut dx, &din);
         dx
@@ -167,18 +172,21 @@ impl<F: Float> Transform<F> for SplineCoupling<F> {
     delegate_to_core!();
 }
 
-/// RQ-NSF autoregressive layer (MADE conditioner), density direction one pass.
+/// A masked autoregressive layer of the map `M` (MADE conditioner), density direction one pass.
 #[derive(Clone, Debug)]
-pub struct SplineAr<F> {
+pub struct MapAr<F, M> {
     made: Made<F>,
-    spline: RqSpline,
+    map: M,
     d: usize,
     cols: Vec<usize>,
     x: Mat<F>,
     h: Mat<F>,
 }
 
-impl<F: Float> SplineAr<F> {
+/// RQ-NSF autoregressive layer.
+pub type SplineAr<F> = MapAr<F, RqSpline>;
+
+impl<F: Float, M: ElementwiseMap> MapAr<F, M> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         d: usize,
@@ -186,24 +194,24 @@ impl<F: Float> SplineAr<F> {
         hidden: usize,
         depth: usize,
         act: Activation,
-        spline: RqSpline,
+        map: M,
         order: &[usize],
         opts: MadeOpts,
         rng: &mut Rng,
     ) -> Self {
-        SplineAr {
+        MapAr {
             made: Made::new(
                 d,
                 ctx_dim,
                 hidden,
                 depth,
-                spline.params_per_element(),
+                map.params_per_element(),
                 act,
                 order,
                 opts,
                 rng,
             ),
-            spline,
+            map,
             d,
             cols: (0..d).collect(),
             x: Mat::zeros(0, 0),
@@ -212,31 +220,31 @@ impl<F: Float> SplineAr<F> {
     }
 }
 
-impl<F: Float> Transform<F> for SplineAr<F> {
+impl<F: Float, M: ElementwiseMap> Transform<F> for MapAr<F, M> {
     fn kind(&self) -> &'static str {
-        "SplineAR"
+        M::AUTOREGRESSIVE
     }
     fn dim(&self) -> usize {
         self.d
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let h = self.made.forward(x, ctx);
-        apply_splines(&self.spline, x, &h, &self.cols, false)
+        apply_maps(&self.map, x, &h, &self.cols, false)
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         // D passes: the feature at position p depends only on those before it
-        let (d, sp) = (self.d, &self.spline);
+        let (d, sp) = (self.d, &self.map);
         let p = sp.params_per_element();
         let x = self.made.sequential(z.rows, ctx, |i, h, inp| {
             let ci = inp.cols;
-            let mut kn = Knots::default();
+            let mut kn = M::State::<F>::default();
             let mut prm = vec![F::zero(); p];
             for r in 0..z.rows {
                 let hr = h.row(r);
                 for (q, v) in prm.iter_mut().enumerate() {
                     *v = hr[q * d + i];
                 }
-                sp.knots(&prm, &mut kn);
+                sp.prepare(&prm, &mut kn);
                 inp.data[r * ci + i] = sp.inverse(z.at(r, i), &kn).0;
             }
         });
@@ -245,14 +253,13 @@ impl<F: Float> Transform<F> for SplineAr<F> {
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let h = self.made.forward_train(x, ctx);
-        let out = apply_splines(&self.spline, x, &h, &self.cols, false);
+        let out = apply_maps(&self.map, x, &h, &self.cols, false);
         self.x = x.clone();
         self.h = h;
         out
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let (mut dx, dh) =
-            backward_splines(&self.spline, &self.x, &self.h, &self.cols, dz, dlogdet);
+        let (mut dx, dh) = backward_maps(&self.map, &self.x, &self.h, &self.cols, dz, dlogdet);
         let din = self.made.backward(&dh);
         dx.data
             .iter_mut()
@@ -345,5 +352,34 @@ mod tests {
             );
             run(Box::new(t), ctx, 20 + i as u64);
         }
+    }
+
+    /// Every map in both structures, with and without a context: the generic checks (round trip, log-dets
+    /// against central differences, input / parameter / context gradients against finite differences).
+    fn every_structure<M: ElementwiseMap>(map: M, seed: u64) {
+        for (i, ctx) in [0usize, 2].into_iter().enumerate() {
+            let mut r = rng(seed + i as u64);
+            let m = Mask::Alternate.build(5, i, &mut r);
+            let t = MapCoupling::<f64, M>::new(&m, ctx, 8, 2, Activation::Tanh, map, &mut r);
+            run(Box::new(t), ctx, seed + 10 + i as u64);
+            let order = vec![2, 0, 3, 1];
+            let opts = MadeOpts {
+                residual: i == 1,
+                ..MadeOpts::default()
+            };
+            let t =
+                MapAr::<f64, M>::new(4, ctx, 10, 1, Activation::Tanh, map, &order, opts, &mut r);
+            run(Box::new(t), ctx, seed + 20 + i as u64);
+        }
+    }
+
+    #[test]
+    fn sinh_arcsinh_in_every_structure() {
+        every_structure(crate::transforms::SinhArcsinh, 40);
+    }
+
+    #[test]
+    fn shift_in_every_structure() {
+        every_structure(crate::transforms::Shift, 50);
     }
 }

@@ -1,0 +1,200 @@
+//! Monotone element-wise maps `z = g(x; θ)`, one scalar at a time, with `θ` a few unconstrained numbers that a
+//! conditioner outputs. The structures that condition them ([`super::MapCoupling`], [`super::MapAr`]) work
+//! with any map; [`MapConfig`] names each map in configs and builds it into either structure.
+//!
+//! Adding a map: a file in `transforms/map/` with a type implementing [`ElementwiseMap`], and in this file its
+//! `mod` line and a [`MapConfig`] variant with its two build arms. Layer configs, presets (`--map NAME`),
+//! saving and loading need nothing more.
+//!
+//! Every map is the identity at `θ = 0`, so a flow whose conditioners start at zero starts as the identity.
+
+mod shift;
+mod sinh_arcsinh;
+
+pub use shift::Shift;
+pub use sinh_arcsinh::SinhArcsinh;
+
+use super::{
+    AdditiveCoupling, AffineCoupling, Iaf, Maf, MapAr, MapCoupling, RqSpline, ScaleBound, Transform,
+};
+use crate::engine::{Float, Rng};
+use crate::nn::{Activation, MadeOpts};
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+
+/// A monotone increasing scalar map with analytic derivatives.
+pub trait ElementwiseMap: Copy + Debug + Send + Sync + 'static {
+    /// What is computed once per element from its raw parameters (bin edges, scales, ...).
+    type State<F: Float>: Default + Clone + Send;
+    /// Name used in messages and layer descriptions (`RqSpline`, `SinhArcsinh`).
+    const NAME: &'static str;
+    /// The coupling and autoregressive layers' names, as `Transform::kind` reports them.
+    const COUPLING: &'static str;
+    const AUTOREGRESSIVE: &'static str;
+    /// Unconstrained parameters per element.
+    fn params_per_element(&self) -> usize;
+    /// Wrong options, as a message.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// The element's state from its raw parameters `p` (`params_per_element` of them).
+    fn prepare<F: Float>(&self, p: &[F], s: &mut Self::State<F>);
+    /// `(g(x), log g'(x))`.
+    fn forward<F: Float>(&self, x: F, s: &Self::State<F>) -> (F, F);
+    /// `(g^-1(z), log (g^-1)'(z))`.
+    fn inverse<F: Float>(&self, z: F, s: &Self::State<F>) -> (F, F);
+    /// Backward of [`forward`](Self::forward) at `x` for `L` with `dL/dz = gz` and `dL/dlog g' = gl`: adds
+    /// `dL/dp` into `dp` and returns `dL/dx`.
+    fn backward<F: Float>(&self, x: F, s: &Self::State<F>, gz: F, gl: F, dp: &mut [F]) -> F;
+}
+
+impl ElementwiseMap for super::RqSpline {
+    type State<F: Float> = super::spline::Knots<F>;
+    const NAME: &'static str = "RqSpline";
+    const COUPLING: &'static str = "SplineCoupling";
+    const AUTOREGRESSIVE: &'static str = "SplineAR";
+    fn params_per_element(&self) -> usize {
+        super::RqSpline::params_per_element(self)
+    }
+    fn validate(&self) -> Result<(), String> {
+        super::RqSpline::validate(self)
+    }
+    fn prepare<F: Float>(&self, p: &[F], s: &mut Self::State<F>) {
+        self.knots(p, s)
+    }
+    fn forward<F: Float>(&self, x: F, s: &Self::State<F>) -> (F, F) {
+        super::RqSpline::forward(self, x, s)
+    }
+    fn inverse<F: Float>(&self, z: F, s: &Self::State<F>) -> (F, F) {
+        super::RqSpline::inverse(self, z, s)
+    }
+    fn backward<F: Float>(&self, x: F, s: &Self::State<F>, gz: F, gl: F, dp: &mut [F]) -> F {
+        super::RqSpline::backward(self, x, s, gz, gl, dp)
+    }
+}
+
+/// An element-wise map by name, with its options: what layer configs store. `affine` and `additive` build the
+/// fused layers ([`AffineCoupling`], [`Maf`], [`AdditiveCoupling`]); the others the generic structures.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MapConfig {
+    /// `z = x e^l + t`, `l` bounded (RealNVP, MAF).
+    Affine {
+        #[serde(default)]
+        scale: ScaleBound,
+    },
+    /// `z = x + t` (NICE).
+    Additive,
+    /// Monotonic rational-quadratic spline (Durkan et al. 2019).
+    RqSpline(RqSpline),
+    /// Sinh-arcsinh with location and scale (Jones & Pewsey 2009).
+    SinhArcsinh,
+}
+
+impl Default for MapConfig {
+    fn default() -> Self {
+        MapConfig::Affine {
+            scale: ScaleBound::default(),
+        }
+    }
+}
+
+/// The conditioner of a layer: MLP (couplings) or MADE (autoregressive) sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct NetShape {
+    pub hidden: usize,
+    pub depth: usize,
+    pub activation: Activation,
+}
+
+impl MapConfig {
+    /// The map's `"type"` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MapConfig::Affine { .. } => "affine",
+            MapConfig::Additive => "additive",
+            MapConfig::RqSpline(_) => "rq-spline",
+            MapConfig::SinhArcsinh => "sinh-arcsinh",
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            MapConfig::Affine {
+                scale: ScaleBound::SoftClamp { bound },
+            } if !(bound.is_finite() && *bound > 0.0) => {
+                Err(format!("scale bound must be positive, got {bound}"))
+            }
+            MapConfig::RqSpline(s) => ElementwiseMap::validate(s),
+            _ => Ok(()),
+        }
+    }
+
+    /// A coupling of this map: `mask[j]` true for the transformed features.
+    pub fn coupling<F: Float>(
+        &self,
+        mask: &[bool],
+        ctx_dim: usize,
+        n: NetShape,
+        r: &mut Rng,
+    ) -> Box<dyn Transform<F>> {
+        let (h, d, a) = (n.hidden, n.depth, n.activation);
+        match *self {
+            MapConfig::Affine { scale } => {
+                Box::new(AffineCoupling::new(mask, ctx_dim, h, d, a, scale, r))
+            }
+            MapConfig::Additive => Box::new(AdditiveCoupling::new(mask, ctx_dim, h, d, a, r)),
+            MapConfig::RqSpline(s) => Box::new(MapCoupling::new(mask, ctx_dim, h, d, a, s, r)),
+            MapConfig::SinhArcsinh => {
+                Box::new(MapCoupling::new(mask, ctx_dim, h, d, a, SinhArcsinh, r))
+            }
+        }
+    }
+
+    /// A masked autoregressive layer of this map: `order[i]` the position of feature `i`; `iaf`: the
+    /// sampling orientation (affine only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn autoregressive<F: Float>(
+        &self,
+        order: &[usize],
+        ctx_dim: usize,
+        n: NetShape,
+        opts: MadeOpts,
+        iaf: bool,
+        r: &mut Rng,
+    ) -> Result<Box<dyn Transform<F>>, String> {
+        let (dim, h, d, a) = (order.len(), n.hidden, n.depth, n.activation);
+        if iaf && !matches!(self, MapConfig::Affine { .. }) {
+            return Err(format!(
+                "the IAF orientation is built for the affine map only, not {}",
+                self.name()
+            ));
+        }
+        Ok(match *self {
+            MapConfig::Affine { scale } => {
+                let maf = Maf::new(dim, ctx_dim, h, d, a, scale, order, opts, r);
+                match iaf {
+                    true => Box::new(Iaf::from(maf)),
+                    false => Box::new(maf),
+                }
+            }
+            MapConfig::Additive => {
+                Box::new(MapAr::new(dim, ctx_dim, h, d, a, Shift, order, opts, r))
+            }
+            MapConfig::RqSpline(s) => {
+                Box::new(MapAr::new(dim, ctx_dim, h, d, a, s, order, opts, r))
+            }
+            MapConfig::SinhArcsinh => Box::new(MapAr::new(
+                dim,
+                ctx_dim,
+                h,
+                d,
+                a,
+                SinhArcsinh,
+                order,
+                opts,
+                r,
+            )),
+        })
+    }
+}
