@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use nflow::data::{self, Preprocess, Table};
 use nflow::dist::{BaseKind, MixtureInit};
-use nflow::flows::{FlowKind, FlowSpec, Permute};
+use nflow::flows::{FlowConfig, FlowDef, FlowKind, FlowSpec, MapConfig, Permute};
 use nflow::nn::Activation;
 use nflow::optim::{OptimConfig, OptimKind, Schedule};
 use nflow::train::{TrainConfig, Trainer};
@@ -80,6 +80,14 @@ struct TrainArgs {
     /// spline couplings / autoregressive layers, LU-linear layers between them).
     #[arg(long, default_value = "realnvp")]
     flow: String,
+    /// The element-wise map of a coupling or autoregressive preset instead of its own: affine | additive |
+    /// rq-spline | sinh-arcsinh, or a JSON object with options (`{"type": "rq-spline", "bins": 16}`).
+    #[arg(long)]
+    map: Option<String>,
+    /// Train the architecture in this JSON file (a flow's layer list, base and embedding, as a model's
+    /// config.json stores it under "flow"; "dim" and "context_dim" may be left out) instead of a preset.
+    #[arg(long, conflicts_with_all = ["map", "layers"])]
+    arch: Option<PathBuf>,
     /// Fit p(x | c): these columns (comma-separated names) are the context c, fed to every conditioner
     /// network; the remaining selected columns are x. `eval` reads the same columns from its data.
     #[arg(long, value_delimiter = ',')]
@@ -473,8 +481,53 @@ fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSp
         )?;
     }
     spec.seed = a.seed;
+    if let Some(m) = &a.map {
+        spec.map = Some(parse_map(m)?);
+    }
     spec.validate()?;
     Ok(spec)
+}
+
+/// `--map NAME` or `--map '{"type": NAME, ...}'`.
+fn parse_map(m: &str) -> Result<MapConfig> {
+    let v: serde_json::Value = if m.trim_start().starts_with('{') {
+        serde_json::from_str(m).with_context(|| format!("--map: not valid JSON: {m}"))?
+    } else {
+        serde_json::json!({ "type": m })
+    };
+    serde_json::from_value(v).map_err(|e| {
+        anyhow::anyhow!("--map {m}: {e} (maps: affine, additive, rq-spline, sinh-arcsinh)")
+    })
+}
+
+/// The architecture of `--arch FILE`, its size checked against the data (filled in where left out).
+fn load_arch(path: &Path, dim: usize, context_dim: usize, seed: u64) -> Result<FlowConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let Some(o) = v.as_object_mut() else {
+        bail!(
+            "{}: expected a JSON object with a \"layers\" list",
+            path.display()
+        );
+    };
+    o.entry("dim").or_insert(dim.into());
+    o.entry("context_dim").or_insert(context_dim.into());
+    o.entry("seed").or_insert(seed.into());
+    let arch: FlowConfig =
+        serde_json::from_value(v).with_context(|| format!("{}", path.display()))?;
+    if arch.dim != dim || arch.context_dim != context_dim {
+        bail!(
+            "{}: the architecture has dim {} and context_dim {}, the data {dim} and {context_dim}",
+            path.display(),
+            arch.dim,
+            arch.context_dim
+        );
+    }
+    arch.validate()
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(arch)
 }
 
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
@@ -535,7 +588,7 @@ fn checkpoint_dir(out: &Path) -> PathBuf {
 
 fn fit_and_save(
     trainer: Trainer,
-    spec: FlowSpec,
+    flow: FlowDef,
     table: &Table,
     context: Option<&Table>,
     out: &Path,
@@ -544,7 +597,7 @@ fn fit_and_save(
     let pb = progress_bar(quiet);
     let mut val_msg = String::new();
     // bits/dim is the figure of merit for images and other dequantised integer data
-    let bpd = spec.kind.image() || trainer.preprocess.as_ref().is_some_and(|p| p.dequantize);
+    let bpd = flow.is_image() || trainer.preprocess.as_ref().is_some_and(|p| p.dequantize);
     let fmt = |v: f64, dim: usize| {
         if bpd {
             format!("{:.4} bits/dim", nflow::train::bits_per_dim(v, dim))
@@ -552,7 +605,7 @@ fn fit_and_save(
             format!("log-lik {v:.4}")
         }
     };
-    let fitted = trainer.fit(spec, table, context, |p| {
+    let fitted = trainer.fit(flow, table, context, |p| {
         pb.set_length(p.total as u64);
         pb.set_position(p.step as u64);
         if let Some(v) = p.val_log_prob {
@@ -630,7 +683,10 @@ fn train(a: TrainArgs) -> Result<()> {
     } else {
         classes.iter().sum()
     };
-    let spec = build_spec(&a, &table, context_dim)?;
+    let flow: FlowDef = match &a.arch {
+        Some(p) => load_arch(p, table.cols, context_dim, a.seed)?.into(),
+        None => build_spec(&a, &table, context_dim)?.into(),
+    };
     let cfg = train_config(&a)?;
     let pre = (a.dequantize || a.logit.is_some() || a.n_bits.is_some()).then_some(Preprocess {
         dequantize: a.dequantize,
@@ -673,7 +729,7 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(every) = a.checkpoint_every {
         trainer = trainer.with_checkpoints(checkpoint_dir(&a.out), every, a.resume);
     }
-    let model = fit_and_save(trainer, spec, &table, ctx.as_ref(), &a.out, a.quiet)?;
+    let model = fit_and_save(trainer, flow, &table, ctx.as_ref(), &a.out, a.quiet)?;
     if let Some((t, c)) = test {
         let (lp, ld) = model.log_prob_parts(&t, c.as_ref())?;
         let s = stats(&lp);
@@ -942,7 +998,11 @@ fn info(a: InfoArgs) -> Result<()> {
             "architecture   {} layers, conditioner {}x{} {:?}, mask {:?}, scale {:?}, batch norm {}, actnorm {}",
             p.layers, p.depth, p.hidden, p.activation, p.mask, p.scale, p.batch_norm, p.actnorm
         );
-        println!("between layers {:?}", p.permute);
+        println!(
+            "map            {}, between layers {:?}",
+            p.element_map().name(),
+            p.permute
+        );
         if p.residual {
             println!("conditioners   ResMADE ({} residual blocks)", p.depth);
         }
@@ -1015,7 +1075,7 @@ fn demo(a: DemoArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let model = fit_and_save(
         Trainer::new(cfg),
-        spec,
+        spec.clone().into(),
         &train_t,
         None,
         &a.out.join("model"),

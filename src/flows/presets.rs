@@ -550,6 +550,14 @@ impl From<FlowConfig> for FlowDef {
 }
 
 impl FlowDef {
+    /// Whether the flow is for images (see [`FlowConfig::image`]).
+    pub fn is_image(&self) -> bool {
+        match self {
+            FlowDef::Preset(s) => s.kind.image(),
+            FlowDef::Config(c) => c.is_image(),
+        }
+    }
+
     /// The architecture, and the preset it came from (kept with a model for `nflow info`).
     pub fn resolve(self) -> Result<(FlowConfig, Option<FlowSpec>), Error> {
         match self {
