@@ -3,9 +3,9 @@
 use nflow::data::{self, Table};
 use nflow::dist::BaseKind;
 use nflow::engine::{randn, rng, Mat};
+use nflow::flows::testing::flow_param_fd;
 use nflow::flows::{Flow, FlowKind, FlowSpec, Permute};
 use nflow::train::{TrainConfig, Trainer};
-use nflow::transforms::testing::flow_param_fd;
 use nflow::{Error, Model};
 
 fn small_spec(kind: FlowKind, dim: usize) -> FlowSpec {

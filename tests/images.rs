@@ -3,9 +3,9 @@
 
 use nflow::data::{Preprocess, Standardizer, Table};
 use nflow::engine::{randn, rng, Mat};
+use nflow::flows::testing::flow_param_fd;
 use nflow::flows::{CouplingKind, Flow, FlowKind, FlowSpec, Permute};
 use nflow::train::{bits_per_dim, TrainConfig, Trainer};
-use nflow::transforms::testing::flow_param_fd;
 use nflow::transforms::testing::log_abs_det;
 use nflow::transforms::ImageShape;
 use nflow::Model;

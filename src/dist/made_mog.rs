@@ -6,8 +6,7 @@
 use super::mixture::{log_sum_exp, pick};
 use super::{Distribution, LN_2PI};
 use crate::engine::{Float, Mat, Rng};
-use crate::nn::{Activation, Made, MadeOpts, Param};
-use crate::transforms::ScaleBound;
+use crate::nn::{Activation, Made, MadeOpts, Param, ScaleBound};
 use rand::Rng as _;
 use rand_distr::{Distribution as _, StandardNormal as Normal01};
 

@@ -15,6 +15,7 @@ pub mod image;
 pub mod layers;
 mod presets;
 pub mod registry;
+pub mod testing;
 
 pub use crate::transforms::MapConfig;
 pub use config::{BaseConfig, EmbeddingConfig, FlowConfig};

@@ -5,10 +5,12 @@ pub mod conv;
 pub mod made;
 pub mod mlp;
 mod piecewise;
+pub mod scale;
 
 pub use conv::{Conv2d, ConvNet, ConvNetKind};
 pub use made::{Made, MadeOpts};
 pub use mlp::{Activation, Linear, Mlp};
+pub use scale::{ScaleBound, Scales};
 
 use crate::engine::kernels::{PacksWriter, WeightPacks};
 use crate::engine::Float;

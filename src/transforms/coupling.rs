@@ -7,7 +7,9 @@
 //! - affine:   `z_b = x_b * exp(l(x_a)) + t(x_a)`, log|det| = sum l, with `l` bounded (see [`ScaleBound`]).
 
 use super::{zeros_logdet, Transform};
-use crate::engine::{vmath, Float, Mat, Rng};
+use crate::engine::{Float, Mat, Rng};
+pub use crate::nn::ScaleBound;
+pub(crate) use crate::nn::Scales;
 use crate::nn::{Activation, Mlp, Param};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
@@ -58,86 +60,6 @@ impl Mask {
             m[0] = true;
         }
         m
-    }
-}
-
-/// How the affine coupling bounds its log-scale `l` given the raw network output `h`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum ScaleBound {
-    /// `l = B tanh(h / B)`: soft clamp to (-B, B); identity near 0 (the default, B = 5).
-    SoftClamp { bound: f64 },
-    /// `exp(l) = sigmoid(h + 2) / sigmoid(2)` (Glow's sigmoid scale, divided by its value at `h = 0` so that a
-    /// zero-initialised conditioner gives the identity): scales in (0, 1.135).
-    Sigmoid,
-}
-
-impl Default for ScaleBound {
-    fn default() -> Self {
-        ScaleBound::SoftClamp { bound: 5.0 }
-    }
-}
-
-/// One row's log-scales `l`, their derivatives `dl/dh` and exponentials `e = exp(+-l)` ([`ScaleBound::eval_slice`]).
-pub(crate) struct Scales<F> {
-    pub l: Vec<F>,
-    pub dl: Vec<F>,
-    pub e: Vec<F>,
-}
-
-impl<F: Float> Scales<F> {
-    pub fn new(n: usize) -> Self {
-        Scales {
-            l: vec![F::zero(); n],
-            dl: vec![F::zero(); n],
-            e: vec![F::zero(); n],
-        }
-    }
-}
-
-impl ScaleBound {
-    /// [`eval`](Self::eval) over a slice, with `e = exp(l)` (`exp(-l)` when `inverse`) into `out` (resized to
-    /// `h`): the soft clamp in f32 through the vectorised functions of [`vmath`], the rest element by element.
-    pub(crate) fn eval_slice<F: Float>(self, h: &[F], inverse: bool, out: &mut Scales<F>) {
-        let n = h.len();
-        for v in [&mut out.l, &mut out.dl, &mut out.e] {
-            v.resize(n, F::zero());
-        }
-        if let ScaleBound::SoftClamp { bound } = self {
-            if vmath::soft_clamp_exp(h, bound, inverse, &mut out.l, &mut out.dl, &mut out.e) {
-                return;
-            }
-        }
-        for (k, &hk) in h.iter().enumerate() {
-            let (l, dl) = self.eval(hk);
-            out.l[k] = l;
-            out.dl[k] = dl;
-            out.e[k] = if inverse { (-l).exp() } else { l.exp() };
-        }
-    }
-
-    /// `(l, dl/dh)`.
-    #[inline(always)]
-    pub(crate) fn eval<F: Float>(self, h: F) -> (F, F) {
-        match self {
-            ScaleBound::SoftClamp { bound } => {
-                let b = F::c(bound);
-                let t = (h / b).tanh();
-                (b * t, F::one() - t * t)
-            }
-            ScaleBound::Sigmoid => {
-                let u = h + F::c(2.0);
-                // log sigmoid(u) = -softplus(-u), d/du = sigmoid(-u)
-                let sp = if u > F::zero() {
-                    (-u).exp().ln_1p()
-                } else {
-                    -u + u.exp().ln_1p()
-                };
-                let sneg = F::one() / (F::one() + u.exp());
-                // + log(1 + e^-2) = -log sigmoid(2)
-                (-sp + F::c(0.126_928_011_042_972_6), sneg)
-            }
-        }
     }
 }
 

@@ -65,31 +65,6 @@ pub fn fd_jacobian(t: &dyn Transform<f64>, x: &[f64], ctx: Option<&[f64]>, h: f6
     jac
 }
 
-/// Central difference of a whole flow's training loss (`nll_backward`) with respect to entry `k` of the parameter
-/// named `name`, step `h`; the flow's parameters are restored afterwards.
-pub fn flow_param_fd(
-    flow: &mut crate::flows::Flow<f64>,
-    x: &Mat<f64>,
-    ctx: Option<&Mat<f64>>,
-    name: &str,
-    k: usize,
-    h: f64,
-) -> f64 {
-    let shift = |flow: &mut crate::flows::Flow<f64>, d: f64| {
-        for (n, p) in flow.named_params_mut() {
-            if n == name {
-                p.value_mut()[k] += d;
-            }
-        }
-    };
-    shift(flow, h);
-    let lp = flow.nll_backward(x, ctx).expect("finite loss");
-    shift(flow, -2.0 * h);
-    let lm = flow.nll_backward(x, ctx).expect("finite loss");
-    shift(flow, h);
-    (lp - lm) / (2.0 * h)
-}
-
 fn max_rel_err(a: f64, b: f64) -> f64 {
     (a - b).abs() / (1.0 + a.abs().max(b.abs()))
 }
