@@ -650,6 +650,7 @@ fn sharded_batches_match_whole_ones() {
             let c = c.as_ref();
             let mut whole = spec.build::<f64>().unwrap();
             let mut split = spec.build::<f64>().unwrap();
+            let mut shards = nflow::train::DataParallel::new();
             for step in 0..3 {
                 // the first step initialises ActNorm and the mixture (whole batches); then new parameters
                 if step > 0 {
@@ -659,7 +660,9 @@ fn sharded_batches_match_whole_ones() {
                 whole.zero_grad();
                 split.zero_grad();
                 let l1 = one.install(|| whole.nll_backward(&x, c)).unwrap();
-                let l2 = two.install(|| split.nll_backward(&x, c)).unwrap();
+                let l2 = two
+                    .install(|| shards.nll_backward(&mut split, &x, c))
+                    .unwrap();
                 assert!(
                     (l1 - l2).abs() < 1e-12 * l1.abs().max(1.0),
                     "{tag} step {step}: loss {l1} vs {l2}"
@@ -692,7 +695,7 @@ fn sharded_batches_match_whole_ones() {
             let mut bad = x.clone();
             bad.data[250 * dim] = f64::NAN;
             split.set_training(true);
-            match two.install(|| split.nll_backward(&bad, c)) {
+            match two.install(|| shards.nll_backward(&mut split, &bad, c)) {
                 Err(Error::NonFinite { layer }) => {
                     assert!(layer.contains("layer"), "{tag}: {layer}")
                 }

@@ -74,10 +74,11 @@ fn train_step_ms(
         ..OptimConfig::default()
     });
     let mut ts = Vec::new();
+    let mut shards = nflow::train::DataParallel::new();
     for s in 0..warmup + repeats {
         let t0 = Instant::now();
         flow.zero_grad();
-        flow.nll_backward(x, None)?;
+        shards.nll_backward(flow, x, None)?;
         let mut ps: Vec<_> = flow
             .named_params_mut()
             .into_iter()
@@ -131,7 +132,7 @@ fn tradeoff(a: &BenchArgs) -> Result<()> {
                 std::hint::black_box(flow.sample(a.batch, &mut sr, None));
             });
             let o = serde_json::json!({
-                "mode": "tradeoff", "lib": "nflow", "flow": kind.name(), "dim": d, "batch": a.batch,
+                "mode": "tradeoff", "lib": "nflow", "flow": kind.to_string(), "dim": d, "batch": a.batch,
                 "layers": a.layers, "hidden": a.hidden, "log_prob_ms": (lp * 1e3).round() / 1e3,
                 "sample_ms": (sm * 1e3).round() / 1e3, "threads": rayon::current_num_threads(),
             });

@@ -6,12 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use nflow::data::{self, Preprocess, Table};
-use nflow::dist::{BaseKind, MixtureInit};
-use nflow::flows::{FlowConfig, FlowDef, FlowKind, FlowSpec, MapConfig, Permute};
-use nflow::nn::Activation;
+use nflow::flows::{FlowConfig, FlowDef, FlowKind, FlowSpec, MapConfig};
 use nflow::optim::{OptimConfig, OptimKind, Schedule};
 use nflow::train::{TrainConfig, Trainer};
-use nflow::transforms::{Mask, Order, ScaleBound};
+use nflow::transforms::ScaleBound;
 use nflow::Model;
 use std::path::{Path, PathBuf};
 
@@ -396,7 +394,7 @@ fn parse_or<T>(v: Option<T>, what: &str, got: &str, known: &str) -> Result<T> {
 }
 
 fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSpec> {
-    let kind = FlowKind::parse(&a.flow)?;
+    let kind: FlowKind = a.flow.parse()?;
     let dim = table.cols;
     let mut spec = FlowSpec::preset(kind, dim);
     if kind.image() {
@@ -411,12 +409,7 @@ fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSp
             })?),
         };
         spec.scales = a.scales;
-        spec.coupling = parse_or(
-            nflow::flows::CouplingKind::parse(&a.coupling),
-            "coupling",
-            &a.coupling,
-            "affine, additive",
-        )?;
+        spec.coupling = a.coupling.parse()?;
         spec.split_prior = a.split_prior;
     }
     spec.context_dim = context_dim;
@@ -430,24 +423,9 @@ fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSp
     }
     spec.hidden = a.hidden;
     spec.depth = a.depth;
-    spec.activation = parse_or(
-        Activation::parse(&a.activation),
-        "activation",
-        &a.activation,
-        "relu, tanh, elu, leaky-relu, silu",
-    )?;
-    spec.mask = parse_or(
-        Mask::parse(&a.mask),
-        "mask",
-        &a.mask,
-        "alternate, halves, random",
-    )?;
-    spec.order = parse_or(
-        Order::parse(&a.order),
-        "order",
-        &a.order,
-        "alternate, natural, reversed, random",
-    )?;
+    spec.activation = a.activation.parse()?;
+    spec.mask = a.mask.parse()?;
+    spec.order = a.order.parse()?;
     if a.sigmoid_scale {
         spec.scale = ScaleBound::Sigmoid;
     } else if let Some(bound) = a.scale_bound {
@@ -456,29 +434,14 @@ fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSp
     spec.batch_norm = a.batch_norm;
     spec.actnorm = spec.actnorm || a.actnorm;
     if let Some(b) = &a.base {
-        spec.base = Some(parse_or(
-            BaseKind::parse(b),
-            "base distribution",
-            b,
-            BaseKind::NAMES,
-        )?);
+        spec.base = Some(b.parse()?);
     }
     spec.components = a.components;
     spec.residual = a.residual;
     spec.random_degrees = a.random_degrees;
-    spec.mixture_init = parse_or(
-        MixtureInit::parse(&a.mixture_init),
-        "mixture init",
-        &a.mixture_init,
-        "kmeans, data",
-    )?;
+    spec.mixture_init = a.mixture_init.parse()?;
     if let Some(p) = &a.permute {
-        spec.permute = parse_or(
-            Permute::parse(p),
-            "permute",
-            p,
-            "none, reverse, random, lu, 1x1 (image flows)",
-        )?;
+        spec.permute = p.parse()?;
     }
     spec.seed = a.seed;
     if let Some(m) = &a.map {
@@ -987,7 +950,10 @@ fn plot(a: PlotArgs) -> Result<()> {
 fn info(a: InfoArgs) -> Result<()> {
     let m = Model::load(&a.model)?;
     println!("model folder   {}", a.model.display());
-    let name = m.preset.as_ref().map_or("composed", |p| p.kind.name());
+    let name = m
+        .preset
+        .as_ref()
+        .map_or("composed".to_string(), |p| p.kind.to_string());
     println!(
         "flow           {name} ({} features: {})",
         m.dim(),

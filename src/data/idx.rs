@@ -4,7 +4,8 @@
 //! Sources: a file path whose name contains `-idx`, or `idx:DIR` (DIR/train-images-idx3-ubyte[.gz]),
 //! `idx:DIR:test` (t10k images), `idx:DIR:train:labels` / `idx:DIR:test:labels`.
 
-use super::table::{open_maybe_gz_pub, Table};
+use super::open::open_maybe_gz;
+use super::table::Table;
 use super::{io_msg, DataError, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ pub fn is_idx_name(path: &str) -> bool {
 /// Reads an IDX file of unsigned bytes with 1 (labels) or 3 (images) dimensions.
 pub fn read_idx(path: &Path) -> Result<Table> {
     let p = path.display().to_string();
-    let (mut r, _) = open_maybe_gz_pub(path)?;
+    let (mut r, _) = open_maybe_gz(path)?;
     let mut buf = Vec::new();
     r.read_to_end(&mut buf).map_err(|e| DataError::Gzip {
         path: p.clone(),

@@ -7,13 +7,16 @@
 
 pub mod idx;
 pub mod images;
+mod open;
 pub mod preprocess;
+pub mod source;
 pub mod table;
 pub mod toy;
 
 pub use idx::{load_idx_source, read_idx};
 pub use images::{load_png_folder, parse_shape, pixel_columns, shape_from_columns, write_png_grid};
 pub use preprocess::{count_classes, one_hot, Preprocess};
+pub use source::load_source;
 pub use table::*;
 pub use toy::*;
 

@@ -5,14 +5,14 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::{io_msg, toy, DataError, Result, TOY_NAMES};
+use super::open::open_maybe_gz;
+use crate::data::{io_msg, DataError, Result};
 
 /// A dense numeric table, row-major (`rows x cols`).
 #[derive(Clone, Debug, PartialEq)]
@@ -165,48 +165,6 @@ fn path_str(path: &Path) -> String {
 
 fn is_gz_name(path: &Path) -> bool {
     path.to_string_lossy().to_ascii_lowercase().ends_with(".gz")
-}
-
-/// Opens `path` for reading, transparently decompressing gzip (detected by the
-/// magic bytes 1f 8b). Returns the reader and whether it is gzip.
-pub(crate) fn open_maybe_gz_pub(path: &Path) -> Result<(Box<dyn Read>, bool)> {
-    open_maybe_gz(path)
-}
-
-fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool)> {
-    let p = path_str(path);
-    let mut f = File::open(path).map_err(|e| DataError::Open {
-        path: p.clone(),
-        msg: io_msg(&e),
-    })?;
-    if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(DataError::Open {
-            path: p,
-            msg: "is a directory".to_string(),
-        });
-    }
-    let mut magic = [0u8; 2];
-    let mut got = 0;
-    while got < 2 {
-        match f.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(DataError::Read {
-                    path: p,
-                    msg: io_msg(&e),
-                })
-            }
-        }
-    }
-    let head = std::io::Cursor::new(magic[..got].to_vec());
-    let chained = head.chain(BufReader::new(f));
-    if got == 2 && magic == [0x1f, 0x8b] {
-        Ok((Box::new(MultiGzDecoder::new(chained)), true))
-    } else {
-        Ok((Box::new(chained), false))
-    }
 }
 
 fn parse_cell(s: &str) -> Option<f64> {
@@ -503,62 +461,6 @@ pub fn write_npy(path: &Path, t: &Table) -> Result<()> {
     std::fs::write(path, &bytes).map_err(werr)
 }
 
-/// Loads a data source: `toy:NAME` (`toy_n` samples of a built-in generator
-/// with `seed`), `toy:NAME:N` (N samples), a `.npy` file, or anything else as
-/// CSV (plain or gzipped, e.g. `.csv` / `.csv.gz`).
-pub fn load_source(src: &str, toy_n: usize, seed: u64) -> Result<Table> {
-    if let Some(rest) = src.strip_prefix("toy:") {
-        let (name, n) = match rest.split_once(':') {
-            Some((name, n_str)) => {
-                let n = n_str
-                    .trim()
-                    .parse::<usize>()
-                    .map_err(|_| DataError::BadSource {
-                        src: src.to_string(),
-                        msg: format!(
-                            "'{n_str}' is not a sample count (expected toy:NAME or toy:NAME:N)"
-                        ),
-                    })?;
-                (name, n)
-            }
-            None => (rest, toy_n),
-        };
-        if n == 0 {
-            return Err(DataError::BadSource {
-                src: src.to_string(),
-                msg: "number of toy samples must be at least 1".to_string(),
-            });
-        }
-        return toy(name, n, seed);
-    }
-    if let Some(rest) = src.strip_prefix("idx:") {
-        return super::idx::load_idx_source(src, rest);
-    }
-    let path = Path::new(src);
-    if !path.exists() {
-        let mut msg = "No such file or directory".to_string();
-        let lower = src.to_ascii_lowercase();
-        if TOY_NAMES.contains(&lower.as_str()) {
-            msg.push_str(&format!(
-                " (for the built-in toy data set write 'toy:{lower}')"
-            ));
-        }
-        return Err(DataError::Open {
-            path: src.to_string(),
-            msg,
-        });
-    }
-    if path.is_dir() {
-        super::images::load_png_folder(path)
-    } else if src.to_ascii_lowercase().ends_with(".npy") {
-        read_npy(path)
-    } else if super::idx::is_idx_name(src) {
-        super::idx::read_idx(path)
-    } else {
-        read_csv(path)
-    }
-}
-
 /// Reproducible shuffled split of `0..n` into `(train_idx, val_idx)`, both in
 /// shuffled order. `val` gets `round(n * val_fraction)` rows, at least 1 if
 /// `val_fraction > 0` and `n >= 2`, and at most `n - 1` (training keeps at
@@ -668,6 +570,8 @@ impl Standardizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // (the readers are also checked through the source names that reach them)
+    use crate::data::{load_source, toy};
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -22,16 +22,6 @@ pub enum MixtureInit {
     Data,
 }
 
-impl MixtureInit {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "kmeans" | "k-means" => MixtureInit::Kmeans,
-            "data" => MixtureInit::Data,
-            _ => return None,
-        })
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct GaussianMixture<F> {
     logits: Param<F>,

@@ -39,11 +39,9 @@ pub trait Distribution<F: Float>: Send + Sync {
     }
     /// Rebuild derived state (masks) after loading.
     fn reload(&mut self) {}
-    /// A copy to train on a shard of the batch (as [`crate::transforms::Transform::replica`]); `None` (the
-    /// default) while its training pass depends on the whole batch (a data-dependent initialisation to come).
-    fn replica(&self) -> Option<Box<dyn Distribution<F>>> {
-        None
-    }
+    /// A copy to train on a shard of the batch (as [`crate::transforms::Transform::replica`]); `None` while
+    /// its training pass depends on the whole batch (a data-dependent initialisation to come). No default.
+    fn replica(&self) -> Option<Box<dyn Distribution<F>>>;
 }
 
 /// Which base distribution a flow uses.
@@ -55,23 +53,10 @@ pub enum BaseKind {
     DiagNormal,
     Logistic,
     /// Gaussian mixture with learned weights, means and diagonal scales (initialised from data).
+    #[serde(alias = "gmm")]
     Mixture,
     /// Autoregressive mixture of Gaussians (MADE MoG); the base of `maf-mog`.
     MadeMog,
-}
-
-impl BaseKind {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "normal" => BaseKind::Normal,
-            "diag-normal" => BaseKind::DiagNormal,
-            "logistic" => BaseKind::Logistic,
-            "mixture" | "gmm" => BaseKind::Mixture,
-            "made-mog" => BaseKind::MadeMog,
-            _ => return None,
-        })
-    }
-    pub const NAMES: &'static str = "normal, diag-normal, logistic, mixture, made-mog";
 }
 
 /// `N(0, I)`.

@@ -14,10 +14,6 @@ const SHARD_ROWS: usize = 64;
 /// Flows with at most this many parameters (and buffers) evaluate large batches in shards; larger ones keep
 /// whole batches, whose products split well over the threads on their own.
 const SHARD_PARAMS: usize = 1 << 22;
-/// The same for training, where each step also copies the parameters into the replicas and adds their
-/// gradients up: a pass over the weights that a flow as large as w2 (MAF, 1.8M parameters, 256 rows) does not
-/// win back (measured at 2 threads: 1.00x the time, against 0.95x for w1's 2-D RealNVP, 0.14M).
-const SHARD_TRAIN_PARAMS: usize = 1 << 19;
 
 /// Base distribution + chain of transforms (+ an optional learned context embedding).
 pub struct Flow<F: Float> {
@@ -27,11 +23,6 @@ pub struct Flow<F: Float> {
     pub context_dim: usize,
     /// Maps the context to what the conditioners see; trained with the flow.
     pub embedding: Option<Mlp<F>>,
-    /// Copies that train on the other shards of a large batch ([`Flow::nll_backward`]), made at the first
-    /// sharded step; each takes the flow's parameters before a step and gives back its gradients after it.
-    replicas: Vec<Flow<F>>,
-    /// The layer (`transforms.len()` for the base) that had no replica at the last try, asked first next time.
-    refused: Option<usize>,
 }
 
 impl<F: Float> Flow<F> {
@@ -48,8 +39,6 @@ impl<F: Float> Flow<F> {
             transforms,
             context_dim,
             embedding: None,
-            replicas: Vec::new(),
-            refused: None,
         }
     }
 
@@ -112,7 +101,7 @@ impl<F: Float> Flow<F> {
 
     /// How many shards a batch of `rows` rows runs in: one per thread for a large batch (each shard at least
     /// [`SHARD_ROWS`] rows) of a flow of at most `most_params` parameters, else 1.
-    fn shard_count(&self, rows: usize, most_params: usize) -> usize {
+    pub(crate) fn shard_count(&self, rows: usize, most_params: usize) -> usize {
         let shards = crate::engine::pool::threads().min(rows / SHARD_ROWS);
         if shards < 2 {
             return 1;
@@ -236,65 +225,21 @@ impl<F: Float> Flow<F> {
     }
 
     /// One training pass: forward with caches, mean negative log-likelihood, backward (gradients are
-    /// accumulated into the parameters). A NaN/Inf anywhere is an error naming the layer.
-    ///
-    /// On several threads, a large batch of a small flow runs as one shard per thread at once, on the flow
-    /// and on replicas of it (data parallelism: each shard's step runs its kernels on its own thread, with no
-    /// meeting between kernels); the replicas' gradients are then added to the flow's. The same loss and
-    /// gradients up to the order of the sums over rows, which depends on the number of threads (the same bits
-    /// for the same number).
+    /// accumulated into the parameters). A NaN/Inf anywhere is an error naming the layer. (The trainer runs a
+    /// small flow's large batches as shards on the threads: [`crate::train::DataParallel`].)
     pub fn nll_backward(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Result<F, Error> {
-        let shards = self.shard_count(x.rows, SHARD_TRAIN_PARAMS);
-        if shards == 1 || !self.ready_replicas(shards - 1) {
-            return self.nll_backward_rows(x, ctx, x.rows);
-        }
-        let mut replicas = std::mem::take(&mut self.replicas);
-        let n = x.rows;
-        let cut = |i: usize| i * n / shards;
-        let members: Vec<std::sync::Mutex<&mut Flow<F>>> = std::iter::once(&mut *self)
-            .chain(replicas.iter_mut())
-            .map(std::sync::Mutex::new)
-            .collect();
-        let losses = crate::engine::pool::shards(shards, |i| {
-            let (a, b) = (cut(i), cut(i + 1));
-            let c = ctx.map(|c| c.slice_rows(a, b));
-            let mut flow = members[i].lock().unwrap_or_else(|e| e.into_inner());
-            flow.nll_backward_rows(&x.slice_rows(a, b), c.as_ref(), n)
-        });
-        drop(members);
-        let mut loss = F::zero();
-        let mut failed = None;
-        for l in losses {
-            match l {
-                Ok(l) => loss += l,
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
-            }
-        }
-        if failed.is_none() {
-            for r in &replicas {
-                for (p, q) in self.all_params_mut().into_iter().zip(r.all_params()) {
-                    p.add_grad(q);
-                }
-            }
-        }
-        self.replicas = replicas;
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(loss),
-        }
+        self.nll_backward_part(x, ctx, x.rows)
     }
 
     /// Every parameter and buffer (the order of [`Flow::named_params`], without the names).
-    fn all_params(&self) -> Vec<&Param<F>> {
+    pub(crate) fn all_params(&self) -> Vec<&Param<F>> {
         let mut v: Vec<&Param<F>> = self.transforms.iter().flat_map(|t| t.params()).collect();
         v.extend(self.base.params());
         v.extend(self.embedding.iter().flat_map(|e| e.params()));
         v
     }
 
-    fn all_params_mut(&mut self) -> Vec<&mut Param<F>> {
+    pub(crate) fn all_params_mut(&mut self) -> Vec<&mut Param<F>> {
         let mut v: Vec<&mut Param<F>> = self
             .transforms
             .iter_mut()
@@ -305,70 +250,29 @@ impl<F: Float> Flow<F> {
         v
     }
 
-    /// `count` replicas holding the flow's current parameters, with zeroed gradients (made, or remade when
-    /// the flow's layers changed); `false` where a layer has none to give (see [`Transform::replica`]).
-    fn ready_replicas(&mut self, count: usize) -> bool {
-        let mut replicas = std::mem::take(&mut self.replicas);
-        let shapes = |f: &Flow<F>| -> Vec<usize> {
-            f.all_params().iter().map(|p| p.value().len()).collect()
-        };
-        let mine = shapes(self);
-        replicas.retain(|r| shapes(r) == mine && r.transforms.len() == self.transforms.len());
-        while replicas.len() < count {
-            match self.replica() {
-                Some(r) => replicas.push(r),
-                None => return false,
-            }
+    /// Whether layer `i` (`transforms.len()`: the base) can give a replica now (see [`Transform::replica`]).
+    pub fn layer_replicates(&self, i: usize) -> bool {
+        match self.transforms.get(i) {
+            Some(t) => t.replica().is_some(),
+            None => self.base.replica().is_some(),
         }
-        replicas.truncate(count);
-        let params = self.all_params();
-        for r in &mut replicas {
-            let mut buffers = false;
-            for (q, p) in r.all_params_mut().into_iter().zip(&params) {
-                buffers |= q.follow(p) && !p.trainable;
-                q.zero_grad();
-            }
-            if buffers {
-                r.reload();
-            }
-        }
-        self.replicas = replicas;
-        true
     }
 
-    /// A copy of the flow for a shard of a training batch; `None` where a layer gives none (the one that
-    /// refused is asked first next time, so a flow that never shards does not copy its layers each step).
-    fn replica(&mut self) -> Option<Flow<F>> {
+    /// A copy of the flow to train on a shard of a batch, or the index of the first layer that gives none
+    /// (`transforms.len()` for the base): its rows depend on each other (batch statistics) or on a
+    /// data-dependent initialisation still to come.
+    pub fn replica(&self) -> Result<Flow<F>, usize> {
         let k = self.transforms.len();
-        let ask = |f: &Flow<F>, i: usize| match i == k {
-            true => f.base.replica().map(|_| ()),
-            false => f.transforms[i].replica().map(|_| ()),
-        };
-        if let Some(i) = self.refused {
-            if i <= k && ask(self, i).is_none() {
-                return None;
-            }
-        }
         let mut ts = Vec::with_capacity(k);
         for (i, t) in self.transforms.iter().enumerate() {
-            match t.replica() {
-                Some(r) => ts.push(r),
-                None => {
-                    self.refused = Some(i);
-                    return None;
-                }
-            }
+            ts.push(t.replica().ok_or(i)?);
         }
-        let Some(base) = self.base.replica() else {
-            self.refused = Some(k);
-            return None;
-        };
-        self.refused = None;
-        Some(Flow::new(base, ts, self.context_dim).with_embedding(self.embedding.clone()))
+        let base = self.base.replica().ok_or(k)?;
+        Ok(Flow::new(base, ts, self.context_dim).with_embedding(self.embedding.clone()))
     }
 
     /// [`Flow::nll_backward`] on one shard of a batch of `total_rows` rows (the mean is over the whole batch).
-    fn nll_backward_rows(
+    pub fn nll_backward_part(
         &mut self,
         x: &Mat<F>,
         ctx: Option<&Mat<F>>,
@@ -489,9 +393,6 @@ impl<F: Float> Flow<F> {
     pub fn set_training(&mut self, training: bool) {
         for t in &mut self.transforms {
             t.set_training(training);
-        }
-        for r in &mut self.replicas {
-            r.set_training(training);
         }
     }
 

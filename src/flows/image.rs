@@ -18,6 +18,7 @@ use super::layers::{
     SqueezeConfig,
 };
 use super::{FlowKind, FlowSpec, Permute};
+use crate::names::Named;
 use crate::nn::ConvNetKind;
 use crate::transforms::{ImageMask, ImageShape};
 use crate::Error;
@@ -29,16 +30,6 @@ pub enum CouplingKind {
     #[default]
     Affine,
     Additive,
-}
-
-impl CouplingKind {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "affine" => Some(CouplingKind::Affine),
-            "additive" => Some(CouplingKind::Additive),
-            _ => None,
-        }
-    }
 }
 
 /// Checks of the image-specific fields of a spec.

@@ -10,6 +10,7 @@ use super::layers::{
 use super::{CouplingKind, Flow};
 use crate::dist::{BaseKind, MixtureInit};
 use crate::engine::Float;
+use crate::names::Named;
 use crate::nn::Activation;
 use crate::transforms::MapConfig;
 use crate::transforms::{ImageShape, Mask, Order, RqSpline, ScaleBound};
@@ -62,61 +63,7 @@ pub enum Permute {
     Conv1x1,
 }
 
-impl Permute {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "none" => Permute::None,
-            "reverse" => Permute::Reverse,
-            "random" => Permute::Random,
-            "lu" => Permute::Lu,
-            "1x1" => Permute::Conv1x1,
-            _ => return None,
-        })
-    }
-}
-
 impl FlowKind {
-    pub const NAMES: &'static [&'static str] = &[
-        "nice",
-        "realnvp",
-        "maf",
-        "iaf",
-        "maf-mog",
-        "glow",
-        "realnvp-multiscale",
-        "nsf-c",
-        "nsf-ar",
-    ];
-    pub fn parse(s: &str) -> Result<Self, Error> {
-        match s {
-            "nice" => Ok(FlowKind::Nice),
-            "realnvp" => Ok(FlowKind::Realnvp),
-            "maf" => Ok(FlowKind::Maf),
-            "iaf" => Ok(FlowKind::Iaf),
-            "maf-mog" => Ok(FlowKind::MafMog),
-            "glow" => Ok(FlowKind::Glow),
-            "realnvp-multiscale" => Ok(FlowKind::RealnvpMultiscale),
-            "nsf-c" => Ok(FlowKind::NsfC),
-            "nsf-ar" => Ok(FlowKind::NsfAr),
-            _ => Err(Error::Config(format!(
-                "unknown flow '{s}' (known: {})",
-                Self::NAMES.join(", ")
-            ))),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            FlowKind::Nice => "nice",
-            FlowKind::Realnvp => "realnvp",
-            FlowKind::Maf => "maf",
-            FlowKind::Iaf => "iaf",
-            FlowKind::MafMog => "maf-mog",
-            FlowKind::Glow => "glow",
-            FlowKind::RealnvpMultiscale => "realnvp-multiscale",
-            FlowKind::NsfC => "nsf-c",
-            FlowKind::NsfAr => "nsf-ar",
-        }
-    }
     /// Multi-scale flows on images (need an image shape).
     pub fn image(self) -> bool {
         matches!(self, FlowKind::Glow | FlowKind::RealnvpMultiscale)

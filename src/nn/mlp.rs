@@ -24,16 +24,6 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "relu" => Activation::Relu,
-            "tanh" => Activation::Tanh,
-            "elu" => Activation::Elu,
-            "leaky-relu" | "leaky_relu" => Activation::LeakyRelu,
-            "silu" | "swish" => Activation::Silu,
-            _ => return None,
-        })
-    }
     /// Whether the derivative can be computed from the activation's output alone (`deriv(a, a)` is then
     /// exact): everything but SiLU.
     pub(crate) fn deriv_from_output(self) -> bool {

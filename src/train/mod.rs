@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod shards;
+pub use shards::DataParallel;
+
 /// `-log p / (D ln 2)`: bits per dimension of a mean log-likelihood `log_lik` (nats per example, data units)
 /// over `dim` values. For dequantised integer data (pixels `0..K`) the data-unit density is a density over
 /// `[0, K)^D`, so this is the bits/dim of the `log2 K`-bit data with every Jacobian (logit, standardisation)
@@ -371,6 +374,7 @@ impl Trainer {
             })
             .max(1);
         let mut opt = Adam::new(cfg.optim);
+        let mut shards = DataParallel::new();
         let mut r = rng(cfg.seed ^ 0x5eed);
         let mut order: Vec<usize> = (0..n).collect();
         let mut pos = n; // forces a shuffle on the first step
@@ -488,7 +492,7 @@ impl Trainer {
             };
             let cb = ctr.as_ref().map(|c| c.take_rows(idx));
             flow.zero_grad();
-            let loss = match flow.nll_backward(&xb, cb.as_ref()) {
+            let loss = match shards.nll_backward(&mut flow, &xb, cb.as_ref()) {
                 Ok(l) => l as f64,
                 Err(Error::NonFinite { layer }) => {
                     diverged = Some(Error::Diverged { step, layer });

@@ -29,15 +29,6 @@ pub enum Order {
 }
 
 impl Order {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "natural" => Order::Natural,
-            "reversed" => Order::Reversed,
-            "alternate" => Order::Alternate,
-            "random" => Order::Random,
-            _ => return None,
-        })
-    }
     /// `order[i]` = position of feature `i`, for layer number `layer`.
     pub fn build(self, d: usize, layer: usize, rng: &mut Rng) -> Vec<usize> {
         let natural: Vec<usize> = (0..d).collect();

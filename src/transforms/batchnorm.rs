@@ -173,6 +173,10 @@ impl<F: Float> Transform<F> for BatchNorm<F> {
             &mut self.running_var,
         ]
     }
+    /// None: in training mode a row's output depends on the whole batch's statistics.
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        None
+    }
     fn set_training(&mut self, training: bool) {
         self.training = training;
     }

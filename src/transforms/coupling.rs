@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub enum Mask {
     /// Alternating features (even / odd by layer parity): the vector form of RealNVP's checkerboard.
     #[default]
+    #[serde(alias = "checkerboard")]
     Alternate,
     /// First half / second half, swapping by layer parity (NICE's partition).
     Halves,
@@ -29,14 +30,6 @@ pub enum Mask {
 }
 
 impl Mask {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "alternate" | "checkerboard" => Mask::Alternate,
-            "halves" => Mask::Halves,
-            "random" => Mask::Random,
-            _ => return None,
-        })
-    }
     /// `true` for transformed features, for layer number `layer` of `d` features.
     pub fn build(self, d: usize, layer: usize, rng: &mut Rng) -> Vec<bool> {
         let mut m: Vec<bool> = match self {

@@ -66,12 +66,11 @@ pub trait Transform<F: Float>: Send + Sync {
     fn set_training(&mut self, _training: bool) {}
     /// Rebuild state derived from buffers (index lists of masks and permutations) after loading weights.
     fn reload(&mut self) {}
-    /// A copy to train on a shard of the batch ([`crate::flows::Flow::nll_backward`] runs a small flow's large
-    /// batches as shards on the threads at once). `None` (the default) where a row's training pass depends on
-    /// the other rows: batch statistics, or a data-dependent initialisation still to come.
-    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
-        None
-    }
+    /// A copy to train on a shard of the batch ([`crate::train::DataParallel`] runs a small flow's large
+    /// batches as shards on the threads at once), or `None` where a row's training pass depends on the other
+    /// rows: batch statistics, or a data-dependent initialisation still to come. No default: every transform
+    /// says which it is.
+    fn replica(&self) -> Option<Box<dyn Transform<F>>>;
 }
 
 /// The log-det of a volume-preserving map: zero for each of `n` rows.
@@ -391,6 +390,9 @@ mod tests {
             }
             fn params_mut(&mut self) -> Vec<&mut crate::nn::Param<f64>> {
                 self.0.params_mut()
+            }
+            fn replica(&self) -> Option<Box<dyn Transform<f64>>> {
+                None
             }
         }
         let res = std::panic::catch_unwind(|| run(Box::new(Wrong(Scaling::new(3))), 0, 18));
