@@ -841,3 +841,102 @@ fn class_conditional_image_flow() {
         &["--context"],
     );
 }
+
+/// `--map` swaps a preset's element-wise map; `--arch` trains any layer list from JSON or TOML, and the
+/// model's own `flow` (from config.json) trains again as an architecture file; bad files name the layer.
+#[test]
+fn maps_and_architecture_files() {
+    let d = tmp("arch");
+    let m = d.join("sas");
+    ok(&train_small(
+        "toy:moons",
+        &m,
+        &["--flow", "maf", "--map", "sinh-arcsinh"],
+    ));
+    let info = ok(&nflow(&["info", "--model", m.to_str().unwrap()]));
+    assert!(
+        info.contains("SinhArcsinhAR") && info.contains("map            sinh-arcsinh"),
+        "{info}"
+    );
+    // the saved architecture, as a file, with dim left out
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.join("config.json")).unwrap()).unwrap();
+    let mut flow = cfg["flow"].clone();
+    flow.as_object_mut().unwrap().remove("dim");
+    let arch = d.join("flow.json");
+    std::fs::write(&arch, flow.to_string()).unwrap();
+    let a = d.join("from-json");
+    let o = nflow(&[
+        "train",
+        "--data",
+        "toy:moons",
+        "--arch",
+        arch.to_str().unwrap(),
+        "--steps",
+        "40",
+        "--quiet",
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let cfg2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg2["flow"]["layers"], cfg["flow"]["layers"]);
+    assert!(cfg2.get("preset").is_none());
+    let toml = d.join("flow.toml");
+    std::fs::write(
+        &toml,
+        "[[layers]]\ntype = \"coupling\"\nmap = { type = \"rq-spline\", bins = 4 }\n\n\
+         [[layers]]\ntype = \"coupling\"\nindex = 1\n",
+    )
+    .unwrap();
+    let t = d.join("from-toml");
+    ok(&nflow(&[
+        "train",
+        "--data",
+        "toy:moons",
+        "--arch",
+        toml.to_str().unwrap(),
+        "--steps",
+        "40",
+        "--quiet",
+        "--out",
+        t.to_str().unwrap(),
+    ]));
+    ok(&nflow(&[
+        "eval",
+        "--model",
+        t.to_str().unwrap(),
+        "--data",
+        "toy:moons:500",
+    ]));
+    std::fs::write(
+        &arch,
+        r#"{"layers": [{"type": "coupling"}, {"type": "frobnicate"}]}"#,
+    )
+    .unwrap();
+    let o = nflow(&[
+        "train",
+        "--data",
+        "toy:moons",
+        "--arch",
+        arch.to_str().unwrap(),
+        "--out",
+        d.join("x").to_str().unwrap(),
+    ]);
+    fails(
+        &o,
+        &["flow.json", "layers[1]", "unknown layer type 'frobnicate'"],
+    );
+    let o = nflow(&[
+        "train",
+        "--data",
+        "toy:moons",
+        "--map",
+        "spline",
+        "--out",
+        d.join("y").to_str().unwrap(),
+    ]);
+    fails(&o, &["--map spline", "rq-spline"]);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -82,8 +82,8 @@ struct TrainArgs {
     /// rq-spline | sinh-arcsinh, or a JSON object with options (`{"type": "rq-spline", "bins": 16}`).
     #[arg(long)]
     map: Option<String>,
-    /// Train the architecture in this JSON file (a flow's layer list, base and embedding, as a model's
-    /// config.json stores it under "flow"; "dim" and "context_dim" may be left out) instead of a preset.
+    /// Train the architecture in this JSON (or .toml) file (a flow's layer list, base and embedding, as a
+    /// model's config.json stores it under "flow"; "dim" and "context_dim" may be left out) instead of a preset.
     #[arg(long, conflicts_with_all = ["map", "layers"])]
     arch: Option<PathBuf>,
     /// Fit p(x | c): these columns (comma-separated names) are the context c, fed to every conditioner
@@ -467,8 +467,15 @@ fn parse_map(m: &str) -> Result<MapConfig> {
 fn load_arch(path: &Path, dim: usize, context_dim: usize, seed: u64) -> Result<FlowConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let toml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let mut v: serde_json::Value = if toml {
+        toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?
+    };
     let Some(o) = v.as_object_mut() else {
         bail!(
             "{}: expected a JSON object with a \"layers\" list",

@@ -198,3 +198,80 @@ impl MapConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{randn, rng, Mat};
+    use crate::transforms::testing::{check_transform, randomize};
+    use crate::transforms::{Mask, Order};
+
+    /// One of each map. The match makes a new `MapConfig` variant a compile error here until it is listed.
+    fn every_map() -> Vec<MapConfig> {
+        let all = [
+            MapConfig::Affine {
+                scale: ScaleBound::SoftClamp { bound: 2.0 },
+            },
+            MapConfig::Affine {
+                scale: ScaleBound::Sigmoid,
+            },
+            MapConfig::Additive,
+            MapConfig::RqSpline(RqSpline {
+                bins: 4,
+                bound: 2.0,
+                ..RqSpline::default()
+            }),
+            MapConfig::SinhArcsinh,
+        ];
+        for m in &all {
+            match m {
+                MapConfig::Affine { .. }
+                | MapConfig::Additive
+                | MapConfig::RqSpline(_)
+                | MapConfig::SinhArcsinh => {}
+            }
+        }
+        all.to_vec()
+    }
+
+    /// Every map in both structures, built through the configs as flows build them: the identity at zero
+    /// parameters, then the generic checks with random parameters (and a context).
+    #[test]
+    fn every_map_in_every_structure() {
+        let net = NetShape {
+            hidden: 8,
+            depth: 2,
+            activation: Activation::Tanh,
+        };
+        for (i, map) in every_map().into_iter().enumerate() {
+            for ctx in [0usize, 2] {
+                let mut r = rng(100 + i as u64);
+                let mask = Mask::Alternate.build(5, i, &mut r);
+                let order = Order::Random.build(5, 0, &mut r);
+                let opts = MadeOpts::default();
+                let layers: Vec<Box<dyn Transform<f64>>> = vec![
+                    map.coupling(&mask, ctx, net, &mut r),
+                    map.autoregressive(&order, ctx, net, opts, false, &mut r)
+                        .unwrap(),
+                ];
+                for mut t in layers {
+                    let mut x: Mat<f64> = randn(&mut r, 6, 5);
+                    x.data.iter_mut().for_each(|v| *v *= 1.5);
+                    let c: Option<Mat<f64>> = (ctx > 0).then(|| randn(&mut r, 6, ctx));
+                    let (z, ld) = t.forward(&x, c.as_ref());
+                    let tag = format!("{} in {}", map.name(), t.kind());
+                    assert!(
+                        z.data
+                            .iter()
+                            .zip(&x.data)
+                            .all(|(a, b)| (a - b).abs() < 1e-12)
+                            && ld.iter().all(|v| v.abs() < 1e-12),
+                        "{tag}: not the identity at zero parameters"
+                    );
+                    randomize(t.as_mut(), &mut r, 0.4);
+                    check_transform(t.as_mut(), &x, c.as_ref(), &mut r);
+                }
+            }
+        }
+    }
+}
