@@ -1,0 +1,83 @@
+//! `nflow info`: a saved model's architecture, size and training summary.
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub(super) struct InfoArgs {
+    #[arg(long)]
+    model: PathBuf,
+}
+
+pub(super) fn info(a: InfoArgs) -> Result<()> {
+    let m = Model::load(&a.model)?;
+    println!("model folder   {}", a.model.display());
+    let name = m
+        .preset
+        .as_ref()
+        .map_or("composed".to_string(), |p| p.kind.to_string());
+    println!(
+        "flow           {name} ({} features: {})",
+        m.dim(),
+        m.columns.join(", ")
+    );
+    if let Some(p) = &m.preset {
+        println!(
+            "architecture   {} layers, conditioner {}x{} {:?}, mask {:?}, scale {:?}, batch norm {}, actnorm {}",
+            p.layers, p.depth, p.hidden, p.activation, p.mask, p.scale, p.batch_norm, p.actnorm
+        );
+        println!(
+            "map            {}, between layers {:?}",
+            p.element_map().name(),
+            p.permute
+        );
+        if p.residual {
+            println!("conditioners   ResMADE ({} residual blocks)", p.depth);
+        }
+    }
+    println!("base           {}", base_text(&m.arch.base));
+    if !m.context_columns.is_empty() {
+        println!("context        {}", m.context_columns.join(", "));
+    }
+    if let Some(p) = &m.preprocess {
+        println!(
+            "preprocessing  dequantize {}, logit {}, levels {}",
+            p.dequantize,
+            p.logit.map_or("none".into(), |l| l.to_string()),
+            p.levels
+        );
+    }
+    println!("parameters     {}", m.flow.num_params());
+    for l in m.flow.describe() {
+        println!("  {l}");
+    }
+    if let Some(s) = &m.summary {
+        println!(
+            "training       {} ({} train / {} validation rows), {} steps in {:.1}s, best step {}{}",
+            s.data,
+            s.n_train,
+            s.n_val,
+            s.steps,
+            s.seconds,
+            s.best_step,
+            if s.stopped_early {
+                ", stopped early"
+            } else {
+                ""
+            }
+        );
+        if let Some(v) = s.best_val_log_prob {
+            println!("validation     mean log-likelihood {v:.4} nats");
+        }
+    }
+    Ok(())
+}
+
+fn base_text(b: &nflow::flows::BaseConfig) -> String {
+    use nflow::flows::BaseConfig;
+    match b {
+        BaseConfig::Mixture { components, .. } | BaseConfig::MadeMog { components, .. } => {
+            format!("{:?} ({components} components)", b.kind())
+        }
+        _ => format!("{:?}", b.kind()),
+    }
+}

@@ -1,0 +1,207 @@
+//! `nflow plot` and `nflow curve`: a model's density and samples; its learning curve.
+
+use super::sample::context_rows;
+use super::*;
+
+#[derive(Args, Debug)]
+pub(super) struct PlotArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+    /// Data to show beside the samples.
+    #[arg(long)]
+    data: Option<String>,
+    #[command(flatten)]
+    sel: DataSel,
+    /// Number of samples drawn.
+    #[arg(long, default_value_t = 3000)]
+    samples: usize,
+    /// Grid points per axis of the density heat map.
+    #[arg(long, default_value_t = 200)]
+    grid: usize,
+    /// Dimensions shown in the pairwise plot.
+    #[arg(long, default_value_t = 5)]
+    max_dims: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Conditional model: the context row (comma-separated values) to plot p(x | c) for.
+    #[arg(long, allow_hyphen_values = true)]
+    context: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct CurveArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// CSV output.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// PNG output: x = minutes of training, y = bits/dim (or NLL); blue = test (--monitor rows), orange =
+    /// validation, green = training average since the previous evaluation.
+    #[arg(long)]
+    png: Option<PathBuf>,
+}
+
+/// 2-D extent covering the points (0.5%..99.5% quantiles plus a margin).
+fn extent(pts: &[[f64; 2]]) -> [f64; 4] {
+    let q = |k: usize| {
+        let mut v: Vec<f64> = pts.iter().map(|p| p[k]).filter(|v| v.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        let lo = v[(v.len() as f64 * 0.005) as usize];
+        let hi = v[((v.len() as f64 * 0.995) as usize).min(v.len() - 1)];
+        let m = 0.15 * (hi - lo).max(1e-9);
+        (lo - m, hi + m)
+    };
+    let (x0, x1) = q(0);
+    let (y0, y1) = q(1);
+    [x0, x1, y0, y1]
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn plot_model(
+    model: &Model,
+    ctx: Option<&Table>,
+    data: Option<&Table>,
+    out: &Path,
+    n: usize,
+    grid: usize,
+    max_dims: usize,
+    seed: u64,
+) -> Result<()> {
+    // a conditional model is drawn given one context row, repeated for every sample and grid point
+    let repeat = |rows: usize| ctx.map(|c| c.take_rows(&vec![0; rows]));
+    let s = model.sample(n, seed, repeat(n).as_ref())?;
+    if model.dim() == 2 {
+        let pts = |t: &Table| -> Vec<[f64; 2]> {
+            (0..t.rows).map(|i| [t.row(i)[0], t.row(i)[1]]).collect()
+        };
+        let sp = pts(&s);
+        let dp = data.map(pts);
+        let ext = extent(dp.as_deref().unwrap_or(&sp));
+        let g = grid.max(2);
+        let mut pts_grid = Vec::with_capacity(g * g * 2);
+        for j in 0..g {
+            for i in 0..g {
+                pts_grid.push(ext[0] + (i as f64 + 0.5) * (ext[1] - ext[0]) / g as f64);
+                pts_grid.push(ext[2] + (j as f64 + 0.5) * (ext[3] - ext[2]) / g as f64);
+            }
+        }
+        let gt = Table::new(model.columns.clone(), g * g, pts_grid, "grid");
+        let lp = model.log_prob_ctx(&gt, repeat(g * g).as_ref())?;
+        nflow::plot::density_2d_png(out, &lp, g, g, ext, &sp, dp.as_deref())?;
+    } else {
+        nflow::plot::pairs_png(
+            out,
+            &s.data,
+            data.map(|d| d.data.as_slice()),
+            model.dim(),
+            max_dims,
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn plot(a: PlotArgs) -> Result<()> {
+    let model = Model::load(&a.model)?;
+    let data = match &a.data {
+        Some(src) => Some(model.select_columns(load(src, &a.sel, a.seed.wrapping_add(1))?)?),
+        None => None,
+    };
+    let ctx = context_rows(&model, a.context.as_deref(), None)?;
+    plot_model(
+        &model,
+        ctx.as_ref(),
+        data.as_ref(),
+        &a.out,
+        a.samples,
+        a.grid,
+        a.max_dims,
+        a.seed,
+    )?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+pub(super) fn curve(a: CurveArgs) -> Result<()> {
+    let model = Model::load(&a.model)?;
+    if model.log.is_empty() {
+        bail!("{}: the model has no training log", a.model.display());
+    }
+    let entries: Vec<nflow::train::LogEntry> = model
+        .log
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}: train_log.jsonl line {}", a.model.display(), i + 1))
+        })
+        .collect::<Result<_>>()?;
+    let dim = model.dim();
+    let bpd = model.arch.is_image() || model.preprocess.as_ref().is_some_and(|p| p.dequantize);
+    // figure of merit from a mean log-likelihood (data units)
+    let fig = |ll: f64| {
+        if bpd {
+            nflow::train::bits_per_dim(ll, dim)
+        } else {
+            -ll
+        }
+    };
+    let unit = if bpd { "bits_per_dim" } else { "nll" };
+    let nan = f64::NAN;
+    let rows: Vec<[f64; 6]> = entries
+        .iter()
+        .map(|e| {
+            [
+                e.step as f64,
+                e.seconds / 60.0,
+                e.epoch,
+                fig(-e.train_nll),
+                e.val_nll.map_or(nan, |v| fig(-v)),
+                e.monitor_log_prob.map_or(nan, fig),
+            ]
+        })
+        .collect();
+    if let Some(p) = &a.csv {
+        let cols = vec![
+            "step".to_string(),
+            "minutes".into(),
+            "epoch".into(),
+            format!("train_{unit}"),
+            format!("val_{unit}"),
+            format!("test_{unit}"),
+        ];
+        let t = Table::new(
+            cols,
+            rows.len(),
+            rows.iter().flatten().copied().collect(),
+            "curve",
+        );
+        data::write_csv(p, &t)?;
+        eprintln!("wrote {} rows to {}", t.rows, p.display());
+    }
+    if let Some(p) = &a.png {
+        let series = |k: usize| rows.iter().map(|r| (r[1], r[k])).collect::<Vec<_>>();
+        nflow::plot::lines_png(p, &[series(5), series(4), series(3)])?;
+        let ys: Vec<f64> = rows
+            .iter()
+            .flat_map(|r| [r[3], r[4], r[5]])
+            .filter(|v| v.is_finite())
+            .collect();
+        eprintln!(
+            "wrote {}: x = minutes 0..{:.1}, y = {unit} {:.3}..{:.3}; blue = test, orange = validation, green = train",
+            p.display(),
+            rows.last().map_or(0.0, |r| r[1]),
+            ys.iter().cloned().fold(f64::INFINITY, f64::min),
+            ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        );
+    }
+    if let Some(r) = rows.last() {
+        println!(
+            "step {} after {:.1} min: train {:.4}, validation {:.4}, test {:.4} ({unit})",
+            r[0], r[1], r[3], r[4], r[5]
+        );
+    }
+    Ok(())
+}

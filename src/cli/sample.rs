@@ -1,0 +1,131 @@
+//! `nflow sample`: draws from a saved model (given contexts for a conditional one), CSV / NPY / image grids.
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub(super) struct SampleArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Number of samples.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output file: .csv, .csv.gz or .npy.
+    #[arg(long, required_unless_present = "grid")]
+    out: Option<PathBuf>,
+    /// Image models: also write the samples as a PNG grid (pixel values clamped to the data's range).
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    /// Images per row of the grid.
+    #[arg(long, default_value_t = 10)]
+    grid_cols: usize,
+    /// Sample from the prior scaled by T (Glow's temperature; T < 1 gives smoother, more typical samples).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Conditional model: one context row as comma-separated values (in the order of the model's context
+    /// columns); `-n` samples are drawn given it.
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "context_file")]
+    context: Option<String>,
+    /// Conditional model: a CSV with the context columns (by name); `-n` samples are drawn per context row.
+    /// Output: n rows for context row 1, then n rows for row 2, ...; columns: the model's data columns
+    /// followed by the context columns.
+    #[arg(long)]
+    context_file: Option<String>,
+}
+
+pub(super) fn sample(a: SampleArgs) -> Result<()> {
+    let model = Model::load(&a.model)?;
+    if a.n == 0 {
+        bail!("-n must be at least 1");
+    }
+    let ctx = context_rows(&model, a.context.as_deref(), a.context_file.as_deref())?;
+    let (x, s) = match &ctx {
+        None => {
+            let x = model.sample_with_temperature(a.n, a.seed, None, a.temperature)?;
+            (x.clone(), x)
+        }
+        Some(c) => {
+            // each context row repeated n times, samples and their context side by side
+            let rep: Vec<usize> = (0..c.rows)
+                .flat_map(|r| std::iter::repeat_n(r, a.n))
+                .collect();
+            let cr = c.take_rows(&rep);
+            let x = model.sample_with_temperature(rep.len(), a.seed, Some(&cr), a.temperature)?;
+            let s = x.hcat(&cr)?;
+            (x, s)
+        }
+    };
+    if let Some(out) = &a.out {
+        write_table(out, &s)?;
+        eprintln!("wrote {} samples to {}", s.rows, out.display());
+    }
+    if let Some(g) = &a.grid {
+        let shape = model
+            .arch
+            .image
+            .or_else(|| data::shape_from_columns(&model.columns))
+            .with_context(|| {
+                format!(
+                    "{}: not an image model (no image shape), cannot write a grid",
+                    a.model.display()
+                )
+            })?;
+        // pixel range: the preprocessing's (8-bit after n-bit reduction is undone), else the samples' max
+        let max = match &model.preprocess {
+            Some(p) if p.bits.is_some() => 255.0,
+            Some(p) if p.dequantize || p.logit.is_some() => p.levels,
+            _ => x.data.iter().cloned().fold(f64::MIN, f64::max).max(1e-12),
+        };
+        data::write_png_grid(g, &x, shape, a.grid_cols, max)?;
+        eprintln!("wrote a grid of {} samples to {}", x.rows, g.display());
+    }
+    Ok(())
+}
+
+/// The context rows for sampling a conditional model (`--context v1,v2` or `--context-file F`).
+pub(super) fn context_rows(
+    model: &Model,
+    values: Option<&str>,
+    file: Option<&str>,
+) -> Result<Option<Table>> {
+    let k = model.context_columns.len();
+    if k == 0 && (values.is_some() || file.is_some()) {
+        bail!("the model takes no context");
+    }
+    let t = match (values, file) {
+        (Some(v), _) => {
+            let vals: Vec<f64> = v
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|x| x.is_finite())
+                        .with_context(|| format!("--context: '{s}' is not a finite number"))
+                })
+                .collect::<Result<_>>()?;
+            if vals.len() != k {
+                bail!(
+                    "--context has {} values, the model's context has {k} columns ({})",
+                    vals.len(),
+                    model.context_columns.join(", ")
+                );
+            }
+            Table::new(model.context_columns.clone(), 1, vals, "--context")
+        }
+        (None, Some(f)) => {
+            let full = data::load_source(f, 0, 0)?;
+            match model.select_context(&full)? {
+                Some(c) => c,
+                None => bail!("{f}: the model takes no context"),
+            }
+        }
+        (None, None) if k > 0 => bail!(
+            "the model is conditional on {}: give --context VALUES or --context-file FILE",
+            model.context_columns.join(", ")
+        ),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(t))
+}

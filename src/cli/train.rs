@@ -1,0 +1,499 @@
+//! `nflow train`: the preset or architecture from the options, the trainer, the saved model and its report.
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub(super) struct TrainArgs {
+    /// Training data: `toy:NAME` (moons, circles, 8gaussians, checkerboard, pinwheel, 2spirals, rings),
+    /// or a .csv / .csv.gz (header row) / .npy file.
+    #[arg(long)]
+    data: String,
+    #[command(flatten)]
+    sel: DataSel,
+    /// Optional test data (same columns), evaluated after training.
+    #[arg(long)]
+    test: Option<String>,
+    /// Flow: nice | realnvp | maf | iaf | maf-mog (MAF on a MADE MoG base; with --layers 0, MADE MoG) | glow |
+    /// realnvp-multiscale (image flows: the image shape comes from image data - IDX files, PNG folders,
+    /// CSVs with `c{c}_y{y}_x{x}` columns - or from --image-shape) | nsf-c | nsf-ar (rational-quadratic
+    /// spline couplings / autoregressive layers, LU-linear layers between them).
+    #[arg(long, default_value = "realnvp")]
+    flow: String,
+    /// The element-wise map of a coupling or autoregressive preset instead of its own: affine | additive |
+    /// rq-spline | sinh-arcsinh, or a JSON object with options (`{"type": "rq-spline", "bins": 16}`).
+    #[arg(long)]
+    map: Option<String>,
+    /// Train the architecture in this JSON (or .toml) file (a flow's layer list, base and embedding, as a
+    /// model's config.json stores it under "flow"; "dim" and "context_dim" may be left out) instead of a preset.
+    #[arg(long, conflicts_with_all = ["map", "layers"])]
+    arch: Option<PathBuf>,
+    /// Fit p(x | c): these columns (comma-separated names) are the context c, fed to every conditioner
+    /// network; the remaining selected columns are x. `eval` reads the same columns from its data.
+    #[arg(long, value_delimiter = ',')]
+    context: Vec<String>,
+    /// The context columns are class labels 0..K-1 (e.g. `--data idx:DIR:train:both --context label` for
+    /// class-conditional MNIST): fed one-hot instead of standardised; K is read from the training data.
+    #[arg(long, requires = "context")]
+    context_one_hot: bool,
+    /// Learned context embedding: the context goes through a small MLP to this many features before it
+    /// reaches the conditioners (trained with the flow). 0: the context goes in as it is.
+    #[arg(long, default_value_t = 0, requires = "context")]
+    context_embed: usize,
+    /// Hidden width of the context embedding.
+    #[arg(long, default_value_t = 64)]
+    embed_hidden: usize,
+    /// Hidden layers of the context embedding.
+    #[arg(long, default_value_t = 1)]
+    embed_depth: usize,
+    /// Number of flow layers (default: 4 for nice, 8 for realnvp, 5 for the autoregressive flows); image
+    /// flows: steps per scale (default 8 for glow, 3 for realnvp-multiscale).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Hidden width of the conditioner networks (image flows: channels of the CNN conditioners).
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    /// Hidden layers of the conditioner networks (realnvp-multiscale: residual blocks).
+    #[arg(long, default_value_t = 2)]
+    depth: usize,
+    /// Image flows: shape of one image as C,H,W (when the data does not say it).
+    #[arg(long)]
+    image_shape: Option<String>,
+    /// Image flows: number of scales (levels); each squeezes 2x2 and all but the last factor out half the
+    /// channels.
+    #[arg(long, default_value_t = 2)]
+    scales: usize,
+    /// Image flows: affine | additive couplings.
+    #[arg(long, default_value = "affine")]
+    coupling: String,
+    /// Image flows: Glow's learned conditional prior on every factored-out half.
+    #[arg(long)]
+    split_prior: bool,
+    /// Spline flows: bins per spline.
+    #[arg(long, default_value_t = 8)]
+    bins: usize,
+    /// Spline flows: the splines act on [-B, B], the identity outside.
+    #[arg(long, default_value_t = 3.0)]
+    tail_bound: f64,
+    /// relu | tanh | elu | leaky-relu | silu.
+    #[arg(long, default_value = "relu")]
+    activation: String,
+    /// alternate | halves | random.
+    #[arg(long, default_value = "alternate")]
+    mask: String,
+    /// Autoregressive ordering of maf layers: alternate | natural | reversed | random.
+    #[arg(long, default_value = "alternate")]
+    order: String,
+    /// Soft-clamp bound B of the affine log-scale, l = B tanh(h/B) (default 5; glow: sigmoid scale).
+    #[arg(long)]
+    scale_bound: Option<f64>,
+    /// Use Glow's sigmoid(h + 2) scale instead of the soft clamp (the default for glow).
+    #[arg(long, conflicts_with = "scale_bound")]
+    sigmoid_scale: bool,
+    /// Batch-norm bijector between layers (realnvp, maf).
+    #[arg(long)]
+    batch_norm: bool,
+    /// ActNorm before every layer (realnvp, maf; always on in the image flows).
+    #[arg(long)]
+    actnorm: bool,
+    /// Base distribution: normal | diag-normal | logistic | mixture (Gaussian mixture, learned) | made-mog
+    /// (default: logistic for nice, made-mog for maf-mog, normal otherwise).
+    #[arg(long)]
+    base: Option<String>,
+    /// Dequantise: add U(0, 1) noise to every value (integer data such as pixels or counts).
+    #[arg(long)]
+    dequantize: bool,
+    /// Logit preprocessing: y = logit(λ + (1 - 2λ) x / LEVELS) with this λ (1e-6 in the MAF paper, 0.05 in
+    /// RealNVP's). Reported log-likelihoods include its Jacobian (data units; images: bits/dim).
+    #[arg(long)]
+    logit: Option<f64>,
+    /// Values lie in [0, LEVELS] (after dequantisation), for --logit: 256 for 8-bit pixels.
+    #[arg(long, default_value_t = 256.0)]
+    levels: f64,
+    /// Reduce 8-bit values to N bits first (Glow's n-bit images); likelihoods and bits/dim are then those of
+    /// the N-bit data, and LEVELS is 2^N.
+    #[arg(long)]
+    n_bits: Option<u32>,
+    /// Components of a mixture or made-mog base.
+    #[arg(long, default_value_t = 10)]
+    components: usize,
+    /// How a mixture base initialises from the first batch: kmeans | data.
+    #[arg(long, default_value = "kmeans")]
+    mixture_init: String,
+    /// MADE conditioners as ResMADE (residual blocks; --depth counts blocks).
+    #[arg(long)]
+    residual: bool,
+    /// MADE hidden-unit degrees drawn at random (else cycled over 1..D-1).
+    #[arg(long)]
+    random_degrees: bool,
+    /// Between layers: none | reverse | random | lu (learned LU-linear with a random permutation); glow:
+    /// reverse | random (channel permutations) | 1x1 (invertible 1x1 convolution, the default) | lu (its
+    /// LU-parameterised form) | none (couplings alternate halves).
+    #[arg(long)]
+    permute: Option<String>,
+    /// Passes over the training split (ignored with --steps).
+    #[arg(long, default_value_t = 50)]
+    epochs: usize,
+    /// Optimiser steps (overrides --epochs).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// adam | adamw.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// constant | warmup | cosine.
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    /// Warm-up steps for the warmup / cosine schedules.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Clip the global gradient norm.
+    #[arg(long)]
+    clip: Option<f64>,
+    /// Fraction of rows held out for validation / early stopping.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Evaluations without validation improvement before stopping (0: never stop early).
+    #[arg(long, default_value_t = 10)]
+    patience: usize,
+    /// Steps between validation evaluations (default: once per epoch; 20 per run with --steps).
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Stop after this many minutes of training (the best weights so far are kept and saved).
+    #[arg(long)]
+    time_limit: Option<f64>,
+    /// Evaluate the first N rows of --test at every evaluation and log their log-likelihood and bits/dim
+    /// (learning curves: `nflow curve`).
+    #[arg(long, default_value_t = 0)]
+    monitor: usize,
+    /// Write a checkpoint (weights, optimiser state, data order, log) to OUT.ckpt every N steps.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Continue the run from OUT.ckpt (same data and options).
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Model folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSpec> {
+    let kind: FlowKind = a.flow.parse()?;
+    let dim = table.cols;
+    let mut spec = FlowSpec::preset(kind, dim);
+    if kind.image() {
+        spec.image = match &a.image_shape {
+            Some(s) => Some(data::parse_shape(s)?),
+            None => Some(data::shape_from_columns(&table.columns).with_context(|| {
+                format!(
+                    "{}: cannot tell the image shape from its columns (image data has columns c0_y0_x0, \
+                     c0_y0_x1, ...): give --image-shape C,H,W",
+                    table.source
+                )
+            })?),
+        };
+        spec.scales = a.scales;
+        spec.coupling = a.coupling.parse()?;
+        spec.split_prior = a.split_prior;
+    }
+    spec.context_dim = context_dim;
+    spec.context_embed = a.context_embed;
+    spec.embed_hidden = a.embed_hidden;
+    spec.embed_depth = a.embed_depth;
+    spec.bins = a.bins;
+    spec.tail_bound = a.tail_bound;
+    if let Some(l) = a.layers {
+        spec.layers = l;
+    }
+    spec.hidden = a.hidden;
+    spec.depth = a.depth;
+    spec.activation = a.activation.parse()?;
+    spec.mask = a.mask.parse()?;
+    spec.order = a.order.parse()?;
+    if a.sigmoid_scale {
+        spec.scale = ScaleBound::Sigmoid;
+    } else if let Some(bound) = a.scale_bound {
+        spec.scale = ScaleBound::SoftClamp { bound };
+    }
+    spec.batch_norm = a.batch_norm;
+    spec.actnorm = spec.actnorm || a.actnorm;
+    if let Some(b) = &a.base {
+        spec.base = Some(b.parse()?);
+    }
+    spec.components = a.components;
+    spec.residual = a.residual;
+    spec.random_degrees = a.random_degrees;
+    spec.mixture_init = a.mixture_init.parse()?;
+    if let Some(p) = &a.permute {
+        spec.permute = p.parse()?;
+    }
+    spec.seed = a.seed;
+    if let Some(m) = &a.map {
+        spec.map = Some(parse_map(m)?);
+    }
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// `--map NAME` or `--map '{"type": NAME, ...}'`.
+fn parse_map(m: &str) -> Result<MapConfig> {
+    let v: serde_json::Value = if m.trim_start().starts_with('{') {
+        serde_json::from_str(m).with_context(|| format!("--map: not valid JSON: {m}"))?
+    } else {
+        serde_json::json!({ "type": m })
+    };
+    serde_json::from_value(v).map_err(|e| {
+        anyhow::anyhow!("--map {m}: {e} (maps: affine, additive, rq-spline, sinh-arcsinh)")
+    })
+}
+
+/// The architecture of `--arch FILE`, its size checked against the data (filled in where left out).
+fn load_arch(path: &Path, dim: usize, context_dim: usize, seed: u64) -> Result<FlowConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let toml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let mut v: serde_json::Value = if toml {
+        toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?
+    };
+    let Some(o) = v.as_object_mut() else {
+        bail!(
+            "{}: expected a JSON object with a \"layers\" list",
+            path.display()
+        );
+    };
+    o.entry("dim").or_insert(dim.into());
+    o.entry("context_dim").or_insert(context_dim.into());
+    o.entry("seed").or_insert(seed.into());
+    let arch: FlowConfig =
+        serde_json::from_value(v).with_context(|| format!("{}", path.display()))?;
+    if arch.dim != dim || arch.context_dim != context_dim {
+        bail!(
+            "{}: the architecture has dim {} and context_dim {}, the data {dim} and {context_dim}",
+            path.display(),
+            arch.dim,
+            arch.context_dim
+        );
+    }
+    arch.validate()
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(arch)
+}
+
+fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let kind = match a.optimizer.as_str() {
+        "adam" => OptimKind::Adam,
+        "adamw" => OptimKind::Adamw,
+        o => bail!("unknown optimizer '{o}' (known: adam, adamw)"),
+    };
+    let schedule = parse_or(
+        Schedule::parse(&a.schedule, a.warmup),
+        "schedule",
+        &a.schedule,
+        "constant, warmup, cosine",
+    )?;
+    let cfg = TrainConfig {
+        epochs: a.epochs,
+        steps: a.steps,
+        batch_size: a.batch_size,
+        optim: OptimConfig {
+            kind,
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            ..OptimConfig::default()
+        },
+        schedule,
+        clip: a.clip,
+        val_fraction: a.val_fraction,
+        patience: (a.patience > 0).then_some(a.patience),
+        eval_every: a.eval_every,
+        max_seconds: a.time_limit.map(|m| m * 60.0),
+        seed: a.seed,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub(super) fn progress_bar(quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    pb
+}
+
+/// Train, save and report. Returns the model for the demo.
+/// The folder a run's checkpoints go to: `OUT.ckpt` beside the model folder.
+fn checkpoint_dir(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".ckpt");
+    PathBuf::from(s)
+}
+
+pub(super) fn fit_and_save(
+    trainer: Trainer,
+    flow: FlowDef,
+    table: &Table,
+    context: Option<&Table>,
+    out: &Path,
+    quiet: bool,
+) -> Result<Model> {
+    let pb = progress_bar(quiet);
+    let mut val_msg = String::new();
+    // bits/dim is the figure of merit for images and other dequantised integer data
+    let bpd = flow.is_image() || trainer.preprocess.as_ref().is_some_and(|p| p.dequantize);
+    let fmt = |v: f64, dim: usize| {
+        if bpd {
+            format!("{:.4} bits/dim", nflow::train::bits_per_dim(v, dim))
+        } else {
+            format!("log-lik {v:.4}")
+        }
+    };
+    let fitted = trainer.fit(flow, table, context, |p| {
+        pb.set_length(p.total as u64);
+        pb.set_position(p.step as u64);
+        if let Some(v) = p.val_log_prob {
+            val_msg = format!("val {}", fmt(v, p.dim));
+            if let Some(m) = p.monitor_log_prob {
+                val_msg.push_str(&format!("  test {}", fmt(m, p.dim)));
+            }
+        }
+        if p.step % 10 == 0 || p.val_log_prob.is_some() {
+            let t = if bpd {
+                format!(
+                    "{:.4} bits/dim",
+                    nflow::train::bits_per_dim(-p.train_nll, p.dim)
+                )
+            } else {
+                format!("nll {:.4}", p.train_nll)
+            };
+            pb.set_message(format!("train {t}  {val_msg}"));
+        }
+    })?;
+    pb.finish_and_clear();
+    fitted.model.save(out)?;
+    let s = fitted.model.summary.clone().unwrap_or_default();
+    if let Some(e) = fitted.diverged {
+        bail!(
+            "{e}; the last good model (step {}) was saved to {}",
+            s.best_step,
+            out.display()
+        );
+    }
+    eprintln!(
+        "trained {} steps in {:.1}s ({}), best at step {}{}; model saved to {}",
+        s.steps,
+        s.seconds,
+        if s.stopped_early {
+            "stopped early"
+        } else {
+            "completed"
+        },
+        s.best_step,
+        s.best_val_log_prob
+            .map(|v| format!(", validation log-likelihood {v:.4} nats"))
+            .unwrap_or_default(),
+        out.display()
+    );
+    Ok(fitted.model)
+}
+
+pub(super) fn train(a: TrainArgs) -> Result<()> {
+    let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
+    let (table, ctx) = split_context(full, &a.sel, &a.context)?;
+    let classes = match (&ctx, a.context_one_hot) {
+        (Some(c), true) => data::count_classes(c)?,
+        _ => Vec::new(),
+    };
+    let context_dim = if classes.is_empty() {
+        ctx.as_ref().map_or(0, |c| c.cols)
+    } else {
+        classes.iter().sum()
+    };
+    let flow: FlowDef = match &a.arch {
+        Some(p) => load_arch(p, table.cols, context_dim, a.seed)?.into(),
+        None => build_spec(&a, &table, context_dim)?.into(),
+    };
+    let cfg = train_config(&a)?;
+    let pre = (a.dequantize || a.logit.is_some() || a.n_bits.is_some()).then_some(Preprocess {
+        dequantize: a.dequantize,
+        levels: a.n_bits.map_or(a.levels, |b| f64::from(1u32 << b.min(8))),
+        logit: a.logit,
+        bits: a.n_bits,
+    });
+    if let Some(p) = &pre {
+        p.validate()?;
+    }
+    // the test data, read once (evaluated after training; its first --monitor rows during training)
+    let test = match &a.test {
+        Some(src) => {
+            let full = data::load_source(src, a.sel.toy_n, a.seed.wrapping_add(1))?;
+            let (t, c) = split_context(full, &a.sel, &a.context)?;
+            if t.columns != table.columns {
+                bail!(
+                    "{src}: its columns differ from the training data's ({} vs {} columns)",
+                    t.cols,
+                    table.cols
+                );
+            }
+            Some((t, c))
+        }
+        None => None,
+    };
+    if a.monitor > 0 && test.is_none() {
+        bail!("--monitor N evaluates the first N rows of --test: give --test");
+    }
+    if a.resume && a.checkpoint_every.is_none() {
+        bail!("--resume continues from the checkpoints of --checkpoint-every N: give both");
+    }
+    let mut trainer = Trainer::new(cfg)
+        .with_preprocess(pre)
+        .with_context_classes(classes);
+    if let (Some((t, c)), true) = (&test, a.monitor > 0) {
+        let k: Vec<usize> = (0..a.monitor.min(t.rows)).collect();
+        trainer = trainer.with_monitor(t.take_rows(&k), c.as_ref().map(|c| c.take_rows(&k)));
+    }
+    if let Some(every) = a.checkpoint_every {
+        trainer = trainer.with_checkpoints(checkpoint_dir(&a.out), every, a.resume);
+    }
+    let model = fit_and_save(trainer, flow, &table, ctx.as_ref(), &a.out, a.quiet)?;
+    if let Some((t, c)) = test {
+        let (lp, ld) = model.log_prob_parts(&t, c.as_ref())?;
+        let s = stats(&lp);
+        println!(
+            "test mean log-likelihood {:.4} ± {:.4} nats ({} rows of {})",
+            s.0, s.1, t.rows, t.source
+        );
+        if model.preprocess.is_some() {
+            let pre: Vec<f64> = lp.iter().zip(&ld).map(|(a, b)| a - b).collect();
+            let sp = stats(&pre);
+            println!(
+                "  in the preprocessed (dequantised{}) space: {:.4} ± {:.4} nats; {:.4} bits/dim in the data's space",
+                if a.logit.is_some() { ", logit" } else { "" },
+                sp.0,
+                sp.1,
+                nflow::train::bits_per_dim(s.0, t.cols)
+            );
+        }
+    }
+    Ok(())
+}
