@@ -5,18 +5,24 @@
 //! applies, the 1-based line number as in the file (the header is line 1) or
 //! the 0-based row index (said so explicitly), and the column name.
 
+pub mod csv;
 pub mod idx;
 pub mod images;
+pub mod npy;
 mod open;
 pub mod preprocess;
 pub mod source;
+pub mod split;
 pub mod table;
 pub mod toy;
 
+pub use csv::{read_csv, write_csv};
 pub use idx::{load_idx_source, read_idx};
 pub use images::{load_png_folder, parse_shape, pixel_columns, shape_from_columns, write_png_grid};
+pub use npy::{read_npy, write_npy};
 pub use preprocess::{count_classes, one_hot, Preprocess};
 pub use source::load_source;
+pub use split::{split_indices, Standardizer};
 pub use table::*;
 pub use toy::*;
 

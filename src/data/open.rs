@@ -42,3 +42,8 @@ pub(crate) fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool)> {
         Ok((Box::new(chained), false))
     }
 }
+
+/// A path as messages show it.
+pub(crate) fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}

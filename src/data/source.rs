@@ -1,7 +1,8 @@
 //! Data sources by name: `toy:NAME[:N]`, `idx:DIR[...]`, a PNG folder, a `.npy`, an IDX file or a CSV; the
 //! one place that knows every reader.
 
-use super::table::{read_csv, read_npy};
+use super::csv::read_csv;
+use super::npy::read_npy;
 use super::{toy, DataError, Result, Table, TOY_NAMES};
 use std::path::Path;
 

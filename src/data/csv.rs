@@ -1,0 +1,207 @@
+//! CSV tables (a header row; plain or gzipped, detected by content): reading with errors that name the
+//! line and column, writing.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use super::open::{open_maybe_gz, path_str};
+use super::Table;
+use crate::data::{io_msg, DataError, Result};
+
+fn is_gz_name(path: &Path) -> bool {
+    path.to_string_lossy().to_ascii_lowercase().ends_with(".gz")
+}
+
+fn parse_cell(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok()
+}
+
+/// Reads a CSV file with a header row (plain or gzip-compressed, detected by the
+/// magic bytes). Fields are trimmed. Every cell must be a finite number.
+pub fn read_csv(path: &Path) -> Result<Table> {
+    let p = path_str(path);
+    let (mut reader, gz) = open_maybe_gz(path)?;
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).map_err(|e| {
+        if gz {
+            DataError::Gzip {
+                path: p.clone(),
+                msg: io_msg(&e),
+            }
+        } else {
+            DataError::Read {
+                path: p.clone(),
+                msg: io_msg(&e),
+            }
+        }
+    })?;
+    drop(reader);
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(&bytes[..]);
+
+    // The csv crate reports a record's start as the position right after the
+    // previous record, i.e. on a skipped blank line if there is one. Recompute
+    // the line from the byte offset: skip line breaks, then count '\n' before.
+    let mut counted = (0usize, 1u64); // (byte offset, line at that offset)
+    let mut line_of = |pos: Option<&csv::Position>, fallback: u64| -> u64 {
+        let Some(pos) = pos else { return fallback };
+        let mut off = usize::try_from(pos.byte())
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        while off < bytes.len() && (bytes[off] == b'\n' || bytes[off] == b'\r') {
+            off += 1;
+        }
+        if off < counted.0 {
+            counted = (0, 1);
+        }
+        let extra = bytes[counted.0..off]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        counted = (off, counted.1 + extra);
+        counted.1
+    };
+
+    let conv_err = |e: csv::Error, line: u64| -> DataError {
+        match e.into_kind() {
+            csv::ErrorKind::Io(io) => DataError::Read {
+                path: p.clone(),
+                msg: io_msg(&io),
+            },
+            csv::ErrorKind::Utf8 { err, .. } => DataError::Csv {
+                path: p.clone(),
+                line,
+                msg: format!("invalid UTF-8 in field {}", err.field() + 1),
+            },
+            other => DataError::Csv {
+                path: p.clone(),
+                line,
+                msg: format!("{other:?}"),
+            },
+        }
+    };
+
+    let mut records = rdr.records();
+    let header = match records.next() {
+        None => return Err(DataError::EmptyFile { path: p }),
+        Some(Err(e)) => {
+            let line = line_of(e.position(), 1);
+            return Err(conv_err(e, line));
+        }
+        Some(Ok(h)) => h,
+    };
+    let header_line = line_of(header.position(), 1);
+    let mut columns: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    if let Some(first) = columns.first_mut() {
+        if let Some(stripped) = first.strip_prefix('\u{feff}') {
+            *first = stripped.trim().to_string();
+        }
+    }
+    if columns.len() == 1 && columns[0].is_empty() {
+        return Err(DataError::EmptyFile { path: p });
+    }
+    for (i, c) in columns.iter().enumerate() {
+        if columns[..i].contains(c) {
+            return Err(DataError::BadHeader {
+                path: p,
+                line: header_line,
+                msg: format!("duplicate column name '{c}'"),
+            });
+        }
+    }
+    let cols = columns.len();
+
+    let mut data = Vec::new();
+    let mut rows = 0usize;
+    let mut last_line = header_line;
+    for rec in records {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                let line = line_of(e.position(), last_line + 1);
+                return Err(conv_err(e, line));
+            }
+        };
+        let line = line_of(rec.position(), last_line + 1);
+        last_line = line;
+        if rec.len() != cols {
+            return Err(DataError::FieldCount {
+                path: p,
+                line,
+                expected: cols,
+                found: rec.len(),
+            });
+        }
+        for (j, cell) in rec.iter().enumerate() {
+            match parse_cell(cell) {
+                None => {
+                    return Err(DataError::NotANumber {
+                        path: p,
+                        line,
+                        column: columns[j].clone(),
+                        value: cell.to_string(),
+                    })
+                }
+                Some(v) if !v.is_finite() => {
+                    return Err(DataError::NonFiniteCell {
+                        path: p,
+                        line,
+                        column: columns[j].clone(),
+                    })
+                }
+                Some(v) => data.push(v),
+            }
+        }
+        rows += 1;
+    }
+    if rows == 0 {
+        return Err(DataError::NoRows { source_name: p });
+    }
+    Ok(Table::new(columns, rows, data, p))
+}
+
+/// Writes the CSV text of `t` to `w` and returns the writer, flushed.
+fn write_csv_to<W: Write>(w: W, t: &Table) -> std::result::Result<W, String> {
+    let csv_err = |e: csv::Error| match e.into_kind() {
+        csv::ErrorKind::Io(io) => io_msg(&io),
+        other => format!("{other:?}"),
+    };
+    let mut w = csv::WriterBuilder::new().from_writer(w);
+    w.write_record(&t.columns).map_err(csv_err)?;
+    let mut buf: Vec<String> = Vec::with_capacity(t.cols);
+    for r in 0..t.rows {
+        buf.clear();
+        buf.extend(t.row(r).iter().map(|v| format!("{v}")));
+        w.write_record(&buf).map_err(csv_err)?;
+    }
+    w.into_inner().map_err(|e| io_msg(e.error()))
+}
+
+/// Writes a header row and the rows, values in Rust's shortest round-trip
+/// formatting of f64. A path ending in ".gz" is gzip-compressed.
+pub fn write_csv(path: &Path, t: &Table) -> Result<()> {
+    let p = path_str(path);
+    let werr = |msg: String| DataError::Write {
+        path: p.clone(),
+        msg,
+    };
+    let f = File::create(path).map_err(|e| werr(io_msg(&e)))?;
+    let buffered = if is_gz_name(path) {
+        let gz = write_csv_to(GzEncoder::new(BufWriter::new(f), Compression::default()), t)
+            .map_err(werr)?;
+        gz.finish().map_err(|e| werr(io_msg(&e)))?
+    } else {
+        write_csv_to(BufWriter::new(f), t).map_err(werr)?
+    };
+    buffered
+        .into_inner()
+        .map(|_| ())
+        .map_err(|e| werr(io_msg(e.error())))
+}
