@@ -1,15 +1,19 @@
 //! Conditioner networks and their parameters. Every network has an inference forward, a training forward that
 //! caches what the backward needs, and an analytic backward that accumulates parameter gradients.
 
+pub mod activation;
 pub mod conv;
+pub mod linear;
 pub mod made;
 pub mod mlp;
 mod piecewise;
 pub mod scale;
 
+pub use activation::Activation;
 pub use conv::{Conv2d, ConvNet, ConvNetKind};
+pub use linear::{Block, Linear};
 pub use made::{Made, MadeOpts};
-pub use mlp::{Activation, Linear, Mlp};
+pub use mlp::Mlp;
 pub use scale::{ScaleBound, Scales};
 
 use crate::engine::kernels::{PacksWriter, WeightPacks};
