@@ -44,8 +44,6 @@ pub use io::Model;
 pub enum Error {
     #[error(transparent)]
     Data(#[from] data::DataError),
-    #[error(transparent)]
-    Plot(#[from] plot::PlotError),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("shape mismatch: {0}")]
