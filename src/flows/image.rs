@@ -20,7 +20,7 @@ use super::layers::{
 use super::{FlowKind, FlowSpec, Permute};
 use crate::names::Named;
 use crate::nn::ConvNetKind;
-use crate::transforms::{ImageMask, ImageShape};
+use crate::transforms::{ImageMask, ImageShape, MapConfig, ScaleBound};
 use crate::Error;
 
 /// Glow's and RealNVP's coupling function.
@@ -84,7 +84,7 @@ pub(super) fn validate(spec: &FlowSpec) -> Result<(), Error> {
 pub(super) fn layers(spec: &FlowSpec) -> Vec<Layer> {
     let mut shape = spec.image.expect("validated");
     let mut ts: Vec<Layer> = Vec::new();
-    let affine = spec.coupling == CouplingKind::Affine;
+    let map = spec.element_map();
     let mut n = 0usize;
     let mut coupling = |shape: ImageShape, mask: ImageMask, net: ConvNetKind| {
         n += 1;
@@ -92,8 +92,7 @@ pub(super) fn layers(spec: &FlowSpec) -> Vec<Layer> {
             name: format!("net{}", n - 1),
             shape,
             mask,
-            affine,
-            scale: spec.scale,
+            map,
             net,
             width: spec.hidden,
         })
@@ -135,7 +134,7 @@ pub(super) fn layers(spec: &FlowSpec) -> Vec<Layer> {
                 }
                 if level + 1 < spec.scales {
                     if spec.split_prior {
-                        ts.push(split_prior(&mut coupling, shape));
+                        ts.push(split_prior(&mut coupling, shape, spec.scale));
                     }
                     shape.c /= 2;
                 }
@@ -172,7 +171,7 @@ pub(super) fn layers(spec: &FlowSpec) -> Vec<Layer> {
                     ));
                 }
                 if spec.split_prior {
-                    ts.push(split_prior(&mut coupling, shape));
+                    ts.push(split_prior(&mut coupling, shape, spec.scale));
                 }
                 shape.c /= 2;
             }
@@ -187,13 +186,17 @@ pub(super) fn layers(spec: &FlowSpec) -> Vec<Layer> {
 fn split_prior(
     coupling: &mut impl FnMut(ImageShape, ImageMask, ConvNetKind) -> Layer,
     shape: ImageShape,
+    scale: ScaleBound,
 ) -> Layer {
     match coupling(
         shape,
         ImageMask::Channel { swap: false },
         ConvNetKind::Single,
     ) {
-        Layer::ConvCoupling(c) => Layer::ConvCoupling(ConvCouplingConfig { affine: true, ..c }),
+        Layer::ConvCoupling(c) => Layer::ConvCoupling(ConvCouplingConfig {
+            map: MapConfig::Affine { scale },
+            ..c
+        }),
         l => l,
     }
 }

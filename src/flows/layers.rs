@@ -11,8 +11,8 @@ use crate::engine::{Float, Rng};
 use crate::nn::{Activation, ConvNetKind, MadeOpts};
 use crate::transforms::image::channel_permutation;
 use crate::transforms::{
-    ActNorm, BatchNorm, ConvCoupling, ImageMask, ImageShape, InvConv1x1, LuLinear, MapConfig, Mask,
-    NetShape, Order, Permutation, Prefix, ScaleBound, Scaling, Squeeze, Transform,
+    ActNorm, BatchNorm, ImageMask, ImageShape, InvConv1x1, LuLinear, MapConfig, Mask, NetShape,
+    Order, Permutation, Prefix, Scaling, Squeeze, Transform,
 };
 use crate::Error;
 use rand::seq::SliceRandom;
@@ -187,17 +187,12 @@ pub struct ConvCouplingConfig {
     pub name: String,
     pub shape: ImageShape,
     pub mask: ImageMask,
-    #[serde(default = "yes")]
-    pub affine: bool,
+    /// The element-wise map (Glow's and RealNVP's: affine).
     #[serde(default)]
-    pub scale: ScaleBound,
+    pub map: MapConfig,
     pub net: ConvNetKind,
     /// Channels of the CNN's hidden layers.
     pub width: usize,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Squeeze (2x2 space-to-depth) of images of `shape`.
@@ -427,7 +422,9 @@ impl Layer {
             }
             Layer::ConvCoupling(o) => {
                 check_image(o.shape, d, &name)?;
-                check_scale(o.scale, &name)?;
+                o.map
+                    .validate()
+                    .map_err(|e| Error::Config(format!("{name} ({}): {e}", o.map.name())))?;
                 if o.width == 0 {
                     return bad("width must be at least 1".into());
                 }
@@ -440,9 +437,8 @@ impl Layer {
                     }
                     _ => {}
                 }
-                Box::new(ConvCoupling::new(
-                    &o.name, o.shape, o.mask, o.affine, o.scale, o.net, o.width, c.cond_dim, r,
-                ))
+                o.map
+                    .conv_coupling(&o.name, o.shape, o.mask, o.net, o.width, c.cond_dim, r)
             }
             Layer::Custom(l) => registry::build::<F>(&l.kind, &l.options, c, r)?,
         };
@@ -458,15 +454,6 @@ impl Layer {
         } else {
             t
         })
-    }
-}
-
-fn check_scale(s: ScaleBound, name: &str) -> Result<(), Error> {
-    match s {
-        ScaleBound::SoftClamp { bound } if !(bound.is_finite() && bound > 0.0) => Err(
-            Error::Config(format!("{name}: scale bound must be positive, got {bound}")),
-        ),
-        _ => Ok(()),
     }
 }
 

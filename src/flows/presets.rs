@@ -180,8 +180,8 @@ pub struct FlowSpec {
     /// Seed of the initial weights and of random masks.
     #[serde(default)]
     pub seed: u64,
-    /// The element-wise map of the coupling and autoregressive presets, instead of their own (affine for
-    /// realnvp / maf / iaf, additive for nice, the spline for nsf-c / nsf-ar).
+    /// The element-wise map of the preset's couplings and autoregressive layers, instead of its own (affine
+    /// for realnvp / maf / glow / realnvp-multiscale, additive for nice, the spline for nsf-c / nsf-ar).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map: Option<MapConfig>,
 }
@@ -258,11 +258,10 @@ impl FlowSpec {
         if self.context_embed > 0 && self.embed_hidden == 0 {
             return bad("embed_hidden must be at least 1".into());
         }
-        if self.map.is_some() && (self.kind.image() || self.kind == FlowKind::Iaf) {
-            return bad(format!(
-                "{} has its own coupling function: a map is for nice, realnvp, maf, maf-mog, nsf-c and nsf-ar",
-                self.kind.name()
-            ));
+        if self.map.is_some() && self.kind == FlowKind::Iaf {
+            return bad(
+                "iaf is built for the affine map only: --map is for the other flows".into(),
+            );
         }
         self.element_map()
             .validate()
@@ -372,6 +371,11 @@ impl FlowSpec {
         }
         match self.kind {
             FlowKind::Nice => MapConfig::Additive,
+            FlowKind::Glow | FlowKind::RealnvpMultiscale
+                if self.coupling == CouplingKind::Additive =>
+            {
+                MapConfig::Additive
+            }
             FlowKind::NsfC | FlowKind::NsfAr => MapConfig::RqSpline(self.spline()),
             _ => MapConfig::Affine { scale: self.scale },
         }

@@ -26,7 +26,7 @@ mod inv_conv;
 mod prefix;
 mod squeeze;
 
-pub use conv_coupling::{ConvCoupling, ImageMask};
+pub use conv_coupling::{ConvCoupling, ImageMask, MapConvCoupling};
 pub use inv_conv::InvConv1x1;
 pub use prefix::Prefix;
 pub use squeeze::Squeeze;

@@ -3,7 +3,7 @@
 //! with any map; [`MapConfig`] names each map in configs and builds it into either structure.
 //!
 //! Adding a map: a file in `transforms/map/` with a type implementing [`ElementwiseMap`], and in this file its
-//! `mod` line and a [`MapConfig`] variant with its two build arms. Layer configs, presets (`--map NAME`),
+//! `mod` line and a [`MapConfig`] variant with its build arms (coupling, autoregressive, image coupling). Layer configs, presets (`--map NAME`),
 //! saving and loading need nothing more.
 //!
 //! Every map is the identity at `θ = 0`, so a flow whose conditioners start at zero starts as the identity.
@@ -15,10 +15,11 @@ pub use shift::Shift;
 pub use sinh_arcsinh::SinhArcsinh;
 
 use super::{
-    AdditiveCoupling, AffineCoupling, Iaf, Maf, MapAr, MapCoupling, RqSpline, ScaleBound, Transform,
+    AdditiveCoupling, AffineCoupling, ConvCoupling, Iaf, ImageMask, ImageShape, Maf, MapAr,
+    MapConvCoupling, MapCoupling, RqSpline, ScaleBound, Transform,
 };
 use crate::engine::{Float, Rng};
-use crate::nn::{Activation, MadeOpts};
+use crate::nn::{Activation, ConvNetKind, MadeOpts};
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 
@@ -31,6 +32,7 @@ pub trait ElementwiseMap: Copy + Debug + Send + Sync + 'static {
     /// The coupling and autoregressive layers' names, as `Transform::kind` reports them.
     const COUPLING: &'static str;
     const AUTOREGRESSIVE: &'static str;
+    const COUPLING_2D: &'static str;
     /// Unconstrained parameters per element.
     fn params_per_element(&self) -> usize;
     /// Wrong options, as a message.
@@ -53,6 +55,7 @@ impl ElementwiseMap for super::RqSpline {
     const NAME: &'static str = "RqSpline";
     const COUPLING: &'static str = "SplineCoupling";
     const AUTOREGRESSIVE: &'static str = "SplineAR";
+    const COUPLING_2D: &'static str = "SplineCoupling2d";
     fn params_per_element(&self) -> usize {
         super::RqSpline::params_per_element(self)
     }
@@ -74,7 +77,8 @@ impl ElementwiseMap for super::RqSpline {
 }
 
 /// An element-wise map by name, with its options: what layer configs store. `affine` and `additive` build the
-/// fused layers ([`AffineCoupling`], [`Maf`], [`AdditiveCoupling`]); the others the generic structures.
+/// fused layers ([`AffineCoupling`], [`Maf`], [`AdditiveCoupling`], [`ConvCoupling`]); the others the generic
+/// structures ([`MapCoupling`], [`MapAr`], [`MapConvCoupling`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MapConfig {
@@ -148,6 +152,49 @@ impl MapConfig {
             MapConfig::SinhArcsinh => {
                 Box::new(MapCoupling::new(mask, ctx_dim, h, d, a, SinhArcsinh, r))
             }
+        }
+    }
+
+    /// A coupling of this map on images of `shape` with a CNN conditioner (`net` of `width` channels).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_coupling<F: Float>(
+        &self,
+        name: &str,
+        shape: ImageShape,
+        mask: ImageMask,
+        net: ConvNetKind,
+        width: usize,
+        ctx_dim: usize,
+        r: &mut Rng,
+    ) -> Box<dyn Transform<F>> {
+        match *self {
+            MapConfig::Affine { scale } => Box::new(ConvCoupling::new(
+                name, shape, mask, true, scale, net, width, ctx_dim, r,
+            )),
+            MapConfig::Additive => Box::new(ConvCoupling::new(
+                name,
+                shape,
+                mask,
+                false,
+                ScaleBound::default(),
+                net,
+                width,
+                ctx_dim,
+                r,
+            )),
+            MapConfig::RqSpline(s) => Box::new(MapConvCoupling::new(
+                name, shape, mask, s, net, width, ctx_dim, r,
+            )),
+            MapConfig::SinhArcsinh => Box::new(MapConvCoupling::new(
+                name,
+                shape,
+                mask,
+                SinhArcsinh,
+                net,
+                width,
+                ctx_dim,
+                r,
+            )),
         }
     }
 
@@ -249,13 +296,20 @@ mod tests {
                 let mask = Mask::Alternate.build(5, i, &mut r);
                 let order = Order::Random.build(5, 0, &mut r);
                 let opts = MadeOpts::default();
+                // images of 2 channels of 2x3 pixels, with a channel and a checkerboard mask
+                let shape = ImageShape::new(2, 2, 3);
+                let conv = |m, r: &mut crate::engine::Rng| {
+                    map.conv_coupling(&format!("net{i}"), shape, m, ConvNetKind::Glow, 4, ctx, r)
+                };
                 let layers: Vec<Box<dyn Transform<f64>>> = vec![
                     map.coupling(&mask, ctx, net, &mut r),
                     map.autoregressive(&order, ctx, net, opts, false, &mut r)
                         .unwrap(),
+                    conv(ImageMask::Channel { swap: i % 2 == 1 }, &mut r),
+                    conv(ImageMask::Checkerboard { parity: i % 2 }, &mut r),
                 ];
                 for mut t in layers {
-                    let mut x: Mat<f64> = randn(&mut r, 6, 5);
+                    let mut x: Mat<f64> = randn(&mut r, 6, t.dim());
                     x.data.iter_mut().for_each(|v| *v *= 1.5);
                     let c: Option<Mat<f64>> = (ctx > 0).then(|| randn(&mut r, 6, ctx));
                     let (z, ld) = t.forward(&x, c.as_ref());

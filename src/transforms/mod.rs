@@ -23,7 +23,9 @@ pub use actnorm::ActNorm;
 pub use autoregressive::{Iaf, Maf, Order};
 pub use batchnorm::BatchNorm;
 pub use coupling::{AdditiveCoupling, AffineCoupling, Mask, ScaleBound};
-pub use image::{ConvCoupling, ImageMask, ImageShape, InvConv1x1, Prefix, Squeeze};
+pub use image::{
+    ConvCoupling, ImageMask, ImageShape, InvConv1x1, MapConvCoupling, Prefix, Squeeze,
+};
 pub use lu_linear::LuLinear;
 pub use map::{ElementwiseMap, MapConfig, NetShape, Shift, SinhArcsinh};
 pub use map_layers::{MapAr, MapCoupling, SplineAr, SplineCoupling};

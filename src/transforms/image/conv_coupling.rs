@@ -2,6 +2,7 @@
 //! Glow's channel split.
 
 use super::*;
+use crate::transforms::ElementwiseMap;
 
 /// Which features of an image a convolutional coupling keeps (conditions on) and which it transforms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,39 +14,58 @@ pub enum ImageMask {
     Checkerboard { parity: usize },
 }
 
-/// Coupling on an image with a CNN conditioner: `z_b = x_b * exp(l) + t` (affine, `l` bounded by `bound`) or
-/// `z_b = x_b + t` (additive), `(t, h) = CNN(x_a, context planes)`, `l = bound(h)`. The conditioner's last
-/// convolution is zero-initialised, so the layer starts as the identity. A context (one vector per image) is
-/// fed to the CNN as constant extra input planes.
+/// What every image coupling shares: the mask's layout, the CNN conditioner (fed the identity features and
+/// the context as constant planes), and its backward into the input and the context. The conditioner outputs
+/// `P` planes per transformed channel (`P` parameters per element, parameter `q` of output channel `oc` in
+/// plane `q * half + oc`); its last convolution is zero-initialised, so every coupling starts as the identity.
 #[derive(Clone, Debug)]
-pub struct ConvCoupling<F> {
+pub(crate) struct ConvCore<F> {
     shape: ImageShape,
-    affine: bool,
-    bound: ScaleBound,
     ctx_dim: usize,
     net: ConvNet<F>,
     /// identity features: (feature, pixel, CNN input channel)
     a_map: Vec<(usize, usize, usize)>,
     cin: usize,
-    /// transformed features: (feature, pixel, CNN output channel of its shift; its scale is `half` further)
+    /// transformed features: (feature, pixel, CNN output channel of its first parameter)
     b_map: Vec<(usize, usize, usize)>,
     half: usize,
-    /// training cache: x_b, exp(l), dl/dh
-    xb: Vec<F>,
-    s: Vec<F>,
-    dl: Vec<F>,
+    /// the CNN's output planes (`P * half`)
+    cout: usize,
     /// dL/dcontext of the last backward
     dctx: Option<Mat<F>>,
 }
 
-impl<F: Float> ConvCoupling<F> {
+/// Coupling on an image with a CNN conditioner: `z_b = x_b * exp(l) + t` (affine, `l` bounded by `bound`) or
+/// `z_b = x_b + t` (additive), `(t, h) = CNN(x_a, context planes)`, `l = bound(h)`: Glow's and RealNVP's,
+/// fused and tuned. Other element-wise maps: [`MapConvCoupling`].
+#[derive(Clone, Debug)]
+pub struct ConvCoupling<F> {
+    core: ConvCore<F>,
+    affine: bool,
+    bound: ScaleBound,
+    /// training cache: x_b, exp(l), dl/dh
+    xb: Vec<F>,
+    s: Vec<F>,
+    dl: Vec<F>,
+}
+
+/// Coupling on an image of any element-wise map `M`: `z_b = g(x_b; θ)`, `θ = CNN(x_a, context planes)`.
+#[derive(Clone, Debug)]
+pub struct MapConvCoupling<F, M> {
+    core: ConvCore<F>,
+    map: M,
+    /// training cache: the input and the conditioner's output
+    x: Mat<F>,
+    h: Mat<F>,
+}
+
+impl<F: Float> ConvCore<F> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    fn new(
         name: &str,
         shape: ImageShape,
         mask: ImageMask,
-        affine: bool,
-        bound: ScaleBound,
+        params: usize,
         net: ConvNetKind,
         width: usize,
         ctx_dim: usize,
@@ -90,20 +110,16 @@ impl<F: Float> ConvCoupling<F> {
                 (am, c, bm, c)
             }
         };
-        let cout = if affine { 2 * half } else { half };
-        ConvCoupling {
+        let cout = params * half;
+        ConvCore {
             shape,
-            affine,
-            bound,
             ctx_dim,
             net: ConvNet::new(name, net, cin + ctx_dim, width, cout, rng),
             a_map,
             cin,
             b_map,
             half,
-            xb: Vec::new(),
-            s: Vec::new(),
-            dl: Vec::new(),
+            cout,
             dctx: None,
         }
     }
@@ -152,6 +168,73 @@ impl<F: Float> ConvCoupling<F> {
         self.net.forward(&self.net_input(x, ctx), s)
     }
 
+    /// The conditioner's output for a training pass (its caches kept).
+    fn conditioner_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
+        let s = Hw {
+            n: x.rows,
+            ..self.hw()
+        };
+        let inp = self.net_input(x, ctx);
+        self.net.forward_train_owned(inp, s)
+    }
+
+    /// The conditioner's backward for its output gradient `dh`: keeps the context's gradient and adds the
+    /// identity features' into `dx`.
+    fn backward_net(&mut self, dx: &mut Mat<F>, dh: &Mat<F>) {
+        let hw = self.shape.hw();
+        let din = self.net.backward(dh);
+        let ci = self.cin + self.ctx_dim;
+        let d = dx.cols;
+        // a context plane is the same value at every pixel: its gradient sums over the pixels
+        self.dctx = (self.ctx_dim > 0).then(|| {
+            let mut g = Mat::zeros(dx.rows, self.ctx_dim);
+            g.data
+                .par_chunks_mut(self.ctx_dim)
+                .zip(din.data.par_chunks(hw * ci))
+                .for_each(|(gr, dr)| {
+                    for p in 0..hw {
+                        for (k, v) in gr.iter_mut().enumerate() {
+                            *v += dr[p * ci + self.cin + k];
+                        }
+                    }
+                });
+            g
+        });
+        dx.data
+            .par_chunks_mut(d)
+            .zip(din.data.par_chunks(hw * ci))
+            .for_each(|(dxr, dr)| {
+                for &(j, p, ic) in &self.a_map {
+                    dxr[j] += dr[p * ci + ic];
+                }
+            });
+    }
+}
+
+impl<F: Float> ConvCoupling<F> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        shape: ImageShape,
+        mask: ImageMask,
+        affine: bool,
+        bound: ScaleBound,
+        net: ConvNetKind,
+        width: usize,
+        ctx_dim: usize,
+        rng: &mut Rng,
+    ) -> Self {
+        let params = if affine { 2 } else { 1 };
+        ConvCoupling {
+            core: ConvCore::new(name, shape, mask, params, net, width, ctx_dim, rng),
+            affine,
+            bound,
+            xb: Vec::new(),
+            s: Vec::new(),
+            dl: Vec::new(),
+        }
+    }
+
     /// Element-wise part, one pass: scale/shift and log-det; with `cache`, keep x_b, exp(l), dl/dh.
     fn apply(
         &self,
@@ -160,9 +243,9 @@ impl<F: Float> ConvCoupling<F> {
         inverse: bool,
         cache: bool,
     ) -> (Mat<F>, Vec<F>, Vec<[F; 3]>) {
-        let hw = self.shape.hw();
+        let hw = self.core.shape.hw();
         let cout = h.cols;
-        let nb = self.b_map.len();
+        let nb = self.core.b_map.len();
         let mut z = x.clone();
         let mut ld = vec![F::zero(); x.rows];
         let mut kept = vec![[F::zero(); 3]; if cache { x.rows * nb } else { 0 }];
@@ -170,13 +253,13 @@ impl<F: Float> ConvCoupling<F> {
         let body = |r: usize, zr: &mut [F], ldr: &mut F, mut keep: Option<&mut [[F; 3]]>| {
             let hr = &h.data[r * hw * cout..(r + 1) * hw * cout];
             let mut acc = F::zero();
-            for (k, &(j, p, oc)) in self.b_map.iter().enumerate() {
+            for (k, &(j, p, oc)) in self.core.b_map.iter().enumerate() {
                 let t = hr[p * cout + oc];
                 if !self.affine {
                     zr[j] = if inverse { zr[j] - t } else { zr[j] + t };
                     continue;
                 }
-                let (l, dldh) = self.bound.eval(hr[p * cout + self.half + oc]);
+                let (l, dldh) = self.bound.eval(hr[p * cout + self.core.half + oc]);
                 acc += l;
                 if inverse {
                     zr[j] = (zr[j] - t) * (-l).exp();
@@ -210,26 +293,21 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
         }
     }
     fn dim(&self) -> usize {
-        self.shape.dim()
+        self.core.shape.dim()
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let h = self.conditioner(x, ctx);
+        let h = self.core.conditioner(x, ctx);
         let (z, ld, _) = self.apply(x, &h, false, false);
         (z, ld)
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         // x_a = z_a: the conditioner's input is available from z
-        let h = self.conditioner(z, ctx);
+        let h = self.core.conditioner(z, ctx);
         let (x, ld, _) = self.apply(z, &h, true, false);
         (x, ld)
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let s = Hw {
-            n: x.rows,
-            ..self.hw()
-        };
-        let inp = self.net_input(x, ctx);
-        let h = self.net.forward_train_owned(inp, s);
+        let h = self.core.conditioner_train(x, ctx);
         let (z, ld, kept) = self.apply(x, &h, false, self.affine);
         self.xb.clear();
         self.s.clear();
@@ -242,13 +320,8 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
         (z, ld)
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let hw = self.shape.hw();
-        let nb = self.b_map.len();
-        let cout = if self.affine {
-            2 * self.half
-        } else {
-            self.half
-        };
+        let core = &self.core;
+        let (hw, nb, cout, half) = (core.shape.hw(), core.b_map.len(), core.cout, core.half);
         let mut dx = dz.clone();
         let mut dh = Mat::zeros(dz.rows * hw, cout);
         let d = dz.cols;
@@ -258,52 +331,149 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
             .enumerate()
             .for_each(|(r, (dhr, dxr))| {
                 let g = dlogdet[r];
-                for (k, &(j, p, oc)) in self.b_map.iter().enumerate() {
+                for (k, &(j, p, oc)) in core.b_map.iter().enumerate() {
                     let dzj = dxr[j];
                     dhr[p * cout + oc] = dzj;
                     if self.affine {
                         let c = r * nb + k;
                         let s = self.s[c];
                         dxr[j] = dzj * s;
-                        dhr[p * cout + self.half + oc] = (dzj * self.xb[c] * s + g) * self.dl[c];
+                        dhr[p * cout + half + oc] = (dzj * self.xb[c] * s + g) * self.dl[c];
                     }
                 }
             });
-        let din = self.net.backward(&dh);
-        let ci = self.cin + self.ctx_dim;
-        // a context plane is the same value at every pixel: its gradient sums over the pixels
-        self.dctx = (self.ctx_dim > 0).then(|| {
-            let mut g = Mat::zeros(dz.rows, self.ctx_dim);
-            g.data
-                .par_chunks_mut(self.ctx_dim)
-                .zip(din.data.par_chunks(hw * ci))
-                .for_each(|(gr, dr)| {
-                    for p in 0..hw {
-                        for (k, v) in gr.iter_mut().enumerate() {
-                            *v += dr[p * ci + self.cin + k];
-                        }
-                    }
-                });
-            g
-        });
-        dx.data
-            .par_chunks_mut(d)
-            .zip(din.data.par_chunks(hw * ci))
-            .for_each(|(dxr, dr)| {
-                for &(j, p, ic) in &self.a_map {
-                    dxr[j] += dr[p * ci + ic];
-                }
-            });
+        self.core.backward_net(&mut dx, &dh);
         dx
     }
     fn context_grad(&mut self) -> Option<Mat<F>> {
-        self.dctx.take()
+        self.core.dctx.take()
     }
     fn params(&self) -> Vec<&Param<F>> {
-        self.net.params()
+        self.core.net.params()
     }
     fn params_mut(&mut self) -> Vec<&mut Param<F>> {
-        self.net.params_mut()
+        self.core.net.params_mut()
+    }
+    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+        Some(Box::new(self.clone()))
+    }
+}
+
+impl<F: Float, M: ElementwiseMap> MapConvCoupling<F, M> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        shape: ImageShape,
+        mask: ImageMask,
+        map: M,
+        net: ConvNetKind,
+        width: usize,
+        ctx_dim: usize,
+        rng: &mut Rng,
+    ) -> Self {
+        let p = map.params_per_element();
+        MapConvCoupling {
+            core: ConvCore::new(name, shape, mask, p, net, width, ctx_dim, rng),
+            map,
+            x: Mat::zeros(0, 0),
+            h: Mat::zeros(0, 0),
+        }
+    }
+
+    /// The maps of one batch given the conditioner's output `h`: the new rows and their log-dets.
+    fn apply(&self, x: &Mat<F>, h: &Mat<F>, inverse: bool) -> (Mat<F>, Vec<F>) {
+        let core = &self.core;
+        let (hw, cout, half) = (core.shape.hw(), core.cout, core.half);
+        let np = self.map.params_per_element();
+        let mut z = x.clone();
+        let mut ld = vec![F::zero(); x.rows];
+        z.data
+            .par_chunks_mut(x.cols)
+            .zip(ld.par_iter_mut())
+            .enumerate()
+            .for_each(|(r, (zr, ldr))| {
+                let hr = &h.data[r * hw * cout..(r + 1) * hw * cout];
+                let mut st = M::State::<F>::default();
+                let mut prm = vec![F::zero(); np];
+                let mut acc = F::zero();
+                for &(j, p, oc) in &core.b_map {
+                    for (q, v) in prm.iter_mut().enumerate() {
+                        *v = hr[p * cout + q * half + oc];
+                    }
+                    self.map.prepare(&prm, &mut st);
+                    let (v, l) = match inverse {
+                        true => self.map.inverse(zr[j], &st),
+                        false => self.map.forward(zr[j], &st),
+                    };
+                    zr[j] = v;
+                    acc += l;
+                }
+                *ldr = acc;
+            });
+        (z, ld)
+    }
+}
+
+impl<F: Float, M: ElementwiseMap> Transform<F> for MapConvCoupling<F, M> {
+    fn kind(&self) -> &'static str {
+        M::COUPLING_2D
+    }
+    fn dim(&self) -> usize {
+        self.core.shape.dim()
+    }
+    fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let h = self.core.conditioner(x, ctx);
+        self.apply(x, &h, false)
+    }
+    fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let h = self.core.conditioner(z, ctx);
+        self.apply(z, &h, true)
+    }
+    fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
+        let h = self.core.conditioner_train(x, ctx);
+        let out = self.apply(x, &h, false);
+        self.x = x.clone();
+        self.h = h;
+        out
+    }
+    fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        let core = &self.core;
+        let (hw, cout, half) = (core.shape.hw(), core.cout, core.half);
+        let np = self.map.params_per_element();
+        let mut dx = dz.clone();
+        let mut dh = Mat::zeros(dz.rows * hw, cout);
+        let (x, h) = (&self.x, &self.h);
+        dh.data
+            .par_chunks_mut(hw * cout)
+            .zip(dx.data.par_chunks_mut(dz.cols))
+            .enumerate()
+            .for_each(|(r, (dhr, dxr))| {
+                let (xr, hr) = (x.row(r), &h.data[r * hw * cout..(r + 1) * hw * cout]);
+                let mut st = M::State::<F>::default();
+                let (mut prm, mut dp) = (vec![F::zero(); np], vec![F::zero(); np]);
+                for &(j, p, oc) in &core.b_map {
+                    for (q, v) in prm.iter_mut().enumerate() {
+                        *v = hr[p * cout + q * half + oc];
+                    }
+                    self.map.prepare(&prm, &mut st);
+                    dp.iter_mut().for_each(|v| *v = F::zero());
+                    dxr[j] = self.map.backward(xr[j], &st, dxr[j], dlogdet[r], &mut dp);
+                    for (q, &v) in dp.iter().enumerate() {
+                        dhr[p * cout + q * half + oc] = v;
+                    }
+                }
+            });
+        self.core.backward_net(&mut dx, &dh);
+        dx
+    }
+    fn context_grad(&mut self) -> Option<Mat<F>> {
+        self.core.dctx.take()
+    }
+    fn params(&self) -> Vec<&Param<F>> {
+        self.core.net.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+        self.core.net.params_mut()
     }
     fn replica(&self) -> Option<Box<dyn Transform<F>>> {
         Some(Box::new(self.clone()))

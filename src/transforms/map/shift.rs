@@ -12,6 +12,7 @@ impl ElementwiseMap for Shift {
     const NAME: &'static str = "Shift";
     const COUPLING: &'static str = "ShiftCoupling";
     const AUTOREGRESSIVE: &'static str = "ShiftAR";
+    const COUPLING_2D: &'static str = "ShiftCoupling2d";
     fn params_per_element(&self) -> usize {
         1
     }

@@ -43,6 +43,7 @@ impl ElementwiseMap for SinhArcsinh {
     const NAME: &'static str = "SinhArcsinh";
     const COUPLING: &'static str = "SinhArcsinhCoupling";
     const AUTOREGRESSIVE: &'static str = "SinhArcsinhAR";
+    const COUPLING_2D: &'static str = "SinhArcsinhCoupling2d";
     fn params_per_element(&self) -> usize {
         4
     }
