@@ -28,7 +28,6 @@ pub mod dist;
 pub mod engine;
 pub mod flows;
 pub mod io;
-pub mod names;
 pub mod nn;
 pub mod optim;
 pub mod plot;

@@ -6,6 +6,7 @@
 
 pub mod conv;
 pub mod kernels;
+pub mod names;
 pub mod pool;
 pub(crate) mod sgemm;
 pub mod vmath;

@@ -4,6 +4,8 @@ use crate::engine::kernels;
 use crate::engine::Float;
 use serde::{Deserialize, Serialize};
 
+crate::engine::names::named!(Activation => "activation");
+
 /// Hidden-layer non-linearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

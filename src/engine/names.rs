@@ -34,33 +34,24 @@ pub trait Named: Serialize + DeserializeOwned {
 /// `Named`, `FromStr` and `Display` for enums whose variants serialise as plain strings.
 macro_rules! named {
     ($($t:ty => $what:expr),* $(,)?) => {$(
-        impl $crate::names::Named for $t {
+        impl $crate::engine::names::Named for $t {
             const WHAT: &'static str = $what;
         }
         impl std::str::FromStr for $t {
             type Err = $crate::Error;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                <$t as $crate::names::Named>::from_name(s)
+                <$t as $crate::engine::names::Named>::from_name(s)
             }
         }
         impl std::fmt::Display for $t {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&$crate::names::Named::name(self))
+                f.write_str(&$crate::engine::names::Named::name(self))
             }
         }
     )*};
 }
 
-named!(
-    crate::flows::FlowKind => "flow",
-    crate::flows::Permute => "permute",
-    crate::flows::CouplingKind => "coupling",
-    crate::nn::Activation => "activation",
-    crate::transforms::Mask => "mask",
-    crate::transforms::Order => "order",
-    crate::dist::BaseKind => "base distribution",
-    crate::dist::MixtureInit => "mixture init",
-);
+pub(crate) use named;
 
 #[cfg(test)]
 mod tests {
