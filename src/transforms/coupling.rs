@@ -266,6 +266,20 @@ impl<F: Float> Transform<F> for AdditiveCoupling<F> {
         let dt = dz.gather_cols(&self.core.ib);
         self.core.backward_params(&dt);
     }
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        let inp = self.core.net_input(z, ctx);
+        let t = self.core.net.forward_train_owned(inp);
+        Some((self.shifted(z, &t, -F::one()), zeros_logdet(z.rows)))
+    }
+    fn backward_inverse(&mut self, dx: &Mat<F>, _dlogdet: &[F]) -> Mat<F> {
+        // x_b = z_b - t(z_a): dL/dt = -dL/dx_b, dL/dz_b = dL/dx_b, dL/dz_a = dL/dx_a + the conditioner's
+        let mut dt = dx.gather_cols(&self.core.ib);
+        dt.data.iter_mut().for_each(|v| *v = -*v);
+        let mut dz = dx.clone();
+        let din = self.core.net.backward(&dt, true).expect("input gradient");
+        self.core.add_input_grad(&mut dz, &din);
+        dz
+    }
     delegate_to_core!();
 }
 
@@ -457,6 +471,49 @@ impl<F: Float> Transform<F> for AffineCoupling<F> {
     fn backward_params(&mut self, dz: &Mat<F>, dlogdet: &[F]) {
         let dh = self.conditioner_grad(dz, dlogdet, None);
         self.core.backward_params(&dh);
+    }
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        let inp = self.core.net_input(z, ctx);
+        let h = self.core.net.forward_train_owned(inp);
+        let out = self.apply(z, &h, true, None);
+        // keep x_b (the output), exp(-l) and dl/dh
+        let nb = self.core.ib.len();
+        let (mut xb, mut s, mut dl) = (
+            Vec::with_capacity(z.rows * nb),
+            Vec::with_capacity(z.rows * nb),
+            Vec::with_capacity(z.rows * nb),
+        );
+        for r in 0..z.rows {
+            let hr = h.row(r);
+            for (k, &j) in self.core.ib.iter().enumerate() {
+                let (l, d) = self.bound.eval(hr[nb + k]);
+                xb.push(out.0.at(r, j));
+                s.push((-l).exp());
+                dl.push(d);
+            }
+        }
+        (self.xb, self.s, self.dl) = (xb, s, dl);
+        Some(out)
+    }
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        // x_b = (z_b - t) e^-l, log-det -sum l: dL/dz_b = dx_b e^-l, dL/dt = -dx_b e^-l,
+        // dL/dl = -dx_b x_b - g
+        let nb = self.core.ib.len();
+        let mut dz = dx.clone();
+        let mut dh = Mat::zeros(dx.rows, 2 * nb);
+        for r in 0..dx.rows {
+            let g = dlogdet[r];
+            for (k, &j) in self.core.ib.iter().enumerate() {
+                let c = r * nb + k;
+                let d = dx.at(r, j) * self.s[c];
+                dz.data[r * dx.cols + j] = d;
+                dh.data[r * 2 * nb + k] = -d;
+                dh.data[r * 2 * nb + nb + k] = (-dx.at(r, j) * self.xb[c] - g) * self.dl[c];
+            }
+        }
+        let din = self.core.net.backward(&dh, true).expect("input gradient");
+        self.core.add_input_grad(&mut dz, &din);
+        dz
     }
     delegate_to_core!();
 }

@@ -316,7 +316,11 @@ mod tests {
             let mut r = rng(seed);
             let np = m.params_per_element();
             for _ in 0..8 {
-                let p: Vec<f64> = randn::<f64>(&mut r, 1, np).data.iter().map(|v| 0.7 * v).collect();
+                let p: Vec<f64> = randn::<f64>(&mut r, 1, np)
+                    .data
+                    .iter()
+                    .map(|v| 0.7 * v)
+                    .collect();
                 let z = 2.5 * randn::<f64>(&mut r, 1, 1).data[0];
                 let (a, b) = (0.8, -0.6);
                 let loss = |z: f64, p: &[f64]| {
@@ -332,7 +336,11 @@ mod tests {
                 let dz = m.backward_inverse(x, &s, a, b, &mut dp);
                 let h = 1e-6;
                 let fd = (loss(z + h, &p) - loss(z - h, &p)) / (2.0 * h);
-                assert!((fd - dz).abs() < 1e-6 * (1.0 + fd.abs()), "{}: dz {dz} vs {fd}", M::NAME);
+                assert!(
+                    (fd - dz).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{}: dz {dz} vs {fd}",
+                    M::NAME
+                );
                 for q in 0..np {
                     let (mut pp, mut pm) = (p.clone(), p.clone());
                     pp[q] += h;

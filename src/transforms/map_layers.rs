@@ -59,8 +59,9 @@ fn apply_maps<F: Float, M: ElementwiseMap>(
     (z, ld)
 }
 
-/// Backward of [`apply_maps`] (forward direction) at input `x`: `dx` for the transformed features (others
-/// pass `dz` through) and the conditioner-output gradient `dh`.
+/// Backward of [`apply_maps`] at the data-side point `x`: in the forward direction `dx` for the transformed
+/// features from `dz` (others pass through); with `inverse`, `dz` from `dx` (the sampling direction: `dz`
+/// then holds dL/dx of the output). And the conditioner-output gradient `dh`.
 fn backward_maps<F: Float, M: ElementwiseMap>(
     sp: &M,
     x: &Mat<F>,
@@ -68,6 +69,7 @@ fn backward_maps<F: Float, M: ElementwiseMap>(
     cols: &[usize],
     dz: &Mat<F>,
     dlogdet: &[F],
+    inverse: bool,
 ) -> (Mat<F>, Mat<F>) {
     let n = cols.len();
     let p = sp.params_per_element();
@@ -89,7 +91,10 @@ fn backward_maps<F: Float, M: ElementwiseMap>(
                 }
                 sp.prepare(&prm, &mut kn);
                 dp.iter_mut().for_each(|v| *v = F::zero());
-                dxr[j] = sp.backward(xr[j], &kn, dxr[j], dlogdet[r], &mut dp);
+                dxr[j] = match inverse {
+                    false => sp.backward(xr[j], &kn, dxr[j], dlogdet[r], &mut dp),
+                    true => sp.backward_inverse(xr[j], &kn, dxr[j], dlogdet[r], &mut dp),
+                };
                 for (q, &v) in dp.iter().enumerate() {
                     dhr[q * n + k] = v;
                 }
@@ -164,10 +169,41 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapCoupling<F, M> {
         out
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let (mut dx, dh) = backward_maps(&self.map, &self.x, &self.h, &self.core.ib, dz, dlogdet);
+        let (mut dx, dh) = backward_maps(
+            &self.map,
+            &self.x,
+            &self.h,
+            &self.core.ib,
+            dz,
+            dlogdet,
+            false,
+        );
         let din = self.core.net.backward(&dh, true).expect("input gradient");
         self.core.add_input_grad(&mut dx, &din);
         dx
+    }
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        // x_a = z_a: the conditioner sees the same input in both directions
+        let inp = self.core.net_input(z, ctx);
+        let h = self.core.net.forward_train_owned(inp);
+        let out = apply_maps(&self.map, z, &h, &self.core.ib, true);
+        self.x = out.0.clone();
+        self.h = h;
+        Some(out)
+    }
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        let (mut dz, dh) = backward_maps(
+            &self.map,
+            &self.x,
+            &self.h,
+            &self.core.ib,
+            dx,
+            dlogdet,
+            true,
+        );
+        let din = self.core.net.backward(&dh, true).expect("input gradient");
+        self.core.add_input_grad(&mut dz, &din);
+        dz
     }
     delegate_to_core!();
 }
@@ -259,7 +295,8 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapAr<F, M> {
         out
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let (mut dx, dh) = backward_maps(&self.map, &self.x, &self.h, &self.cols, dz, dlogdet);
+        let (mut dx, dh) =
+            backward_maps(&self.map, &self.x, &self.h, &self.cols, dz, dlogdet, false);
         let din = self.made.backward(&dh);
         dx.data
             .iter_mut()

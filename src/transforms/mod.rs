@@ -56,6 +56,20 @@ pub trait Transform<F: Float>: Send + Sync {
     fn backward_params(&mut self, dz: &Mat<F>, dlogdet: &[F]) {
         self.backward(dz, dlogdet);
     }
+    /// Noise -> data keeping what [`backward_inverse`](Self::backward_inverse) needs: the sampling direction's
+    /// training pass (reverse KL, variational inference: gradients flow through reparameterised samples).
+    /// `None` where the transform has no such pass yet.
+    fn inverse_train(&mut self, _z: &Mat<F>, _ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        None
+    }
+    /// Given dL/dx and dL/dlogdet (of `log|det dx/dz|`) of the last [`inverse_train`](Self::inverse_train),
+    /// accumulate parameter (and context) gradients; return dL/dz.
+    fn backward_inverse(&mut self, _dx: &Mat<F>, _dlogdet: &[F]) -> Mat<F> {
+        unreachable!(
+            "{}: backward_inverse without an inverse training pass",
+            self.kind()
+        )
+    }
     /// dL/dcontext of the last `backward` (taken: a second call returns `None`), for a learned context
     /// embedding in front of the flow. `None` for transforms that ignore the context.
     fn context_grad(&mut self) -> Option<Mat<F>> {

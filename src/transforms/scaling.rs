@@ -67,6 +67,27 @@ impl<F: Float> Transform<F> for Scaling<F> {
         gs.iter_mut().for_each(|g| *g += gsum);
         dx
     }
+    fn inverse_train(&mut self, z: &Mat<F>, _ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        let out = self.scaled(z, -F::one());
+        self.x = out.0.clone();
+        Some(out)
+    }
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        // x = z e^-s, log-det -sum s: dL/dz = dx e^-s, dL/ds = -dx x - g
+        let e: Vec<F> = self.log_scale.value().iter().map(|&s| (-s).exp()).collect();
+        let gsum: F = dlogdet.iter().copied().sum();
+        let mut dz = dx.clone();
+        let gs = self.log_scale.grad_mut();
+        for r in 0..dx.rows {
+            let (xr, dxr) = (self.x.row(r), dx.row(r));
+            for j in 0..e.len() {
+                gs[j] -= dxr[j] * xr[j];
+            }
+            dz.row_mut(r).iter_mut().zip(&e).for_each(|(v, &e)| *v *= e);
+        }
+        gs.iter_mut().for_each(|g| *g -= gsum);
+        dz
+    }
     fn params(&self) -> Vec<&Param<F>> {
         vec![&self.log_scale]
     }

@@ -130,14 +130,110 @@ pub fn check_transform(
         );
     }
     // 3. gradients of the training path against finite differences
+    grad_checks(t, x, ctx, rng, Dir::Forward);
+    let w: Mat<f64> = randn(rng, x.rows, d);
+    let c: Vec<f64> = (0..x.rows).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    // 4. the backward that skips dL/dx (a flow's first transform) leaves the same parameter and context
+    // gradients as the full one, to the bit (at the parameters as they are now: the steps above moved them
+    // by rounding)
+    let mut run = |full: bool| {
+        for p in t.params_mut() {
+            p.zero_grad();
+        }
+        t.forward_train(x, ctx);
+        if full {
+            t.backward(&w, &c);
+        } else {
+            t.backward_params(&w, &c);
+        }
+        let grads: Vec<Vec<u64>> = t
+            .params()
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.grad().iter().map(|g| g.to_bits()).collect())
+            .collect();
+        (grads, t.context_grad().map(|m| m.data))
+    };
+    let (full, partial) = (run(true), run(false));
+    assert!(
+        full.0 == partial.0,
+        "{kind}: backward_params gives other parameter gradients"
+    );
+    assert_eq!(
+        full.1, partial.1,
+        "{kind}: backward_params gives another context gradient"
+    );
+    // 5. the sampling direction's training pass, where the transform has one: the same map as `inverse`,
+    // and its gradients (input, parameters, context) against finite differences
+    let z = t.forward(x, ctx).0;
+    if let Some((xt, ldt)) = t.inverse_train(&z, ctx) {
+        let (xi, ldi) = t.inverse(&z, ctx);
+        assert!(
+            xt.data
+                .iter()
+                .zip(&xi.data)
+                .all(|(a, b)| max_rel_err(*a, *b) < 1e-12)
+                && ldt
+                    .iter()
+                    .zip(&ldi)
+                    .all(|(a, b)| max_rel_err(*a, *b) < 1e-12),
+            "{kind}: inverse_train differs from inverse"
+        );
+        grad_checks(t, &z, ctx, rng, Dir::Inverse);
+    }
+}
+
+/// Which training pass [`grad_checks`] differentiates.
+#[derive(Clone, Copy, PartialEq)]
+enum Dir {
+    /// `forward_train` / `backward` (data -> noise, maximum likelihood).
+    Forward,
+    /// `inverse_train` / `backward_inverse` (noise -> data, reverse KL).
+    Inverse,
+}
+
+/// Input, context and parameter gradients of one training pass against central differences of
+/// `L = sum(w * out) + sum(c * logdet)`.
+fn grad_checks(
+    t: &mut dyn Transform<f64>,
+    x: &Mat<f64>,
+    ctx: Option<&Mat<f64>>,
+    rng: &mut Rng,
+    dir: Dir,
+) {
+    let kind = match dir {
+        Dir::Forward => t.kind().to_string(),
+        Dir::Inverse => format!("{} (inverse training)", t.kind()),
+    };
+    let d = t.dim();
+    let train_loss = |t: &mut dyn Transform<f64>,
+                      x: &Mat<f64>,
+                      ctx: Option<&Mat<f64>>,
+                      w: &Mat<f64>,
+                      c: &[f64]| match dir {
+        Dir::Forward => train_loss(t, x, ctx, w, c),
+        Dir::Inverse => {
+            let (z, ld) = t.inverse_train(x, ctx).expect("inverse training pass");
+            z.data.iter().zip(&w.data).map(|(a, b)| a * b).sum::<f64>()
+                + ld.iter().zip(c).map(|(a, b)| a * b).sum::<f64>()
+        }
+    };
     let w: Mat<f64> = randn(rng, x.rows, d);
     let c: Vec<f64> = (0..x.rows).map(|_| rng.gen_range(-1.0..1.0)).collect();
     for p in t.params_mut() {
         p.zero_grad();
     }
-    let (z_t, _) = t.forward_train(x, ctx);
-    assert_eq!(z_t.cols, d);
-    let dx = t.backward(&w, &c);
+    let dx = match dir {
+        Dir::Forward => {
+            let (z_t, _) = t.forward_train(x, ctx);
+            assert_eq!(z_t.cols, d);
+            t.backward(&w, &c)
+        }
+        Dir::Inverse => {
+            t.inverse_train(x, ctx).expect("inverse training pass");
+            t.backward_inverse(&w, &c)
+        }
+    };
     let h = 1e-6;
     for r in 0..x.rows {
         for j in 0..d {
@@ -222,34 +318,4 @@ pub fn check_transform(
             );
         }
     }
-    // 4. the backward that skips dL/dx (a flow's first transform) leaves the same parameter and context
-    // gradients as the full one, to the bit (at the parameters as they are now: the steps above moved them
-    // by rounding)
-    let mut run = |full: bool| {
-        for p in t.params_mut() {
-            p.zero_grad();
-        }
-        t.forward_train(x, ctx);
-        if full {
-            t.backward(&w, &c);
-        } else {
-            t.backward_params(&w, &c);
-        }
-        let grads: Vec<Vec<u64>> = t
-            .params()
-            .iter()
-            .filter(|p| p.trainable)
-            .map(|p| p.grad().iter().map(|g| g.to_bits()).collect())
-            .collect();
-        (grads, t.context_grad().map(|m| m.data))
-    };
-    let (full, partial) = (run(true), run(false));
-    assert!(
-        full.0 == partial.0,
-        "{kind}: backward_params gives other parameter gradients"
-    );
-    assert_eq!(
-        full.1, partial.1,
-        "{kind}: backward_params gives another context gradient"
-    );
 }
