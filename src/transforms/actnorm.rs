@@ -117,6 +117,37 @@ impl<F: Float> Transform<F> for ActNorm<F> {
         gs.iter_mut().for_each(|g| *g += gsum);
         dx
     }
+    /// In the sampling direction there is no data batch to start from: an ActNorm not yet initialised keeps
+    /// its identity start (and is marked initialised, so a later data pass does not reset it).
+    fn inverse_train(&mut self, z: &Mat<F>, _ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        self.initialized.value_mut()[0] = F::one();
+        let out = self.apply(z, true);
+        self.x = out.0.clone();
+        Some(out)
+    }
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        // x = z e^-s - b, log-det -hw sum s: dL/dz = dx e^-s, dL/db = -dx, dL/ds = -dx (x + b) - hw g
+        let hw = self.hw;
+        let e: Vec<F> = self.log_scale.value().iter().map(|&s| (-s).exp()).collect();
+        let gsum: F = dlogdet.iter().copied().sum::<F>() * F::c(hw as f64);
+        let bias = self.bias.value().to_vec();
+        let mut dz = dx.clone();
+        let (gb, gs) = (self.bias.grad_mut(), self.log_scale.grad_mut());
+        for r in 0..dx.rows {
+            let (xr, dxr) = (self.x.row(r), dx.row(r));
+            for j in 0..dx.cols {
+                let c = j / hw;
+                gb[c] -= dxr[j];
+                gs[c] -= dxr[j] * (xr[j] + bias[c]);
+            }
+            dz.row_mut(r)
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v *= e[j / hw]);
+        }
+        gs.iter_mut().for_each(|g| *g -= gsum);
+        dz
+    }
     fn params(&self) -> Vec<&Param<F>> {
         vec![&self.bias, &self.log_scale, &self.initialized]
     }

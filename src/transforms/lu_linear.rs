@@ -181,6 +181,49 @@ impl<F: Float> Transform<F> for LuLinear<F> {
         }
         dx
     }
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        let out = self.inverse(z, ctx);
+        self.x = out.0.clone();
+        Some(out)
+    }
+    /// `x = W^-1 (z - b)`: `dL/dz = c` with `W^T c = dL/dx` (two triangular solves, `W^T = U^T L^T P^T`); the
+    /// parameters' gradients are the forward backward's at `x` for the upstream `(-c, -dL/dlogdet)`.
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        let d = self.d();
+        let (l, u) = self.lu();
+        let p = self.perm();
+        let mut c = Mat::zeros(dx.rows, d);
+        let mut a = vec![F::zero(); d];
+        for r in 0..dx.rows {
+            let v = dx.row(r);
+            // U^T a = v (lower triangular, diagonal u_ii)
+            for i in 0..d {
+                let mut s = v[i];
+                for j in 0..i {
+                    s -= u[j * d + i] * a[j];
+                }
+                a[i] = s / u[i * d + i];
+            }
+            // L^T b = a (unit upper triangular), in place
+            for i in (0..d).rev() {
+                let mut s = a[i];
+                for j in i + 1..d {
+                    s -= l[j * d + i] * a[j];
+                }
+                a[i] = s;
+            }
+            // P^T c = b: c[i] = b[perm[i]]
+            let cr = c.row_mut(r);
+            for i in 0..d {
+                cr[i] = a[p[i]];
+            }
+        }
+        let mut neg = c.clone();
+        neg.data.iter_mut().for_each(|v| *v = -*v);
+        let g: Vec<F> = dlogdet.iter().map(|&v| -v).collect();
+        self.backward(&neg, &g);
+        c
+    }
     fn params(&self) -> Vec<&Param<F>> {
         vec![
             &self.perm,

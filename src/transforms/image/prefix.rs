@@ -55,6 +55,14 @@ impl<F: Float> Transform<F> for Prefix<F> {
         let dh = self.inner.backward(&self.head(dz), dlogdet);
         self.with_head(dz, &dh)
     }
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        let (h, ld) = self.inner.inverse_train(&self.head(z), ctx)?;
+        Some((self.with_head(z, &h), ld))
+    }
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        let dh = self.inner.backward_inverse(&self.head(dx), dlogdet);
+        self.with_head(dx, &dh)
+    }
     fn context_grad(&mut self) -> Option<Mat<F>> {
         self.inner.context_grad()
     }

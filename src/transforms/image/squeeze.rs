@@ -54,6 +54,12 @@ impl<F: Float> Transform<F> for Squeeze {
     fn backward(&mut self, dz: &Mat<F>, _dlogdet: &[F]) -> Mat<F> {
         dz.gather_cols(&self.inv)
     }
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        Some(self.inverse(z, ctx))
+    }
+    fn backward_inverse(&mut self, dx: &Mat<F>, _dlogdet: &[F]) -> Mat<F> {
+        dx.gather_cols(&self.idx)
+    }
     fn params(&self) -> Vec<&Param<F>> {
         vec![]
     }
