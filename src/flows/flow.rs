@@ -340,6 +340,64 @@ impl<F: Float> Flow<F> {
         Ok(loss)
     }
 
+    /// The sampling direction's training pass (reverse KL, variational inference): the noise `z` (drawn from
+    /// the base by the caller and held fixed: the reparameterisation trick) through every transform's inverse,
+    /// keeping what [`Flow::rsample_backward`] needs. Returns `(x, log q(x))` with
+    /// `log q(x) = log p_Z(z) - log|det dx/dz|`. An error names a layer without such a pass, a base with
+    /// parameters or a learned context embedding (not trained in this direction yet), or a NaN/Inf.
+    pub fn rsample_train(
+        &mut self,
+        z: &Mat<F>,
+        ctx: Option<&Mat<F>>,
+    ) -> Result<(Mat<F>, Vec<F>), Error> {
+        if self.embedding.is_some() {
+            return Err(Error::Config(
+                "a learned context embedding is not trained in the sampling direction yet".into(),
+            ));
+        }
+        if self.base.params().iter().any(|p| p.trainable) {
+            return Err(Error::Config(format!(
+                "the base distribution {} has parameters, which are not trained in the sampling direction \
+                 yet: use a fixed base (normal, logistic)",
+                self.base.kind()
+            )));
+        }
+        let mut lq = self.base.log_prob(z, ctx);
+        let mut x = z.clone();
+        for (i, t) in self.transforms.iter_mut().enumerate().rev() {
+            let kind = t.kind();
+            let (x2, l) = t.inverse_train(&x, ctx).ok_or_else(|| {
+                Error::Config(format!(
+                    "layer {i} ({kind}) has no training pass in the sampling direction"
+                ))
+            })?;
+            if x2.first_non_finite().is_some() || l.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    layer: format!("layer {i} ({kind}) inverse"),
+                });
+            }
+            x = x2;
+            lq.iter_mut().zip(&l).for_each(|(a, &b)| *a -= b);
+        }
+        Ok((x, lq))
+    }
+
+    /// Given dL/dx and dL/dlog q(x) of the last [`Flow::rsample_train`], accumulate the parameter gradients
+    /// (through the samples and through the log-density). Returns dL/dz.
+    pub fn rsample_backward(&mut self, dx: &Mat<F>, dlogq: &[F]) -> Result<Mat<F>, Error> {
+        let g: Vec<F> = dlogq.iter().map(|&v| -v).collect();
+        let mut d = dx.clone();
+        for (i, t) in self.transforms.iter_mut().enumerate() {
+            d = t.backward_inverse(&d, &g);
+            if d.first_non_finite().is_some() {
+                return Err(Error::NonFinite {
+                    layer: format!("layer {i} ({}) inverse backward", t.kind()),
+                });
+            }
+        }
+        Ok(d)
+    }
+
     /// Every parameter and buffer with its full name (`"3.net.0.weight"`, `"base.loc"`).
     pub fn named_params(&self) -> Vec<(String, &Param<F>)> {
         let mut v: Vec<(String, &Param<F>)> = Vec::new();

@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 mod shards;
+pub mod vi;
 pub use shards::DataParallel;
+pub use vi::{reverse_kl_backward, Target};
 
 /// `-log p / (D ln 2)`: bits per dimension of a mean log-likelihood `log_lik` (nats per example, data units)
 /// over `dim` values. For dequantised integer data (pixels `0..K`) the data-unit density is a density over
