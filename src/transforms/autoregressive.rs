@@ -328,6 +328,16 @@ impl<F: Float> Transform<F> for Maf<F> {
         let dh = self.0.apply_grad(dz, dlogdet);
         self.0.made.backward_params(&dh);
     }
+    /// Sampling: the D-pass solve, then `g` once more at the solution for the implicit backward (IAF's
+    /// density pass, the same layer the other way round).
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        let (x, _) = self.0.solve(z, ctx);
+        let (_, sl) = self.0.apply_train(&x, ctx);
+        Some((x, negate(sl)))
+    }
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        self.0.backward_solve(dx, dlogdet)
+    }
     fn context_grad(&mut self) -> Option<Mat<F>> {
         self.0.made.take_context_grad()
     }
@@ -367,6 +377,13 @@ impl<F: Float> Transform<F> for Iaf<F> {
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         self.0.backward_solve(dz, dlogdet)
+    }
+    /// Sampling is IAF's cheap direction: one MADE pass (MAF's density pass, the same layer the other way).
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        Some(self.0.apply_train(z, ctx))
+    }
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        self.0.backward_apply(dx, dlogdet)
     }
     fn context_grad(&mut self) -> Option<Mat<F>> {
         self.0.made.take_context_grad()
