@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
 
+pub mod diagnostics;
 mod shards;
+pub mod targets;
 pub mod vi;
 pub use shards::DataParallel;
 pub use vi::{reverse_kl_backward, Target};
