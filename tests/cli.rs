@@ -940,3 +940,84 @@ fn maps_and_architecture_files() {
     fails(&o, &["--map spline", "rq-spline"]);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `nflow vi` fits a built-in target by reverse KL, prints its diagnostics, and writes a model folder that
+/// `sample`, `eval` and `info` use like any other; a bad target is a clear error.
+#[test]
+fn vi_writes_an_ordinary_model() {
+    let d = tmp("vi");
+    let m = d.join("u1");
+    let out = ok(&nflow(&[
+        "vi",
+        "--target",
+        "u1",
+        "--steps",
+        "60",
+        "--hidden",
+        "16",
+        "--layers",
+        "2",
+        "--eval-samples",
+        "256",
+        "--json",
+        "--quiet",
+        "--out",
+        m.to_str().unwrap(),
+    ]));
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for k in [
+        "elbo",
+        "elbo_se",
+        "log_z",
+        "log_z_se",
+        "ess_fraction",
+        "true_log_z",
+        "kl",
+    ] {
+        assert!(j[k].is_number(), "{k} missing in {out}");
+    }
+    let kl = j["kl"].as_f64().unwrap();
+    assert!(
+        kl > 0.0
+            && (kl - (j["true_log_z"].as_f64().unwrap() - j["elbo"].as_f64().unwrap())).abs()
+                < 1e-12
+    );
+    let s = d.join("s.csv");
+    ok(&nflow(&[
+        "sample",
+        "--model",
+        m.to_str().unwrap(),
+        "-n",
+        "20",
+        "--out",
+        s.to_str().unwrap(),
+    ]));
+    ok(&nflow(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        s.to_str().unwrap(),
+    ]));
+    let info = ok(&nflow(&["info", "--model", m.to_str().unwrap()]));
+    assert!(info.contains("target:u1"), "{info}");
+    let o = nflow(&[
+        "vi",
+        "--target",
+        "banana",
+        "--out",
+        d.join("x").to_str().unwrap(),
+    ]);
+    fails(&o, &["target 'banana'", "u1", "gauss:D"]);
+    let o = nflow(&[
+        "vi",
+        "--target",
+        "gauss:3",
+        "--flow",
+        "glow",
+        "--out",
+        d.join("y").to_str().unwrap(),
+    ]);
+    fails(&o, &["--flow glow"]);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -7,6 +7,7 @@ mod info;
 mod plot;
 mod sample;
 mod train;
+mod vi;
 
 use demo::{demo, DemoArgs};
 use eval::{eval, EvalArgs};
@@ -14,6 +15,7 @@ use info::{info, InfoArgs};
 use plot::{curve, plot, CurveArgs, PlotArgs};
 use sample::{sample, SampleArgs};
 use train::{train, TrainArgs};
+use vi::{vi, ViArgs};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -48,6 +50,8 @@ enum Cmd {
     Train(Box<TrainArgs>),
     /// Log-likelihood of data under a saved model (nats per example, in the data's units).
     Eval(EvalArgs),
+    /// Fit a flow to an unnormalised target density by reverse KL (variational inference); writes a model.
+    Vi(ViArgs),
     /// Draw samples from a saved model.
     Sample(SampleArgs),
     /// Plot a saved model: density heat map and samples (2-D) or pairwise scatter (higher dimensions).
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Train(a) => train(*a),
         Cmd::Eval(a) => eval(a),
         Cmd::Sample(a) => sample(a),
+        Cmd::Vi(a) => vi(a),
         Cmd::Plot(a) => plot(a),
         Cmd::Info(a) => info(a),
         Cmd::Bench(a) => bench::run(a),

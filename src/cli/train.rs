@@ -245,7 +245,7 @@ fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSp
 }
 
 /// `--map NAME` or `--map '{"type": NAME, ...}'`.
-fn parse_map(m: &str) -> Result<MapConfig> {
+pub(super) fn parse_map(m: &str) -> Result<MapConfig> {
     let v: serde_json::Value = if m.trim_start().starts_with('{') {
         serde_json::from_str(m).with_context(|| format!("--map: not valid JSON: {m}"))?
     } else {
@@ -257,7 +257,12 @@ fn parse_map(m: &str) -> Result<MapConfig> {
 }
 
 /// The architecture of `--arch FILE`, its size checked against the data (filled in where left out).
-fn load_arch(path: &Path, dim: usize, context_dim: usize, seed: u64) -> Result<FlowConfig> {
+pub(super) fn load_arch(
+    path: &Path,
+    dim: usize,
+    context_dim: usize,
+    seed: u64,
+) -> Result<FlowConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let toml = path

@@ -20,7 +20,7 @@ mod shards;
 pub mod targets;
 pub mod vi;
 pub use shards::DataParallel;
-pub use vi::{reverse_kl_backward, Target};
+pub use vi::{reverse_kl_backward, Target, ViConfig, ViFitted, ViProgress};
 
 /// `-log p / (D ln 2)`: bits per dimension of a mean log-likelihood `log_lik` (nats per example, data units)
 /// over `dim` values. For dequantised integer data (pixels `0..K`) the data-unit density is a density over
