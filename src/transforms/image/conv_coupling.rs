@@ -345,6 +345,58 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
         self.core.backward_net(&mut dx, &dh);
         dx
     }
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        let h = self.core.conditioner_train(z, ctx);
+        let (x, ld, _) = self.apply(z, &h, true, false);
+        // keep x_b (the output), exp(-l) and dl/dh
+        let core = &self.core;
+        let (hw, cout, half) = (core.shape.hw(), core.cout, core.half);
+        self.xb.clear();
+        self.s.clear();
+        self.dl.clear();
+        if self.affine {
+            for r in 0..z.rows {
+                let hr = &h.data[r * hw * cout..(r + 1) * hw * cout];
+                for &(j, p, oc) in &core.b_map {
+                    let (l, d) = self.bound.eval(hr[p * cout + half + oc]);
+                    self.xb.push(x.at(r, j));
+                    self.s.push((-l).exp());
+                    self.dl.push(d);
+                }
+            }
+        }
+        Some((x, ld))
+    }
+    /// `x_b = (z_b - t) e^-l` (or `z_b - t`): `dL/dz_b = dx_b e^-l`, `dL/dt = -dL/dz_b`,
+    /// `dL/dl = -dx_b x_b - g`.
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        let core = &self.core;
+        let (hw, nb, cout, half) = (core.shape.hw(), core.b_map.len(), core.cout, core.half);
+        let mut dz = dx.clone();
+        let mut dh = Mat::zeros(dx.rows * hw, cout);
+        let d = dx.cols;
+        dh.data
+            .par_chunks_mut(hw * cout)
+            .zip(dz.data.par_chunks_mut(d))
+            .enumerate()
+            .for_each(|(r, (dhr, dzr))| {
+                let g = dlogdet[r];
+                for (k, &(j, p, oc)) in core.b_map.iter().enumerate() {
+                    let dxj = dzr[j];
+                    if self.affine {
+                        let c = r * nb + k;
+                        let v = dxj * self.s[c];
+                        dzr[j] = v;
+                        dhr[p * cout + oc] = -v;
+                        dhr[p * cout + half + oc] = (-dxj * self.xb[c] - g) * self.dl[c];
+                    } else {
+                        dhr[p * cout + oc] = -dxj;
+                    }
+                }
+            });
+        self.core.backward_net(&mut dz, &dh);
+        dz
+    }
     fn context_grad(&mut self) -> Option<Mat<F>> {
         self.core.dctx.take()
     }
@@ -412,6 +464,43 @@ impl<F: Float, M: ElementwiseMap> MapConvCoupling<F, M> {
             });
         (z, ld)
     }
+
+    /// The backward of either direction at the data-side point `x` (cached): `dz` holds dL/d(output).
+    fn backward_dir(&mut self, dz: &Mat<F>, dlogdet: &[F], inverse: bool) -> Mat<F> {
+        let core = &self.core;
+        let (hw, cout, half) = (core.shape.hw(), core.cout, core.half);
+        let np = self.map.params_per_element();
+        let mut dx = dz.clone();
+        let mut dh = Mat::zeros(dz.rows * hw, cout);
+        let (x, h) = (&self.x, &self.h);
+        dh.data
+            .par_chunks_mut(hw * cout)
+            .zip(dx.data.par_chunks_mut(dz.cols))
+            .enumerate()
+            .for_each(|(r, (dhr, dxr))| {
+                let (xr, hr) = (x.row(r), &h.data[r * hw * cout..(r + 1) * hw * cout]);
+                let mut st = M::State::<F>::default();
+                let (mut prm, mut dp) = (vec![F::zero(); np], vec![F::zero(); np]);
+                for &(j, p, oc) in &core.b_map {
+                    for (q, v) in prm.iter_mut().enumerate() {
+                        *v = hr[p * cout + q * half + oc];
+                    }
+                    self.map.prepare(&prm, &mut st);
+                    dp.iter_mut().for_each(|v| *v = F::zero());
+                    dxr[j] = match inverse {
+                        false => self.map.backward(xr[j], &st, dxr[j], dlogdet[r], &mut dp),
+                        true => self
+                            .map
+                            .backward_inverse(xr[j], &st, dxr[j], dlogdet[r], &mut dp),
+                    };
+                    for (q, &v) in dp.iter().enumerate() {
+                        dhr[p * cout + q * half + oc] = v;
+                    }
+                }
+            });
+        self.core.backward_net(&mut dx, &dh);
+        dx
+    }
 }
 
 impl<F: Float, M: ElementwiseMap> Transform<F> for MapConvCoupling<F, M> {
@@ -437,34 +526,18 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapConvCoupling<F, M> {
         out
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let core = &self.core;
-        let (hw, cout, half) = (core.shape.hw(), core.cout, core.half);
-        let np = self.map.params_per_element();
-        let mut dx = dz.clone();
-        let mut dh = Mat::zeros(dz.rows * hw, cout);
-        let (x, h) = (&self.x, &self.h);
-        dh.data
-            .par_chunks_mut(hw * cout)
-            .zip(dx.data.par_chunks_mut(dz.cols))
-            .enumerate()
-            .for_each(|(r, (dhr, dxr))| {
-                let (xr, hr) = (x.row(r), &h.data[r * hw * cout..(r + 1) * hw * cout]);
-                let mut st = M::State::<F>::default();
-                let (mut prm, mut dp) = (vec![F::zero(); np], vec![F::zero(); np]);
-                for &(j, p, oc) in &core.b_map {
-                    for (q, v) in prm.iter_mut().enumerate() {
-                        *v = hr[p * cout + q * half + oc];
-                    }
-                    self.map.prepare(&prm, &mut st);
-                    dp.iter_mut().for_each(|v| *v = F::zero());
-                    dxr[j] = self.map.backward(xr[j], &st, dxr[j], dlogdet[r], &mut dp);
-                    for (q, &v) in dp.iter().enumerate() {
-                        dhr[p * cout + q * half + oc] = v;
-                    }
-                }
-            });
-        self.core.backward_net(&mut dx, &dh);
-        dx
+        self.backward_dir(dz, dlogdet, false)
+    }
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        // x_a = z_a: the conditioner sees the same input in both directions
+        let h = self.core.conditioner_train(z, ctx);
+        let out = self.apply(z, &h, true);
+        self.x = out.0.clone();
+        self.h = h;
+        Some(out)
+    }
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        self.backward_dir(dx, dlogdet, true)
     }
     fn context_grad(&mut self) -> Option<Mat<F>> {
         self.core.dctx.take()
