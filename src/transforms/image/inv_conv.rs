@@ -376,6 +376,25 @@ impl<F: Float> Transform<F> for InvConv1x1<F> {
         }
         dx
     }
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        let out = self.inverse(z, ctx);
+        self.x = out.0.clone();
+        Some(out)
+    }
+    /// `x = W^-1 z` at every pixel: `dL/dz = W^-T dL/dx`; the parameters' gradients are the forward
+    /// backward's at `x` for the upstream `(-dL/dz, -dL/dlogdet)`.
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        let c = self.shape.c;
+        let (w, _) = self.matrix();
+        let (winv, _) = inverse_logdet(&w, c);
+        let wit: Vec<f64> = (0..c * c).map(|k| winv[(k % c) * c + k / c]).collect();
+        let dz = self.apply(dx, &wit);
+        let mut neg = dz.clone();
+        neg.data.iter_mut().for_each(|v| *v = -*v);
+        let g: Vec<F> = dlogdet.iter().map(|&v| -v).collect();
+        self.backward(&neg, &g);
+        dz
+    }
     fn params(&self) -> Vec<&Param<F>> {
         match &self.weight {
             Weight::Plain(w) => vec![w],
