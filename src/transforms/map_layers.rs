@@ -304,6 +304,72 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapAr<F, M> {
             .for_each(|(a, &b)| *a += b);
         dx
     }
+    /// Sampling: the D-pass solve, then one MADE pass at the solution for the implicit backward.
+    fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
+        let out = self.inverse(z, ctx);
+        self.h = self.made.forward_train(&out.0, ctx);
+        self.x = out.0.clone();
+        Some(out)
+    }
+    /// Implicit differentiation of `g(x; MADE(x)) = z`: with `J = dz/dx` (triangular in the ordering) and
+    /// `ℓ` the forward log-det, `dL/dz = c = J^-T (dL/dx - gl ∇ℓ)`, by back-substitution from the last
+    /// position (D vector-Jacobian products of the forward pass, no parameter gradients); the parameters'
+    /// (and the context's) gradients are then the forward backward's for the upstream `(-c, -gl)`.
+    fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
+        let (rows, d) = (dx.rows, self.d);
+        // J^T u + g ∇ℓ at the cached point, parameter gradients untouched
+        let vjp = |me: &mut Self, u: &Mat<F>, g: &[F]| -> Mat<F> {
+            let (mut v, dh) = backward_maps(&me.map, &me.x, &me.h, &me.cols, u, g, false);
+            let din = me.made.backward_input(&dh);
+            v.data.iter_mut().zip(&din.data).for_each(|(a, &b)| *a += b);
+            v
+        };
+        let mut v = vjp(self, &Mat::zeros(rows, d), dlogdet);
+        v.data
+            .iter_mut()
+            .zip(&dx.data)
+            .for_each(|(a, &b)| *a = b - *a);
+        // g'(x_i) of every element
+        let np = self.map.params_per_element();
+        let mut slope = Mat::zeros(rows, d);
+        let (mut st, mut prm, mut dp) = (
+            M::State::<F>::default(),
+            vec![F::zero(); np],
+            vec![F::zero(); np],
+        );
+        for r in 0..rows {
+            let hr = self.h.row(r);
+            for i in 0..d {
+                for (q, p) in prm.iter_mut().enumerate() {
+                    *p = hr[q * d + i];
+                }
+                self.map.prepare(&prm, &mut st);
+                slope.data[r * d + i] =
+                    self.map
+                        .backward(self.x.at(r, i), &st, F::one(), F::zero(), &mut dp);
+            }
+        }
+        let mut by_pos = vec![0; d];
+        for (i, p) in self.made.order().into_iter().enumerate() {
+            by_pos[p] = i;
+        }
+        let zeros = vec![F::zero(); rows];
+        let mut c = Mat::zeros(rows, d);
+        for &i in by_pos.iter().rev() {
+            // (J^T c)_i with c_i still 0 holds only the later features' terms
+            let t = vjp(self, &c, &zeros);
+            for r in 0..rows {
+                let k = r * d + i;
+                c.data[k] = (v.data[k] - t.data[k]) / slope.data[k];
+            }
+        }
+        let mut neg = c.clone();
+        neg.data.iter_mut().for_each(|a| *a = -*a);
+        let g: Vec<F> = dlogdet.iter().map(|&a| -a).collect();
+        let (_, dh) = backward_maps(&self.map, &self.x, &self.h, &self.cols, &neg, &g, false);
+        self.made.backward(&dh);
+        c
+    }
     fn context_grad(&mut self) -> Option<Mat<F>> {
         self.made.take_context_grad()
     }
