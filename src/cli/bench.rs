@@ -16,6 +16,9 @@ pub struct BenchArgs {
     /// log p of a batch and drawing a batch; prints JSON lines and a markdown table of ratios.)
     /// (`images`: Glow and RealNVP multi-scale on MNIST-sized images at the sizes of the README's runs:
     /// images per second for a training step, log p and sampling, batch --batch.)
+    /// (`vi`: a reverse-KL training step (draw, sample through the inverses, target, backward, Adam) and a
+    /// sample-with-log-density pass, for realnvp and nsf-c at D = 2 and 64: 5 layers, MLP 2x128, batch 256,
+    /// against a standard normal target.)
     #[arg(long, default_value = "w1")]
     workload: String,
     /// tradeoff: dimensions.
@@ -222,6 +225,58 @@ fn images(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The reverse-KL workload: per flow and dimension, the median ms of a training step and of drawing a batch with
+/// its log-density.
+fn vi(a: &BenchArgs) -> Result<()> {
+    use nflow::train::{reverse_kl_backward, targets::Gaussian};
+    let b = 256;
+    for (kind, name) in [(FlowKind::Realnvp, "realnvp"), (FlowKind::NsfC, "nsf-c")] {
+        for d in [2usize, 64] {
+            let target = Gaussian::new(d, 0.0, 1.0)?;
+            let spec = FlowSpec {
+                layers: 5,
+                hidden: 128,
+                depth: 2,
+                ..FlowSpec::preset(kind, d)
+            };
+            let mut flow = spec.build::<f32>()?;
+            let mut opt = Adam::new(OptimConfig {
+                lr: 1e-4,
+                ..OptimConfig::default()
+            });
+            let mut r = rng(0);
+            let mut ts = Vec::new();
+            for s in 0..a.warmup + a.repeats {
+                let t0 = Instant::now();
+                let z = flow.sample_noise(b, &mut r, None);
+                flow.zero_grad();
+                reverse_kl_backward(&mut flow, &target, &z, None)?;
+                let mut ps: Vec<_> = flow
+                    .named_params_mut()
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .collect();
+                opt.step(&mut ps, 1e-4);
+                if s >= a.warmup {
+                    ts.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            flow.set_training(false);
+            let mut sr = rng(1);
+            let sm = time_ms(a.repeats.max(3), || {
+                std::hint::black_box(flow.sample_and_log_prob(b, &mut sr, None));
+            });
+            let o = serde_json::json!({
+                "mode": "vi", "lib": "nflow", "flow": name, "dim": d, "batch": b, "params": flow.num_params(),
+                "vi_step_ms": (median(ts) * 1e3).round() / 1e3, "sample_log_prob_ms": (sm * 1e3).round() / 1e3,
+                "threads": rayon::current_num_threads(),
+            });
+            println!("{o}");
+        }
+    }
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     nflow::nn::mlp::set_piecewise_default(!a.no_piecewise);
     if a.workload == "tradeoff" {
@@ -230,11 +285,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.workload == "images" {
         return images(&a);
     }
+    if a.workload == "vi" {
+        return vi(&a);
+    }
     let (kind, d, layers, hidden, b) = match a.workload.as_str() {
         "w1" => (FlowKind::Realnvp, 2, 8, 128, 512),
         "w2" => (FlowKind::Maf, 64, 5, 512, 256),
         "w3" => (FlowKind::Realnvp, 784, 6, 1024, 256),
-        w => bail!("unknown workload '{w}' (known: w1, w2, w3, tradeoff, images)"),
+        w => bail!("unknown workload '{w}' (known: w1, w2, w3, tradeoff, images, vi)"),
     };
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");

@@ -38,6 +38,12 @@ pub(super) struct ViArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Learning-rate schedule: constant | warmup | cosine.
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    /// Warm-up steps for the warmup / cosine schedules.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
     /// Clip the global gradient norm.
     #[arg(long)]
     clip: Option<f64>,
@@ -84,7 +90,14 @@ pub(super) fn vi(a: ViArgs) -> Result<()> {
             spec.into()
         }
     };
+    let schedule = parse_or(
+        nflow::optim::Schedule::parse(&a.schedule, a.warmup),
+        "schedule",
+        &a.schedule,
+        "constant, warmup, cosine",
+    )?;
     let cfg = ViConfig {
+        schedule,
         steps: a.steps,
         batch_size: a.batch_size,
         optim: OptimConfig {
