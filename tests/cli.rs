@@ -1021,3 +1021,54 @@ fn vi_writes_an_ordinary_model() {
     fails(&o, &["--flow glow"]);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `sample` without `--out` writes CSV to standard output (header, then `-n` rows that `eval` reads back), and
+/// `plot --samples 0` is an error, not a panic.
+#[test]
+fn sample_to_standard_output_and_plot_sizes() {
+    let d = tmp("stdout");
+    let m = d.join("m");
+    ok(&train_small("toy:moons", &m, &[]));
+    let out = ok(&nflow(&[
+        "sample",
+        "--model",
+        m.to_str().unwrap(),
+        "-n",
+        "7",
+        "--seed",
+        "3",
+    ]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 8, "{out}");
+    assert_eq!(lines[0], "x,y");
+    let f = d.join("s.csv");
+    std::fs::write(&f, &out).unwrap();
+    let back = ok(&nflow(&[
+        "sample",
+        "--model",
+        m.to_str().unwrap(),
+        "-n",
+        "7",
+        "--seed",
+        "3",
+        "--out",
+        f.to_str().unwrap(),
+    ]));
+    assert!(back.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&f).unwrap(),
+        out,
+        "stdout and --out differ"
+    );
+    let o = nflow(&[
+        "plot",
+        "--model",
+        m.to_str().unwrap(),
+        "--samples",
+        "0",
+        "--out",
+        d.join("p.png").to_str().unwrap(),
+    ]);
+    fails(&o, &["--samples must be at least 1"]);
+    let _ = std::fs::remove_dir_all(&d);
+}

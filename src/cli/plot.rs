@@ -104,6 +104,9 @@ pub(super) fn plot_model(
 }
 
 pub(super) fn plot(a: PlotArgs) -> Result<()> {
+    if a.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
     let model = Model::load(&a.model)?;
     let data = match &a.data {
         Some(src) => Some(model.select_columns(load(src, &a.sel, a.seed.wrapping_add(1))?)?),

@@ -11,8 +11,8 @@ pub(super) struct SampleArgs {
     n: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output file: .csv, .csv.gz or .npy.
-    #[arg(long, required_unless_present = "grid")]
+    /// Output file: .csv, .csv.gz or .npy (without --out and --grid: CSV on standard output).
+    #[arg(long)]
     out: Option<PathBuf>,
     /// Image models: also write the samples as a PNG grid (pixel values clamped to the data's range).
     #[arg(long)]
@@ -56,6 +56,9 @@ pub(super) fn sample(a: SampleArgs) -> Result<()> {
             (x, s)
         }
     };
+    if a.out.is_none() && a.grid.is_none() {
+        data::write_csv_writer(std::io::stdout().lock(), &s, "standard output")?;
+    }
     if let Some(out) = &a.out {
         write_table(out, &s)?;
         eprintln!("wrote {} samples to {}", s.rows, out.display());

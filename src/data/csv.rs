@@ -184,6 +184,16 @@ fn write_csv_to<W: Write>(w: W, t: &Table) -> std::result::Result<W, String> {
     w.into_inner().map_err(|e| io_msg(e.error()))
 }
 
+/// [`write_csv`] to any writer (standard output, say); errors name `what`.
+pub fn write_csv_writer<W: Write>(w: W, t: &Table, what: &str) -> Result<()> {
+    write_csv_to(w, t)
+        .map(|_| ())
+        .map_err(|msg| DataError::Write {
+            path: what.to_string(),
+            msg,
+        })
+}
+
 /// Writes a header row and the rows, values in Rust's shortest round-trip
 /// formatting of f64. A path ending in ".gz" is gzip-compressed.
 pub fn write_csv(path: &Path, t: &Table) -> Result<()> {

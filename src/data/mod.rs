@@ -16,7 +16,7 @@ pub mod split;
 pub mod table;
 pub mod toy;
 
-pub use csv::{read_csv, write_csv};
+pub use csv::{read_csv, write_csv, write_csv_writer};
 pub use idx::{load_idx_source, read_idx};
 pub use images::{load_png_folder, parse_shape, pixel_columns, shape_from_columns, write_png_grid};
 pub use npy::{read_npy, write_npy};
