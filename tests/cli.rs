@@ -1070,5 +1070,17 @@ fn sample_to_standard_output_and_plot_sizes() {
         d.join("p.png").to_str().unwrap(),
     ]);
     fails(&o, &["--samples must be at least 1"]);
+    // an absurd thread count is capped with a warning, and the run finishes
+    let o = nflow(&[
+        "--threads",
+        "10000",
+        "sample",
+        "--model",
+        m.to_str().unwrap(),
+        "-n",
+        "2",
+    ]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("capped"));
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -79,9 +79,16 @@ struct DataSel {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    if let Some(t) = cli.threads {
+    if let Some(mut t) = cli.threads {
         if t == 0 {
             bail!("--threads must be at least 1");
+        }
+        // more threads than cores only wait on each other (thousands took minutes to wind down)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let most = 4 * cores;
+        if t > most {
+            eprintln!("warning: --threads {t} capped at {most} (4 x the {cores} cores)");
+            t = most;
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
