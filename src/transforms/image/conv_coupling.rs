@@ -235,6 +235,46 @@ impl<F: Float> ConvCoupling<F> {
         }
     }
 
+    /// The backward of either direction given dL/d(output) `d` and dL/dlogdet, from the cache of the last
+    /// training pass (`x_b` on the data side, `e^±l`, dl/dh):
+    /// forward `z_b = x_b e^l + t`: `dL/dx_b = d e^l`, `dL/dt = d`, `dL/dl = d x_b e^l + g`;
+    /// inverse `x_b = (z_b - t) e^-l`: `dL/dz_b = d e^-l`, `dL/dt = -dL/dz_b`, `dL/dl = -d x_b - g`
+    /// (additive: the same with `l = 0`).
+    fn backward_dir(&mut self, d_out: &Mat<F>, dlogdet: &[F], inverse: bool) -> Mat<F> {
+        let core = &self.core;
+        let (hw, nb, cout, half) = (core.shape.hw(), core.b_map.len(), core.cout, core.half);
+        let mut d_in = d_out.clone();
+        let mut dh = Mat::zeros(d_out.rows * hw, cout);
+        let d = d_out.cols;
+        dh.data
+            .par_chunks_mut(hw * cout)
+            .zip(d_in.data.par_chunks_mut(d))
+            .enumerate()
+            .for_each(|(r, (dhr, dr))| {
+                let g = dlogdet[r];
+                for (k, &(j, p, oc)) in core.b_map.iter().enumerate() {
+                    let dj = dr[j];
+                    let (t, l) = (p * cout + oc, p * cout + half + oc);
+                    if !self.affine {
+                        dhr[t] = if inverse { -dj } else { dj };
+                        continue;
+                    }
+                    let c = r * nb + k;
+                    let v = dj * self.s[c];
+                    dr[j] = v;
+                    if inverse {
+                        dhr[t] = -v;
+                        dhr[l] = (-dj * self.xb[c] - g) * self.dl[c];
+                    } else {
+                        dhr[t] = dj;
+                        dhr[l] = (dj * self.xb[c] * self.s[c] + g) * self.dl[c];
+                    }
+                }
+            });
+        self.core.backward_net(&mut d_in, &dh);
+        d_in
+    }
+
     /// Element-wise part, one pass: scale/shift and log-det; with `cache`, keep x_b, exp(l), dl/dh.
     fn apply(
         &self,
@@ -320,30 +360,7 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
         (z, ld)
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let core = &self.core;
-        let (hw, nb, cout, half) = (core.shape.hw(), core.b_map.len(), core.cout, core.half);
-        let mut dx = dz.clone();
-        let mut dh = Mat::zeros(dz.rows * hw, cout);
-        let d = dz.cols;
-        dh.data
-            .par_chunks_mut(hw * cout)
-            .zip(dx.data.par_chunks_mut(d))
-            .enumerate()
-            .for_each(|(r, (dhr, dxr))| {
-                let g = dlogdet[r];
-                for (k, &(j, p, oc)) in core.b_map.iter().enumerate() {
-                    let dzj = dxr[j];
-                    dhr[p * cout + oc] = dzj;
-                    if self.affine {
-                        let c = r * nb + k;
-                        let s = self.s[c];
-                        dxr[j] = dzj * s;
-                        dhr[p * cout + half + oc] = (dzj * self.xb[c] * s + g) * self.dl[c];
-                    }
-                }
-            });
-        self.core.backward_net(&mut dx, &dh);
-        dx
+        self.backward_dir(dz, dlogdet, false)
     }
     fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
         let h = self.core.conditioner_train(z, ctx);
@@ -367,35 +384,8 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
         }
         Some((x, ld))
     }
-    /// `x_b = (z_b - t) e^-l` (or `z_b - t`): `dL/dz_b = dx_b e^-l`, `dL/dt = -dL/dz_b`,
-    /// `dL/dl = -dx_b x_b - g`.
     fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
-        let core = &self.core;
-        let (hw, nb, cout, half) = (core.shape.hw(), core.b_map.len(), core.cout, core.half);
-        let mut dz = dx.clone();
-        let mut dh = Mat::zeros(dx.rows * hw, cout);
-        let d = dx.cols;
-        dh.data
-            .par_chunks_mut(hw * cout)
-            .zip(dz.data.par_chunks_mut(d))
-            .enumerate()
-            .for_each(|(r, (dhr, dzr))| {
-                let g = dlogdet[r];
-                for (k, &(j, p, oc)) in core.b_map.iter().enumerate() {
-                    let dxj = dzr[j];
-                    if self.affine {
-                        let c = r * nb + k;
-                        let v = dxj * self.s[c];
-                        dzr[j] = v;
-                        dhr[p * cout + oc] = -v;
-                        dhr[p * cout + half + oc] = (-dxj * self.xb[c] - g) * self.dl[c];
-                    } else {
-                        dhr[p * cout + oc] = -dxj;
-                    }
-                }
-            });
-        self.core.backward_net(&mut dz, &dh);
-        dz
+        self.backward_dir(dx, dlogdet, true)
     }
     fn context_grad(&mut self) -> Option<Mat<F>> {
         self.core.dctx.take()
