@@ -9,7 +9,7 @@
 //!   sample) is one pass; log p of an arbitrary point is D passes.
 
 use super::coupling::Scales;
-use super::{ScaleBound, Transform};
+use super::{negate, ScaleBound, Transform};
 use crate::engine::{Float, Mat, Rng};
 use crate::nn::{Activation, Made, MadeOpts, Param};
 use rand::seq::SliceRandom;
@@ -297,11 +297,6 @@ impl<F: Float> From<Maf<F>> for Iaf<F> {
     fn from(m: Maf<F>) -> Self {
         Iaf(m.0)
     }
-}
-
-fn negate<F: Float>(mut v: Vec<F>) -> Vec<F> {
-    v.iter_mut().for_each(|a| *a = -*a);
-    v
 }
 
 impl<F: Float> Transform<F> for Maf<F> {

@@ -346,7 +346,23 @@ impl<F: Float> AffineCoupling<F> {
         dh
     }
 
-    /// One fused pass: scale, shift and log-det. `cache` receives (x_b, s, dl/dh) when training. Rows are
+    /// A training pass in either direction: the conditioner with its caches, then [`Self::apply`] keeping
+    /// what the backward of that direction needs.
+    fn train_pass(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>, inverse: bool) -> (Mat<F>, Vec<F>) {
+        let inp = self.core.net_input(x, ctx);
+        let h = self.core.net.forward_train_owned(inp);
+        let (mut xb, mut s, mut dl) = (
+            std::mem::take(&mut self.xb),
+            std::mem::take(&mut self.s),
+            std::mem::take(&mut self.dl),
+        );
+        let out = self.apply(x, &h, inverse, Some((&mut xb, &mut s, &mut dl)));
+        (self.xb, self.s, self.dl) = (xb, s, dl);
+        out
+    }
+
+    /// One fused pass: scale, shift and log-det. `cache` receives (x_b, s, dl/dh) when training: x_b on the
+    /// data side (the input forward, the output inverse), `s = exp(±l)` as applied. Rows are
     /// independent: split over the pool in fixed chunks (the same results for any number of threads).
     fn apply(
         &self,
@@ -375,6 +391,12 @@ impl<F: Float> AffineCoupling<F> {
                 acc += l[k];
                 if inverse {
                     zr[j] = (zr[j] - t) * e[k];
+                    // the sampling direction's cache: x_b is the output here, e = exp(-l)
+                    if let Some((xb, s, dlk)) = keep.as_mut() {
+                        xb[k] = zr[j];
+                        s[k] = e[k];
+                        dlk[k] = dl[k];
+                    }
                 } else {
                     if let Some((xb, s, dlk)) = keep.as_mut() {
                         xb[k] = zr[j];
@@ -448,18 +470,7 @@ impl<F: Float> Transform<F> for AffineCoupling<F> {
         self.apply(z, &h, true, None)
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let inp = self.core.net_input(x, ctx);
-        let h = self.core.net.forward_train_owned(inp);
-        let (mut xb, mut s, mut dl) = (
-            std::mem::take(&mut self.xb),
-            std::mem::take(&mut self.s),
-            std::mem::take(&mut self.dl),
-        );
-        let out = self.apply(x, &h, false, Some((&mut xb, &mut s, &mut dl)));
-        self.xb = xb;
-        self.s = s;
-        self.dl = dl;
-        out
+        self.train_pass(x, ctx, false)
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         let mut dx = dz.clone();
@@ -473,27 +484,8 @@ impl<F: Float> Transform<F> for AffineCoupling<F> {
         self.core.backward_params(&dh);
     }
     fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
-        let inp = self.core.net_input(z, ctx);
-        let h = self.core.net.forward_train_owned(inp);
-        let out = self.apply(z, &h, true, None);
-        // keep x_b (the output), exp(-l) and dl/dh
-        let nb = self.core.ib.len();
-        let (mut xb, mut s, mut dl) = (
-            Vec::with_capacity(z.rows * nb),
-            Vec::with_capacity(z.rows * nb),
-            Vec::with_capacity(z.rows * nb),
-        );
-        for r in 0..z.rows {
-            let hr = h.row(r);
-            for (k, &j) in self.core.ib.iter().enumerate() {
-                let (l, d) = self.bound.eval(hr[nb + k]);
-                xb.push(out.0.at(r, j));
-                s.push((-l).exp());
-                dl.push(d);
-            }
-        }
-        (self.xb, self.s, self.dl) = (xb, s, dl);
-        Some(out)
+        // x_a = z_a: the conditioner sees the same input in both directions
+        Some(self.train_pass(z, ctx, true))
     }
     fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         // x_b = (z_b - t) e^-l, log-det -sum l: dL/dz_b = dx_b e^-l, dL/dt = -dx_b e^-l,

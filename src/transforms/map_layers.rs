@@ -13,7 +13,7 @@
 use super::coupling::{delegate_to_core, CouplingCore};
 use super::map::ElementwiseMap;
 use super::spline::RqSpline;
-use super::Transform;
+use super::{negate, Transform};
 use crate::engine::{Float, Mat, Rng};
 use crate::nn::{Activation, Made, MadeOpts, Param};
 use rayon::prelude::*;
@@ -254,6 +254,25 @@ impl<F: Float, M: ElementwiseMap> MapAr<F, M> {
             h: Mat::zeros(0, 0),
         }
     }
+
+    /// `g^-1(z)` by D passes: the feature at position p depends only on those before it.
+    fn solve(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Mat<F> {
+        let (d, sp) = (self.d, &self.map);
+        let p = sp.params_per_element();
+        self.made.sequential(z.rows, ctx, |i, h, inp| {
+            let ci = inp.cols;
+            let mut kn = M::State::<F>::default();
+            let mut prm = vec![F::zero(); p];
+            for r in 0..z.rows {
+                let hr = h.row(r);
+                for (q, v) in prm.iter_mut().enumerate() {
+                    *v = hr[q * d + i];
+                }
+                sp.prepare(&prm, &mut kn);
+                inp.data[r * ci + i] = sp.inverse(z.at(r, i), &kn).0;
+            }
+        })
+    }
 }
 
 impl<F: Float, M: ElementwiseMap> Transform<F> for MapAr<F, M> {
@@ -268,24 +287,9 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapAr<F, M> {
         apply_maps(&self.map, x, &h, &self.cols, false)
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        // D passes: the feature at position p depends only on those before it
-        let (d, sp) = (self.d, &self.map);
-        let p = sp.params_per_element();
-        let x = self.made.sequential(z.rows, ctx, |i, h, inp| {
-            let ci = inp.cols;
-            let mut kn = M::State::<F>::default();
-            let mut prm = vec![F::zero(); p];
-            for r in 0..z.rows {
-                let hr = h.row(r);
-                for (q, v) in prm.iter_mut().enumerate() {
-                    *v = hr[q * d + i];
-                }
-                sp.prepare(&prm, &mut kn);
-                inp.data[r * ci + i] = sp.inverse(z.at(r, i), &kn).0;
-            }
-        });
+        let x = self.solve(z, ctx);
         let (_, ld) = self.forward(&x, ctx);
-        (x, ld.into_iter().map(|v| -v).collect())
+        (x, negate(ld))
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let h = self.made.forward_train(x, ctx);
@@ -306,10 +310,11 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapAr<F, M> {
     }
     /// Sampling: the D-pass solve, then one MADE pass at the solution for the implicit backward.
     fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
-        let out = self.inverse(z, ctx);
-        self.h = self.made.forward_train(&out.0, ctx);
-        self.x = out.0.clone();
-        Some(out)
+        let x = self.solve(z, ctx);
+        self.h = self.made.forward_train(&x, ctx);
+        let (_, ld) = apply_maps(&self.map, &x, &self.h, &self.cols, false);
+        self.x = x.clone();
+        Some((x, negate(ld)))
     }
     /// Implicit differentiation of `g(x; MADE(x)) = z`: with `J = dz/dx` (triangular in the ordering) and
     /// `ℓ` the forward log-det, `dL/dz = c = J^-T (dL/dx - gl ∇ℓ)`, by back-substitution from the last

@@ -89,6 +89,12 @@ pub trait Transform<F: Float>: Send + Sync {
     fn replica(&self) -> Option<Box<dyn Transform<F>>>;
 }
 
+/// The log-dets of the opposite direction.
+pub(crate) fn negate<F: Float>(mut v: Vec<F>) -> Vec<F> {
+    v.iter_mut().for_each(|a| *a = -*a);
+    v
+}
+
 /// The log-det of a volume-preserving map: zero for each of `n` rows.
 pub(crate) fn zeros_logdet<F: Float>(n: usize) -> Vec<F> {
     vec![F::zero(); n]

@@ -235,6 +235,22 @@ impl<F: Float> ConvCoupling<F> {
         }
     }
 
+    /// A training pass in either direction: the conditioner with its caches, then the element-wise part
+    /// keeping (affine) x_b on the data side, `exp(±l)` and dl/dh for the backward of that direction.
+    fn train_pass(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>, inverse: bool) -> (Mat<F>, Vec<F>) {
+        let h = self.core.conditioner_train(x, ctx);
+        let (z, ld, kept) = self.apply(x, &h, inverse, self.affine);
+        self.xb.clear();
+        self.s.clear();
+        self.dl.clear();
+        for [a, b, c] in kept {
+            self.xb.push(a);
+            self.s.push(b);
+            self.dl.push(c);
+        }
+        (z, ld)
+    }
+
     /// The backward of either direction given dL/d(output) `d` and dL/dlogdet, from the cache of the last
     /// training pass (`x_b` on the data side, `e^±l`, dl/dh):
     /// forward `z_b = x_b e^l + t`: `dL/dx_b = d e^l`, `dL/dt = d`, `dL/dl = d x_b e^l + g`;
@@ -275,7 +291,7 @@ impl<F: Float> ConvCoupling<F> {
         d_in
     }
 
-    /// Element-wise part, one pass: scale/shift and log-det; with `cache`, keep x_b, exp(l), dl/dh.
+    /// Element-wise part, one pass: scale/shift and log-det; with `cache`, keep x_b (data side), exp(±l), dl/dh.
     fn apply(
         &self,
         x: &Mat<F>,
@@ -302,7 +318,12 @@ impl<F: Float> ConvCoupling<F> {
                 let (l, dldh) = self.bound.eval(hr[p * cout + self.core.half + oc]);
                 acc += l;
                 if inverse {
-                    zr[j] = (zr[j] - t) * (-l).exp();
+                    // the sampling direction keeps x_b (its output here) and exp(-l)
+                    let e = (-l).exp();
+                    zr[j] = (zr[j] - t) * e;
+                    if let Some(kp) = keep.as_deref_mut() {
+                        kp[k] = [zr[j], e, dldh];
+                    }
                 } else {
                     let e = l.exp();
                     if let Some(kp) = keep.as_deref_mut() {
@@ -347,42 +368,14 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
         (x, ld)
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
-        let h = self.core.conditioner_train(x, ctx);
-        let (z, ld, kept) = self.apply(x, &h, false, self.affine);
-        self.xb.clear();
-        self.s.clear();
-        self.dl.clear();
-        for [a, b, c] in kept {
-            self.xb.push(a);
-            self.s.push(b);
-            self.dl.push(c);
-        }
-        (z, ld)
+        self.train_pass(x, ctx, false)
     }
     fn backward(&mut self, dz: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         self.backward_dir(dz, dlogdet, false)
     }
     fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
-        let h = self.core.conditioner_train(z, ctx);
-        let (x, ld, _) = self.apply(z, &h, true, false);
-        // keep x_b (the output), exp(-l) and dl/dh
-        let core = &self.core;
-        let (hw, cout, half) = (core.shape.hw(), core.cout, core.half);
-        self.xb.clear();
-        self.s.clear();
-        self.dl.clear();
-        if self.affine {
-            for r in 0..z.rows {
-                let hr = &h.data[r * hw * cout..(r + 1) * hw * cout];
-                for &(j, p, oc) in &core.b_map {
-                    let (l, d) = self.bound.eval(hr[p * cout + half + oc]);
-                    self.xb.push(x.at(r, j));
-                    self.s.push((-l).exp());
-                    self.dl.push(d);
-                }
-            }
-        }
-        Some((x, ld))
+        // x_a = z_a: the conditioner sees the same input in both directions
+        Some(self.train_pass(z, ctx, true))
     }
     fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         self.backward_dir(dx, dlogdet, true)
