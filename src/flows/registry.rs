@@ -102,17 +102,19 @@ pub(super) fn build<F: Float>(
     c: &BuildCtx,
     r: &mut Rng,
 ) -> crate::Result<Box<dyn Transform<F>>> {
-    let t = table().read().unwrap_or_else(|e| e.into_inner());
-    let e = t.get(name).ok_or_else(|| {
-        Error::Config(format!(
-            "unknown layer type '{name}' (not registered: call register_layer first)"
-        ))
-    })?;
-    let f = e
-        .builders
-        .iter()
-        .find_map(|b| b.downcast_ref::<BuildFn<F>>())
-        .ok_or_else(|| Error::Config(format!("layer type '{name}': no {} build", F::DTYPE)))?;
+    // the builder is copied out so the table is not locked while it runs (it may register types itself)
+    let f: BuildFn<F> = {
+        let t = table().read().unwrap_or_else(|e| e.into_inner());
+        let e = t.get(name).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown layer type '{name}' (not registered: call register_layer first)"
+            ))
+        })?;
+        *e.builders
+            .iter()
+            .find_map(|b| b.downcast_ref::<BuildFn<F>>())
+            .ok_or_else(|| Error::Config(format!("layer type '{name}': no {} build", F::DTYPE)))?
+    };
     f(options, c, r)
 }
 
