@@ -14,6 +14,25 @@ pub enum ImageMask {
     Checkerboard { parity: usize },
 }
 
+/// The `Transform` methods every image coupling (`self.core: ConvCore`) hands to its core: context gradient,
+/// parameters, replica.
+macro_rules! delegate_to_conv_core {
+    () => {
+        fn context_grad(&mut self) -> Option<Mat<F>> {
+            self.core.dctx.take()
+        }
+        fn params(&self) -> Vec<&Param<F>> {
+            self.core.net.params()
+        }
+        fn params_mut(&mut self) -> Vec<&mut Param<F>> {
+            self.core.net.params_mut()
+        }
+        fn replica(&self) -> Option<Box<dyn Transform<F>>> {
+            Some(Box::new(self.clone()))
+        }
+    };
+}
+
 /// What every image coupling shares: the mask's layout, the CNN conditioner (fed the identity features and
 /// the context as constant planes), and its backward into the input and the context. The conditioner outputs
 /// `P` planes per transformed channel (`P` parameters per element, parameter `q` of output channel `oc` in
@@ -380,18 +399,7 @@ impl<F: Float> Transform<F> for ConvCoupling<F> {
     fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         self.backward_dir(dx, dlogdet, true)
     }
-    fn context_grad(&mut self) -> Option<Mat<F>> {
-        self.core.dctx.take()
-    }
-    fn params(&self) -> Vec<&Param<F>> {
-        self.core.net.params()
-    }
-    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
-        self.core.net.params_mut()
-    }
-    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
-        Some(Box::new(self.clone()))
-    }
+    delegate_to_conv_core!();
 }
 
 impl<F: Float, M: ElementwiseMap> MapConvCoupling<F, M> {
@@ -522,16 +530,5 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapConvCoupling<F, M> {
     fn backward_inverse(&mut self, dx: &Mat<F>, dlogdet: &[F]) -> Mat<F> {
         self.backward_dir(dx, dlogdet, true)
     }
-    fn context_grad(&mut self) -> Option<Mat<F>> {
-        self.core.dctx.take()
-    }
-    fn params(&self) -> Vec<&Param<F>> {
-        self.core.net.params()
-    }
-    fn params_mut(&mut self) -> Vec<&mut Param<F>> {
-        self.core.net.params_mut()
-    }
-    fn replica(&self) -> Option<Box<dyn Transform<F>>> {
-        Some(Box::new(self.clone()))
-    }
+    delegate_to_conv_core!();
 }
