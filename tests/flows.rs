@@ -357,6 +357,64 @@ fn flow_parameter_gradients_match_finite_differences() {
 }
 
 #[test]
+fn score_matches_finite_differences_of_log_prob() {
+    // d log p / dx through every kind of layer in evaluation mode (batch norm on its running statistics),
+    // with a context and a learned embedding, and a mixture base
+    for (kind, base, permute, ctx, embed) in [
+        (FlowKind::Realnvp, BaseKind::DiagNormal, Permute::None, 0, 0),
+        (FlowKind::Maf, BaseKind::Normal, Permute::Lu, 2, 0),
+        (FlowKind::MafMog, BaseKind::MadeMog, Permute::Reverse, 0, 0),
+        (FlowKind::NsfC, BaseKind::Mixture, Permute::Lu, 2, 3),
+        (FlowKind::NsfAr, BaseKind::Normal, Permute::Lu, 0, 0),
+    ] {
+        let spec = FlowSpec {
+            layers: 2,
+            hidden: 6,
+            batch_norm: true,
+            actnorm: true,
+            base: Some(base),
+            permute,
+            components: 3,
+            context_dim: ctx,
+            context_embed: embed,
+            embed_hidden: 5,
+            ..FlowSpec::preset(kind, 3)
+        };
+        let mut flow = spec.build::<f64>().unwrap();
+        let x: Mat<f64> = randn(&mut rng(3), 12, 3);
+        let c: Option<Mat<f64>> = (ctx > 0).then(|| randn(&mut rng(9), 12, ctx));
+        let c = c.as_ref();
+        flow.nll_backward(&x, c).unwrap(); // initialises ActNorm, the mixture, batch norm's statistics
+        randomize(&mut flow, 4, 0.3);
+        flow.set_training(false);
+        let (lp, g) = flow.grad_log_prob(&x, c).unwrap();
+        let lp_ref = flow.log_prob(&x, c);
+        for (a, b) in lp.iter().zip(&lp_ref) {
+            assert!((a - b).abs() < 1e-10, "{kind:?}: log p {a} vs {b}");
+        }
+        assert!(
+            flow.named_params().iter().all(|(_, p)| p.grad().iter().all(|&v| v == 0.0)),
+            "{kind:?}: parameter gradients left behind"
+        );
+        let h = 1e-5;
+        for r in [0, 5, 11] {
+            for j in 0..3 {
+                let mut xp = x.clone();
+                xp.data[r * 3 + j] += h;
+                let mut xm = x.clone();
+                xm.data[r * 3 + j] -= h;
+                let fd = (flow.log_prob(&xp, c)[r] - flow.log_prob(&xm, c)[r]) / (2.0 * h);
+                let an = g.data[r * 3 + j];
+                assert!(
+                    (fd - an).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{kind:?} row {r} x{j}: analytic {an} vs finite difference {fd}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn nan_guard_names_the_layer() {
     let mut flow = small_spec(FlowKind::Nice, 2).build::<f32>().unwrap();
     // NICE's last layer is the diagonal scaling: make it overflow

@@ -340,6 +340,47 @@ impl<F: Float> Flow<F> {
         Ok(loss)
     }
 
+    /// The score `d log p(x) / dx` of every row, with `log p(x)` (for HMC / MAP users): a training-style pass
+    /// and its backward with unit weights on each row's log-density. The flow should be in evaluation mode
+    /// (batch norm then uses its running statistics, so rows stay independent); parameter gradients are
+    /// cleared afterwards. An error names a layer that gives a NaN/Inf.
+    pub fn grad_log_prob(
+        &mut self,
+        x: &Mat<F>,
+        ctx: Option<&Mat<F>>,
+    ) -> Result<(Vec<F>, Mat<F>), Error> {
+        self.check_input(x, ctx)?;
+        let n = x.rows;
+        let embedded = self.embed(ctx);
+        let ctx = embedded.as_deref();
+        let mut z = x.clone();
+        let mut lp = vec![F::zero(); n];
+        for (i, t) in self.transforms.iter_mut().enumerate() {
+            let (z2, l) = t.forward_train(&z, ctx);
+            if z2.first_non_finite().is_some() || l.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    layer: format!("layer {i} ({})", t.kind()),
+                });
+            }
+            z = z2;
+            lp.iter_mut().zip(&l).for_each(|(a, &b)| *a += b);
+        }
+        let lpz = self.base.log_prob_train(&z, ctx);
+        lp.iter_mut().zip(&lpz).for_each(|(a, &b)| *a += b);
+        let ones = vec![F::one(); n];
+        let mut dz = self.base.log_prob_backward(&z, ctx, &ones);
+        for t in self.transforms.iter_mut().rev() {
+            dz = t.backward(&dz, &ones);
+        }
+        self.zero_grad();
+        if let Some((r, _)) = dz.first_non_finite() {
+            return Err(Error::NonFinite {
+                layer: format!("the gradient of log p at row {r}"),
+            });
+        }
+        Ok((lp, dz))
+    }
+
     /// The sampling direction's training pass (reverse KL, variational inference): the noise `z` (drawn from
     /// the base by the caller and held fixed: the reparameterisation trick) through every transform's inverse,
     /// keeping what [`Flow::rsample_backward`] needs. Returns `(x, log q(x))` with

@@ -22,6 +22,9 @@ pub const VERSION: u32 = 2;
 /// The oldest version this nflow reads.
 pub const OLDEST_VERSION: u32 = 1;
 const CONFIG: &str = "config.json";
+/// Dequantisation noise of evaluations (a seed of its own: not the training default's noise stream), so
+/// repeated evaluations agree.
+const EVAL_NOISE_SEED: u64 = 0x6576_616c;
 const WEIGHTS: &str = "weights.safetensors";
 const LOG: &str = "train_log.jsonl";
 
@@ -239,8 +242,7 @@ impl Model {
                 }
                 t.check_finite()?;
                 let mut tp = t.clone();
-                // (a seed of its own: not the training default's noise stream)
-                let ld = p.apply(&mut tp, 0x6576_616c)?;
+                let ld = p.apply(&mut tp, EVAL_NOISE_SEED)?;
                 let mut lp = self.log_prob_inner(&tp, ctx)?;
                 lp.iter_mut().zip(&ld).for_each(|(a, b)| *a += b);
                 Ok((lp, ld))
@@ -275,6 +277,61 @@ impl Model {
             });
         }
         Ok(lp)
+    }
+
+    /// The score `d log p(x) / dx` of every row in the data's units (row-major, `rows x dim`), with
+    /// `log p(x)`. Not defined for a model with dequantisation / logit preprocessing.
+    pub fn grad_log_prob(&mut self, t: &Table, ctx: Option<&Table>) -> Result<(Vec<f64>, Vec<f64>)> {
+        if self.preprocess.is_some() {
+            return Err(Error::Config(
+                "the score is not available for a model trained with dequantisation / logit \
+                 preprocessing"
+                    .into(),
+            ));
+        }
+        let x = self.prepare(t)?;
+        let c = self.prepare_ctx(ctx, t.rows)?;
+        let shift = self.norm.log_abs_det();
+        let (mut lp, mut g) = (Vec::with_capacity(t.rows), Vec::with_capacity(t.rows * t.cols));
+        // chunks bound the memory the layers' caches take
+        let ch = if self.arch.is_image() { 128 } else { 4096 };
+        for a in (0..x.rows).step_by(ch) {
+            let b = (a + ch).min(x.rows);
+            let cs = c.as_ref().map(|c| c.slice_rows(a, b));
+            let (l, d) = self.flow.grad_log_prob(&x.slice_rows(a, b), cs.as_ref())?;
+            lp.extend(l.iter().map(|&v| v as f64 + shift));
+            // x_std = (x - mean) / std: the chain rule divides by std
+            g.extend(
+                d.data
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &v)| v as f64 / self.norm.std[k % t.cols]),
+            );
+        }
+        Ok((lp, g))
+    }
+
+    /// The noise `z = f(x)` of every row (row-major, `rows x dim`), after the model's preprocessing and
+    /// standardisation.
+    pub fn to_noise(&self, t: &Table, ctx: Option<&Table>) -> Result<Vec<f64>> {
+        let pre;
+        let t = match &self.preprocess {
+            Some(p) => {
+                if t.cols != self.dim() {
+                    return Err(self.column_mismatch(t));
+                }
+                t.check_finite()?;
+                let mut tp = t.clone();
+                p.apply(&mut tp, EVAL_NOISE_SEED)?;
+                pre = tp;
+                &pre
+            }
+            None => t,
+        };
+        let x = self.prepare(t)?;
+        let c = self.prepare_ctx(ctx, t.rows)?;
+        let (z, _) = self.flow.transform_to_noise(&x, c.as_ref());
+        Ok(z.to_f64())
     }
 
     /// `n` samples in the data's units (for a conditional model, one per context row; `n` is then ignored).
@@ -368,28 +425,10 @@ impl Model {
         let write = || -> Result<()> {
             let cfg = serde_json::to_string_pretty(&self.config()).expect("config serialises");
             std::fs::write(tmp.join(CONFIG), cfg).map_err(io(&tmp.join(CONFIG)))?;
-            let named = self.flow.named_params();
-            let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
-                .iter()
-                .map(|(n, p)| (n.clone(), p.shape.clone(), f32::to_le(p.value())))
-                .collect();
-            let views: Vec<(String, TensorView)> = bytes
-                .iter()
-                .map(|(n, s, b)| {
-                    (
-                        n.clone(),
-                        TensorView::new(Dtype::F32, s.clone(), b).expect("consistent shape"),
-                    )
-                })
-                .collect();
             let mut meta = HashMap::new();
             meta.insert("format".to_string(), FORMAT.to_string());
-            safetensors::serialize_to_file(views, Some(meta), &tmp.join(WEIGHTS)).map_err(|e| {
-                Error::Model {
-                    path: tmp.display().to_string(),
-                    msg: format!("cannot write weights: {e}"),
-                }
-            })?;
+            std::fs::write(tmp.join(WEIGHTS), self.weights_bytes(meta))
+                .map_err(io(&tmp.join(WEIGHTS)))?;
             let mut log = self.log.join("\n");
             if !log.is_empty() {
                 log.push('\n');
@@ -436,13 +475,77 @@ impl Model {
         if !dir.is_dir() {
             return Err(bad("no such folder".into()));
         }
-        let cfg_path = dir.join(CONFIG);
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+        let text = std::fs::read_to_string(dir.join(CONFIG)).map_err(|e| {
             bad(format!(
                 "cannot read {CONFIG}: {e} (not an nflow model folder?)"
             ))
         })?;
-        let v: serde_json::Value = serde_json::from_str(&text)
+        let bytes = std::fs::read(dir.join(WEIGHTS))
+            .map_err(|e| bad(format!("cannot read {WEIGHTS}: {e}")))?;
+        let log = std::fs::read_to_string(dir.join(LOG))
+            .map(|s| s.lines().map(String::from).collect())
+            .unwrap_or_default();
+        Self::from_parts(&dir.display().to_string(), &text, &bytes, log)
+    }
+
+    /// The whole model as one byte string (what pickling and sending to worker processes use): the
+    /// weights' safetensors with `config.json` and the training log in its metadata. [`Model::from_bytes`]
+    /// reads it back; the model evaluates to the same bits.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), FORMAT.to_string());
+        let cfg = serde_json::to_string(&self.config()).expect("config serialises");
+        meta.insert(CONFIG.to_string(), cfg);
+        meta.insert(LOG.to_string(), self.log.join("\n"));
+        self.weights_bytes(meta)
+    }
+
+    /// The model in the bytes of [`Model::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        let what = "model bytes";
+        let bad = |msg: String| Error::Model {
+            path: what.into(),
+            msg,
+        };
+        let (_, meta) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not an nflow model ({e})")))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let text = meta
+            .get(CONFIG)
+            .ok_or_else(|| bad(format!("no {CONFIG} inside (not an nflow model?)")))?;
+        let log = meta
+            .get(LOG)
+            .map(|s| s.lines().map(String::from).collect())
+            .unwrap_or_default();
+        Self::from_parts(what, text, bytes, log)
+    }
+
+    /// Every parameter and buffer as safetensors, with `meta` as its metadata.
+    fn weights_bytes(&self, meta: HashMap<String, String>) -> Vec<u8> {
+        let named = self.flow.named_params();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
+            .iter()
+            .map(|(n, p)| (n.clone(), p.shape.clone(), f32::to_le(p.value())))
+            .collect();
+        let views: Vec<(String, TensorView)> = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), b).expect("consistent shape"),
+                )
+            })
+            .collect();
+        safetensors::serialize(views, Some(meta)).expect("weights serialise")
+    }
+
+    /// A model from the text of its `config.json` and the bytes of its weights (`path`: for messages).
+    fn from_parts(path: &str, text: &str, bytes: &[u8], log: Vec<String>) -> Result<Model> {
+        let bad = |msg: String| Error::Model {
+            path: path.into(),
+            msg,
+        };
+        let v: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| bad(format!("{CONFIG} is not valid JSON: {e}")))?;
         if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
             return Err(bad(format!(
@@ -489,10 +592,7 @@ impl Model {
             .flow
             .build()
             .map_err(|e| bad(format!("{CONFIG}: {e}")))?;
-        let wpath = dir.join(WEIGHTS);
-        let bytes =
-            std::fs::read(&wpath).map_err(|e| bad(format!("cannot read {WEIGHTS}: {e}")))?;
-        let st = SafeTensors::deserialize(&bytes)
+        let st = SafeTensors::deserialize(bytes)
             .map_err(|e| bad(format!("{WEIGHTS} is corrupt: {e}")))?;
         let expected = flow.named_params().len();
         if st.len() != expected {
@@ -521,9 +621,6 @@ impl Model {
         }
         flow.reload();
         flow.set_training(false);
-        let log = std::fs::read_to_string(dir.join(LOG))
-            .map(|s| s.lines().map(String::from).collect())
-            .unwrap_or_default();
         Ok(Model {
             arch: cfg.flow,
             preset: cfg.preset,

@@ -13,6 +13,8 @@ use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub mod diagnostics;
@@ -148,6 +150,9 @@ pub struct Trainer {
     pub resume: bool,
     /// Categorical context: classes per context column; the context is fed one-hot (not standardised).
     pub context_classes: Vec<usize>,
+    /// Set from anywhere (another thread, a signal handler, the step callback) to stop after the current
+    /// step: a final validation runs and the best weights are kept, as with `max_seconds`.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// What a checkpoint holds besides the model (weights and buffers are in the model folder).
@@ -219,7 +224,14 @@ impl Trainer {
             checkpoint: None,
             resume: false,
             context_classes: Vec::new(),
+            stop: None,
         }
+    }
+
+    /// Stop training (keeping the best weights) once `flag` is set; see [`Trainer::stop`].
+    pub fn with_stop(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
     }
 
     /// Treat the context columns as class labels `0..K-1` (one `K` per column), fed to the conditioners
@@ -521,7 +533,8 @@ impl Trainer {
             acc.1 += 1;
             let out_of_time = cfg
                 .max_seconds
-                .is_some_and(|m| t0.elapsed().as_secs_f64() >= m);
+                .is_some_and(|m| t0.elapsed().as_secs_f64() >= m)
+                || self.stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
             let evaluate = step % eval_every == 0 || step == total || out_of_time;
             let mut val = None;
             let mut mon = None;

@@ -1,0 +1,435 @@
+"""``nflow.Flow``: a normalizing flow you fit, score, sample and save from numpy or pandas.
+
+Direction convention (as in the Rust library): ``forward`` maps data to noise (the log-density direction),
+``inverse`` maps noise to data. Log-densities are in nats, in the units of the data you give (the
+standardisation's Jacobian and every layer's are counted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _nflow
+from .layers import Embedding, Spec, _json
+
+ArrayLike = Any  # numpy arrays, pandas DataFrames, nested lists
+
+# The CLI's `nflow train` defaults: the same options give the same numbers from Python and from the CLI.
+TRAIN_DEFAULTS: Dict[str, Any] = dict(
+    steps=None,
+    epochs=50,
+    batch_size=256,
+    lr=1e-3,
+    validation=0.1,
+    patience=10,
+    eval_every=None,
+    max_seconds=None,
+    optimizer="adam",
+    weight_decay=0.0,
+    schedule="constant",
+    warmup=0,
+    clip=None,
+)
+
+
+def _is_frame(x: Any) -> bool:
+    return hasattr(x, "columns") and hasattr(x, "to_numpy") and hasattr(x, "iloc")
+
+
+def _matrix(x: ArrayLike, name: str) -> Tuple[np.ndarray, Optional[List[str]]]:
+    """A C-contiguous float64 matrix (and the column names of a DataFrame)."""
+    columns = None
+    if _is_frame(x):
+        columns = [str(c) for c in x.columns]
+        x = x.to_numpy()
+    try:
+        a = np.asarray(x)
+    except Exception as e:  # ragged lists and the like
+        raise ValueError(f"{name}: not an array of numbers ({e})") from None
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ValueError(f"{name}: expected numbers, got an array of dtype {a.dtype}")
+    if np.iscomplexobj(a):
+        raise ValueError(f"{name}: complex values are not supported")
+    if a.ndim != 2:
+        raise ValueError(
+            f"{name}: expected a 2-D array (rows x features), got {a.ndim}-D with shape {a.shape}; "
+            "reshape a single feature with x.reshape(-1, 1) or a single row with x.reshape(1, -1)"
+        )
+    return np.ascontiguousarray(a, dtype=np.float64), columns
+
+
+class Flow:
+    """A normalizing flow: a preset by name with its options, or a hand-composed list of layers.
+
+    Presets (``nflow.presets()``): nice, realnvp, maf, iaf, maf-mog, nsf-c, nsf-ar, glow, realnvp-multiscale;
+    options are those of ``nflow train`` (``layers``, ``hidden``, ``depth``, ``activation``, ``mask``,
+    ``order``, ``batch_norm``, ``actnorm``, ``permute``, ``residual``, ``base``, ``components``, ``bins``,
+    ``tail_bound``, ``map``, ``context_embed``, ...)::
+
+        flow = nflow.Flow("nsf-ar", layers=5, hidden=128)
+        flow = nflow.Flow(layers=[nflow.layers.Coupling(), nflow.layers.Permutation()], base=nflow.layers.Normal())
+
+    ``dim`` may be given or taken from the data at ``fit``. ``seed`` seeds the initial weights and training.
+    """
+
+    def __init__(
+        self,
+        flow: Optional[str] = None,
+        dim: Optional[int] = None,
+        *,
+        layers: Union[int, Sequence[Spec], None] = None,
+        base: Optional[Spec] = None,
+        embedding: Optional[Embedding] = None,
+        seed: int = 0,
+        scale_bound: Optional[float] = None,
+        sigmoid_scale: bool = False,
+        **options: Any,
+    ) -> None:
+        self._model: Optional[_nflow.Model] = None
+        self.seed = int(seed)
+        self.dim = dim
+        if isinstance(layers, (list, tuple)):
+            if flow is not None:
+                raise ValueError("give a preset name or a list of layers, not both")
+            if options or scale_bound is not None or sigmoid_scale:
+                raise ValueError(
+                    f"preset options ({', '.join(sorted(options))}) do not apply to a composed flow: "
+                    "set them on its layers"
+                )
+            for i, l in enumerate(layers):
+                if not isinstance(l, Spec):
+                    raise ValueError(f"layers[{i}]: expected an nflow.layers object, got {type(l).__name__}")
+            self._kind = "composed"
+            d: Dict[str, Any] = {"layers": [l.to_dict() for l in layers]}
+            if base is not None:
+                d["base"] = base.to_dict()
+            if embedding is not None:
+                d["embedding"] = embedding.to_dict()
+            self._def = d
+        else:
+            if embedding is not None:
+                raise ValueError("a preset takes context_embed / embed_hidden / embed_depth, not embedding=")
+            name = "realnvp" if flow is None else str(flow)
+            if name not in _nflow.presets():
+                raise ValueError(f"unknown flow '{name}' (presets: {', '.join(_nflow.presets())})")
+            opts = dict(options)
+            if layers is not None:
+                opts["layers"] = int(layers)
+            if base is not None:
+                opts["base"] = base.type if isinstance(base, Spec) else str(base)
+            if isinstance(opts.get("map"), str):
+                opts["map"] = {"type": opts["map"]}
+            if "image_shape" in opts:
+                c, h, w = opts.pop("image_shape")
+                opts["image"] = {"c": int(c), "h": int(h), "w": int(w)}
+            if sigmoid_scale:
+                opts["scale"] = {"kind": "sigmoid"}
+            elif scale_bound is not None:
+                opts["scale"] = {"kind": "soft-clamp", "bound": float(scale_bound)}
+            self._kind = "preset"
+            self._def = {"flow": name, **{k: _json(v) for k, v in opts.items()}}
+        if dim is not None:
+            # check the options now rather than at fit time
+            self.architecture_for(int(dim))
+
+    # ---- architecture -------------------------------------------------------------------------------------
+
+    def architecture_for(self, dim: int, context_dim: int = 0) -> Dict[str, Any]:
+        """The layer list this definition gives for ``dim`` features (what ``config.json`` stores)."""
+        return json.loads(_nflow.architecture(self._kind, json.dumps(self._def), dim, context_dim, self.seed))
+
+    @property
+    def architecture(self) -> Dict[str, Any]:
+        """The fitted flow's architecture (base, layers, embedding) as a dict."""
+        return json.loads(self._fitted().architecture)
+
+    # ---- training -----------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        X: ArrayLike,
+        context: Union[ArrayLike, Sequence[str], None] = None,
+        *,
+        validation: float = 0.1,
+        steps: Optional[int] = None,
+        epochs: int = 50,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        seed: Optional[int] = None,
+        patience: int = 10,
+        eval_every: Optional[int] = None,
+        max_seconds: Optional[float] = None,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        schedule: str = "constant",
+        warmup: int = 0,
+        clip: Optional[float] = None,
+        context_one_hot: bool = False,
+        callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        verbose: bool = True,
+    ) -> "Flow":
+        """Fit by maximum likelihood, exactly as ``nflow train`` does with the same options and seed.
+
+        ``context``: an array with a row per row of ``X``, or (with a DataFrame ``X``) the names of its
+        context columns. ``validation``: the fraction held out for early stopping (``patience`` evaluations
+        without improvement) and for keeping the best weights. ``callback(info)`` runs at every evaluation
+        with ``info = {"step", "total", "train_nll", "val_log_prob"}``; returning True stops training (the best
+        weights are kept). Ctrl-C stops within a fraction of a second, keeps the best weights in this flow and
+        then raises KeyboardInterrupt. Returns ``self``.
+        """
+        seed = self.seed if seed is None else int(seed)
+        source = "DataFrame" if _is_frame(X) else "array"
+        ctx_cols: List[str] = []
+        if context is not None and isinstance(context, (list, tuple)) and all(isinstance(c, str) for c in context):
+            if not _is_frame(X):
+                raise ValueError("context given by column names needs X as a DataFrame")
+            missing = [c for c in context if c not in X.columns]
+            if missing:
+                raise ValueError(f"context columns not in X: {', '.join(missing)}")
+            ctx_cols = list(context)
+            context = X[ctx_cols]
+            X = X.drop(columns=ctx_cols)
+        x, cols = _matrix(X, "X")
+        c = None
+        if context is not None:
+            c, cc = _matrix(context, "context")
+            ctx_cols = cc or ctx_cols or [f"c{j}" for j in range(c.shape[1])]
+            if c.shape[0] != x.shape[0]:
+                raise ValueError(f"context has {c.shape[0]} rows, X has {x.shape[0]}")
+        if self.dim is not None and x.shape[1] != self.dim:
+            raise ValueError(f"X has {x.shape[1]} columns, the flow was defined with dim = {self.dim}")
+        options = dict(
+            steps=steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            validation=validation,
+            patience=patience,
+            eval_every=eval_every,
+            max_seconds=max_seconds,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            warmup=warmup,
+            clip=clip,
+            seed=seed,
+        )
+        hook = _Hook(callback, verbose, x.shape[1])
+        model, stopped_by = _nflow.Model.fit(
+            self._kind,
+            json.dumps(self._def),
+            x,
+            cols or [],
+            c,
+            ctx_cols,
+            bool(context_one_hot),
+            options,
+            hook,
+            source,
+        )
+        hook.close()
+        self._model = model
+        self.dim = model.dim
+        if stopped_by is not None:
+            raise stopped_by
+        return self
+
+    # ---- using a fitted flow ------------------------------------------------------------------------------
+
+    def _fitted(self) -> "_nflow.Model":
+        if self._model is None:
+            raise RuntimeError("this flow is not fitted yet: call fit(X) or nflow.load(path)")
+        return self._model
+
+    def _rows(self, X: ArrayLike, name: str = "X") -> np.ndarray:
+        m = self._fitted()
+        if _is_frame(X):
+            want = m.columns
+            have = [str(c) for c in X.columns]
+            if all(c in have for c in want):
+                X = X[want] if have != want else X
+            elif len(have) == len(want):
+                raise ValueError(f"{name}: columns {have} are not the model's {want}")
+        x, _ = _matrix(X, name)
+        if x.shape[1] != m.dim:
+            raise ValueError(f"{name}: has {x.shape[1]} columns, the model expects {m.dim} ({', '.join(m.columns)})")
+        return x
+
+    def _context(self, context: Any, X: Any = None) -> Optional[np.ndarray]:
+        m = self._fitted()
+        if context is None and X is not None and _is_frame(X) and m.context_columns:
+            if all(c in X.columns for c in m.context_columns):
+                context = X[m.context_columns]
+        if context is None:
+            return None
+        if _is_frame(context) and m.context_columns and all(c in context.columns for c in m.context_columns):
+            context = context[m.context_columns]
+        c, _ = _matrix(context, "context")
+        return c
+
+    def log_prob(self, X: ArrayLike, context: ArrayLike = None) -> np.ndarray:
+        """``log p(x)`` of every row (nats, data units), float64. A DataFrame's columns are matched by name
+        (a conditional model also finds its context columns there)."""
+        c = self._context(context, X)
+        return self._fitted().log_prob(self._rows(X), c)
+
+    def sample(self, n: int, context: ArrayLike = None, seed: Optional[int] = None, temperature: float = 1.0) -> np.ndarray:
+        """``n`` draws (a conditional model: one per context row), float64 ``(n, dim)``. ``seed=None`` draws a
+        fresh seed; the same seed gives the same samples."""
+        seed = secrets.randbits(63) if seed is None else int(seed)
+        if n < 0:
+            raise ValueError(f"n must be non-negative, got {n}")
+        return self._fitted().sample(int(n), seed, self._context(context), float(temperature))
+
+    def sample_and_log_prob(
+        self, n: int, context: ArrayLike = None, seed: Optional[int] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Samples and their log-densities."""
+        c = self._context(context)
+        x = self.sample(n, c, seed)
+        return x, self._fitted().log_prob(x, c)
+
+    def grad_log_prob(self, X: ArrayLike, context: ArrayLike = None) -> np.ndarray:
+        """The score ``d log p(x) / dx`` of every row (data units), float64 ``(n, dim)``: for HMC, Langevin
+        or MAP on the learned density."""
+        c = self._context(context, X)
+        return self._fitted().grad_log_prob(self._rows(X), c)[1]
+
+    def transform_to_noise(self, X: ArrayLike, context: ArrayLike = None) -> np.ndarray:
+        """``z = f(x)``: the rows mapped to the base distribution's space."""
+        c = self._context(context, X)
+        return self._fitted().transform_to_noise(self._rows(X), c)
+
+    def score(self, X: ArrayLike, context: ArrayLike = None) -> float:
+        """Mean log-likelihood of the rows."""
+        return float(np.mean(self.log_prob(X, context)))
+
+    # ---- saving, loading, pickling ------------------------------------------------------------------------
+
+    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Write the model folder (``config.json`` + ``weights.safetensors`` + ``train_log.jsonl``), the same
+        as ``nflow train`` writes: ``nflow eval`` reads it and gives the same numbers."""
+        self._fitted().save(os.fspath(path))
+
+    @classmethod
+    def _from_model(cls, model: "_nflow.Model") -> "Flow":
+        f = cls.__new__(cls)
+        f._model = model
+        f.dim = model.dim
+        preset = model.preset
+        if preset is not None:
+            p = json.loads(preset)
+            f._kind = "preset"
+            f.seed = int(p.get("seed", 0))
+            f._def = {"flow": p["kind"], **{k: v for k, v in p.items() if k not in ("kind", "dim", "context_dim", "seed")}}
+        else:
+            a = json.loads(model.architecture)
+            f._kind = "composed"
+            f.seed = int(a.get("seed", 0))
+            f._def = {k: v for k, v in a.items() if k not in ("dim", "context_dim", "seed")}
+        return f
+
+    def to_bytes(self) -> bytes:
+        """The whole fitted model as bytes (what pickling sends to worker processes)."""
+        return self._fitted().to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Flow":
+        return cls._from_model(_nflow.Model.from_bytes(bytes(data)))
+
+    def __reduce__(self):  # pickles by the model's bytes
+        if self._model is None:
+            return (_unfitted, (self._kind, self._def, self.dim, self.seed))
+        return (Flow.from_bytes, (self.to_bytes(),))
+
+    # ---- information --------------------------------------------------------------------------------------
+
+    @property
+    def columns(self) -> List[str]:
+        return list(self._fitted().columns)
+
+    @property
+    def context_columns(self) -> List[str]:
+        return list(self._fitted().context_columns)
+
+    @property
+    def history(self) -> List[Dict[str, Any]]:
+        """One dict per evaluation of the last fit (step, train_nll, val_nll, seconds, ...)."""
+        return [json.loads(l) for l in self._fitted().log]
+
+    @property
+    def summary(self) -> Optional[Dict[str, Any]]:
+        s = self._fitted().summary
+        return None if s is None else json.loads(s)
+
+    @property
+    def num_params(self) -> int:
+        return self._fitted().num_params
+
+    def describe(self) -> str:
+        """One line per layer with its parameter count."""
+        return "\n".join(self._fitted().describe())
+
+    def __repr__(self) -> str:
+        what = self._def.get("flow") if self._kind == "preset" else f"{len(self._def['layers'])} layers"
+        state = f"fitted, dim={self.dim}, {self.num_params} parameters" if self._model is not None else "not fitted"
+        return f"nflow.Flow({what!r}, {state})"
+
+
+def _unfitted(kind: str, d: Dict[str, Any], dim: Optional[int], seed: int) -> Flow:
+    f = Flow.__new__(Flow)
+    f._model, f._kind, f._def, f.dim, f.seed = None, kind, d, dim, seed
+    return f
+
+
+def load(path: Union[str, "os.PathLike[str]"]) -> Flow:
+    """Load a model folder written by ``Flow.save`` or ``nflow train``."""
+    return Flow._from_model(_nflow.Model.load(os.fspath(path)))
+
+
+class _Hook:
+    """Progress display and the user's callback, called by the trainer on the calling thread."""
+
+    def __init__(self, callback: Optional[Callable[[Dict[str, Any]], Any]], verbose: bool, dim: int) -> None:
+        self.callback = callback
+        self.verbose = verbose
+        self.tty = verbose and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        self.t0 = time.monotonic()
+        self.val: Optional[float] = None
+        self.shown = False
+        self.last_line = -1e9
+
+    def __call__(self, step: int, total: int, train_nll: float, val_log_prob: Optional[float]) -> bool:
+        if val_log_prob is not None:
+            self.val = val_log_prob
+        now = time.monotonic()
+        # a terminal gets a live line; a log file an evaluation's line at most every 5 s, and the last
+        logged = val_log_prob is not None and (now - self.last_line >= 5.0 or step == total)
+        if self.verbose and (self.tty or logged):
+            self.last_line = now
+            width = 30
+            done = int(width * step / max(total, 1))
+            val = f"  val log-lik {self.val:.4f}" if self.val is not None else ""
+            line = (
+                f"[{'#' * done}{'.' * (width - done)}] {step}/{total} steps "
+                f"{time.monotonic() - self.t0:.0f}s  train nll {train_nll:.4f}{val}"
+            )
+            sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
+            sys.stderr.flush()
+            self.shown = True
+        if self.callback is not None and val_log_prob is not None:
+            info = {"step": step, "total": total, "train_nll": train_nll, "val_log_prob": val_log_prob}
+            return bool(self.callback(info))
+        return False
+
+    def close(self) -> None:
+        if self.tty and self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
