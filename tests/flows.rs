@@ -393,7 +393,9 @@ fn score_matches_finite_differences_of_log_prob() {
             assert!((a - b).abs() < 1e-10, "{kind:?}: log p {a} vs {b}");
         }
         assert!(
-            flow.named_params().iter().all(|(_, p)| p.grad().iter().all(|&v| v == 0.0)),
+            flow.named_params()
+                .iter()
+                .all(|(_, p)| p.grad().iter().all(|&v| v == 0.0)),
             "{kind:?}: parameter gradients left behind"
         );
         let h = 1e-5;

@@ -14,6 +14,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .flow import Flow
 
 
+_COUPLING_PRESETS = ("nice", "realnvp", "nsf-c", "glow", "realnvp-multiscale")
+
+
 class FlowDensity(DensityMixin, BaseEstimator):
     """Density estimation with a normalizing flow.
 
@@ -60,6 +63,11 @@ class FlowDensity(DensityMixin, BaseEstimator):
     def fit(self, X: Any, y: Any = None) -> "FlowDensity":
         """Fit the flow to the rows of ``X`` (``y`` is ignored)."""
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        if X.shape[1] == 1 and self.flow in _COUPLING_PRESETS:
+            raise ValueError(
+                f"FlowDensity(flow={self.flow!r}) needs 2 or more features, got n_features = 1: couplings split "
+                "the features in two; use flow='maf' or flow='nsf-ar' for one-dimensional data"
+            )
         seed = self._seed()
         flow = Flow(
             self.flow,

@@ -123,7 +123,12 @@ fn table(x: &PyReadonlyArray2<'_, f64>, columns: Vec<String>, source: &str) -> P
     Ok(Table::new(columns, rows, data, source))
 }
 
-fn array2<'py>(py: Python<'py>, rows: usize, cols: usize, v: Vec<f64>) -> Bound<'py, PyArray2<f64>> {
+fn array2<'py>(
+    py: Python<'py>,
+    rows: usize,
+    cols: usize,
+    v: Vec<f64>,
+) -> Bound<'py, PyArray2<f64>> {
     Array2::from_shape_vec((rows, cols), v)
         .expect("rows x cols values")
         .into_pyarray(py)
@@ -144,8 +149,7 @@ fn preset_spec(json: &str, dim: usize, context_dim: usize, seed: u64) -> PyResul
         .and_then(|n| n.as_str().map(String::from))
         .ok_or_else(|| config_err("flow options: no preset name"))?;
     let kind: FlowKind = name.parse().map_err(|e: Error| config_err(e.to_string()))?;
-    let mut base =
-        serde_json::to_value(FlowSpec::preset(kind, dim)).expect("a preset serialises");
+    let mut base = serde_json::to_value(FlowSpec::preset(kind, dim)).expect("a preset serialises");
     let known: Vec<String> = base
         .as_object()
         .expect("an object")
@@ -186,7 +190,8 @@ fn composed(json: &str, dim: usize, context_dim: usize, seed: u64) -> PyResult<F
     o.entry("dim").or_insert(dim.into());
     o.entry("context_dim").or_insert(context_dim.into());
     o.entry("seed").or_insert(seed.into());
-    let arch: FlowConfig = serde_json::from_value(v).map_err(|e| config_err(format!("flow: {e}")))?;
+    let arch: FlowConfig =
+        serde_json::from_value(v).map_err(|e| config_err(format!("flow: {e}")))?;
     if arch.dim != dim || arch.context_dim != context_dim {
         return Err(config_err(format!(
             "flow: the architecture has dim {} and context_dim {}, the data {dim} and {context_dim}",
@@ -200,7 +205,13 @@ fn composed(json: &str, dim: usize, context_dim: usize, seed: u64) -> PyResult<F
 /// The architecture (as `config.json` stores it under "flow") a definition gives for data of this size.
 #[pyfunction]
 #[pyo3(signature = (kind, json, dim, context_dim=0, seed=0))]
-fn architecture(kind: &str, json: &str, dim: usize, context_dim: usize, seed: u64) -> PyResult<String> {
+fn architecture(
+    kind: &str,
+    json: &str,
+    dim: usize,
+    context_dim: usize,
+    seed: u64,
+) -> PyResult<String> {
     let arch = match kind {
         "preset" => preset_spec(json, dim, context_dim, seed)?
             .architecture()
@@ -229,15 +240,17 @@ fn presets() -> Vec<&'static str> {
 // ---------------------------------------------------------------------------------------------------------
 // Training options (the CLI's `nflow train` defaults live in the Python layer's signature)
 
-#[allow(clippy::too_many_arguments)]
 fn train_config(o: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
     let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
         o.get_item(k).map(|v| v.filter(|v| !v.is_none()))
     };
     macro_rules! ex {
         ($v:expr, $k:expr) => {
-            $v.map(|v| v.extract().map_err(|e: PyErr| config_err(format!("{}: {e}", $k))))
-                .transpose()
+            $v.map(|v| {
+                v.extract()
+                    .map_err(|e: PyErr| config_err(format!("{}: {e}", $k)))
+            })
+            .transpose()
         };
     }
     let d = TrainConfig::default();
@@ -245,7 +258,11 @@ fn train_config(o: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
     let kind = match optimizer.as_str() {
         "adam" => OptimKind::Adam,
         "adamw" => OptimKind::Adamw,
-        o => return Err(config_err(format!("unknown optimizer '{o}' (known: adam, adamw)"))),
+        o => {
+            return Err(config_err(format!(
+                "unknown optimizer '{o}' (known: adam, adamw)"
+            )))
+        }
     };
     let schedule: String = ex!(get("schedule")?, "schedule")?.unwrap_or_else(|| "constant".into());
     let warmup: usize = ex!(get("warmup")?, "warmup")?.unwrap_or(0);
@@ -415,7 +432,11 @@ impl Model {
         });
         let fitted = match result {
             Ok(r) => r.map_err(py_err)?,
-            Err(_) => return Err(PyRuntimeError::new_err("nflow: the training thread panicked")),
+            Err(_) => {
+                return Err(PyRuntimeError::new_err(
+                    "nflow: the training thread panicked",
+                ))
+            }
         };
         if let Some(e) = fitted.diverged {
             let s = fitted.model.summary.clone().unwrap_or_default();
@@ -441,7 +462,9 @@ impl Model {
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Model> {
         let data = data.to_vec();
-        let m = py.detach(|| nflow::Model::from_bytes(&data)).map_err(py_err)?;
+        let m = py
+            .detach(|| nflow::Model::from_bytes(&data))
+            .map_err(py_err)?;
         Ok(Model::new(m))
     }
 
@@ -503,7 +526,7 @@ impl Model {
         py: Python<'py>,
         x: PyReadonlyArray2<'py, f64>,
         context: Option<PyReadonlyArray2<'py, f64>>,
-    ) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray2<f64>>)> {
+    ) -> PyResult<Scored<'py>> {
         let (cols, ccols) = {
             let m = self.read();
             (m.columns.clone(), m.context_columns.clone())
@@ -586,6 +609,9 @@ impl Model {
         self.read().flow.describe()
     }
 }
+
+/// `(log p(x), d log p / dx)` as numpy arrays.
+type Scored<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray2<f64>>);
 
 fn table_ctx(c: &PyReadonlyArray2<'_, f64>, columns: Vec<String>, source: &str) -> PyResult<Table> {
     let cols = c.as_array().dim().1;

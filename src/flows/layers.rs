@@ -336,6 +336,12 @@ impl Layer {
         let bad = |m: String| Err(Error::Config(format!("{name}: {m}")));
         let t: Box<dyn Transform<F>> = match self {
             Layer::Coupling(o) => {
+                if d < 2 {
+                    return bad(format!(
+                        "a coupling splits the features in two and needs at least 2, got {d} (for \
+                         one-dimensional data use autoregressive layers: maf, nsf-ar)"
+                    ));
+                }
                 o.net.check(&name)?;
                 o.map
                     .validate()

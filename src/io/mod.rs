@@ -281,7 +281,11 @@ impl Model {
 
     /// The score `d log p(x) / dx` of every row in the data's units (row-major, `rows x dim`), with
     /// `log p(x)`. Not defined for a model with dequantisation / logit preprocessing.
-    pub fn grad_log_prob(&mut self, t: &Table, ctx: Option<&Table>) -> Result<(Vec<f64>, Vec<f64>)> {
+    pub fn grad_log_prob(
+        &mut self,
+        t: &Table,
+        ctx: Option<&Table>,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
         if self.preprocess.is_some() {
             return Err(Error::Config(
                 "the score is not available for a model trained with dequantisation / logit \
@@ -292,7 +296,10 @@ impl Model {
         let x = self.prepare(t)?;
         let c = self.prepare_ctx(ctx, t.rows)?;
         let shift = self.norm.log_abs_det();
-        let (mut lp, mut g) = (Vec::with_capacity(t.rows), Vec::with_capacity(t.rows * t.cols));
+        let (mut lp, mut g) = (
+            Vec::with_capacity(t.rows),
+            Vec::with_capacity(t.rows * t.cols),
+        );
         // chunks bound the memory the layers' caches take
         let ch = if self.arch.is_image() { 128 } else { 4096 };
         for a in (0..x.rows).step_by(ch) {
@@ -480,12 +487,16 @@ impl Model {
                 "cannot read {CONFIG}: {e} (not an nflow model folder?)"
             ))
         })?;
-        let bytes = std::fs::read(dir.join(WEIGHTS))
-            .map_err(|e| bad(format!("cannot read {WEIGHTS}: {e}")))?;
         let log = std::fs::read_to_string(dir.join(LOG))
             .map(|s| s.lines().map(String::from).collect())
             .unwrap_or_default();
-        Self::from_parts(&dir.display().to_string(), &text, &bytes, log)
+        // the weights are read once the config is known to be good (its errors come first)
+        let weights = || {
+            std::fs::read(dir.join(WEIGHTS))
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| bad(format!("cannot read {WEIGHTS}: {e}")))
+        };
+        Self::from_parts(&dir.display().to_string(), &text, weights, log)
     }
 
     /// The whole model as one byte string (what pickling and sending to worker processes use): the
@@ -517,7 +528,7 @@ impl Model {
             .get(LOG)
             .map(|s| s.lines().map(String::from).collect())
             .unwrap_or_default();
-        Self::from_parts(what, text, bytes, log)
+        Self::from_parts(what, text, || Ok(std::borrow::Cow::Borrowed(bytes)), log)
     }
 
     /// Every parameter and buffer as safetensors, with `meta` as its metadata.
@@ -540,7 +551,12 @@ impl Model {
     }
 
     /// A model from the text of its `config.json` and the bytes of its weights (`path`: for messages).
-    fn from_parts(path: &str, text: &str, bytes: &[u8], log: Vec<String>) -> Result<Model> {
+    fn from_parts<'a>(
+        path: &str,
+        text: &str,
+        weights: impl FnOnce() -> Result<std::borrow::Cow<'a, [u8]>>,
+        log: Vec<String>,
+    ) -> Result<Model> {
         let bad = |msg: String| Error::Model {
             path: path.into(),
             msg,
@@ -592,7 +608,8 @@ impl Model {
             .flow
             .build()
             .map_err(|e| bad(format!("{CONFIG}: {e}")))?;
-        let st = SafeTensors::deserialize(bytes)
+        let bytes = weights()?;
+        let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(format!("{WEIGHTS} is corrupt: {e}")))?;
         let expected = flow.named_params().len();
         if st.len() != expected {

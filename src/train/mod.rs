@@ -534,7 +534,10 @@ impl Trainer {
             let out_of_time = cfg
                 .max_seconds
                 .is_some_and(|m| t0.elapsed().as_secs_f64() >= m)
-                || self.stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
+                || self
+                    .stop
+                    .as_ref()
+                    .is_some_and(|f| f.load(Ordering::Relaxed));
             let evaluate = step % eval_every == 0 || step == total || out_of_time;
             let mut val = None;
             let mut mon = None;

@@ -1,0 +1,254 @@
+"""nflow.Flow: fit, score, sample, the score's gradient, saving, pickling, errors, threads."""
+
+import json
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import nflow
+from nflow.layers import Affine, Coupling, MLP, Normal, Permutation, RqSpline
+
+FAST = dict(steps=150, batch_size=256, verbose=False)
+
+
+def small(kind="realnvp", **kw):
+    return nflow.Flow(kind, layers=3, hidden=16, **kw)
+
+
+def test_fit_log_prob_sample_shapes_and_dtypes(banana):
+    f = small().fit(banana.astype(np.float32), **FAST)
+    for x in (banana[:7], banana[:7].astype(np.float32), banana[:7].tolist()):
+        lp = f.log_prob(x)
+        assert lp.dtype == np.float64 and lp.shape == (7,)
+        assert np.all(np.isfinite(lp))
+    s = f.sample(11, seed=3)
+    assert s.dtype == np.float64 and s.shape == (11, 2)
+    np.testing.assert_array_equal(s, f.sample(11, seed=3))
+    assert not np.array_equal(s, f.sample(11, seed=4))
+    assert f.sample(0, seed=1).shape == (0, 2)
+
+
+def test_same_seed_same_model_and_float32_input_matches_float64(banana):
+    a = small(seed=5).fit(banana, **FAST)
+    b = small(seed=5).fit(banana, **FAST)
+    np.testing.assert_array_equal(a.log_prob(banana[:50]), b.log_prob(banana[:50]))
+    c = small(seed=6).fit(banana, **FAST)
+    assert not np.array_equal(a.log_prob(banana[:50]), c.log_prob(banana[:50]))
+
+
+def test_training_improves_the_held_out_likelihood(banana):
+    f = small("nsf-c").fit(banana[:2500], steps=400, verbose=False)
+    h = f.history
+    assert h[-1]["val_nll"] < h[0]["val_nll"] - 0.2
+    # a Gaussian fit is the floor a flow must beat on curved data
+    test = banana[2500:]
+    mu, cov = test.mean(0), np.cov(test.T)
+    d = test - mu
+    gauss = -0.5 * np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d) - 0.5 * np.log(np.linalg.det(2 * np.pi * cov))
+    assert f.score(test) > gauss.mean() + 0.1
+
+
+def test_sample_and_log_prob_agree_with_log_prob(banana):
+    f = small("maf").fit(banana, **FAST)
+    x, lp = f.sample_and_log_prob(200, seed=1)
+    np.testing.assert_allclose(lp, f.log_prob(x), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(x, f.sample(200, seed=1))
+
+
+def test_density_integrates_to_one_on_a_grid(banana):
+    f = small("nsf-c").fit(banana, **FAST)
+    lo, hi, g = np.array([-25.0, -2.5]), np.array([31.0, 5.0]), 400
+    xs = [np.linspace(lo[i], hi[i], g, endpoint=False) + (hi[i] - lo[i]) / g / 2 for i in range(2)]
+    grid = np.stack(np.meshgrid(*xs), -1).reshape(-1, 2)
+    mass = np.exp(f.log_prob(grid)).sum() * np.prod((hi - lo) / g)
+    assert abs(mass - 1.0) < 0.02, mass
+
+
+def test_grad_log_prob_matches_finite_differences(banana):
+    # smooth layers (tanh conditioners, affine maps): finite differences across a ReLU's or a spline knot's
+    # kink are off by O(h); the f64 check of every layer kind is in tests/flows.rs
+    f = small("maf", activation="tanh").fit(banana, steps=300, verbose=False)
+    x = banana[:20]
+    g = f.grad_log_prob(x)
+    assert g.shape == x.shape and g.dtype == np.float64
+    for j, h in ((0, 5e-2), (1, 2e-3)):  # steps relative to each column's scale
+        e = np.zeros(2)
+        e[j] = h
+        fd = (f.log_prob(x + e) - f.log_prob(x - e)) / (2 * h)
+        np.testing.assert_allclose(g[:, j], fd, rtol=2e-2, atol=2e-3 / banana[:, j].std())
+
+
+def test_transform_to_noise_is_standard_normal_after_training(banana):
+    f = small("nsf-c").fit(banana, steps=400, verbose=False)
+    z = f.transform_to_noise(banana)
+    assert z.shape == banana.shape
+    assert np.all(np.abs(z.mean(0)) < 0.15) and np.all(np.abs(z.std(0) - 1) < 0.15)
+
+
+def test_composed_flow_mirrors_the_rust_layers(banana):
+    layers = [
+        Coupling(map=RqSpline(bins=6), net=MLP(hidden=16)),
+        Permutation(),
+        Coupling(map=Affine(), net=MLP(hidden=16, depth=1), index=1),
+    ]
+    f = nflow.Flow(layers=layers, base=Normal(), seed=2).fit(banana, **FAST)
+    arch = f.architecture
+    assert [l["type"] for l in arch["layers"]] == ["coupling", "permutation", "coupling"]
+    assert arch["layers"][0]["map"]["bins"] == 6 and arch["layers"][2]["net"]["depth"] == 1
+    assert np.all(np.isfinite(f.log_prob(banana[:10])))
+    # the preset is a list of layers too: composing its own list gives the same model
+    preset = small("nsf-c", seed=2)
+    same = nflow.Flow(layers=[nflow.layers.Layer(**l) for l in preset.architecture_for(2)["layers"]], seed=2)
+    a = preset.fit(banana, **FAST).log_prob(banana[:20])
+    b = same.fit(banana, **FAST).log_prob(banana[:20])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_input_raises_the_usual_exceptions(banana, tmp_path):
+    f = small().fit(banana, **FAST)
+    bad = banana[:5].copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="row 3.*x1"):
+        f.log_prob(bad)
+    with pytest.raises(ValueError, match="2-D"):
+        f.log_prob(banana[0])
+    with pytest.raises(ValueError, match="columns"):
+        f.log_prob(np.ones((3, 5)))
+    with pytest.raises(ValueError, match="expected numbers"):
+        f.log_prob(np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match="unknown option 'hiden'"):
+        nflow.Flow("maf", 2, hiden=3)
+    with pytest.raises(ValueError, match="unknown flow"):
+        nflow.Flow("not-a-flow")
+    with pytest.raises(ValueError, match=r"layers\[0\].*bogus"):
+        nflow.Flow(layers=[Coupling(map=RqSpline(bogus=1))], dim=2)
+    with pytest.raises(ValueError, match="learning rate"):
+        small().fit(banana, lr=-1, verbose=False)
+    with pytest.raises(ValueError, match="NaN"):
+        small().fit(bad, verbose=False)
+    with pytest.raises(FileNotFoundError):
+        nflow.load(tmp_path / "missing")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        small().log_prob(banana)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("{")
+    with pytest.raises(ValueError, match="config.json"):
+        nflow.load(tmp_path / "junk")
+    with pytest.raises(ValueError, match="not an nflow model"):
+        nflow.Flow.from_bytes(b"garbage")
+
+
+def test_save_load_and_pickle_give_identical_log_probs(banana, tmp_path):
+    f = small("maf").fit(banana, **FAST)
+    f.save(tmp_path / "m")
+    g = nflow.load(tmp_path / "m")
+    np.testing.assert_array_equal(f.log_prob(banana), g.log_prob(banana))
+    np.testing.assert_array_equal(f.sample(50, seed=2), g.sample(50, seed=2))
+    p = pickle.loads(pickle.dumps(f))
+    np.testing.assert_array_equal(f.log_prob(banana), p.log_prob(banana))
+    assert p.summary["steps"] == 150 and len(p.history) == len(f.history)
+    u = pickle.loads(pickle.dumps(small()))
+    with pytest.raises(RuntimeError):
+        u.log_prob(banana)
+    np.testing.assert_array_equal(u.fit(banana, **FAST).log_prob(banana[:9]), small().fit(banana, **FAST).log_prob(banana[:9]))
+
+
+def test_pandas_columns_and_context_by_name():
+    pd = pytest.importorskip("pandas")
+    r = np.random.default_rng(1)
+    c = r.integers(0, 2, size=2000).astype(float)
+    x = r.normal(size=(2000, 2)) + 3 * c[:, None]
+    df = pd.DataFrame({"a": x[:, 0], "label": c, "b": x[:, 1]})
+    f = small("maf").fit(df, context=["label"], steps=300, verbose=False)
+    assert f.columns == ["a", "b"] and f.context_columns == ["label"]
+    lp = f.log_prob(df)  # the context is found by name
+    shuffled = df[["b", "label", "a"]]
+    np.testing.assert_array_equal(lp, f.log_prob(shuffled))
+    np.testing.assert_array_equal(lp, f.log_prob(x, context=c[:, None]))
+    # conditional: samples follow their context
+    s = f.sample(0, context=np.repeat([[0.0], [1.0]], 500, axis=0), seed=1)
+    assert s.shape == (1000, 2)
+    assert s[:500].mean() < 1.0 < 2.0 < s[500:].mean()
+    with pytest.raises(ValueError, match="context"):
+        f.log_prob(x)
+
+
+def test_callback_stops_training_and_keeps_the_best_weights(banana):
+    seen = []
+
+    def cb(info):
+        seen.append(info)
+        return info["step"] >= 40
+
+    f = small().fit(banana, steps=2000, eval_every=20, callback=cb, verbose=False)
+    assert [i["step"] for i in seen] == [20, 40]
+    assert f.summary["steps"] in (40, 41)
+    best = max(seen, key=lambda i: i["val_log_prob"])
+    assert f.summary["best_val_log_prob"] == pytest.approx(best["val_log_prob"], abs=1e-12) or f.summary["best_step"] > 40
+
+
+def test_a_callback_exception_propagates_after_training_stops(banana):
+    def cb(info):
+        raise ZeroDivisionError("from the callback")
+
+    f = small()
+    with pytest.raises(ZeroDivisionError, match="from the callback"):
+        f.fit(banana, steps=2000, eval_every=10, callback=cb, verbose=False)
+    assert f.summary["steps"] <= 11 and np.all(np.isfinite(f.log_prob(banana[:5])))
+
+
+def test_ctrl_c_stops_within_a_second_and_keeps_the_best_weights(banana):
+    import _thread
+
+    f = nflow.Flow("nsf-ar", layers=5, hidden=256)
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    t0 = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        f.fit(banana, steps=1_000_000, eval_every=50, verbose=False)
+    elapsed = time.monotonic() - t0
+    timer.cancel()
+    assert elapsed < 2.5, elapsed
+    assert 0 < f.summary["steps"] < 1_000_000
+    assert np.all(np.isfinite(f.log_prob(banana[:5])))
+
+
+def test_the_gil_is_released_while_training_and_scoring(banana):
+    ticks = []
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.005)
+
+    t = threading.Thread(target=count)
+    f = small("nsf-ar")
+    t.start()
+    t0 = time.monotonic()
+    f.fit(banana, steps=400, verbose=False)
+    big = np.repeat(banana, 100, axis=0)
+    f.log_prob(big)
+    t1 = time.monotonic()
+    stop.set()
+    t.join()
+    during = [x for x in ticks if t0 <= x <= t1]
+    # the other thread ran all along (a held GIL would leave it a handful of ticks)
+    assert len(during) > 0.5 * (t1 - t0) / 0.005 * 0.5, (len(during), t1 - t0)
+
+
+def test_set_num_threads_keeps_results(banana):
+    f = small().fit(banana, **FAST)
+    before = f.log_prob(banana)
+    n = nflow.get_num_threads()
+    try:
+        nflow.set_num_threads(1)
+        assert nflow.get_num_threads() == 1
+        np.testing.assert_array_equal(before, f.log_prob(banana))
+    finally:
+        nflow.set_num_threads(n)
+    with pytest.raises(ValueError):
+        nflow.set_num_threads(0)
