@@ -220,6 +220,70 @@ fn save_load_gives_identical_log_probs() {
 }
 
 #[test]
+fn model_bytes_round_trip_is_bit_identical_and_rejects_garbage() {
+    let t = data::toy("moons", 2000, 2).unwrap();
+    let spec = FlowSpec {
+        batch_norm: true,
+        ..small_spec(FlowKind::NsfC, 2)
+    };
+    let model = quick_fit(spec, &t, 40, 5);
+    let bytes = model.to_bytes();
+    let back = Model::from_bytes(&bytes).unwrap();
+    let test = data::toy("moons", 300, 9).unwrap();
+    assert_eq!(
+        model.log_prob_table(&test).unwrap(),
+        back.log_prob_table(&test).unwrap()
+    );
+    assert_eq!(back.columns, model.columns);
+    assert_eq!(back.log, model.log);
+    assert_eq!(back.summary, model.summary);
+    // the bytes are the weights file of a model folder plus its config: a truncated copy is an error
+    for bad in [&bytes[..bytes.len() / 2], &b"not a model"[..], &[][..]] {
+        match Model::from_bytes(bad) {
+            Err(Error::Model { msg, .. }) => assert!(!msg.is_empty()),
+            Err(e) => panic!("expected a model error, got {e}"),
+            Ok(_) => panic!("garbage loaded as a model"),
+        }
+    }
+}
+
+#[test]
+fn stop_flag_ends_training_with_the_best_weights() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let t = data::toy("moons", 3000, 2).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = TrainConfig {
+        steps: Some(10_000),
+        eval_every: Some(10),
+        batch_size: 64,
+        ..TrainConfig::default()
+    };
+    let mut vals = Vec::new();
+    let fitted = Trainer::new(cfg)
+        .with_stop(stop.clone())
+        .fit(small_spec(FlowKind::Realnvp, 2), &t, None, |p| {
+            if let Some(v) = p.val_log_prob {
+                vals.push((p.step, v));
+            }
+            if p.step == 35 {
+                stop.store(true, Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+    let s = fitted.model.summary.unwrap();
+    // stopped after the step that set the flag, with a last evaluation there
+    assert_eq!(s.steps, 36);
+    assert_eq!(vals.last().unwrap().0, 36);
+    let best = vals
+        .iter()
+        .cloned()
+        .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+    assert_eq!(s.best_step, best.0);
+    assert_eq!(s.best_val_log_prob, Some(best.1));
+}
+
+#[test]
 fn maf_save_load_keeps_orderings_and_masks() {
     let t = data::toy("checkerboard", 3000, 2).unwrap();
     let spec = FlowSpec {

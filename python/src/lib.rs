@@ -21,6 +21,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+// The module's Rust allocations (the layers' buffers, result arrays) go through mimalloc, as polars' wheel
+// uses jemalloc: glibc's malloc with an explicit trim threshold (Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its
+// workers) stops adapting its mmap threshold, so every buffer over 128 KiB was mapped, faulted in and unmapped.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A library error as the Python exception a Python user expects.
 fn py_err(e: Error) -> PyErr {
     let msg = e.to_string();
