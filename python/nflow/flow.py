@@ -93,6 +93,7 @@ class Flow:
         **options: Any,
     ) -> None:
         self._model: Optional[_nflow.Model] = None
+        self.vi_diagnostics: Optional[Dict[str, Any]] = None
         self.seed = int(seed)
         self.dim = dim
         if isinstance(layers, (list, tuple)):
@@ -241,6 +242,71 @@ class Flow:
             raise stopped_by
         return self
 
+    def fit_vi(
+        self,
+        target: Union[str, Callable[..., Any]],
+        dim: Optional[int] = None,
+        *,
+        contexts: ArrayLike = None,
+        steps: int = 2000,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        schedule: str = "constant",
+        warmup: int = 0,
+        clip: Optional[float] = None,
+        eval_every: Optional[int] = None,
+        eval_samples: int = 4096,
+        seed: Optional[int] = None,
+        callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        verbose: bool = True,
+    ) -> "Flow":
+        """Fit by reverse KL to an unnormalised density (variational inference), as ``nflow vi`` does.
+
+        ``target``: a built-in name (``"u1"``..``"u4"``, ``"gauss:D[:RHO[:SCALE]]"``) or a function
+        ``f(x) -> (log_p, grad)`` of float64 ``x`` of shape ``(n, dim)`` returning ``log p~(x)`` ``(n,)`` and
+        ``d log p~ / dx`` ``(n, dim)``; with ``contexts`` (amortised inference: a conditional flow over these
+        rows, each step drawing contexts from them) it is called as ``f(x, c)``. The best weights by the ELBO on
+        a fixed set of ``eval_samples`` draws are kept; ``self.vi_diagnostics`` holds the ELBO, importance-
+        sampling ``log Z`` (each with its standard error), the effective sample size and, for built-in targets,
+        ``kl = log Z - ELBO``. ``callback(info)`` at every evaluation (``step``, ``total``, ``loss``, ``elbo``)
+        stops training by returning True; Ctrl-C stops it keeping the best weights. Returns ``self``.
+        """
+        from .vi import checked_target
+
+        seed = self.seed if seed is None else int(seed)
+        dim = dim if dim is not None else self.dim
+        c = None
+        if contexts is not None:
+            c, _ = _matrix(contexts, "contexts")
+        if not isinstance(target, str):
+            if not callable(target):
+                raise ValueError("target must be a built-in target's name or a function f(x) -> (log_p, grad)")
+            if dim is None:
+                raise ValueError("a target given as a function needs dim (its number of dimensions)")
+            target = checked_target(target, int(dim))
+        options = dict(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            schedule=schedule,
+            warmup=warmup,
+            clip=clip,
+            eval_every=eval_every,
+            eval_samples=eval_samples,
+            seed=seed,
+        )
+        hook = _Hook(callback, verbose, 0, labels=("loss", "ELBO", "elbo"))
+        model, diag, stopped_by = _nflow.Model.fit_vi(
+            self._kind, json.dumps(self._def), target, None if dim is None else int(dim), c, options, hook
+        )
+        hook.close()
+        self._model = model
+        self.dim = model.dim
+        self.vi_diagnostics = json.loads(diag)
+        if stopped_by is not None:
+            raise stopped_by
+        return self
+
     # ---- using a fitted flow ------------------------------------------------------------------------------
 
     def _fitted(self) -> "_nflow.Model":
@@ -322,6 +388,7 @@ class Flow:
     def _from_model(cls, model: "_nflow.Model") -> "Flow":
         f = cls.__new__(cls)
         f._model = model
+        f.vi_diagnostics = None
         f.dim = model.dim
         preset = model.preset
         if preset is not None:
@@ -386,6 +453,7 @@ class Flow:
 def _unfitted(kind: str, d: Dict[str, Any], dim: Optional[int], seed: int) -> Flow:
     f = Flow.__new__(Flow)
     f._model, f._kind, f._def, f.dim, f.seed = None, kind, d, dim, seed
+    f.vi_diagnostics = None
     return f
 
 
@@ -397,7 +465,14 @@ def load(path: Union[str, "os.PathLike[str]"]) -> Flow:
 class _Hook:
     """Progress display and the user's callback, called by the trainer on the calling thread."""
 
-    def __init__(self, callback: Optional[Callable[[Dict[str, Any]], Any]], verbose: bool, dim: int) -> None:
+    def __init__(
+        self,
+        callback: Optional[Callable[[Dict[str, Any]], Any]],
+        verbose: bool,
+        dim: int,
+        labels: Tuple[str, str, str] = ("train nll", "val log-lik", "val_log_prob"),
+    ) -> None:
+        self.labels = labels
         self.callback = callback
         self.verbose = verbose
         self.tty = verbose and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
@@ -406,7 +481,7 @@ class _Hook:
         self.shown = False
         self.last_line = -1e9
 
-    def __call__(self, step: int, total: int, train_nll: float, val_log_prob: Optional[float]) -> bool:
+    def __call__(self, step: int, total: int, loss: float, val_log_prob: Optional[float]) -> bool:
         if val_log_prob is not None:
             self.val = val_log_prob
         now = time.monotonic()
@@ -416,16 +491,17 @@ class _Hook:
             self.last_line = now
             width = 30
             done = int(width * step / max(total, 1))
-            val = f"  val log-lik {self.val:.4f}" if self.val is not None else ""
+            val = f"  {self.labels[1]} {self.val:.4f}" if self.val is not None else ""
             line = (
                 f"[{'#' * done}{'.' * (width - done)}] {step}/{total} steps "
-                f"{time.monotonic() - self.t0:.0f}s  train nll {train_nll:.4f}{val}"
+                f"{time.monotonic() - self.t0:.0f}s  {self.labels[0]} {loss:.4f}{val}"
             )
             sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
             sys.stderr.flush()
             self.shown = True
         if self.callback is not None and val_log_prob is not None:
-            info = {"step": step, "total": total, "train_nll": train_nll, "val_log_prob": val_log_prob}
+            loss_key = "train_nll" if self.labels[2] == "val_log_prob" else "loss"
+            info = {"step": step, "total": total, loss_key: loss, self.labels[2]: val_log_prob}
             return bool(self.callback(info))
         return False
 

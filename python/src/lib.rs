@@ -7,10 +7,12 @@
 use nflow::data::Table;
 use nflow::flows::{FlowConfig, FlowDef, FlowKind, FlowSpec};
 use nflow::optim::{OptimConfig, OptimKind, Schedule};
-use nflow::train::{Progress, TrainConfig, Trainer};
+use nflow::train::diagnostics::Diagnostics;
+use nflow::train::{Progress, StopFlag, Target, TrainConfig, Trainer, ViConfig, ViProgress};
 use nflow::Error;
+use nflow::Mat;
 use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::exceptions::{
     PyFileNotFoundError, PyFloatingPointError, PyOSError, PyRuntimeError, PyValueError,
 };
@@ -321,12 +323,97 @@ impl Model {
     }
 }
 
-/// One report from the training thread to the Python thread.
+/// One report from the training thread to the Python thread: the loss (training NLL / reverse KL) and, at an
+/// evaluation, the held-out figure (validation log-likelihood / ELBO).
 struct Report {
     step: usize,
     total: usize,
-    train_nll: f64,
-    val_log_prob: Option<f64>,
+    loss: f64,
+    eval: Option<f64>,
+    /// Set for an evaluation when there is a hook: the training thread waits until the hook has run, so a
+    /// callback that stops training stops it at this evaluation.
+    ack: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+/// Progress reports between evaluations come at most this often.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// Run `work` (a training run, given a way to report progress) on the pool's warm scope, off this thread;
+/// meanwhile this thread waits with the GIL released, calls `hook(step, total, loss, eval)` for each report
+/// (True stops training through `stop`) and checks for signals (Ctrl-C stops it too). Returns what `work`
+/// returned and the exception that stopped it (KeyboardInterrupt, or the hook's own), for the caller to raise
+/// once it holds the model.
+fn drive<R: Send>(
+    py: Python<'_>,
+    hook: Option<&Py<PyAny>>,
+    stop: &AtomicBool,
+    work: impl FnOnce(&dyn Fn(Report)) -> R + Send,
+) -> PyResult<(R, Option<PyErr>)> {
+    let (tx, rx) = std::sync::mpsc::channel::<Report>();
+    let rx = Mutex::new(rx);
+    let pool = pool()?;
+    let mut raised: Option<PyErr> = None;
+    let has_hook = hook.is_some();
+    let result = std::thread::scope(|s| {
+        let worker = s.spawn(move || {
+            pool.install(move || {
+                nflow::engine::pool::run_warm(move || {
+                    let send = move |mut r: Report| {
+                        if r.eval.is_some() && has_hook {
+                            let (atx, arx) = std::sync::mpsc::sync_channel(1);
+                            r.ack = Some(atx);
+                            if tx.send(r).is_ok() {
+                                let _ = arx.recv();
+                            }
+                        } else {
+                            let _ = tx.send(r);
+                        }
+                    };
+                    work(&send)
+                })
+            })
+        });
+        loop {
+            let got = py.detach(|| {
+                let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+                rx.recv_timeout(Duration::from_millis(100))
+            });
+            match got {
+                Ok(mut r) => {
+                    let ack = r.ack.take();
+                    if let (Some(h), false) = (hook, stop.load(Ordering::Relaxed)) {
+                        match h.call1(py, (r.step, r.total, r.loss, r.eval)) {
+                            Ok(v) => {
+                                if v.is_truthy(py).unwrap_or(false) {
+                                    stop.store(true, Ordering::Relaxed);
+                                }
+                            }
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                raised.get_or_insert(e);
+                            }
+                        }
+                    }
+                    if let Some(a) = ack {
+                        let _ = a.send(());
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if let Err(e) = py.check_signals() {
+                stop.store(true, Ordering::Relaxed);
+                raised.get_or_insert(e);
+            }
+        }
+        worker.join()
+    });
+    match result {
+        Ok(r) => Ok((r, raised)),
+        Err(_) => Err(PyRuntimeError::new_err(
+            "nflow: the training thread panicked",
+        )),
+    }
 }
 
 #[pymethods]
@@ -376,74 +463,23 @@ impl Model {
         let trainer = Trainer::new(cfg)
             .with_context_classes(classes)
             .with_stop(stop.clone());
-        let (tx, rx) = std::sync::mpsc::channel::<Report>();
-        let rx = Mutex::new(rx);
-        let pool = pool()?;
-        let mut raised: Option<PyErr> = None;
-        let result = std::thread::scope(|s| {
-            let worker = s.spawn(|| {
-                let tx = tx;
-                let mut last = Instant::now();
-                pool.install(|| {
-                    nflow::engine::pool::run_warm(|| {
-                        trainer.fit(def, &table, ctx.as_ref(), |p: &Progress| {
-                            let now = Instant::now();
-                            let due = now.duration_since(last) >= Duration::from_millis(100);
-                            if p.val_log_prob.is_some() || due || p.step == p.total {
-                                last = now;
-                                let _ = tx.send(Report {
-                                    step: p.step,
-                                    total: p.total,
-                                    train_nll: p.train_nll,
-                                    val_log_prob: p.val_log_prob,
-                                });
-                            }
-                        })
-                    })
-                })
-            });
-            // this (the calling) thread waits with the GIL released, runs the hook and watches for Ctrl-C
-            loop {
-                let got = py.detach(|| {
-                    let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-                    rx.recv_timeout(Duration::from_millis(100))
-                });
-                match got {
-                    Ok(r) => {
-                        if let Some(h) = &hook {
-                            if !stop.load(Ordering::Relaxed) {
-                                match h.call1(py, (r.step, r.total, r.train_nll, r.val_log_prob)) {
-                                    Ok(v) => {
-                                        if v.is_truthy(py).unwrap_or(false) {
-                                            stop.store(true, Ordering::Relaxed);
-                                        }
-                                    }
-                                    Err(e) => {
-                                        stop.store(true, Ordering::Relaxed);
-                                        raised.get_or_insert(e);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        let (result, raised) = drive(py, hook.as_ref(), &stop, |send| {
+            let mut last = Instant::now();
+            trainer.fit(def, &table, ctx.as_ref(), |p: &Progress| {
+                let now = Instant::now();
+                if p.val_log_prob.is_some() || p.step == p.total || now - last >= REPORT_EVERY {
+                    last = now;
+                    send(Report {
+                        step: p.step,
+                        total: p.total,
+                        loss: p.train_nll,
+                        eval: p.val_log_prob,
+                        ack: None,
+                    });
                 }
-                if let Err(e) = py.check_signals() {
-                    stop.store(true, Ordering::Relaxed);
-                    raised.get_or_insert(e);
-                }
-            }
-            worker.join()
-        });
-        let fitted = match result {
-            Ok(r) => r.map_err(py_err)?,
-            Err(_) => {
-                return Err(PyRuntimeError::new_err(
-                    "nflow: the training thread panicked",
-                ))
-            }
-        };
+            })
+        })?;
+        let fitted = result.map_err(py_err)?;
         if let Some(e) = fitted.diverged {
             let s = fitted.model.summary.clone().unwrap_or_default();
             return Err(PyRuntimeError::new_err(format!(
@@ -453,6 +489,104 @@ impl Model {
         }
         Ok((
             Model::new(fitted.model),
+            raised.map(|e| e.into_value(py).into_any()),
+        ))
+    }
+
+    /// Fit a flow by reverse KL to `target`: a built-in name (`u1`..`u4`, `gauss:D[:RHO[:SCALE]]`) or a
+    /// Python function (then `dim` is needed). `contexts`: amortised inference over these rows. Returns the
+    /// model, its diagnostics on fresh samples (JSON) and the exception that stopped training, if any.
+    #[staticmethod]
+    #[pyo3(signature = (kind, flow_json, target, dim, contexts, options, hook))]
+    #[allow(clippy::too_many_arguments)]
+    fn fit_vi(
+        py: Python<'_>,
+        kind: &str,
+        flow_json: &str,
+        target: &Bound<'_, PyAny>,
+        dim: Option<usize>,
+        contexts: Option<PyReadonlyArray2<'_, f64>>,
+        options: &Bound<'_, PyDict>,
+        hook: Option<Py<PyAny>>,
+    ) -> PyResult<(Model, String, Option<Py<PyAny>>)> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = vi_config(options, stop.clone())?;
+        let error_slot: Arc<Mutex<Option<PyErr>>> = Arc::new(Mutex::new(None));
+        let (target, name): (Box<dyn Target<f32>>, String) = match target.extract::<String>() {
+            Ok(name) => (
+                nflow::train::targets::by_name::<f32>(&name).map_err(py_err)?,
+                name,
+            ),
+            Err(_) => {
+                let dim = dim.ok_or_else(|| {
+                    config_err("a target given as a function needs dim (its number of dimensions)")
+                })?;
+                let label = target
+                    .getattr("__name__")
+                    .and_then(|n| n.extract::<String>())
+                    .unwrap_or_else(|_| "python-function".into());
+                let t = PyTarget {
+                    f: target.clone().unbind(),
+                    dim,
+                    error: error_slot.clone(),
+                    stop: stop.clone(),
+                };
+                (Box::new(t), label)
+            }
+        };
+        if let Some(d) = dim {
+            if d != target.dim() {
+                return Err(config_err(format!(
+                    "dim = {d}, but the target {name} has {} dimensions",
+                    target.dim()
+                )));
+            }
+        }
+        let ctx = contexts.map(|c| {
+            let v = c.as_array();
+            let (r, k) = v.dim();
+            Mat::<f32>::from_vec(r, k, v.iter().map(|&x| x as f32).collect())
+        });
+        let context_dim = ctx.as_ref().map_or(0, |c| c.cols);
+        let def: FlowDef = match kind {
+            "preset" => preset_spec(flow_json, target.dim(), context_dim, cfg.seed)?.into(),
+            "composed" => composed(flow_json, target.dim(), context_dim, cfg.seed)?.into(),
+            k => return Err(config_err(format!("unknown flow definition kind '{k}'"))),
+        };
+        let t = target.as_ref();
+        let (result, raised) = drive(py, hook.as_ref(), &stop, |send| {
+            let mut last = Instant::now();
+            cfg.fit_amortised(def, t, &name, ctx.as_ref(), |p: &ViProgress| {
+                let now = Instant::now();
+                if p.elbo.is_some() || p.step == p.total || now - last >= REPORT_EVERY {
+                    last = now;
+                    send(Report {
+                        step: p.step,
+                        total: p.total,
+                        loss: p.loss,
+                        eval: p.elbo,
+                        ack: None,
+                    });
+                }
+            })
+        })?;
+        // an exception in the target function comes first: it is why training stopped
+        let target_error = error_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let fitted = match (result, target_error) {
+            (_, Some(e)) => return Err(e),
+            (r, None) => r.map_err(py_err)?,
+        };
+        if let Some(e) = fitted.diverged {
+            let s = fitted.model.summary.clone().unwrap_or_default();
+            return Err(PyRuntimeError::new_err(format!(
+                "{e} (the best weights were from step {})",
+                s.best_step
+            )));
+        }
+        let diag = diagnostics_json(&fitted.diagnostics, target.log_z());
+        Ok((
+            Model::new(fitted.model),
+            diag,
             raised.map(|e| e.into_value(py).into_any()),
         ))
     }
@@ -629,6 +763,155 @@ fn table_ctx(c: &PyReadonlyArray2<'_, f64>, columns: Vec<String>, source: &str) 
     table(c, columns, source)
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Reverse KL (variational inference) against a target given by name or as a Python function
+
+/// A target density from Python: `f(x) -> (log p~(x), d log p~ / dx)` as float64 arrays `(n,)`, `(n, dim)`
+/// (`f(x, c)` for an amortised target; the Python layer checks shapes and dtypes). The first exception it
+/// raises is kept and stops training; the trainer then sees NaN and stops at once.
+struct PyTarget {
+    f: Py<PyAny>,
+    dim: usize,
+    error: Arc<Mutex<Option<PyErr>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PyTarget {
+    fn call(&self, x: &Mat<f32>, ctx: Option<&Mat<f32>>) -> PyResult<(Vec<f32>, Mat<f32>)> {
+        Python::attach(|py| {
+            let xa = array2(py, x.rows, x.cols, x.to_f64());
+            let out = match ctx {
+                Some(c) => self
+                    .f
+                    .call1(py, (xa, array2(py, c.rows, c.cols, c.to_f64())))?,
+                None => self.f.call1(py, (xa,))?,
+            };
+            let (lp, g): (PyReadonlyArray1<'_, f64>, PyReadonlyArray2<'_, f64>) =
+                out.extract(py)?;
+            let (lp, g) = (lp.as_array(), g.as_array());
+            if lp.len() != x.rows || g.dim() != (x.rows, x.cols) {
+                return Err(config_err(format!(
+                    "the target returned log p of {} rows and a gradient of {:?} for {} rows of {} columns",
+                    lp.len(),
+                    g.dim(),
+                    x.rows,
+                    x.cols
+                )));
+            }
+            let lp: Vec<f32> = lp.iter().map(|&v| v as f32).collect();
+            let g: Vec<f32> = g.iter().map(|&v| v as f32).collect();
+            Ok((lp, Mat::from_vec(x.rows, x.cols, g)))
+        })
+    }
+}
+
+impl Target<f32> for PyTarget {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn log_prob_and_grad(&self, x: &Mat<f32>, ctx: Option<&Mat<f32>>) -> (Vec<f32>, Mat<f32>) {
+        let failed = || (vec![f32::NAN; x.rows], Mat::zeros(x.rows, x.cols));
+        let mut err = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if err.is_some() {
+            return failed();
+        }
+        match self.call(x, ctx) {
+            Ok(v) => v,
+            Err(e) => {
+                *err = Some(e);
+                self.stop.store(true, Ordering::Relaxed);
+                failed()
+            }
+        }
+    }
+}
+
+fn vi_config(o: &Bound<'_, PyDict>, stop: Arc<AtomicBool>) -> PyResult<ViConfig> {
+    let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+        o.get_item(k).map(|v| v.filter(|v| !v.is_none()))
+    };
+    macro_rules! ex {
+        ($k:expr) => {
+            get($k)?
+                .map(|v| {
+                    v.extract()
+                        .map_err(|e: PyErr| config_err(format!("{}: {e}", $k)))
+                })
+                .transpose()
+        };
+    }
+    let d = ViConfig::default();
+    let schedule: String = ex!("schedule")?.unwrap_or_else(|| "constant".into());
+    let warmup: usize = ex!("warmup")?.unwrap_or(0);
+    let cfg = ViConfig {
+        steps: ex!("steps")?.unwrap_or(d.steps),
+        batch_size: ex!("batch_size")?.unwrap_or(d.batch_size),
+        optim: OptimConfig {
+            lr: ex!("lr")?.unwrap_or(d.optim.lr),
+            ..OptimConfig::default()
+        },
+        schedule: Schedule::parse(&schedule, warmup).ok_or_else(|| {
+            config_err(format!(
+                "unknown schedule '{schedule}' (known: constant, warmup, cosine)"
+            ))
+        })?,
+        clip: ex!("clip")?,
+        eval_every: ex!("eval_every")?,
+        eval_samples: ex!("eval_samples")?.unwrap_or(d.eval_samples),
+        seed: ex!("seed")?.unwrap_or(0),
+        stop: StopFlag::new(stop),
+    };
+    cfg.validate().map_err(py_err)?;
+    Ok(cfg)
+}
+
+fn diagnostics_json(d: &Diagnostics, log_z: Option<f64>) -> String {
+    let mut o = serde_json::to_value(d).expect("diagnostics serialise");
+    o["true_log_z"] = serde_json::json!(log_z);
+    o["kl"] = serde_json::json!(log_z.map(|z| z - d.elbo));
+    o.to_string()
+}
+
+/// The diagnostics (ELBO ± SE, importance-sampling log Z ± SE, ESS) of log-weights `log_target - log_q`.
+#[pyfunction]
+fn diagnostics(log_target: Vec<f64>, log_q: Vec<f64>) -> PyResult<String> {
+    if log_target.len() != log_q.len() || log_q.len() < 2 {
+        return Err(config_err(format!(
+            "diagnostics need one log q per log p~ and at least 2 samples (got {} and {})",
+            log_target.len(),
+            log_q.len()
+        )));
+    }
+    Ok(diagnostics_json(
+        &nflow::train::diagnostics::diagnostics(&log_target, &log_q),
+        None,
+    ))
+}
+
+/// A built-in target's `(log p~(x), d log p~ / dx)` in float64, and its `log Z` where known.
+#[pyfunction]
+fn target_log_prob<'py>(
+    py: Python<'py>,
+    name: &str,
+    x: PyReadonlyArray2<'py, f64>,
+) -> PyResult<(Scored<'py>, Option<f64>)> {
+    let t = nflow::train::targets::by_name::<f64>(name).map_err(py_err)?;
+    let v = x.as_array();
+    let (rows, cols) = v.dim();
+    if cols != t.dim() {
+        return Err(config_err(format!(
+            "target {name} has {} dimensions, x has {cols} columns",
+            t.dim()
+        )));
+    }
+    let m = Mat::from_vec(rows, cols, v.iter().copied().collect());
+    let (lp, g) = compute(py, || t.log_prob_and_grad(&m, None))?;
+    Ok((
+        (PyArray1::from_vec(py, lp), array2(py, rows, cols, g.data)),
+        t.log_z(),
+    ))
+}
+
 #[pymodule]
 fn _nflow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
@@ -636,6 +919,8 @@ fn _nflow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(architecture, m)?)?;
     m.add_function(wrap_pyfunction!(presets, m)?)?;
+    m.add_function(wrap_pyfunction!(diagnostics, m)?)?;
+    m.add_function(wrap_pyfunction!(target_log_prob, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -97,6 +97,26 @@ impl TrainConfig {
     }
 }
 
+/// A flag set from anywhere (another thread, a signal handler, a progress callback) to stop training after the
+/// current step; not part of what a run is (two configs that differ only in it are equal).
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(pub Option<Arc<AtomicBool>>);
+
+impl StopFlag {
+    pub fn new(flag: Arc<AtomicBool>) -> Self {
+        StopFlag(Some(flag))
+    }
+    pub fn is_set(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+}
+
+impl PartialEq for StopFlag {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// What the trainer reports to its caller after every step.
 #[derive(Clone, Debug)]
 pub struct Progress {
@@ -152,7 +172,7 @@ pub struct Trainer {
     pub context_classes: Vec<usize>,
     /// Set from anywhere (another thread, a signal handler, the step callback) to stop after the current
     /// step: a final validation runs and the best weights are kept, as with `max_seconds`.
-    pub stop: Option<Arc<AtomicBool>>,
+    pub stop: StopFlag,
 }
 
 /// What a checkpoint holds besides the model (weights and buffers are in the model folder).
@@ -224,13 +244,13 @@ impl Trainer {
             checkpoint: None,
             resume: false,
             context_classes: Vec::new(),
-            stop: None,
+            stop: StopFlag::default(),
         }
     }
 
     /// Stop training (keeping the best weights) once `flag` is set; see [`Trainer::stop`].
     pub fn with_stop(mut self, flag: Arc<AtomicBool>) -> Self {
-        self.stop = Some(flag);
+        self.stop = StopFlag::new(flag);
         self
     }
 
@@ -534,10 +554,7 @@ impl Trainer {
             let out_of_time = cfg
                 .max_seconds
                 .is_some_and(|m| t0.elapsed().as_secs_f64() >= m)
-                || self
-                    .stop
-                    .as_ref()
-                    .is_some_and(|f| f.load(Ordering::Relaxed));
+                || self.stop.is_set();
             let evaluate = step % eval_every == 0 || step == total || out_of_time;
             let mut val = None;
             let mut mon = None;
@@ -644,7 +661,8 @@ impl Trainer {
                 stopped_early = true;
                 break;
             }
-            if out_of_time {
+            // a stop asked for during this evaluation's report ends the run here, not a step later
+            if out_of_time || (evaluate && self.stop.is_set()) {
                 break;
             }
         }

@@ -4,6 +4,7 @@
 //! (Rezende & Mohamed 2015): the gradients flow through the samples and through `log q`.
 
 use super::diagnostics::{diagnostics, Diagnostics};
+use super::StopFlag;
 use crate::data::Standardizer;
 use crate::engine::{rng, Float, Mat};
 use crate::flows::{Flow, FlowDef};
@@ -69,6 +70,9 @@ pub struct ViConfig {
     pub eval_every: Option<usize>,
     pub eval_samples: usize,
     pub seed: u64,
+    /// Set from anywhere to stop after the current step (with a last evaluation; the best weights are kept).
+    #[serde(skip)]
+    pub stop: StopFlag,
 }
 
 impl Default for ViConfig {
@@ -82,6 +86,7 @@ impl Default for ViConfig {
             eval_every: None,
             eval_samples: 4096,
             seed: 0,
+            stop: StopFlag::default(),
         }
     }
 }
@@ -233,7 +238,8 @@ impl ViConfig {
             }
             acc = (acc.0 + loss, acc.1 + 1);
             let mut elbo = None;
-            if step % every == 0 || step == total {
+            let stopping = self.stop.is_set();
+            if step % every == 0 || step == total || stopping {
                 last_loss = acc.0 / acc.1 as f64;
                 acc = (0.0, 0);
                 flow.set_training(false);
@@ -266,6 +272,9 @@ impl ViConfig {
                 loss: if elbo.is_some() { last_loss } else { loss },
                 elbo,
             });
+            if stopping || (elbo.is_some() && self.stop.is_set()) {
+                break;
+            }
         }
         let best_step = match &best {
             Some((_, s, snap)) => {
