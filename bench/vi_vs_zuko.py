@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reverse KL in nflow (from Python) and zuko, one script: the energies U1-U4 and the training-step speed.
 
-    PEERS-VENV/bin/python bench/vi_vs_zuko.py fit --steps 1000          # KL(q || p) on U1-U4, realnvp and nsf-c
+    PEERS-VENV/bin/python bench/vi_vs_zuko.py fit --steps 1000 --seeds 0 1 2   # KL(q || p) on U1-U4, realnvp, nsf-c
     PEERS-VENV/bin/python bench/vi_vs_zuko.py step --bin target/release/nflow   # ms per step, D = 2 and 64
 
 Needs torch, zuko and nflow (pip install ./python). zuko's flows are ../shared/bench/peers.py's `build`
@@ -103,6 +103,12 @@ def _from_noise(m, z):
 
 def fit(a):
     check_energies()
+    for seed in a.seeds:
+        a.seed = seed
+        fit_seed(a)
+
+
+def fit_seed(a):
     for flow in a.flows:
         layers = 8 if flow == "realnvp" else 5
         for k in range(1, 5):
@@ -117,14 +123,14 @@ def fit(a):
                               "elbo": round(d["elbo"], 4), "elbo_se": round(d["elbo_se"], 4), "log_z": round(d["log_z"], 4),
                               "log_z_se": round(d["log_z_se"], 4), "true_log_z": round(true, 4),
                               "ess_fraction": round(d["ess_fraction"], 3), "train_seconds": round(secs, 2),
-                              "params": f.num_params, "steps": a.steps}), flush=True)
+                              "params": f.num_params, "steps": a.steps, "seed": a.seed}), flush=True)
             lw, secs, params = zuko_fit(flow, k, a.steps, a.lr, 256, layers, a.seed)
             d = json.loads(nflow._nflow.diagnostics(lw.tolist(), [0.0] * len(lw)))
             print(json.dumps({"lib": "zuko", "flow": flow, "target": f"U{k}", "kl": round(true - d["elbo"], 4),
                               "elbo": round(d["elbo"], 4), "elbo_se": round(d["elbo_se"], 4), "log_z": round(d["log_z"], 4),
                               "log_z_se": round(d["log_z_se"], 4), "true_log_z": round(true, 4),
                               "ess_fraction": round(d["ess_fraction"], 3), "train_seconds": round(secs, 2),
-                              "params": params, "steps": a.steps}), flush=True)
+                              "params": params, "steps": a.steps, "seed": a.seed}), flush=True)
 
 
 def step(a):
@@ -168,7 +174,7 @@ def main():
     f = sub.add_parser("fit")
     f.add_argument("--steps", type=int, default=1000)
     f.add_argument("--lr", type=float, default=2e-3)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seeds", type=int, nargs="+", default=[0])
     f.add_argument("--flows", nargs="+", default=["realnvp", "nsf-c"])
     s = sub.add_parser("step")
     s.add_argument("--bin", default="target/release/nflow")

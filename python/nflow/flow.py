@@ -262,7 +262,7 @@ class Flow:
     ) -> "Flow":
         """Fit by reverse KL to an unnormalised density (variational inference), as ``nflow vi`` does.
 
-        ``target``: a built-in name (``"u1"``..``"u4"``, ``"gauss:D[:RHO[:SCALE]]"``) or a function
+        ``target``: a built-in name (``"u1"``..``"u4"``, ``"gauss:D[:RHO[:SCALE]]"``, ``"mix:D:K[:RADIUS[:SCALE]]"``) or a function
         ``f(x) -> (log_p, grad)`` of float64 ``x`` of shape ``(n, dim)`` returning ``log p~(x)`` ``(n,)`` and
         ``d log p~ / dx`` ``(n, dim)``; with ``contexts`` (amortised inference: a conditional flow over these
         rows, each step drawing contexts from them) it is called as ``f(x, c)``. The best weights by the ELBO on

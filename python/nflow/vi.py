@@ -12,7 +12,8 @@ reverse KL ``KL(q || p) = E_q[log q(x) - log p~(x)] + log Z`` with reparameteris
     x, w = nflow.vi.importance_sample(flow, log_p, 10_000, seed=0)   # self-normalised weights
 
 Built-in targets by name: ``"u1"`` .. ``"u4"`` (the 2-D energies of Rezende & Mohamed; U2-U4 with a wide
-Gaussian factor on z1 so they are normalisable) and ``"gauss:D[:RHO[:SCALE]]"``.
+Gaussian factor on z1 so they are normalisable), ``"gauss:D[:RHO[:SCALE]]"`` and ``"mix:D:K[:RADIUS[:SCALE]]"``
+(K Gaussians on a circle).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def target_log_prob(name: str, x: Any) -> Tuple[np.ndarray, np.ndarray]:
 
 def target_log_z(name: str) -> Optional[float]:
     """A built-in target's ``log Z`` (analytic, or fine-grid quadrature for U1-U4)."""
-    dim = 2 if name.lower().startswith("u") else int(name.split(":")[1])
+    dim = 2 if name.lower().startswith("u") else int(name.split(":")[1])  # gauss:D..., mix:D...
     return _nflow.target_log_prob(name, np.zeros((1, dim)))[1]
 
 

@@ -19,6 +19,14 @@ def gauss(mean, scale):
     return log_p, log_z
 
 
+def test_builtin_targets_by_name():
+    assert nflow.vi.target_log_z("mix:2:8") == 0.0 and nflow.vi.target_log_z("gauss:3") == 0.0
+    lp, g = nflow.vi.target_log_prob("mix:2:4:3:0.5", np.array([[3.0, 0.0], [0.0, 0.0]]))
+    # at a component's mean the density is (almost only) that component's peak over 4
+    assert lp[0] == pytest.approx(np.log(0.25 / (2 * np.pi * 0.25)), abs=1e-6)
+    assert g.shape == (2, 2) and np.allclose(g[1], 0.0)
+
+
 def test_fit_vi_on_a_builtin_energy_gets_close_to_the_truth():
     f = nflow.Flow("nsf-c", layers=4, hidden=32).fit_vi("u1", steps=500, lr=2e-3, schedule="cosine", verbose=False)
     d = f.vi_diagnostics

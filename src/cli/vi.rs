@@ -9,7 +9,8 @@ use nflow::train::{ViConfig, ViFitted};
 #[derive(Args, Debug)]
 pub(super) struct ViArgs {
     /// The target: u1 | u2 | u3 | u4 (the 2-D energies of Rezende & Mohamed 2015; U2-U4 confined by a N(0, 4²)
-    /// factor on z1) | gauss:D[:RHO[:SCALE]] (a D-dimensional Gaussian, equicorrelated, normalised).
+    /// factor on z1) | gauss:D[:RHO[:SCALE]] (a D-dimensional Gaussian, equicorrelated, normalised) |
+    /// mix:D:K[:RADIUS[:SCALE]] (K equal Gaussians of scale SCALE (0.5) on a circle of radius RADIUS (4), normalised).
     #[arg(long)]
     target: String,
     /// Flow: a coupling or autoregressive preset (realnvp, nice, maf, iaf, nsf-c, nsf-ar).

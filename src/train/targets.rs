@@ -171,7 +171,8 @@ impl<F: Float> Target<F> for Gaussian {
     }
 }
 
-/// A target by name: `u1` to `u4` (the 2-D energies) or `gauss:D[:RHO[:SCALE]]`.
+/// A target by name: `u1` to `u4` (the 2-D energies), `gauss:D[:RHO[:SCALE]]` or `mix:D:K[:RADIUS[:SCALE]]`
+/// (`K` Gaussians on a circle of radius `RADIUS`, default 4, scale default 0.5).
 pub fn by_name<F: Float>(s: &str) -> Result<Box<dyn Target<F>>, crate::Error> {
     let bad = |m: String| crate::Error::Config(format!("target '{s}': {m}"));
     let lower = s.to_ascii_lowercase();
@@ -196,9 +197,125 @@ pub fn by_name<F: Float>(s: &str) -> Result<Box<dyn Target<F>>, crate::Error> {
         }
         return Ok(Box::new(Gaussian::new(d, num(1, 0.0)?, num(2, 1.0)?)?));
     }
+    if let Some(rest) = lower.strip_prefix("mix:") {
+        let parts: Vec<&str> = rest.split(':').collect();
+        let int = |i: usize| -> Result<usize, crate::Error> {
+            parts
+                .get(i)
+                .and_then(|p| p.parse::<usize>().ok())
+                .ok_or_else(|| bad("expected mix:D:K[:RADIUS[:SCALE]]".into()))
+        };
+        let num = |i: usize, default: f64| -> Result<f64, crate::Error> {
+            parts.get(i).map_or(Ok(default), |p| {
+                p.parse::<f64>()
+                    .map_err(|_| bad(format!("'{p}' is not a number")))
+            })
+        };
+        if parts.len() > 4 {
+            return Err(bad("expected mix:D:K[:RADIUS[:SCALE]]".into()));
+        }
+        return Ok(Box::new(GaussianMixture::new(
+            int(0)?,
+            int(1)?,
+            num(2, 4.0)?,
+            num(3, 0.5)?,
+        )?));
+    }
     Err(bad(
-        "unknown (known: u1, u2, u3, u4, gauss:D[:RHO[:SCALE]])".into(),
+        "unknown (known: u1, u2, u3, u4, gauss:D[:RHO[:SCALE]], mix:D:K[:RADIUS[:SCALE]])".into(),
     ))
+}
+
+/// An equal-weight mixture of `k` Gaussians `N(μ_j, s² I)` in `d` dimensions, normalised (`log Z = 0`): the
+/// multimodal target where reverse KL's mode seeking shows. The means lie on a circle of radius `r` in the first
+/// two coordinates (`μ_j = r (cos 2πj/k, sin 2πj/k, 0, ...)`; in one dimension at `r (2j/(k-1) - 1)`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GaussianMixture {
+    pub dim: usize,
+    pub means: Vec<Vec<f64>>,
+    pub scale: f64,
+}
+
+impl GaussianMixture {
+    /// Checked parameters: `d >= 1`, `k >= 1`, `r >= 0`, `s > 0`.
+    pub fn new(dim: usize, k: usize, radius: f64, scale: f64) -> Result<Self, crate::Error> {
+        if dim == 0
+            || k == 0
+            || !(radius >= 0.0 && radius.is_finite())
+            || !(scale > 0.0 && scale.is_finite())
+        {
+            return Err(crate::Error::Config(format!(
+                "mixture target: needs dim >= 1, components >= 1, radius >= 0 and scale > 0 (got dim {dim}, \
+                 components {k}, radius {radius}, scale {scale})"
+            )));
+        }
+        let means = (0..k)
+            .map(|j| {
+                let mut m = vec![0.0; dim];
+                if dim == 1 {
+                    m[0] = if k == 1 {
+                        0.0
+                    } else {
+                        radius * (2.0 * j as f64 / (k - 1) as f64 - 1.0)
+                    };
+                } else {
+                    let a = 2.0 * PI * j as f64 / k as f64;
+                    m[0] = radius * a.cos();
+                    m[1] = radius * a.sin();
+                }
+                m
+            })
+            .collect();
+        Ok(GaussianMixture { dim, means, scale })
+    }
+
+    /// `(log p(x), d log p / dx)` for one point: a log-sum-exp over the components, the gradient their
+    /// responsibility-weighted pull towards each mean.
+    fn eval(&self, x: &[f64], g: &mut [f64]) -> f64 {
+        let s2 = self.scale * self.scale;
+        let d = self.dim as f64;
+        let logs: Vec<f64> = self
+            .means
+            .iter()
+            .map(|m| -0.5 * x.iter().zip(m).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / s2)
+            .collect();
+        let mx = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = logs.iter().map(|l| (l - mx).exp()).collect();
+        let tot: f64 = w.iter().sum();
+        g.iter_mut().for_each(|v| *v = 0.0);
+        for (wj, m) in w.iter().zip(&self.means) {
+            for ((gi, &xi), &mi) in g.iter_mut().zip(x).zip(m) {
+                *gi -= wj / tot * (xi - mi) / s2;
+            }
+        }
+        mx + tot.ln() - (self.means.len() as f64).ln() - 0.5 * d * (2.0 * PI * s2).ln()
+    }
+}
+
+impl<F: Float> Target<F> for GaussianMixture {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn log_z(&self) -> Option<f64> {
+        Some(0.0)
+    }
+    fn log_prob_and_grad(&self, x: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Vec<F>, Mat<F>) {
+        let d = self.dim;
+        let mut g = Mat::zeros(x.rows, d);
+        let (mut xr, mut gr) = (vec![0.0; d], vec![0.0; d]);
+        let lp = (0..x.rows)
+            .map(|i| {
+                xr.iter_mut().zip(x.row(i)).for_each(|(a, b)| *a = b.f64());
+                let l = self.eval(&xr, &mut gr);
+                g.row_mut(i)
+                    .iter_mut()
+                    .zip(&gr)
+                    .for_each(|(a, &b)| *a = F::c(b));
+                F::c(l)
+            })
+            .collect();
+        (lp, g)
+    }
 }
 
 /// `log ∫ exp(-U)` by the midpoint rule on `[-lim, lim]²` with `n x n` cells.
@@ -274,6 +391,44 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("u1, u2"));
+    }
+
+    #[test]
+    fn mixture_target_integrates_to_one_with_the_right_gradient() {
+        let m = GaussianMixture::new(2, 8, 4.0, 0.5).unwrap();
+        // midpoint rule on [-8, 8]²: the mass is one
+        let (n, lim) = (800, 8.0);
+        let h = 2.0 * lim / n as f64;
+        let mut mass = 0.0;
+        let mut g = [0.0; 2];
+        for i in 0..n {
+            for j in 0..n {
+                let x = [-lim + (i as f64 + 0.5) * h, -lim + (j as f64 + 0.5) * h];
+                mass += m.eval(&x, &mut g).exp() * h * h;
+            }
+        }
+        assert!((mass - 1.0).abs() < 1e-6, "mass {mass}");
+        let eps = 1e-6;
+        for x in [[0.3, -1.2], [4.0, 0.1], [-2.9, 2.7]] {
+            let l = m.eval(&x, &mut g);
+            assert!(l.is_finite());
+            for k in 0..2 {
+                let (mut xp, mut xm) = (x, x);
+                xp[k] += eps;
+                xm[k] -= eps;
+                let fd = (m.eval(&xp, &mut [0.0; 2]) - m.eval(&xm, &mut [0.0; 2])) / (2.0 * eps);
+                assert!(
+                    (fd - g[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{x:?}[{k}]: {} vs {fd}",
+                    g[k]
+                );
+            }
+        }
+        // one dimension, and names
+        let one = GaussianMixture::new(1, 3, 2.0, 1.0).unwrap();
+        assert_eq!(one.means, vec![vec![-2.0], vec![0.0], vec![2.0]]);
+        assert!(by_name::<f64>("mix:3:4").is_ok() && by_name::<f64>("mix:3").is_err());
+        assert!(by_name::<f64>("mix:2:0").is_err() && by_name::<f64>("mix:2:2:1:0").is_err());
     }
 
     /// The quadrature converges (a finer grid moves it by less than 1e-6), and the energies are what the
