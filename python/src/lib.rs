@@ -860,6 +860,7 @@ fn vi_config(o: &Bound<'_, PyDict>, stop: Arc<AtomicBool>) -> PyResult<ViConfig>
         eval_samples: ex!("eval_samples")?.unwrap_or(d.eval_samples),
         seed: ex!("seed")?.unwrap_or(0),
         stop: StopFlag::new(stop),
+        checkpoint: None,
     };
     cfg.validate().map_err(py_err)?;
     Ok(cfg)

@@ -348,7 +348,7 @@ pub(super) fn progress_bar(quiet: bool) -> ProgressBar {
 
 /// Train, save and report. Returns the model for the demo.
 /// The folder a run's checkpoints go to: `OUT.ckpt` beside the model folder.
-fn checkpoint_dir(out: &Path) -> PathBuf {
+pub(super) fn checkpoint_dir(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".ckpt");
     PathBuf::from(s)

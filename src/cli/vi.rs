@@ -4,7 +4,7 @@
 use super::train::progress_bar;
 use super::*;
 use nflow::train::targets;
-use nflow::train::{ViConfig, ViFitted};
+use nflow::train::{ViCheckpoint, ViConfig, ViFitted};
 
 #[derive(Args, Debug)]
 pub(super) struct ViArgs {
@@ -53,6 +53,12 @@ pub(super) struct ViArgs {
     eval_samples: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write a checkpoint (weights, optimiser state, noise stream, best weights, log) to OUT.ckpt every N steps.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Continue the run from OUT.ckpt (same target and options).
+    #[arg(long, requires = "checkpoint_every")]
+    resume: bool,
     /// Diagnostics as one JSON line.
     #[arg(long)]
     json: bool,
@@ -108,6 +114,11 @@ pub(super) fn vi(a: ViArgs) -> Result<()> {
         clip: a.clip,
         eval_samples: a.eval_samples,
         seed: a.seed,
+        checkpoint: a.checkpoint_every.map(|every| ViCheckpoint {
+            dir: train::checkpoint_dir(&a.out),
+            every,
+            resume: a.resume,
+        }),
         ..ViConfig::default()
     };
     let pb = progress_bar(a.quiet);

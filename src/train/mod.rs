@@ -22,7 +22,7 @@ mod shards;
 pub mod targets;
 pub mod vi;
 pub use shards::DataParallel;
-pub use vi::{reverse_kl_backward, Target, ViConfig, ViFitted, ViProgress};
+pub use vi::{reverse_kl_backward, Target, ViCheckpoint, ViConfig, ViFitted, ViProgress};
 
 /// `-log p / (D ln 2)`: bits per dimension of a mean log-likelihood `log_lik` (nats per example, data units)
 /// over `dim` values. For dequantised integer data (pixels `0..K`) the data-unit density is a density over
@@ -197,7 +197,7 @@ struct TrainState {
 const STATE_JSON: &str = "trainer_state.json";
 const STATE_TENSORS: &str = "trainer_state.safetensors";
 
-fn tensors_bytes(groups: &[(&str, &[Vec<f32>])]) -> Vec<u8> {
+pub(crate) fn tensors_bytes(groups: &[(&str, &[Vec<f32>])]) -> Vec<u8> {
     use safetensors::{tensor::TensorView, Dtype};
     let bytes: Vec<(String, Vec<u8>)> = groups
         .iter()
@@ -222,7 +222,7 @@ fn tensors_bytes(groups: &[(&str, &[Vec<f32>])]) -> Vec<u8> {
     safetensors::serialize(views, None).expect("serialisable tensors")
 }
 
-fn read_group(st: &safetensors::SafeTensors, g: &str) -> Vec<Vec<f32>> {
+pub(crate) fn read_group(st: &safetensors::SafeTensors, g: &str) -> Vec<Vec<f32>> {
     let mut out = Vec::new();
     while let Ok(t) = st.tensor(&format!("{g}.{}", out.len())) {
         out.push(

@@ -4,7 +4,7 @@
 //! (Rezende & Mohamed 2015): the gradients flow through the samples and through `log q`.
 
 use super::diagnostics::{diagnostics, Diagnostics};
-use super::StopFlag;
+use super::{read_group, tensors_bytes, StopFlag};
 use crate::data::Standardizer;
 use crate::engine::{rng, Float, Mat};
 use crate::flows::{Flow, FlowDef};
@@ -12,6 +12,7 @@ use crate::io::{Model, TrainSummary};
 use crate::optim::{clip_grad_norm, Adam, OptimConfig, Schedule};
 use crate::Error;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// An unnormalised target density.
@@ -73,7 +74,41 @@ pub struct ViConfig {
     /// Set from anywhere to stop after the current step (with a last evaluation; the best weights are kept).
     #[serde(skip)]
     pub stop: StopFlag,
+    /// Write a checkpoint every so many steps, and/or continue from one.
+    #[serde(skip)]
+    pub checkpoint: Option<ViCheckpoint>,
 }
+
+/// Checkpoints of reverse-KL training: the model folder `dir` (the current weights) with the optimiser's
+/// state, the noise stream's position, the best weights so far and the log beside them, written every `every`
+/// steps; with `resume`, training continues from the one there and ends with the same weights as a run that
+/// was never interrupted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViCheckpoint {
+    pub dir: PathBuf,
+    pub every: usize,
+    pub resume: bool,
+}
+
+/// What a VI checkpoint holds besides the model folder.
+#[derive(Serialize, Deserialize)]
+struct ViState {
+    flow: crate::flows::FlowConfig,
+    cfg: serde_json::Value,
+    target: String,
+    step: usize,
+    adam_t: i32,
+    rng_word_pos: String,
+    best_step: Option<usize>,
+    best_elbo: Option<f64>,
+    acc: (f64, usize),
+    last_loss: f64,
+    seconds: f64,
+    log: Vec<String>,
+}
+
+const VI_STATE_JSON: &str = "vi_state.json";
+const VI_STATE_TENSORS: &str = "vi_state.safetensors";
 
 impl Default for ViConfig {
     fn default() -> Self {
@@ -87,6 +122,7 @@ impl Default for ViConfig {
             eval_samples: 4096,
             seed: 0,
             stop: StopFlag::default(),
+            checkpoint: None,
         }
     }
 }
@@ -207,10 +243,58 @@ impl ViConfig {
         let eval_seed = self.seed ^ 0x6576_616c;
         let mut opt = Adam::new(self.optim);
         let mut r = rng(self.seed ^ 0x7669);
-        let t0 = Instant::now();
+        let mut t0 = Instant::now();
         let (mut best, mut diverged, mut log) =
             (None::<(f64, usize, Vec<Vec<f32>>)>, None, Vec::new());
         let (mut acc, mut last_loss, mut step) = ((0.0f64, 0usize), f64::NAN, 0);
+        let cfg_json = serde_json::to_value(self).expect("config serialises");
+        if let Some(ck) = self.checkpoint.as_ref().filter(|c| c.resume) {
+            let dir = &ck.dir;
+            let bad = |msg: String| Error::Model {
+                path: dir.display().to_string(),
+                msg,
+            };
+            let model = Model::load(dir)?;
+            let text = std::fs::read_to_string(dir.join(VI_STATE_JSON))
+                .map_err(|e| bad(format!("{VI_STATE_JSON}: {e}")))?;
+            let st: ViState =
+                serde_json::from_str(&text).map_err(|e| bad(format!("{VI_STATE_JSON}: {e}")))?;
+            if st.flow != arch {
+                return Err(bad("the checkpoint was made with a different flow".into()));
+            }
+            if st.cfg != cfg_json || st.target != target_name {
+                return Err(bad(format!(
+                    "the checkpoint was made for target {} with different training options (steps, batch \
+                     size, learning rate, schedule, seed, ...)",
+                    st.target
+                )));
+            }
+            let bytes = std::fs::read(dir.join(VI_STATE_TENSORS))
+                .map_err(|e| bad(format!("{VI_STATE_TENSORS}: {e}")))?;
+            let ts = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|e| bad(format!("{VI_STATE_TENSORS}: {e}")))?;
+            flow = model.flow;
+            flow.set_training(true);
+            opt.set_state(
+                read_group(&ts, "adam_m"),
+                read_group(&ts, "adam_v"),
+                st.adam_t,
+            );
+            if let Some(bs) = st.best_step {
+                best = Some((
+                    st.best_elbo.unwrap_or(f64::NEG_INFINITY),
+                    bs,
+                    read_group(&ts, "best"),
+                ));
+            }
+            let wp: u128 = st
+                .rng_word_pos
+                .parse()
+                .map_err(|_| bad("rng_word_pos is not a number".into()))?;
+            r.set_word_pos(wp);
+            (acc, last_loss, step, log) = (st.acc, st.last_loss, st.step, st.log);
+            t0 = Instant::now() - std::time::Duration::from_secs_f64(st.seconds);
+        }
         while step < total {
             step += 1;
             let cb = pick(self.batch_size, &mut r);
@@ -272,6 +356,39 @@ impl ViConfig {
                 loss: if elbo.is_some() { last_loss } else { loss },
                 elbo,
             });
+            if let Some(ck) = &self.checkpoint {
+                if step % ck.every.max(1) == 0 && step < total {
+                    let st = ViState {
+                        flow: arch.clone(),
+                        cfg: cfg_json.clone(),
+                        target: target_name.to_string(),
+                        step,
+                        adam_t: opt.state().2,
+                        rng_word_pos: r.get_word_pos().to_string(),
+                        best_step: best.as_ref().map(|b| b.1),
+                        best_elbo: best.as_ref().map(|b| b.0).filter(|v| v.is_finite()),
+                        acc,
+                        last_loss,
+                        seconds: t0.elapsed().as_secs_f64(),
+                        log: log.clone(),
+                    };
+                    let (m, v, _) = opt.state();
+                    let empty: Vec<Vec<f32>> = Vec::new();
+                    let tensors = tensors_bytes(&[
+                        ("adam_m", m),
+                        ("adam_v", v),
+                        ("best", best.as_ref().map(|b| &b.2).unwrap_or(&empty)),
+                    ]);
+                    let model = vi_model(arch.clone(), preset.clone(), flow, None, Vec::new());
+                    let json = serde_json::to_vec(&st).expect("state serialises");
+                    let res = model.save_with(
+                        &ck.dir,
+                        &[(VI_STATE_JSON, json), (VI_STATE_TENSORS, tensors)],
+                    );
+                    flow = model.flow;
+                    res?;
+                }
+            }
             if stopping || (elbo.is_some() && self.stop.is_set()) {
                 break;
             }
@@ -308,24 +425,35 @@ impl ViConfig {
             stopped_early: diverged.is_some(),
             config,
         };
-        let (dim, k) = (arch.dim, arch.context_dim);
         Ok(ViFitted {
-            model: Model {
-                arch,
-                preset,
-                flow,
-                columns: (0..dim).map(|j| format!("x{j}")).collect(),
-                norm: Standardizer::identity(dim),
-                context_columns: (0..k).map(|j| format!("c{j}")).collect(),
-                context_norm: None,
-                context_classes: Vec::new(),
-                preprocess: None,
-                summary: Some(summary),
-                log,
-            },
+            model: vi_model(arch, preset, flow, Some(summary), log),
             diagnostics: d,
             diverged,
         })
+    }
+}
+
+/// A flow fitted by reverse KL as a model: columns `x0..`, contexts `c0..`, no standardisation.
+fn vi_model(
+    arch: crate::flows::FlowConfig,
+    preset: Option<crate::flows::FlowSpec>,
+    flow: Flow<f32>,
+    summary: Option<TrainSummary>,
+    log: Vec<String>,
+) -> Model {
+    let (dim, k) = (arch.dim, arch.context_dim);
+    Model {
+        arch,
+        preset,
+        flow,
+        columns: (0..dim).map(|j| format!("x{j}")).collect(),
+        norm: Standardizer::identity(dim),
+        context_columns: (0..k).map(|j| format!("c{j}")).collect(),
+        context_norm: None,
+        context_classes: Vec::new(),
+        preprocess: None,
+        summary,
+        log,
     }
 }
 
@@ -516,6 +644,81 @@ mod tests {
     /// `ViConfig::fit` on a 10-D correlated Gaussian (normalised: log Z = 0) with a preset flow: the
     /// importance-sampling log Z falls within 3 standard errors of 0, the KL (= -ELBO) is small, and the
     /// model saves and loads like any other.
+    #[test]
+    fn resumed_vi_ends_with_the_weights_of_an_uninterrupted_run() {
+        use crate::flows::{FlowKind, FlowSpec};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let target = crate::train::targets::Gaussian::new(2, 0.5, 1.0).unwrap();
+        let spec = FlowSpec {
+            layers: 2,
+            hidden: 8,
+            ..FlowSpec::preset(FlowKind::NsfC, 2)
+        };
+        let dir = std::env::temp_dir().join(format!("nflow-vi-ck-{}", std::process::id()));
+        let base = ViConfig {
+            steps: 60,
+            batch_size: 32,
+            eval_every: Some(10),
+            eval_samples: 64,
+            schedule: Schedule::Cosine { warmup: 5 },
+            ..ViConfig::default()
+        };
+        let whole = base.fit(spec.clone(), &target, "g", |_| {}).unwrap();
+        // interrupted after step 45: the checkpoint of step 40 stays behind
+        let flag = Arc::new(AtomicBool::new(false));
+        let ck = |resume| {
+            Some(ViCheckpoint {
+                dir: dir.clone(),
+                every: 20,
+                resume,
+            })
+        };
+        let first = ViConfig {
+            checkpoint: ck(false),
+            stop: StopFlag::new(flag.clone()),
+            ..base.clone()
+        };
+        let cut = first
+            .fit(spec.clone(), &target, "g", |p| {
+                if p.step == 45 {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            })
+            .unwrap();
+        assert!(cut.model.summary.unwrap().steps < 60);
+        let resumed = ViConfig {
+            checkpoint: ck(true),
+            ..base.clone()
+        }
+        .fit(spec.clone(), &target, "g", |_| {})
+        .unwrap();
+        assert_eq!(whole.model.flow.snapshot(), resumed.model.flow.snapshot());
+        assert_eq!(whole.diagnostics, resumed.diagnostics);
+        let s = resumed.model.summary.unwrap();
+        assert_eq!((s.steps, s.best_step), {
+            let w = whole.model.summary.unwrap();
+            (w.steps, w.best_step)
+        });
+        // other options or another target are refused, naming the checkpoint
+        let other = ViConfig {
+            checkpoint: ck(true),
+            batch_size: 16,
+            ..base.clone()
+        };
+        let e = other.fit(spec.clone(), &target, "g", |_| {}).err().unwrap();
+        assert!(e.to_string().contains("different training options"), "{e}");
+        let e = ViConfig {
+            checkpoint: ck(true),
+            ..base
+        }
+        .fit(spec, &target, "h", |_| {})
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn vi_trainer_recovers_log_z_of_a_10d_gaussian() {
         use crate::flows::{FlowKind, FlowSpec};
