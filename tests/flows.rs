@@ -481,6 +481,39 @@ fn score_matches_finite_differences_of_log_prob() {
 }
 
 #[test]
+fn a_reverse_permutation_between_couplings_makes_them_take_turns() {
+    // 2-D RealNVP and MAF with a reverse permutation between two layers: each layer must transform the other
+    // feature, so every output depends on every input (an alternating mask on top of the permutation used to
+    // transform the same feature twice: the first output was the second input, untouched)
+    for kind in [FlowKind::Realnvp, FlowKind::Maf, FlowKind::NsfC] {
+        let spec = FlowSpec {
+            layers: 2,
+            hidden: 6,
+            permute: Permute::Reverse,
+            ..FlowSpec::preset(kind, 2)
+        };
+        let mut flow = spec.build::<f64>().unwrap();
+        randomize(&mut flow, 7, 0.5);
+        let x = Mat::from_vec(1, 2, vec![0.3, -0.7]);
+        let h = 1e-6;
+        for j in 0..2 {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp.data[j] += h;
+            xm.data[j] -= h;
+            let (zp, _) = flow.transform_to_noise(&xp, None);
+            let (zm, _) = flow.transform_to_noise(&xm, None);
+            for i in 0..2 {
+                let d = (zp.data[i] - zm.data[i]) / (2.0 * h);
+                assert!(
+                    d.abs() > 1e-4,
+                    "{kind:?}: dz{i}/dx{j} = {d}: an output that never saw that input"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn nan_guard_names_the_layer() {
     let mut flow = small_spec(FlowKind::Nice, 2).build::<f32>().unwrap();
     // NICE's last layer is the diagonal scaling: make it overflow

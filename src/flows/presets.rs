@@ -404,6 +404,16 @@ impl FlowSpec {
 
     /// The preset's architecture: its list of layers, base and embedding.
     pub fn architecture(&self) -> Result<FlowConfig, Error> {
+        self.layer_list(false)
+    }
+
+    /// The architecture as nflow built it before layer lists were stored (version-1 model folders): with a
+    /// reverse permutation between layers, the masks / orders still alternated.
+    pub(crate) fn architecture_v1(&self) -> Result<FlowConfig, Error> {
+        self.layer_list(true)
+    }
+
+    fn layer_list(&self, v1: bool) -> Result<FlowConfig, Error> {
         self.validate()?;
         let d = self.dim;
         let config = FlowConfig {
@@ -425,7 +435,12 @@ impl FlowSpec {
         // ActNorm / batch norm wrap the layers of RealNVP and MAF; NICE has neither.
         let normalised = self.kind != FlowKind::Nice;
         let (mask, order) = (self.mask, self.order);
-        for index in 0..self.layers {
+        // A reverse permutation between layers already alternates which features a coupling transforms; an
+        // alternating mask as well would undo it (with an even number of features every coupling would transform
+        // the same ones: in 2-D, reverse KL on U2 came out 4x worse), so the mask / order stays put.
+        let fixed = self.permute == Permute::Reverse && !v1;
+        for layer in 0..self.layers {
+            let index = if fixed { 0 } else { layer };
             if normalised && self.actnorm {
                 ts.push(Layer::ActNorm(ActNormConfig::default()));
             }
@@ -448,7 +463,7 @@ impl FlowSpec {
                 FlowKind::Iaf => Layer::Iaf(ar),
                 FlowKind::Glow | FlowKind::RealnvpMultiscale => unreachable!("built above"),
             });
-            if index + 1 < self.layers {
+            if layer + 1 < self.layers {
                 let perm = |rule| {
                     Layer::Permutation(PermutationConfig {
                         rule,

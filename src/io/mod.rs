@@ -658,7 +658,7 @@ impl Model {
 fn upgrade_v1(mut v: serde_json::Value) -> Result<ConfigFile> {
     let spec: FlowSpec = serde_json::from_value(v["flow"].take())
         .map_err(|e| Error::Config(format!("flow: {e}")))?;
-    v["flow"] = serde_json::to_value(spec.architecture()?).expect("architecture serialises");
+    v["flow"] = serde_json::to_value(spec.architecture_v1()?).expect("architecture serialises");
     v["preset"] = serde_json::to_value(&spec).expect("spec serialises");
     serde_json::from_value(v).map_err(|e| Error::Config(e.to_string()))
 }
