@@ -642,6 +642,7 @@ fn image_flows_train_resume_sample_grid_curve() {
             "20",
             "--checkpoint-every",
             "4",
+            "--keep-checkpoint",
             "--out",
             out_s,
             "--quiet",
@@ -1083,4 +1084,49 @@ fn sample_to_standard_output_and_plot_sizes() {
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("capped"));
     let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn one_writer_per_output_and_nothing_left_behind() {
+    let d = tmp("writers");
+    let out = d.join("model");
+    let out_s = out.to_str().unwrap();
+    // a run holding the output (this test's own process stands for it): refused at once, naming the holder
+    std::fs::write(d.join(".model.lock"), std::process::id().to_string()).unwrap();
+    let o = train_small("toy:moons", &out, &[]);
+    fails(
+        &o,
+        &[
+            "another nflow run",
+            &format!("process {}", std::process::id()),
+        ],
+    );
+    assert!(!out.exists());
+    // a dead run's lock is taken over; a successful run removes its checkpoint and its lock
+    std::fs::write(d.join(".model.lock"), "4294967").unwrap();
+    ok(&train_small(
+        "toy:moons",
+        &out,
+        &["--checkpoint-every", "10"],
+    ));
+    assert!(out.join("weights.safetensors").exists());
+    assert!(!d.join("model.ckpt").exists() && !d.join(".model.lock").exists());
+    // a run killed between the two steps of a replacement left the model aside: the next reader puts it back
+    std::fs::rename(&out, d.join(".model.old-4294967")).unwrap();
+    std::fs::create_dir_all(d.join(".model.tmp-4294967")).unwrap();
+    ok(&nflow(&["info", "--model", out_s]));
+    assert!(out.join("config.json").exists());
+    ok(&train_small("toy:moons", &out, &[]));
+    assert!(!d.join(".model.tmp-4294967").exists() && !d.join(".model.old-4294967").exists());
+    // an output that is not a model folder is refused before training
+    let photos = d.join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::write(photos.join("a.jpg"), "x").unwrap();
+    let t0 = std::time::Instant::now();
+    fails(
+        &train_small("toy:moons", &photos, &[]),
+        &["not an nflow model folder"],
+    );
+    assert!(t0.elapsed().as_secs() < 5);
+    std::fs::remove_dir_all(&d).unwrap();
 }

@@ -176,6 +176,9 @@ pub(super) struct TrainArgs {
     /// Continue the run from OUT.ckpt (same data and options).
     #[arg(long)]
     resume: bool,
+    /// Keep OUT.ckpt after a successful run (by default it is removed once the model is saved).
+    #[arg(long, requires = "checkpoint_every")]
+    keep_checkpoint: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Model folder to write.
@@ -423,6 +426,8 @@ pub(super) fn fit_and_save(
 }
 
 pub(super) fn train(a: TrainArgs) -> Result<()> {
+    // one writer per output, and a bad output found before any training
+    let _lock = nflow::io::OutputLock::acquire(&a.out)?;
     let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
     let (table, ctx) = split_context(full, &a.sel, &a.context)?;
     let classes = match (&ctx, a.context_one_hot) {
@@ -481,6 +486,9 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
         trainer = trainer.with_checkpoints(checkpoint_dir(&a.out), every, a.resume);
     }
     let model = fit_and_save(trainer, flow, &table, ctx.as_ref(), &a.out, a.quiet)?;
+    if a.checkpoint_every.is_some() && !a.keep_checkpoint {
+        let _ = std::fs::remove_dir_all(checkpoint_dir(&a.out));
+    }
     if let Some((t, c)) = test {
         let (lp, ld) = model.log_prob_parts(&t, c.as_ref())?;
         let s = stats(&lp);

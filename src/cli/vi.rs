@@ -59,6 +59,9 @@ pub(super) struct ViArgs {
     /// Continue the run from OUT.ckpt (same target and options).
     #[arg(long, requires = "checkpoint_every")]
     resume: bool,
+    /// Keep OUT.ckpt after a successful run (by default it is removed once the model is saved).
+    #[arg(long, requires = "checkpoint_every")]
+    keep_checkpoint: bool,
     /// Diagnostics as one JSON line.
     #[arg(long)]
     json: bool,
@@ -69,6 +72,7 @@ pub(super) struct ViArgs {
 }
 
 pub(super) fn vi(a: ViArgs) -> Result<()> {
+    let _lock = nflow::io::OutputLock::acquire(&a.out)?;
     let target = targets::by_name::<f32>(&a.target)?;
     let dim = target.dim();
     let flow: FlowDef = match &a.arch {
@@ -137,6 +141,9 @@ pub(super) fn vi(a: ViArgs) -> Result<()> {
     })?;
     pb.finish_and_clear();
     model.save(&a.out)?;
+    if a.checkpoint_every.is_some() && !a.keep_checkpoint && diverged.is_none() {
+        let _ = std::fs::remove_dir_all(train::checkpoint_dir(&a.out));
+    }
     if let Some(e) = &diverged {
         eprintln!("warning: {e}; the best weights before it are saved");
     }

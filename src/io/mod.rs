@@ -8,6 +8,10 @@
 //! Folders are written atomically: into a temporary sibling folder, then renamed into place, so an
 //! interrupted save never leaves a half-written model where a good one was.
 
+pub mod output;
+
+pub use output::OutputLock;
+
 use crate::data::{Preprocess, Standardizer, Table};
 use crate::engine::{rng, Mat};
 use crate::flows::{Flow, FlowConfig, FlowSpec};
@@ -15,7 +19,7 @@ use crate::{Error, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const FORMAT: &str = "nflow-model";
 pub const VERSION: u32 = 2;
@@ -411,66 +415,61 @@ impl Model {
             let p = path.display().to_string();
             move |source| Error::Io { path: p, source }
         };
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let (parent, name) = output::split(dir)?;
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-        let name = dir
-            .file_name()
-            .ok_or_else(|| Error::Model {
+        output::recover(dir)?;
+        if dir.exists()
+            && !dir.join(CONFIG).exists()
+            && std::fs::read_dir(dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            return Err(Error::Model {
                 path: dir.display().to_string(),
-                msg: "not a folder name".into(),
-            })?
-            .to_string_lossy()
-            .to_string();
+                msg: "exists and is not an nflow model folder; refusing to replace it".into(),
+            });
+        }
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir(&tmp).map_err(io(&tmp))?;
         let write = || -> Result<()> {
+            let mut files: Vec<(String, Vec<u8>)> = Vec::new();
             let cfg = serde_json::to_string_pretty(&self.config()).expect("config serialises");
-            std::fs::write(tmp.join(CONFIG), cfg).map_err(io(&tmp.join(CONFIG)))?;
+            files.push((CONFIG.into(), cfg.into_bytes()));
             let mut meta = HashMap::new();
             meta.insert("format".to_string(), FORMAT.to_string());
-            std::fs::write(tmp.join(WEIGHTS), self.weights_bytes(meta))
-                .map_err(io(&tmp.join(WEIGHTS)))?;
+            files.push((WEIGHTS.into(), self.weights_bytes(meta)));
             let mut log = self.log.join("\n");
             if !log.is_empty() {
                 log.push('\n');
             }
-            std::fs::write(tmp.join(LOG), log).map_err(io(&tmp.join(LOG)))?;
+            files.push((LOG.into(), log.into_bytes()));
             for (name, bytes) in extras {
-                std::fs::write(tmp.join(name), bytes).map_err(io(&tmp.join(name)))?;
+                files.push((name.to_string(), bytes.clone()));
             }
-            Ok(())
+            // each file written and synced, then the folder: what is put in place is on disk
+            for (name, bytes) in &files {
+                let path = tmp.join(name);
+                let mut f = std::fs::File::create(&path).map_err(io(&path))?;
+                std::io::Write::write_all(&mut f, bytes).map_err(io(&path))?;
+                f.sync_all().map_err(io(&path))?;
+            }
+            output::sync_path(&tmp)
         };
         if let Err(e) = write() {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        // Move any previous model aside, put the new one in place, then delete the old one.
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        if dir.exists() {
-            if !dir.join(CONFIG).exists()
-                && std::fs::read_dir(dir)
-                    .map(|mut d| d.next().is_some())
-                    .unwrap_or(true)
-            {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(Error::Model {
+            // name the output the user asked for, not the temporary folder
+            return Err(match e {
+                Error::Io { source, .. } => Error::Io {
                     path: dir.display().to_string(),
-                    msg: "exists and is not an nflow model folder; refusing to replace it".into(),
-                });
-            }
-            std::fs::rename(dir, &old).map_err(io(dir))?;
+                    source,
+                },
+                e => e,
+            });
         }
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        if old.exists() {
-            let _ = std::fs::remove_dir_all(&old);
-        }
-        Ok(())
+        output::replace(&tmp, dir)
     }
 
     /// Load a model folder; every inconsistency is an error naming the folder and the field or tensor.
@@ -479,6 +478,10 @@ impl Model {
             path: dir.display().to_string(),
             msg,
         };
+        if !dir.exists() {
+            // a model a killed run left beside its place during a replacement is put back
+            let _ = output::recover(dir);
+        }
         if !dir.is_dir() {
             return Err(bad("no such folder".into()));
         }
