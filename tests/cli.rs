@@ -1130,3 +1130,55 @@ fn one_writer_per_output_and_nothing_left_behind() {
     assert!(t0.elapsed().as_secs() < 5);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn eval_reports_robust_figures_and_names_the_worst_rows() {
+    let d = tmp("robust-eval");
+    let out = d.join("m");
+    ok(&train_small("toy:moons", &out, &[]));
+    // 200 ordinary rows and one far outside the training data, at row 57
+    let mut csv = String::from("x,y\n");
+    for i in 0..200 {
+        let t = i as f64 / 200.0 * std::f64::consts::PI;
+        if i == 57 {
+            csv.push_str("400.0,-300.0\n");
+        }
+        csv.push_str(&format!("{},{}\n", t.cos(), t.sin()));
+    }
+    let data = d.join("rows.csv");
+    std::fs::write(&data, csv).unwrap();
+    let o = nflow(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(ok(&o).trim()).unwrap();
+    assert_eq!(v["n"], 201);
+    assert!(v["far_tail_rows"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["worst_rows"][0]["row"], 57, "{v}");
+    let (mean, median) = (
+        v["mean_log_prob"].as_f64().unwrap(),
+        v["median_log_prob"].as_f64().unwrap(),
+    );
+    assert!(
+        median - mean > 5.0,
+        "one far row must pull the mean, not the median: {v}"
+    );
+    let text = ok(&nflow(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]));
+    assert!(
+        text.contains("median")
+            && text.contains("far in the lower tail")
+            && text.contains("row 57"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

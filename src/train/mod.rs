@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub mod diagnostics;
+pub mod scores;
 mod shards;
 pub mod targets;
 pub mod vi;
