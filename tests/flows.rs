@@ -514,6 +514,50 @@ fn a_reverse_permutation_between_couplings_makes_them_take_turns() {
 }
 
 #[test]
+fn resume_extends_a_run_and_refuses_other_data_or_options() {
+    let t = data::toy("moons", 2000, 2).unwrap();
+    let dir = std::env::temp_dir().join(format!("nflow-resume-{}", std::process::id()));
+    let cfg = |steps| TrainConfig {
+        steps: Some(steps),
+        batch_size: 64,
+        eval_every: Some(10),
+        patience: None,
+        ..TrainConfig::default()
+    };
+    let spec = small_spec(FlowKind::Realnvp, 2);
+    let fit = |c: TrainConfig, t: &Table, resume: bool| {
+        Trainer::new(c)
+            .with_checkpoints(dir.clone(), 10, resume)
+            .fit(spec.clone(), t, None, |_| {})
+    };
+    fit(cfg(30), &t, false).unwrap();
+    // the last checkpoint is at step 20; extended to 50 steps it ends as a 50-step run does
+    let longer = fit(cfg(50), &t, true).unwrap().model;
+    let whole = Trainer::new(cfg(50))
+        .fit(spec.clone(), &t, None, |_| {})
+        .unwrap()
+        .model;
+    assert_eq!(longer.flow.snapshot(), whole.flow.snapshot());
+    assert_eq!(longer.summary.unwrap().steps, 50);
+    // other options: refused naming them
+    let other = TrainConfig {
+        batch_size: 32,
+        ..cfg(50)
+    };
+    let e = fit(other, &t, true).err().unwrap().to_string();
+    assert!(
+        e.contains("batch_size (64 in the checkpoint, 32 now)"),
+        "{e}"
+    );
+    // other data of the same size: refused
+    let mut t2 = t.clone();
+    t2.data[7] += 0.5;
+    let e = fit(cfg(50), &t2, true).err().unwrap().to_string();
+    assert!(e.contains("other data"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn nan_guard_names_the_layer() {
     let mut flow = small_spec(FlowKind::Nice, 2).build::<f32>().unwrap();
     // NICE's last layer is the diagonal scaling: make it overflow

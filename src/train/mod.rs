@@ -193,6 +193,50 @@ struct TrainState {
     last_train: f64,
     seconds: f64,
     log: Vec<LogEntry>,
+    /// A hash of the training rows (and context), so a resume on other data of the same size is refused.
+    #[serde(default)]
+    data_fingerprint: Option<String>,
+}
+
+/// FNV-1a over the column names and the values' bits of the tables: what a checkpoint remembers of its data.
+fn fingerprint(tables: &[Option<&Table>]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for t in tables.iter().flatten() {
+        for c in &t.columns {
+            eat(c.as_bytes());
+            eat(&[0]);
+        }
+        for v in &t.data {
+            eat(&v.to_le_bytes());
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// The options in which two training configurations differ, by name (for a refused resume).
+fn differing_options(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
+    let (va, vb) = (
+        serde_json::to_value(a).expect("config serialises"),
+        serde_json::to_value(b).expect("config serialises"),
+    );
+    let mut out = Vec::new();
+    if let (Some(ma), Some(mb)) = (va.as_object(), vb.as_object()) {
+        for (k, x) in ma {
+            if mb.get(k) != Some(x) {
+                out.push(format!(
+                    "{k} ({x} in the checkpoint, {} now)",
+                    mb.get(k).unwrap_or(&serde_json::Value::Null)
+                ));
+            }
+        }
+    }
+    out
 }
 
 const STATE_JSON: &str = "trainer_state.json";
@@ -424,6 +468,12 @@ impl Trainer {
         let mut diverged = None;
         let mut stopped_early = false;
         let mut step = 0;
+        // (hashing the rows costs a pass over them: only for runs that checkpoint)
+        let data_fp = if self.checkpoint.is_some() {
+            fingerprint(&[Some(table), context])
+        } else {
+            String::new()
+        };
         if self.resume {
             let (dir, _) = self
                 .checkpoint
@@ -444,12 +494,28 @@ impl Trainer {
                         .into(),
                 ));
             }
-            if st.cfg != *cfg {
-                return Err(bad(
-                    "the checkpoint was made with different training options (steps, batch size, \
-                     learning rate, schedule, seed, ...)"
-                        .into(),
-                ));
+            // a run may be extended: more steps (or epochs) than the checkpoint's run had, nothing else changed
+            let extends = TrainConfig {
+                steps: cfg.steps,
+                epochs: cfg.epochs,
+                ..st.cfg.clone()
+            } == *cfg
+                && total > st.step;
+            if st.cfg != *cfg && !extends {
+                return Err(bad(format!(
+                    "the checkpoint was made with other training options: {} (only steps or epochs may \
+                     grow on a resume)",
+                    differing_options(&st.cfg, cfg).join(", ")
+                )));
+            }
+            if let Some(f) = &st.data_fingerprint {
+                if *f != data_fp {
+                    return Err(bad(
+                        "the checkpoint was made on other data (the same number of rows, other values or \
+                         columns)"
+                            .into(),
+                    ));
+                }
             }
             if st.order.len() != n {
                 return Err(bad(format!(
@@ -631,6 +697,7 @@ impl Trainer {
                         last_train,
                         seconds: t0.elapsed().as_secs_f64(),
                         log: log.clone(),
+                        data_fingerprint: Some(data_fp.clone()),
                     };
                     let (m, v, _) = opt.state();
                     let empty: Vec<Vec<f32>> = Vec::new();
