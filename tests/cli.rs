@@ -1182,3 +1182,26 @@ fn eval_reports_robust_figures_and_names_the_worst_rows() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_run_that_ends_worse_than_it_started_is_reported() {
+    let d = tmp("worse");
+    let out = d.join("m");
+    // a learning rate far too large: finishes, but below the untrained flow's validation log-likelihood
+    let o = train_small("toy:moons", &out, &["--lr", "1"]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: training made the model worse"),
+        "{err}"
+    );
+    let o = train_small("toy:moons", &out, &["--lr", "1", "--strict"]);
+    fails(&o, &["training made the model worse", "saved"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(out.join("weights.safetensors").exists());
+    // a sensible rate: no warning
+    let o = train_small("toy:moons", &out, &[]);
+    ok(&o);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("made the model worse"));
+    std::fs::remove_dir_all(&d).unwrap();
+}

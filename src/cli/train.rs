@@ -187,6 +187,10 @@ pub(super) struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Exit with an error (code 1, the model still saved) when training ends worse on the validation rows than
+    /// the untrained flow was (normally a warning).
+    #[arg(long)]
+    strict: bool,
 }
 
 fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSpec> {
@@ -486,6 +490,21 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
         trainer = trainer.with_checkpoints(checkpoint_dir(&a.out), every, a.resume);
     }
     let model = fit_and_save(trainer, flow, &table, ctx.as_ref(), &a.out, a.quiet)?;
+    if let Some(s) = &model.summary {
+        if let (Some(start), Some(best)) = (s.initial_val_log_prob, s.best_val_log_prob) {
+            if best < start - 1e-3 {
+                let msg = format!(
+                    "training made the model worse: validation log-likelihood {best:.4} at its best, {start:.4} \
+                     before training (a learning rate too large? --lr is {})",
+                    a.lr
+                );
+                if a.strict {
+                    bail!("{msg}; the model was saved to {}", a.out.display());
+                }
+                eprintln!("warning: {msg}");
+            }
+        }
+    }
     if a.checkpoint_every.is_some() && !a.keep_checkpoint {
         let _ = std::fs::remove_dir_all(checkpoint_dir(&a.out));
     }

@@ -52,6 +52,9 @@ pub struct TrainSummary {
     pub best_val_log_prob: Option<f64>,
     pub final_train_nll: f64,
     pub stopped_early: bool,
+    /// Validation mean log-likelihood of the untrained flow (fresh runs with a validation split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_val_log_prob: Option<f64>,
     pub config: serde_json::Value,
 }
 

@@ -574,6 +574,11 @@ impl Trainer {
             flow.set_training(true);
             s / x.rows as f64 + shift + ld
         };
+        // the untrained flow's validation figure: a run that ends below it made the model worse (a learning
+        // rate far too large, typically), which the caller is told
+        let initial_val = (step == 0 && xva.rows > 0)
+            .then(|| val_lp(&mut flow, &xva, cva.as_ref(), ld_val))
+            .filter(|v| v.is_finite());
         while step < total {
             if pos + batch > n {
                 order.shuffle(&mut r);
@@ -757,6 +762,7 @@ impl Trainer {
             best_val_log_prob: best_val,
             final_train_nll: last_train,
             stopped_early,
+            initial_val_log_prob: initial_val,
             config: serde_json::to_value(cfg).expect("config serialises"),
         };
         let lines = log

@@ -423,6 +423,7 @@ impl ViConfig {
             best_val_log_prob: None,
             final_train_nll: last_loss,
             stopped_early: diverged.is_some(),
+            initial_val_log_prob: None,
             config,
         };
         Ok(ViFitted {
