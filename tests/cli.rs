@@ -1205,3 +1205,49 @@ fn a_run_that_ends_worse_than_it_started_is_reported() {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("made the model worse"));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn sizes_that_cannot_fit_are_refused_before_any_work() {
+    let d = tmp("sizes");
+    let out = d.join("m");
+    let out_s = out.to_str().unwrap();
+    fails(
+        &nflow(&[
+            "train",
+            "--data",
+            "toy:moons",
+            "--hidden",
+            "1000000",
+            "--out",
+            out_s,
+        ]),
+        &["parameters", "GB", "memory available", "layers[0]"],
+    );
+    assert!(!out.exists());
+    ok(&train_small("toy:moons", &out, &[]));
+    fails(
+        &nflow(&[
+            "sample",
+            "--model",
+            out_s,
+            "-n",
+            "100000000000",
+            "--out",
+            d.join("s.csv").to_str().unwrap(),
+        ]),
+        &["sampling 100000000000 rows", "draw fewer"],
+    );
+    fails(
+        &nflow(&[
+            "plot",
+            "--model",
+            out_s,
+            "--grid",
+            "1000000",
+            "--out",
+            d.join("p.png").to_str().unwrap(),
+        ]),
+        &["--grid 1000000", "memory available"],
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -81,6 +81,13 @@ pub(super) fn plot_model(
         let dp = data.map(pts);
         let ext = extent(dp.as_deref().unwrap_or(&sp));
         let g = grid.max(2);
+        // the grid's points (and a context row each), their densities and the image: refused when too big
+        let cells = (g as u128).saturating_mul(g as u128);
+        nflow::engine::check_fits(
+            cells.saturating_mul(64),
+            &format!("a {g} x {g} density grid"),
+        )
+        .map_err(|m| anyhow::anyhow!("--grid {grid}: {m}"))?;
         let mut pts_grid = Vec::with_capacity(g * g * 2);
         for j in 0..g {
             for i in 0..g {

@@ -197,6 +197,27 @@ pub fn rng(seed: u64) -> Rng {
     Rng::seed_from_u64(seed)
 }
 
+/// Memory the system can still give this process, in bytes (Linux `MemAvailable`; `None` elsewhere or when it
+/// cannot be read): what size checks compare an allocation's estimate with before they start.
+pub fn memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
+/// `Err(message)` when `bytes` cannot fit in the memory available (see [`memory_available`]).
+pub fn check_fits(bytes: u128, what: &str) -> Result<(), String> {
+    match memory_available() {
+        Some(avail) if bytes > u128::from(avail) => Err(format!(
+            "{what} needs about {:.1} GB, more than the {:.1} GB of memory available",
+            bytes as f64 / 1e9,
+            avail as f64 / 1e9
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Keep freed memory in the process instead of returning it to the kernel. Training allocates and frees the
 /// same large activation buffers every step; with glibc's defaults each one is a fresh `mmap` whose pages are
 /// faulted in and zeroed by the kernel again (measured: a third of a Glow training step). Call once at start-up.

@@ -279,6 +279,19 @@ impl FlowConfig {
     /// Build the flow with freshly initialised weights (deterministic in `seed`). Errors name the layer.
     pub fn build<F: Float>(&self) -> Result<Flow<F>, Error> {
         self.validate()?;
+        // parameters, their gradients and the optimiser's two moments, 4 bytes each: refused before any
+        // allocation when they cannot fit (a config from elsewhere cannot make nflow abort on allocation)
+        let (params, largest) = self.approx_params();
+        crate::engine::check_fits(
+            params.saturating_mul(16),
+            "storing the flow's parameters (with gradients and Adam's state)",
+        )
+            .map_err(|m| {
+                Error::Config(format!(
+                    "{m}: about {params} parameters, the largest layer {} (make it smaller: hidden, depth, width)",
+                    largest.map_or("?".into(), |i| format!("layers[{i}]"))
+                ))
+            })?;
         let mut r = rng(self.seed);
         let c = BuildCtx {
             dim: self.dim,
@@ -300,6 +313,73 @@ impl FlowConfig {
             .build::<F>(self.dim, c.cond_dim, self.seed, &mut r)?;
         let e = self.build_embedding(&mut r);
         Ok(Flow::new(base, ts, self.context_dim).with_embedding(e))
+    }
+
+    /// About how many parameters the layers hold (their conditioner networks dominate), and the index of the
+    /// largest layer: for size checks before anything is allocated. Saturates instead of overflowing.
+    pub fn approx_params(&self) -> (u128, Option<usize>) {
+        use crate::transforms::MapConfig;
+        let d = self.dim as u128;
+        let cond = self.cond_dim() as u128;
+        let per_element = |m: &MapConfig| -> u128 {
+            match m {
+                MapConfig::Affine { .. } => 2,
+                MapConfig::Additive => 1,
+                MapConfig::RqSpline(s) => 3 * s.bins as u128 + 1,
+                MapConfig::SinhArcsinh => 4,
+            }
+        };
+        let mlp = |inp: u128, h: u128, depth: u128, out: u128| -> u128 {
+            inp.saturating_mul(h)
+                .saturating_add(depth.saturating_sub(1).saturating_mul(h.saturating_mul(h)))
+                .saturating_add(h.saturating_mul(out))
+        };
+        let mut total: u128 = 0;
+        let mut largest: (u128, Option<usize>) = (0, None);
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = match l {
+                Layer::Coupling(o) => mlp(
+                    d + cond,
+                    o.net.hidden as u128,
+                    o.net.depth as u128,
+                    d.saturating_mul(per_element(&o.map)),
+                ),
+                Layer::Autoregressive(o) | Layer::Iaf(o) => mlp(
+                    d + cond,
+                    o.made.hidden as u128,
+                    o.made.depth as u128,
+                    d.saturating_mul(per_element(&o.map)),
+                ),
+                Layer::ConvCoupling(o) => {
+                    let (c, w) = (o.shape.c as u128, o.width as u128);
+                    9u128
+                        .saturating_mul(c.saturating_mul(w))
+                        .saturating_mul(2 + per_element(&o.map))
+                        .saturating_add(9u128.saturating_mul(w.saturating_mul(w)).saturating_mul(4))
+                }
+                Layer::LuLinear(_) => d.saturating_mul(d),
+                _ => 2 * d,
+            };
+            total = total.saturating_add(n);
+            if n > largest.0 {
+                largest = (n, Some(i));
+            }
+        }
+        (total, largest.1)
+    }
+
+    /// The widest hidden layer of any conditioner (for estimates of activation memory).
+    pub fn max_width(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                Layer::Coupling(o) => o.net.hidden,
+                Layer::Autoregressive(o) | Layer::Iaf(o) => o.made.hidden,
+                Layer::ConvCoupling(o) => o.width * o.shape.h * o.shape.w,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The learned context embedding (`None` without one). Unlike the conditioners its last layer is not

@@ -373,6 +373,13 @@ impl Model {
             )));
         }
         let rows = ctx.map(|c| c.rows).unwrap_or(n);
+        // the noise, the samples in f32 and f64, and the widest layer's activations, all rows at once
+        let per_row = 24 * self.dim() as u128 + 8 * self.arch.max_width() as u128;
+        crate::engine::check_fits(
+            (rows as u128).saturating_mul(per_row),
+            &format!("sampling {rows} rows at once"),
+        )
+        .map_err(|m| Error::Config(format!("{m}: draw fewer (and repeat with other seeds)")))?;
         let c = self.prepare_ctx(ctx, rows)?;
         let mut r = rng(seed);
         let mut z = self.flow.sample_noise(rows, &mut r, c.as_ref());
