@@ -121,6 +121,14 @@ pub enum DataError {
     #[error("{source_name}, column '{column}': constant column (std = 0); a density on a constant column is degenerate, drop the column")]
     ConstantColumn { source_name: String, column: String },
 
+    /// A column whose values cannot be standardised in double precision.
+    #[error("{source_name}, column '{column}': {msg}")]
+    ColumnRange {
+        source_name: String,
+        column: String,
+        msg: String,
+    },
+
     /// A toy data set name that is not built in.
     #[error("unknown toy data set '{name}' (known: {known})")]
     UnknownToy { name: String, known: String },

@@ -42,29 +42,39 @@ impl Standardizer {
     pub fn fit(t: &Table) -> Result<Standardizer> {
         t.check_finite()?;
         let n = t.rows as f64;
-        let mut mean = vec![0.0; t.cols];
-        for r in 0..t.rows {
-            for (m, v) in mean.iter_mut().zip(t.row(r)) {
-                *m += v;
-            }
-        }
-        mean.iter_mut().for_each(|m| *m /= n);
-        let mut var = vec![0.0; t.cols];
-        for r in 0..t.rows {
-            for ((s, v), m) in var.iter_mut().zip(t.row(r)).zip(&mean) {
-                *s += (v - m) * (v - m);
-            }
-        }
-        let std: Vec<f64> = var.iter().map(|s| (s / n).sqrt()).collect();
-        for (c, &sd) in std.iter().enumerate() {
+        let (mut mean, mut std) = (vec![0.0; t.cols], vec![0.0; t.cols]);
+        for c in 0..t.cols {
+            let col = || (0..t.rows).map(|r| t.data[r * t.cols + c]);
             let first = t.data[c];
-            let constant = (0..t.rows).all(|r| t.data[r * t.cols + c] == first);
-            if constant || sd.is_nan() || sd <= 0.0 || !sd.is_finite() {
+            if col().all(|v| v == first) {
                 return Err(DataError::ConstantColumn {
                     source_name: t.source.clone(),
                     column: t.columns[c].clone(),
                 });
             }
+            // sums of x / scale, so values near the top of f64's range (1e300) do not overflow the sums; a power
+            // of two (exact division), and 1 for ordinary data (the same bits as a plain sum)
+            let top = col().fold(0.0f64, |m, v| m.max(v.abs()));
+            let scale = if top < 1e150 {
+                1.0
+            } else {
+                2f64.powi(top.log2().ceil() as i32 - 1)
+            };
+            let m = col().map(|v| v / scale).sum::<f64>() / n;
+            let var = col().map(|v| (v / scale - m).powi(2)).sum::<f64>() / n;
+            let (mu, sd) = (m * scale, var.sqrt() * scale);
+            if !(sd.is_finite() && sd > 0.0 && mu.is_finite()) {
+                return Err(DataError::ColumnRange {
+                    source_name: t.source.clone(),
+                    column: t.columns[c].clone(),
+                    msg: format!(
+                        "its values (up to {top:e} in size) differ, but their spread (std {sd:e}) cannot be \
+                         represented in double precision; rescale the column"
+                    ),
+                });
+            }
+            mean[c] = mu;
+            std[c] = sd;
         }
         Ok(Standardizer { mean, std })
     }

@@ -655,5 +655,15 @@ mod tests {
         let nan = Table::new(vec!["u".into()], 2, vec![1.0, f64::NAN], "n.csv");
         let e = Standardizer::fit(&nan).unwrap_err().to_string();
         assert!(e.contains("row 1 (0-based)"), "{e}");
+        // values near the top of f64's range are no constant column: their spread is found without overflow
+        let big = Table::new(vec!["b".into()], 3, vec![1e300, -1e300, 5e299], "big.csv");
+        let s = Standardizer::fit(&big).unwrap();
+        let want_mean = (1e300 - 1e300 + 5e299) / 3.0;
+        assert!((s.mean[0] - want_mean).abs() < 1e286, "{}", s.mean[0]);
+        assert!((s.std[0] / 8.498e299 - 1.0).abs() < 1e-3, "{}", s.std[0]);
+        // even at the very top of the range
+        let huge = Table::new(vec!["h".into()], 2, vec![f64::MAX, -f64::MAX], "h.csv");
+        let s = Standardizer::fit(&huge).unwrap();
+        assert_eq!((s.mean[0], s.std[0]), (0.0, f64::MAX));
     }
 }

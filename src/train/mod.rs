@@ -370,8 +370,14 @@ impl Trainer {
             ));
         }
         let (tr_idx, va_idx) = split_indices(table.rows, cfg.val_fraction, cfg.seed)?;
-        if tr_idx.is_empty() {
-            return Err(Error::Shape(format!("{}: no training rows", table.source)));
+        if tr_idx.len() < 2 {
+            return Err(Error::Shape(format!(
+                "{}: {} training row(s) after holding out {} for validation; a density needs at least 2 \
+                 (give more rows, or a smaller validation fraction)",
+                table.source,
+                tr_idx.len(),
+                va_idx.len()
+            )));
         }
         let raw_train = table.take_rows(&tr_idx);
         let mut train_t = raw_train.clone();
