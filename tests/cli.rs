@@ -1251,3 +1251,35 @@ fn sizes_that_cannot_fit_are_refused_before_any_work() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn data_from_standard_input() {
+    use std::io::Write as _;
+    let d = tmp("stdin");
+    let out = d.join("m");
+    ok(&train_small("toy:moons", &out, &[]));
+    let run = |input: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nflow"))
+            .args([
+                "eval",
+                "--model",
+                out.to_str().unwrap(),
+                "--data",
+                "-",
+                "--json",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let o = run("x,y\n0.5,0.2\n1.0,-0.3\n");
+    let v: serde_json::Value = serde_json::from_str(ok(&o).trim()).unwrap();
+    assert_eq!(v["n"], 2);
+    assert_eq!(v["data"], "standard input");
+    fails(&run("x,y\n0.5,zz\n"), &["standard input line 2", "'zz'"]);
+    std::fs::remove_dir_all(&d).unwrap();
+}

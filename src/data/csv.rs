@@ -40,11 +40,30 @@ pub fn read_csv(path: &Path) -> Result<Table> {
         }
     })?;
     drop(reader);
+    parse_csv(&bytes, p)
+}
+
+/// Reads a CSV table (with a header row) from standard input (`--data -`); messages call it "standard input".
+pub fn read_csv_stdin() -> Result<Table> {
+    let p = "standard input".to_string();
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut bytes)
+        .map_err(|e| DataError::Read {
+            path: p.clone(),
+            msg: io_msg(&e),
+        })?;
+    parse_csv(&bytes, p)
+}
+
+/// A CSV table from its bytes; `p` names it in messages.
+fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_reader(&bytes[..]);
+        .from_reader(bytes);
 
     // The csv crate reports a record's start as the position right after the
     // previous record, i.e. on a skipped blank line if there is one. Recompute

@@ -37,6 +37,9 @@ pub fn load_source(src: &str, toy_n: usize, seed: u64) -> Result<Table> {
     if let Some(rest) = src.strip_prefix("idx:") {
         return super::idx::load_idx_source(src, rest);
     }
+    if src == "-" {
+        return super::csv::read_csv_stdin();
+    }
     let path = Path::new(src);
     if !path.exists() {
         let mut msg = "No such file or directory".to_string();
