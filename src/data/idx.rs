@@ -54,8 +54,20 @@ pub fn read_idx(path: &Path) -> Result<Table> {
         })
         .collect();
     let n = dims[0];
-    let per: usize = dims[1..].iter().product::<usize>().max(1);
-    let need = head + n * per;
+    if dims[1..].contains(&0) {
+        return Err(bad(format!(
+            "IDX image dimensions {:?}: an image needs at least one row and one column",
+            &dims[1..]
+        )));
+    }
+    let per: usize = dims[1..]
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .ok_or_else(|| bad(format!("IDX dimensions {dims:?} are too large")))?;
+    let need = n
+        .checked_mul(per)
+        .and_then(|v| v.checked_add(head))
+        .ok_or_else(|| bad(format!("IDX dimensions {dims:?} are too large")))?;
     if buf.len() != need {
         return Err(bad(format!(
             "{} bytes of data for {} items of {} values: expected {} (truncated or corrupt)",

@@ -54,6 +54,14 @@ pub fn read_npy(path: &Path) -> Result<Table> {
     if rows == 0 {
         return Err(DataError::NoRows { source_name: p });
     }
+    // the header's shape against the file's size, before any allocation for the data
+    let need = (rows as u128) * (cols as u128) * (width as u128);
+    let have = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if need > u128::from(have) {
+        return Err(npy_err(format!(
+            "the header says {rows} x {cols} values ({need} bytes of data), the file has only {have} bytes"
+        )));
+    }
     let read_err =
         |e: std::io::Error| npy_err(format!("truncated or unreadable data: {}", io_msg(&e)));
     let raw: Vec<f64> = if width == 8 {

@@ -647,6 +647,10 @@ impl Model {
             if vals.iter().any(|v| !v.is_finite()) {
                 return Err(bad(format!("{WEIGHTS}: tensor '{name}' holds NaN/Inf")));
             }
+            if !p.trainable {
+                check_buffer(&name, p.value(), &vals)
+                    .map_err(|m| bad(format!("{WEIGHTS}: tensor '{name}' {m}")))?;
+            }
             p.set_value(vals);
         }
         flow.reload();
@@ -664,6 +668,57 @@ impl Model {
             summary: cfg.training,
             log,
         })
+    }
+}
+
+/// A buffer that indexes (a permutation, a mask, an autoregressive order, MADE's degrees, an LU sign, an
+/// initialised flag) must hold what the architecture can use: the same values as the freshly built one in
+/// some order (another permutation, another placement of a mask's ones), or signs / flags. Anything else
+/// would index out of bounds or break a layer's shapes later.
+fn check_buffer(name: &str, built: &[f32], loaded: &[f32]) -> std::result::Result<(), String> {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let sorted = |v: &[f32]| {
+        let mut v = v.to_vec();
+        v.sort_by(f32::total_cmp);
+        v
+    };
+    let same_values = || {
+        if sorted(built) == sorted(loaded) {
+            Ok(())
+        } else {
+            Err(
+                "is not a rearrangement of the values the architecture gives it (corrupt?)"
+                    .to_string(),
+            )
+        }
+    };
+    match last {
+        "perm" | "mask" | "order" => same_values(),
+        _ if name.contains("degrees") => {
+            // MADE's hidden degrees: integers within the range the architecture uses, in ascending order
+            let (lo, hi) = (
+                built.iter().copied().fold(f32::INFINITY, f32::min).min(1.0),
+                built.iter().copied().fold(0.0f32, f32::max),
+            );
+            let ok = loaded
+                .iter()
+                .all(|v| v.fract() == 0.0 && *v >= lo && *v <= hi)
+                && loaded.windows(2).all(|w| w[0] <= w[1]);
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "must hold ascending integers in [{lo}, {hi}] (corrupt?)"
+                ))
+            }
+        }
+        "sign" if loaded.iter().any(|v| v.abs() != 1.0) => {
+            Err("must hold signs, ±1 (corrupt?)".into())
+        }
+        "initialized" if loaded.iter().any(|v| *v != 0.0 && *v != 1.0) => {
+            Err("must hold a flag, 0 or 1 (corrupt?)".into())
+        }
+        _ => Ok(()),
     }
 }
 
