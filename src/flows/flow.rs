@@ -284,18 +284,7 @@ impl<F: Float> Flow<F> {
             _ => None,
         };
         let ctx = embedded.as_ref().or(ctx);
-        let mut z = x.clone();
-        let mut ld = vec![F::zero(); n];
-        for (i, t) in self.transforms.iter_mut().enumerate() {
-            let (z2, l) = t.forward_train(&z, ctx);
-            if z2.first_non_finite().is_some() || l.iter().any(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    layer: format!("layer {i} ({})", t.kind()),
-                });
-            }
-            z = z2;
-            ld.iter_mut().zip(&l).for_each(|(a, &b)| *a += b);
-        }
+        let (z, ld) = self.forward_train_all(x, ctx)?;
         let lpz = self.base.log_prob_train(&z, ctx);
         let total: F = lpz.iter().zip(&ld).map(|(&a, &b)| a + b).sum();
         let loss = -total / F::c(total_rows as f64);
@@ -340,6 +329,27 @@ impl<F: Float> Flow<F> {
         Ok(loss)
     }
 
+    /// Every transform's `forward_train` in order: `(z, sum of log-dets)`; a NaN/Inf is an error naming the layer.
+    fn forward_train_all(
+        &mut self,
+        x: &Mat<F>,
+        ctx: Option<&Mat<F>>,
+    ) -> Result<(Mat<F>, Vec<F>), Error> {
+        let mut z = x.clone();
+        let mut ld = vec![F::zero(); x.rows];
+        for (i, t) in self.transforms.iter_mut().enumerate() {
+            let (z2, l) = t.forward_train(&z, ctx);
+            if z2.first_non_finite().is_some() || l.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    layer: format!("layer {i} ({})", t.kind()),
+                });
+            }
+            z = z2;
+            ld.iter_mut().zip(&l).for_each(|(a, &b)| *a += b);
+        }
+        Ok((z, ld))
+    }
+
     /// The score `d log p(x) / dx` of every row, with `log p(x)` (for HMC / MAP users): a training-style pass
     /// and its backward with unit weights on each row's log-density. The flow should be in evaluation mode
     /// (batch norm then uses its running statistics, so rows stay independent); parameter gradients are
@@ -353,18 +363,7 @@ impl<F: Float> Flow<F> {
         let n = x.rows;
         let embedded = self.embed(ctx);
         let ctx = embedded.as_deref();
-        let mut z = x.clone();
-        let mut lp = vec![F::zero(); n];
-        for (i, t) in self.transforms.iter_mut().enumerate() {
-            let (z2, l) = t.forward_train(&z, ctx);
-            if z2.first_non_finite().is_some() || l.iter().any(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    layer: format!("layer {i} ({})", t.kind()),
-                });
-            }
-            z = z2;
-            lp.iter_mut().zip(&l).for_each(|(a, &b)| *a += b);
-        }
+        let (z, mut lp) = self.forward_train_all(x, ctx)?;
         let lpz = self.base.log_prob_train(&z, ctx);
         lp.iter_mut().zip(&lpz).for_each(|(a, &b)| *a += b);
         let ones = vec![F::one(); n];

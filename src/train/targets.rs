@@ -153,21 +153,7 @@ impl<F: Float> Target<F> for Gaussian {
         Some(0.0)
     }
     fn log_prob_and_grad(&self, x: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Vec<F>, Mat<F>) {
-        let d = self.dim;
-        let mut g = Mat::zeros(x.rows, d);
-        let (mut xr, mut gr) = (vec![0.0; d], vec![0.0; d]);
-        let lp = (0..x.rows)
-            .map(|i| {
-                xr.iter_mut().zip(x.row(i)).for_each(|(a, b)| *a = b.f64());
-                let l = self.eval(&xr, &mut gr);
-                g.row_mut(i)
-                    .iter_mut()
-                    .zip(&gr)
-                    .for_each(|(a, &b)| *a = F::c(b));
-                F::c(l)
-            })
-            .collect();
-        (lp, g)
+        rows_in_f64(x, |xr, gr| self.eval(xr, gr))
     }
 }
 
@@ -224,6 +210,25 @@ pub fn by_name<F: Float>(s: &str) -> Result<Box<dyn Target<F>>, crate::Error> {
     Err(bad(
         "unknown (known: u1, u2, u3, u4, gauss:D[:RHO[:SCALE]], mix:D:K[:RADIUS[:SCALE]])".into(),
     ))
+}
+
+/// `(log p, d log p / dx)` of every row through `eval(x, grad) -> log p`, which works on one row in f64.
+fn rows_in_f64<F: Float>(x: &Mat<F>, eval: impl Fn(&[f64], &mut [f64]) -> f64) -> (Vec<F>, Mat<F>) {
+    let d = x.cols;
+    let mut g = Mat::zeros(x.rows, d);
+    let (mut xr, mut gr) = (vec![0.0; d], vec![0.0; d]);
+    let lp = (0..x.rows)
+        .map(|i| {
+            xr.iter_mut().zip(x.row(i)).for_each(|(a, b)| *a = b.f64());
+            let l = eval(&xr, &mut gr);
+            g.row_mut(i)
+                .iter_mut()
+                .zip(&gr)
+                .for_each(|(a, &b)| *a = F::c(b));
+            F::c(l)
+        })
+        .collect();
+    (lp, g)
 }
 
 /// An equal-weight mixture of `k` Gaussians `N(μ_j, s² I)` in `d` dimensions, normalised (`log Z = 0`): the
@@ -300,21 +305,7 @@ impl<F: Float> Target<F> for GaussianMixture {
         Some(0.0)
     }
     fn log_prob_and_grad(&self, x: &Mat<F>, _ctx: Option<&Mat<F>>) -> (Vec<F>, Mat<F>) {
-        let d = self.dim;
-        let mut g = Mat::zeros(x.rows, d);
-        let (mut xr, mut gr) = (vec![0.0; d], vec![0.0; d]);
-        let lp = (0..x.rows)
-            .map(|i| {
-                xr.iter_mut().zip(x.row(i)).for_each(|(a, b)| *a = b.f64());
-                let l = self.eval(&xr, &mut gr);
-                g.row_mut(i)
-                    .iter_mut()
-                    .zip(&gr)
-                    .for_each(|(a, &b)| *a = F::c(b));
-                F::c(l)
-            })
-            .collect();
-        (lp, g)
+        rows_in_f64(x, |xr, gr| self.eval(xr, gr))
     }
 }
 
