@@ -428,17 +428,7 @@ impl Model {
         let (parent, name) = output::split(dir)?;
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
         output::recover(dir)?;
-        if dir.exists()
-            && !dir.join(CONFIG).exists()
-            && std::fs::read_dir(dir)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
-            return Err(Error::Model {
-                path: dir.display().to_string(),
-                msg: "exists and is not an nflow model folder; refusing to replace it".into(),
-            });
-        }
+        output::check_replaceable(dir)?;
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;

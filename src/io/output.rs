@@ -92,6 +92,22 @@ pub fn recover(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `dir` may be written over: it is missing, empty, or a model folder (it has a `config.json`).
+pub(crate) fn check_replaceable(dir: &Path) -> Result<()> {
+    if dir.is_dir()
+        && !dir.join("config.json").exists()
+        && fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Error::Model {
+            path: dir.display().to_string(),
+            msg: "exists and is not an nflow model folder; refusing to replace it".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Put the finished folder `tmp` in place of `dir`. With a previous `dir`, the two are exchanged in one step
 /// where the system can, so `dir` is never missing; elsewhere the old one is moved aside first (and put back by
 /// [`recover`] if the run dies in between). The previous folder is then deleted.
@@ -163,17 +179,7 @@ impl OutputLock {
                 msg: "exists and is not a folder; refusing to replace it".into(),
             });
         }
-        if dir.is_dir()
-            && !dir.join("config.json").exists()
-            && fs::read_dir(dir)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
-            return Err(Error::Model {
-                path: dir.display().to_string(),
-                msg: "exists and is not an nflow model folder; refusing to replace it".into(),
-            });
-        }
+        check_replaceable(dir)?;
         let path = parent.join(format!(".{name}.lock"));
         for _ in 0..2 {
             match fs::OpenOptions::new()
