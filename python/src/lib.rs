@@ -210,6 +210,22 @@ fn composed(json: &str, dim: usize, context_dim: usize, seed: u64) -> PyResult<F
     Ok(arch)
 }
 
+/// A flow definition from the Python layer: `kind` "preset" (a preset's name and options) or "composed" (a
+/// layer list), for data of `dim` features and `context_dim` context columns.
+fn flow_def(
+    kind: &str,
+    json: &str,
+    dim: usize,
+    context_dim: usize,
+    seed: u64,
+) -> PyResult<FlowDef> {
+    Ok(match kind {
+        "preset" => preset_spec(json, dim, context_dim, seed)?.into(),
+        "composed" => composed(json, dim, context_dim, seed)?.into(),
+        k => return Err(config_err(format!("unknown flow definition kind '{k}'"))),
+    })
+}
+
 /// The architecture (as `config.json` stores it under "flow") a definition gives for data of this size.
 #[pyfunction]
 #[pyo3(signature = (kind, json, dim, context_dim=0, seed=0))]
@@ -220,12 +236,9 @@ fn architecture(
     context_dim: usize,
     seed: u64,
 ) -> PyResult<String> {
-    let arch = match kind {
-        "preset" => preset_spec(json, dim, context_dim, seed)?
-            .architecture()
-            .map_err(py_err)?,
-        _ => composed(json, dim, context_dim, seed)?,
-    };
+    let (arch, _) = flow_def(kind, json, dim, context_dim, seed)?
+        .resolve()
+        .map_err(py_err)?;
     Ok(serde_json::to_string(&arch).expect("architecture serialises"))
 }
 
@@ -454,11 +467,7 @@ impl Model {
         } else {
             classes.iter().sum()
         };
-        let def: FlowDef = match kind {
-            "preset" => preset_spec(flow_json, table.cols, context_dim, cfg.seed)?.into(),
-            "composed" => composed(flow_json, table.cols, context_dim, cfg.seed)?.into(),
-            k => return Err(config_err(format!("unknown flow definition kind '{k}'"))),
-        };
+        let def = flow_def(kind, flow_json, table.cols, context_dim, cfg.seed)?;
         let stop = Arc::new(AtomicBool::new(false));
         let trainer = Trainer::new(cfg)
             .with_context_classes(classes)
@@ -548,11 +557,7 @@ impl Model {
             Mat::<f32>::from_vec(r, k, v.iter().map(|&x| x as f32).collect())
         });
         let context_dim = ctx.as_ref().map_or(0, |c| c.cols);
-        let def: FlowDef = match kind {
-            "preset" => preset_spec(flow_json, target.dim(), context_dim, cfg.seed)?.into(),
-            "composed" => composed(flow_json, target.dim(), context_dim, cfg.seed)?.into(),
-            k => return Err(config_err(format!("unknown flow definition kind '{k}'"))),
-        };
+        let def = flow_def(kind, flow_json, target.dim(), context_dim, cfg.seed)?;
         let t = target.as_ref();
         let (result, raised) = drive(py, hook.as_ref(), &stop, |send| {
             let mut last = Instant::now();
