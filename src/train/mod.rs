@@ -239,10 +239,80 @@ fn differing_options(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
     out
 }
 
+/// A checkpoint's model folder (the weights when it was written) and its state record `json`, read back;
+/// errors name the folder and the file.
+pub(crate) fn read_checkpoint_state<S: serde::de::DeserializeOwned>(
+    dir: &std::path::Path,
+    json: &str,
+) -> Result<(Model, S)> {
+    let bad = |msg: String| Error::Model {
+        path: dir.display().to_string(),
+        msg,
+    };
+    let model = Model::load(dir)?;
+    let text = std::fs::read_to_string(dir.join(json)).map_err(|e| bad(format!("{json}: {e}")))?;
+    let st = serde_json::from_str(&text).map_err(|e| bad(format!("{json}: {e}")))?;
+    Ok((model, st))
+}
+
+/// A checkpoint's tensors file: Adam's two moments and the best weights so far, by group.
+pub(crate) struct CheckpointTensors {
+    pub adam_m: Vec<Vec<f32>>,
+    pub adam_v: Vec<Vec<f32>>,
+    pub best: Vec<Vec<f32>>,
+}
+
+pub(crate) fn read_checkpoint_tensors(
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<CheckpointTensors> {
+    let bad = |msg: String| Error::Model {
+        path: dir.display().to_string(),
+        msg,
+    };
+    let bytes = std::fs::read(dir.join(name)).map_err(|e| bad(format!("{name}: {e}")))?;
+    let ts =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{name}: {e}")))?;
+    Ok(CheckpointTensors {
+        adam_m: read_group(&ts, "adam_m"),
+        adam_v: read_group(&ts, "adam_v"),
+        best: read_group(&ts, "best"),
+    })
+}
+
+/// The noise stream's position as a checkpoint stores it (a decimal string: it does not fit JSON's numbers).
+pub(crate) fn checkpoint_word_pos(dir: &std::path::Path, s: &str) -> Result<u128> {
+    s.parse().map_err(|_| Error::Model {
+        path: dir.display().to_string(),
+        msg: "rng_word_pos is not a number".into(),
+    })
+}
+
+/// Write a checkpoint: `model` (the current weights) as the folder `dir`, with the state record as `json` and
+/// the optimiser's moments and the best weights so far as `tensors` beside it.
+pub(crate) fn write_checkpoint<S: Serialize>(
+    model: &Model,
+    dir: &std::path::Path,
+    (json, tensors): (&str, &str),
+    state: &S,
+    opt: &Adam<f32>,
+    best: Option<&Vec<Vec<f32>>>,
+) -> Result<()> {
+    let (m, v, _) = opt.state();
+    let empty: Vec<Vec<f32>> = Vec::new();
+    let t = tensors_bytes(&[
+        ("adam_m", m),
+        ("adam_v", v),
+        ("best", best.unwrap_or(&empty)),
+    ]);
+    let j = serde_json::to_vec(state).expect("state serialises");
+    model.save_with(dir, &[(json, j), (tensors, t)])
+}
+
 const STATE_JSON: &str = "trainer_state.json";
 const STATE_TENSORS: &str = "trainer_state.safetensors";
 
-pub(crate) fn tensors_bytes(groups: &[(&str, &[Vec<f32>])]) -> Vec<u8> {
+fn tensors_bytes(groups: &[(&str, &[Vec<f32>])]) -> Vec<u8> {
     use safetensors::{tensor::TensorView, Dtype};
     let bytes: Vec<(String, Vec<u8>)> = groups
         .iter()
@@ -267,7 +337,7 @@ pub(crate) fn tensors_bytes(groups: &[(&str, &[Vec<f32>])]) -> Vec<u8> {
     safetensors::serialize(views, None).expect("serialisable tensors")
 }
 
-pub(crate) fn read_group(st: &safetensors::SafeTensors, g: &str) -> Vec<Vec<f32>> {
+fn read_group(st: &safetensors::SafeTensors, g: &str) -> Vec<Vec<f32>> {
     let mut out = Vec::new();
     while let Ok(t) = st.tensor(&format!("{g}.{}", out.len())) {
         out.push(
@@ -489,11 +559,7 @@ impl Trainer {
                 path: dir.display().to_string(),
                 msg,
             };
-            let ck = Model::load(dir)?;
-            let text = std::fs::read_to_string(dir.join(STATE_JSON))
-                .map_err(|e| bad(format!("{STATE_JSON}: {e}")))?;
-            let st: TrainState =
-                serde_json::from_str(&text).map_err(|e| bad(format!("{STATE_JSON}: {e}")))?;
+            let (ck, st): (Model, TrainState) = read_checkpoint_state(dir, STATE_JSON)?;
             if st.flow != arch {
                 return Err(bad(
                     "the checkpoint was made with a different flow (architecture options differ)"
@@ -531,26 +597,14 @@ impl Trainer {
             }
             flow = ck.flow;
             flow.set_training(true);
-            let bytes = std::fs::read(dir.join(STATE_TENSORS))
-                .map_err(|e| bad(format!("{STATE_TENSORS}: {e}")))?;
-            let ts = safetensors::SafeTensors::deserialize(&bytes)
-                .map_err(|e| bad(format!("{STATE_TENSORS}: {e}")))?;
-            opt.set_state(
-                read_group(&ts, "adam_m"),
-                read_group(&ts, "adam_v"),
-                st.adam_t,
-            );
-            let best_w = read_group(&ts, "best");
+            let ts = read_checkpoint_tensors(dir, STATE_TENSORS)?;
+            opt.set_state(ts.adam_m, ts.adam_v, st.adam_t);
             if let (Some(bs), Some(bv)) = (st.best_step, st.best_val) {
-                best = Some((bv, bs, best_w));
+                best = Some((bv, bs, ts.best));
             } else if let Some(bs) = st.best_step {
-                best = Some((f64::NEG_INFINITY, bs, best_w));
+                best = Some((f64::NEG_INFINITY, bs, ts.best));
             }
-            let wp: u128 = st
-                .rng_word_pos
-                .parse()
-                .map_err(|_| bad("rng_word_pos is not a number".into()))?;
-            r.set_word_pos(wp);
+            r.set_word_pos(checkpoint_word_pos(dir, &st.rng_word_pos)?);
             order = st.order;
             pos = st.pos;
             since_best = st.since_best;
@@ -710,13 +764,6 @@ impl Trainer {
                         log: log.clone(),
                         data_fingerprint: Some(data_fp.clone()),
                     };
-                    let (m, v, _) = opt.state();
-                    let empty: Vec<Vec<f32>> = Vec::new();
-                    let tensors = tensors_bytes(&[
-                        ("adam_m", m),
-                        ("adam_v", v),
-                        ("best", best.as_ref().map(|b| &b.2).unwrap_or(&empty)),
-                    ]);
                     let model = Model {
                         arch: arch.clone(),
                         preset: preset.clone(),
@@ -730,8 +777,14 @@ impl Trainer {
                         summary: None,
                         log: Vec::new(),
                     };
-                    let json = serde_json::to_vec(&st).expect("state serialises");
-                    let res = model.save_with(dir, &[(STATE_JSON, json), (STATE_TENSORS, tensors)]);
+                    let res = write_checkpoint(
+                        &model,
+                        dir,
+                        (STATE_JSON, STATE_TENSORS),
+                        &st,
+                        &opt,
+                        best.as_ref().map(|b| &b.2),
+                    );
                     flow = model.flow;
                     res?;
                 }

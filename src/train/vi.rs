@@ -4,7 +4,9 @@
 //! (Rezende & Mohamed 2015): the gradients flow through the samples and through `log q`.
 
 use super::diagnostics::{diagnostics, Diagnostics};
-use super::{read_group, tensors_bytes, StopFlag};
+use super::{
+    checkpoint_word_pos, read_checkpoint_state, read_checkpoint_tensors, write_checkpoint, StopFlag,
+};
 use crate::data::Standardizer;
 use crate::engine::{rng, Float, Mat};
 use crate::flows::{Flow, FlowDef};
@@ -254,11 +256,7 @@ impl ViConfig {
                 path: dir.display().to_string(),
                 msg,
             };
-            let model = Model::load(dir)?;
-            let text = std::fs::read_to_string(dir.join(VI_STATE_JSON))
-                .map_err(|e| bad(format!("{VI_STATE_JSON}: {e}")))?;
-            let st: ViState =
-                serde_json::from_str(&text).map_err(|e| bad(format!("{VI_STATE_JSON}: {e}")))?;
+            let (model, st): (Model, ViState) = read_checkpoint_state(dir, VI_STATE_JSON)?;
             if st.flow != arch {
                 return Err(bad("the checkpoint was made with a different flow".into()));
             }
@@ -269,29 +267,14 @@ impl ViConfig {
                     st.target
                 )));
             }
-            let bytes = std::fs::read(dir.join(VI_STATE_TENSORS))
-                .map_err(|e| bad(format!("{VI_STATE_TENSORS}: {e}")))?;
-            let ts = safetensors::SafeTensors::deserialize(&bytes)
-                .map_err(|e| bad(format!("{VI_STATE_TENSORS}: {e}")))?;
+            let ts = read_checkpoint_tensors(dir, VI_STATE_TENSORS)?;
             flow = model.flow;
             flow.set_training(true);
-            opt.set_state(
-                read_group(&ts, "adam_m"),
-                read_group(&ts, "adam_v"),
-                st.adam_t,
-            );
+            opt.set_state(ts.adam_m, ts.adam_v, st.adam_t);
             if let Some(bs) = st.best_step {
-                best = Some((
-                    st.best_elbo.unwrap_or(f64::NEG_INFINITY),
-                    bs,
-                    read_group(&ts, "best"),
-                ));
+                best = Some((st.best_elbo.unwrap_or(f64::NEG_INFINITY), bs, ts.best));
             }
-            let wp: u128 = st
-                .rng_word_pos
-                .parse()
-                .map_err(|_| bad("rng_word_pos is not a number".into()))?;
-            r.set_word_pos(wp);
+            r.set_word_pos(checkpoint_word_pos(dir, &st.rng_word_pos)?);
             (acc, last_loss, step, log) = (st.acc, st.last_loss, st.step, st.log);
             t0 = Instant::now() - std::time::Duration::from_secs_f64(st.seconds);
         }
@@ -372,18 +355,14 @@ impl ViConfig {
                         seconds: t0.elapsed().as_secs_f64(),
                         log: log.clone(),
                     };
-                    let (m, v, _) = opt.state();
-                    let empty: Vec<Vec<f32>> = Vec::new();
-                    let tensors = tensors_bytes(&[
-                        ("adam_m", m),
-                        ("adam_v", v),
-                        ("best", best.as_ref().map(|b| &b.2).unwrap_or(&empty)),
-                    ]);
                     let model = vi_model(arch.clone(), preset.clone(), flow, None, Vec::new());
-                    let json = serde_json::to_vec(&st).expect("state serialises");
-                    let res = model.save_with(
+                    let res = write_checkpoint(
+                        &model,
                         &ck.dir,
-                        &[(VI_STATE_JSON, json), (VI_STATE_TENSORS, tensors)],
+                        (VI_STATE_JSON, VI_STATE_TENSORS),
+                        &st,
+                        &opt,
+                        best.as_ref().map(|b| &b.2),
                     );
                     flow = model.flow;
                     res?;
