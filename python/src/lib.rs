@@ -261,21 +261,23 @@ fn presets() -> Vec<&'static str> {
 // ---------------------------------------------------------------------------------------------------------
 // Training options (the CLI's `nflow train` defaults live in the Python layer's signature)
 
-fn train_config(o: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
-    let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
-        o.get_item(k).map(|v| v.filter(|v| !v.is_none()))
-    };
-    macro_rules! ex {
-        ($v:expr, $k:expr) => {
-            $v.map(|v| {
+/// The option `$k` of a Python dict of options: absent or None gives None; a value of the wrong type is a
+/// ValueError naming the option.
+macro_rules! opt {
+    ($o:expr, $k:expr) => {
+        $o.get_item($k)?
+            .filter(|v| !v.is_none())
+            .map(|v| {
                 v.extract()
                     .map_err(|e: PyErr| config_err(format!("{}: {e}", $k)))
             })
             .transpose()
-        };
-    }
+    };
+}
+
+fn train_config(o: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
     let d = TrainConfig::default();
-    let optimizer: String = ex!(get("optimizer")?, "optimizer")?.unwrap_or_else(|| "adam".into());
+    let optimizer: String = opt!(o, "optimizer")?.unwrap_or_else(|| "adam".into());
     let kind = match optimizer.as_str() {
         "adam" => OptimKind::Adam,
         "adamw" => OptimKind::Adamw,
@@ -285,31 +287,31 @@ fn train_config(o: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
             )))
         }
     };
-    let schedule: String = ex!(get("schedule")?, "schedule")?.unwrap_or_else(|| "constant".into());
-    let warmup: usize = ex!(get("warmup")?, "warmup")?.unwrap_or(0);
+    let schedule: String = opt!(o, "schedule")?.unwrap_or_else(|| "constant".into());
+    let warmup: usize = opt!(o, "warmup")?.unwrap_or(0);
     let schedule = Schedule::parse(&schedule, warmup).ok_or_else(|| {
         config_err(format!(
             "unknown schedule '{schedule}' (known: constant, warmup, cosine)"
         ))
     })?;
-    let patience: usize = ex!(get("patience")?, "patience")?.unwrap_or(10);
+    let patience: usize = opt!(o, "patience")?.unwrap_or(10);
     let cfg = TrainConfig {
-        epochs: ex!(get("epochs")?, "epochs")?.unwrap_or(d.epochs),
-        steps: ex!(get("steps")?, "steps")?,
-        batch_size: ex!(get("batch_size")?, "batch_size")?.unwrap_or(d.batch_size),
+        epochs: opt!(o, "epochs")?.unwrap_or(d.epochs),
+        steps: opt!(o, "steps")?,
+        batch_size: opt!(o, "batch_size")?.unwrap_or(d.batch_size),
         optim: OptimConfig {
             kind,
-            lr: ex!(get("lr")?, "lr")?.unwrap_or(d.optim.lr),
-            weight_decay: ex!(get("weight_decay")?, "weight_decay")?.unwrap_or(0.0),
+            lr: opt!(o, "lr")?.unwrap_or(d.optim.lr),
+            weight_decay: opt!(o, "weight_decay")?.unwrap_or(0.0),
             ..OptimConfig::default()
         },
         schedule,
-        clip: ex!(get("clip")?, "clip")?,
-        val_fraction: ex!(get("validation")?, "validation")?.unwrap_or(d.val_fraction),
+        clip: opt!(o, "clip")?,
+        val_fraction: opt!(o, "validation")?.unwrap_or(d.val_fraction),
         patience: (patience > 0).then_some(patience),
-        eval_every: ex!(get("eval_every")?, "eval_every")?,
-        max_seconds: ex!(get("max_seconds")?, "max_seconds")?,
-        seed: ex!(get("seed")?, "seed")?.unwrap_or(0),
+        eval_every: opt!(o, "eval_every")?,
+        max_seconds: opt!(o, "max_seconds")?,
+        seed: opt!(o, "seed")?.unwrap_or(0),
     };
     cfg.validate().map_err(py_err)?;
     Ok(cfg)
@@ -832,27 +834,14 @@ impl Target<f32> for PyTarget {
 }
 
 fn vi_config(o: &Bound<'_, PyDict>, stop: Arc<AtomicBool>) -> PyResult<ViConfig> {
-    let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
-        o.get_item(k).map(|v| v.filter(|v| !v.is_none()))
-    };
-    macro_rules! ex {
-        ($k:expr) => {
-            get($k)?
-                .map(|v| {
-                    v.extract()
-                        .map_err(|e: PyErr| config_err(format!("{}: {e}", $k)))
-                })
-                .transpose()
-        };
-    }
     let d = ViConfig::default();
-    let schedule: String = ex!("schedule")?.unwrap_or_else(|| "constant".into());
-    let warmup: usize = ex!("warmup")?.unwrap_or(0);
+    let schedule: String = opt!(o, "schedule")?.unwrap_or_else(|| "constant".into());
+    let warmup: usize = opt!(o, "warmup")?.unwrap_or(0);
     let cfg = ViConfig {
-        steps: ex!("steps")?.unwrap_or(d.steps),
-        batch_size: ex!("batch_size")?.unwrap_or(d.batch_size),
+        steps: opt!(o, "steps")?.unwrap_or(d.steps),
+        batch_size: opt!(o, "batch_size")?.unwrap_or(d.batch_size),
         optim: OptimConfig {
-            lr: ex!("lr")?.unwrap_or(d.optim.lr),
+            lr: opt!(o, "lr")?.unwrap_or(d.optim.lr),
             ..OptimConfig::default()
         },
         schedule: Schedule::parse(&schedule, warmup).ok_or_else(|| {
@@ -860,10 +849,10 @@ fn vi_config(o: &Bound<'_, PyDict>, stop: Arc<AtomicBool>) -> PyResult<ViConfig>
                 "unknown schedule '{schedule}' (known: constant, warmup, cosine)"
             ))
         })?,
-        clip: ex!("clip")?,
-        eval_every: ex!("eval_every")?,
-        eval_samples: ex!("eval_samples")?.unwrap_or(d.eval_samples),
-        seed: ex!("seed")?.unwrap_or(0),
+        clip: opt!(o, "clip")?,
+        eval_every: opt!(o, "eval_every")?,
+        eval_samples: opt!(o, "eval_samples")?.unwrap_or(d.eval_samples),
+        seed: opt!(o, "seed")?.unwrap_or(0),
         stop: StopFlag::new(stop),
         checkpoint: None,
     };
