@@ -241,20 +241,29 @@ impl Model {
     /// log-density in the preprocessed space (e.g. logit space, the MAF paper's MNIST figure). Dequantisation
     /// noise is drawn from a fixed seed, so repeated evaluations agree.
     pub fn log_prob_parts(&self, t: &Table, ctx: Option<&Table>) -> Result<(Vec<f64>, Vec<f64>)> {
-        match &self.preprocess {
+        match self.preprocessed(t)? {
             None => Ok((self.log_prob_inner(t, ctx)?, vec![0.0; t.rows])),
-            Some(p) => {
-                if t.cols != self.dim() {
-                    return Err(self.column_mismatch(t));
-                }
-                t.check_finite()?;
-                let mut tp = t.clone();
-                let ld = p.apply(&mut tp, EVAL_NOISE_SEED)?;
+            Some((tp, ld)) => {
                 let mut lp = self.log_prob_inner(&tp, ctx)?;
                 lp.iter_mut().zip(&ld).for_each(|(a, b)| *a += b);
                 Ok((lp, ld))
             }
         }
+    }
+
+    /// The rows through the model's preprocessing (dequantisation with the fixed evaluation noise, logit) and
+    /// its log-Jacobian per row; `None` for a model without preprocessing.
+    fn preprocessed(&self, t: &Table) -> Result<Option<(Table, Vec<f64>)>> {
+        let Some(p) = &self.preprocess else {
+            return Ok(None);
+        };
+        if t.cols != self.dim() {
+            return Err(self.column_mismatch(t));
+        }
+        t.check_finite()?;
+        let mut tp = t.clone();
+        let ld = p.apply(&mut tp, EVAL_NOISE_SEED)?;
+        Ok(Some((tp, ld)))
     }
 
     fn log_prob_inner(&self, t: &Table, ctx: Option<&Table>) -> Result<Vec<f64>> {
@@ -328,20 +337,8 @@ impl Model {
     /// The noise `z = f(x)` of every row (row-major, `rows x dim`), after the model's preprocessing and
     /// standardisation.
     pub fn to_noise(&self, t: &Table, ctx: Option<&Table>) -> Result<Vec<f64>> {
-        let pre;
-        let t = match &self.preprocess {
-            Some(p) => {
-                if t.cols != self.dim() {
-                    return Err(self.column_mismatch(t));
-                }
-                t.check_finite()?;
-                let mut tp = t.clone();
-                p.apply(&mut tp, EVAL_NOISE_SEED)?;
-                pre = tp;
-                &pre
-            }
-            None => t,
-        };
+        let pre = self.preprocessed(t)?;
+        let t = pre.as_ref().map_or(t, |(tp, _)| tp);
         let x = self.prepare(t)?;
         let c = self.prepare_ctx(ctx, t.rows)?;
         let (z, _) = self.flow.transform_to_noise(&x, c.as_ref());
