@@ -61,6 +61,9 @@ fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
     if let Some(p) = POOL.read().ok().and_then(|p| p.clone()) {
         return Ok(p);
     }
+    // the count is ours to choose: training steps measure whether fewer threads run faster (other work on
+    // the machine)
+    nflow::engine::pool::set_auto(true);
     set_pool(cores())
 }
 
@@ -98,6 +101,7 @@ fn set_num_threads(n: usize) -> PyResult<()> {
             cores()
         )));
     }
+    nflow::engine::pool::set_auto(false);
     set_pool(n).map(|_| ())
 }
 

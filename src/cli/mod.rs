@@ -94,6 +94,10 @@ pub fn run(cli: Cli) -> Result<()> {
             .num_threads(t)
             .build_global()
             .context("cannot set up the thread pool")?;
+    } else {
+        // the thread count is ours to choose: training steps measure whether fewer threads run faster
+        // (other work on the machine)
+        nflow::engine::pool::set_auto(true);
     }
     // The command runs on a worker of the pool: every parallel kernel it calls then starts from inside the
     // pool (a cheap split) instead of handing its work over from the main thread and sleeping until it is done
@@ -109,6 +113,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Info(a) => info(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Curve(a) => curve(a),
+    })
+    .inspect(|_| {
+        let (steps, fewer) = nflow::engine::pool::tuned_steps();
+        if fewer * 2 > steps {
+            eprintln!(
+                "note: {:.0}% of the training steps ran on fewer threads than the pool's {}: they measured \
+                 faster (other work on the machine?); --threads N fixes the count",
+                100.0 * fewer as f64 / steps as f64,
+                rayon::current_num_threads()
+            );
+        }
     })
 }
 

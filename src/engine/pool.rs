@@ -9,7 +9,7 @@
 
 use rayon::Yield;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,8 @@ pub fn run_warm<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             while !done.load(Ordering::Acquire) {
                 match rayon::yield_now() {
                     Some(Yield::Executed) => last = Instant::now(),
+                    // a [`Tuner`] chose one thread: no jobs will come, and spinning would take a busy core
+                    _ if CAP.load(Ordering::Relaxed) == 1 => std::thread::sleep(CAPPED_NAP),
                     _ if last.elapsed() > SPIN => std::thread::sleep(NAP),
                     _ => std::hint::spin_loop(),
                 }
@@ -61,6 +63,19 @@ pub fn run_warm<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         .expect("run_warm: the command ran on thread 0")
 }
 
+/// A waiting thread's nap while the kernels run on one thread.
+const CAPPED_NAP: Duration = Duration::from_millis(5);
+
+/// The most threads kernels use (0: no limit), set by a [`Tuner`] between training steps. It changes only
+/// how work is split, never the results: kernels chunk their work the same at any thread count, and a
+/// batch's shards follow the pool's size ([`shard_threads`]), not this limit.
+static CAP: AtomicUsize = AtomicUsize::new(0);
+/// Whether [`Tuner`]s may lower the thread count (the user did not choose one).
+static AUTO: AtomicBool = AtomicBool::new(false);
+/// Training steps timed by tuners, and those of them run on fewer threads than the pool has.
+static STEPS: AtomicUsize = AtomicUsize::new(0);
+static STEPS_FEWER: AtomicUsize = AtomicUsize::new(0);
+
 thread_local! {
     /// Threads a kernel called on this thread may use (0: the whole pool); set while it runs one of several
     /// shards of a batch ([`shards`]).
@@ -70,9 +85,188 @@ thread_local! {
 /// How many threads a kernel called here should split its work over: the pool's, or this thread's share of
 /// it while it runs one of several [`shards`] at once (the kernels' fixed chunking keeps the results the same).
 pub fn threads() -> usize {
+    match CAP.load(Ordering::Relaxed) {
+        0 => shard_threads(),
+        c => shard_threads().min(c),
+    }
+}
+
+/// [`threads`] without a [`Tuner`]'s limit: what a batch's shard count follows, so that the limit never
+/// changes a result.
+pub fn shard_threads() -> usize {
     match SHARE.with(Cell::get) {
         0 => rayon::current_num_threads(),
         t => t,
+    }
+}
+
+/// Held by tests that set the limit, so that they do not change each other's.
+#[cfg(test)]
+pub(crate) static CAP_TESTS: Mutex<()> = Mutex::new(());
+
+/// Set the kernels' thread limit directly (tests).
+#[cfg(test)]
+pub(crate) fn set_cap(n: usize) {
+    CAP.store(n, Ordering::Relaxed);
+}
+
+/// Let training loops' [`Tuner`]s lower the number of threads their kernels use (`on` where the user did not
+/// choose a thread count).
+pub fn set_auto(on: bool) {
+    AUTO.store(on, Ordering::Relaxed);
+}
+
+/// Training steps timed by tuners so far, and how many of them ran on fewer threads than the pool has.
+pub fn tuned_steps() -> (usize, usize) {
+    (
+        STEPS.load(Ordering::Relaxed),
+        STEPS_FEWER.load(Ordering::Relaxed),
+    )
+}
+
+/// Picks, by measurement, how many of the pool's threads a training loop's steps use, and measures again from
+/// time to time.
+///
+/// Why: a fork-join step waits at every kernel for its slowest thread; when other programs keep some cores
+/// busy, the operating system deschedules one of ours for a whole time slice now and then, and each kernel
+/// waits for it (measured on this 2-core machine with the other core busy: the demo took about 3x as long on
+/// two threads as on one). So the loop times a few steps at each candidate (all threads, half, ..., one),
+/// keeps the fastest, and tries again after a stretch fifteen times as long as the trial, at most a few
+/// seconds, in case the other work has come or gone. Results do not change (see [`CAP`]).
+pub struct Tuner {
+    /// Candidate thread counts, most first; empty when tuning is off.
+    options: Vec<usize>,
+    /// Steps still to skip before the first trial (the first steps allocate and warm caches).
+    warm: usize,
+    /// The candidate on trial and its step times, or none while holding a choice.
+    trial: Option<(usize, Vec<f64>)>,
+    /// Median step time of each candidate in the current round.
+    medians: Vec<f64>,
+    /// Time spent in the current round's trials, and the steps left of the current hold.
+    trial_secs: f64,
+    hold: usize,
+    held_secs: f64,
+}
+
+/// Shortest trial of one candidate (steps, seconds), and the longest hold between two rounds.
+const TRIAL_STEPS: usize = 5;
+const TRIAL_SECS: f64 = 0.05;
+const MAX_HOLD_SECS: f64 = 5.0;
+
+impl Default for Tuner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tuner {
+    /// A tuner for the current pool: off when the user chose the thread count or there is one thread.
+    pub fn new() -> Self {
+        let n = rayon::current_num_threads();
+        let mut options = Vec::new();
+        if AUTO.load(Ordering::Relaxed) && n > 1 {
+            let mut t = n;
+            while t > 1 {
+                options.push(t);
+                t /= 2;
+            }
+            options.push(1);
+        }
+        Tuner {
+            options,
+            warm: 3,
+            trial: None,
+            medians: Vec::new(),
+            trial_secs: 0.0,
+            hold: 0,
+            held_secs: 0.0,
+        }
+    }
+
+    /// Run one training step `f`, timed, on the thread count the tuner chose or is trying.
+    pub fn step<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        if self.options.is_empty() {
+            return f();
+        }
+        if self.warm > 0 {
+            self.warm -= 1;
+            return f();
+        }
+        if self.trial.is_none() && self.hold == 0 {
+            // a new round: all threads first
+            self.medians.clear();
+            self.trial_secs = 0.0;
+            self.held_secs = 0.0;
+            self.trial = Some((0, Vec::new()));
+        }
+        let threads = match &self.trial {
+            Some((i, _)) => self.options[*i],
+            None => self.chosen(),
+        };
+        CAP.store(threads, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let r = f();
+        let dt = t0.elapsed().as_secs_f64();
+        STEPS.fetch_add(1, Ordering::Relaxed);
+        if threads < self.options[0] {
+            STEPS_FEWER.fetch_add(1, Ordering::Relaxed);
+        }
+        match &mut self.trial {
+            Some((i, times)) => {
+                times.push(dt);
+                self.trial_secs += dt;
+                let spent: f64 = times.iter().sum();
+                if times.len() >= TRIAL_STEPS && spent >= TRIAL_SECS
+                    || times.len() >= 50 * TRIAL_STEPS
+                {
+                    times.sort_by(f64::total_cmp);
+                    self.medians.push(times[times.len() / 2]);
+                    let next = *i + 1;
+                    if next < self.options.len() {
+                        self.trial = Some((next, Vec::new()));
+                    } else {
+                        self.trial = None;
+                        // hold the choice for ~15x the round's trials (at most MAX_HOLD_SECS), in steps
+                        let per_step = self.medians[self.best()];
+                        let secs = (15.0 * self.trial_secs).min(MAX_HOLD_SECS);
+                        self.hold = (secs / per_step.max(1e-9)).ceil().max(1.0) as usize;
+                    }
+                }
+            }
+            None => {
+                self.hold = self.hold.saturating_sub(1);
+                self.held_secs += dt;
+                if self.held_secs > 2.0 * MAX_HOLD_SECS {
+                    self.hold = 0;
+                }
+            }
+        }
+        r
+    }
+
+    /// The index of the candidate with the shortest median step of the last round (more threads on a near
+    /// tie).
+    fn best(&self) -> usize {
+        let mut best = 0;
+        for (i, &m) in self.medians.iter().enumerate() {
+            if m < 0.97 * self.medians[best] {
+                best = i;
+            }
+        }
+        best
+    }
+
+    /// The thread count chosen in the last round.
+    fn chosen(&self) -> usize {
+        self.options.get(self.best()).copied().unwrap_or(1)
+    }
+}
+
+impl Drop for Tuner {
+    fn drop(&mut self) {
+        if !self.options.is_empty() {
+            CAP.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -134,5 +328,37 @@ mod tests {
         assert!(r.is_err());
         // the pool still works afterwards
         assert_eq!(pool.install(|| run_warm(|| 7)), 7);
+    }
+
+    /// A tuner tries every candidate (2 threads, then 1) and then holds one; the limit is lifted when it is
+    /// dropped; without `set_auto` it does nothing.
+    #[test]
+    fn tuner_tries_each_thread_count_then_lifts_its_limit() {
+        let _one = CAP_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let seen = |t: &mut Tuner, steps: usize| {
+                let mut s = std::collections::BTreeSet::new();
+                for _ in 0..steps {
+                    t.step(|| {
+                        s.insert(threads());
+                        std::thread::sleep(Duration::from_millis(2));
+                    });
+                }
+                s
+            };
+            set_auto(false);
+            let mut off = Tuner::new();
+            assert_eq!(seen(&mut off, 60), [2].into());
+            set_auto(true);
+            let mut on = Tuner::new();
+            assert_eq!(seen(&mut on, 3 + 2 * 25 + 5), [1, 2].into());
+            drop(on);
+            set_auto(false);
+            assert_eq!(threads(), 2);
+        });
     }
 }

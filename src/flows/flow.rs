@@ -102,7 +102,7 @@ impl<F: Float> Flow<F> {
     /// How many shards a batch of `rows` rows runs in: one per thread for a large batch (each shard at least
     /// [`SHARD_ROWS`] rows) of a flow of at most `most_params` parameters, else 1.
     pub(crate) fn shard_count(&self, rows: usize, most_params: usize) -> usize {
-        let shards = crate::engine::pool::threads().min(rows / SHARD_ROWS);
+        let shards = crate::engine::pool::shard_threads().min(rows / SHARD_ROWS);
         if shards < 2 {
             return 1;
         }

@@ -176,6 +176,22 @@ impl<F: Float> Param<F> {
         self.grad = grad;
         self.stale = false;
     }
+    /// Exchange the gradient and its stale mark with `held` (same length).
+    pub(crate) fn swap_grad(&mut self, held: &mut (Vec<F>, bool)) {
+        std::mem::swap(&mut self.grad, &mut held.0);
+        std::mem::swap(&mut self.stale, &mut held.1);
+    }
+    /// The gradient becomes `held`'s plus its own, as [`Param::add_grad`] adds a replica's to the original's
+    /// (the same bits: the sum of two numbers does not depend on their order); `held` is left stale.
+    pub(crate) fn merge_grad(&mut self, held: &mut (Vec<F>, bool)) {
+        if self.stale || !self.trainable {
+            // nothing (or nothing kept) from this shard: the sum so far
+            self.swap_grad(held);
+        } else if !held.1 {
+            crate::engine::kernels::zip_inplace(&mut self.grad, &held.0, |a, b| a + b);
+        }
+        held.1 = true;
+    }
     /// Take `src`'s values and version where they differ (a replica following its original, same shape);
     /// whether anything was copied.
     pub(crate) fn follow(&mut self, src: &Param<F>) -> bool {

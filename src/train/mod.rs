@@ -532,6 +532,7 @@ impl Trainer {
             .max(1);
         let mut opt = Adam::new(cfg.optim);
         let mut shards = DataParallel::new();
+        let mut tuner = crate::engine::pool::Tuner::new();
         let mut r = rng(cfg.seed ^ 0x5eed);
         let mut order: Vec<usize> = (0..n).collect();
         let mut pos = n; // forces a shuffle on the first step
@@ -660,7 +661,7 @@ impl Trainer {
             };
             let cb = ctr.as_ref().map(|c| c.take_rows(idx));
             flow.zero_grad();
-            let loss = match shards.nll_backward(&mut flow, &xb, cb.as_ref()) {
+            let loss = match tuner.step(|| shards.nll_backward(&mut flow, &xb, cb.as_ref())) {
                 Ok(l) => l as f64,
                 Err(Error::NonFinite { layer }) => {
                     diverged = Some(Error::Diverged { step, layer });

@@ -278,12 +278,14 @@ impl ViConfig {
             (acc, last_loss, step, log) = (st.acc, st.last_loss, st.step, st.log);
             t0 = Instant::now() - std::time::Duration::from_secs_f64(st.seconds);
         }
+        let mut tuner = crate::engine::pool::Tuner::new();
         while step < total {
             step += 1;
             let cb = pick(self.batch_size, &mut r);
             let z = flow.sample_noise(self.batch_size, &mut r, cb.as_ref());
             flow.zero_grad();
-            let loss = match reverse_kl_backward(&mut flow, target, &z, cb.as_ref()) {
+            let loss = match tuner.step(|| reverse_kl_backward(&mut flow, target, &z, cb.as_ref()))
+            {
                 Ok(l) => f64::from(l),
                 Err(Error::NonFinite { layer }) => {
                     diverged = Some(Error::Diverged { step, layer });
