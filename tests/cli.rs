@@ -1235,8 +1235,9 @@ fn sizes_that_cannot_fit_are_refused_before_any_work() {
             "--out",
             d.join("s.csv").to_str().unwrap(),
         ]),
-        &["sampling 100000000000 rows", "draw fewer"],
+        &["s.csv", "100000000000 rows need about", "GB free"],
     );
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1, "only the model");
     fails(
         &nflow(&[
             "plot",
@@ -1281,5 +1282,44 @@ fn data_from_standard_input() {
     assert_eq!(v["n"], 2);
     assert_eq!(v["data"], "standard input");
     fails(&run("x,y\n0.5,zz\n"), &["standard input line 2", "'zz'"]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// `sample` without `--out` streams CSV to standard output: a reader that stops after a few lines (as
+/// `| head` does) ends a run of a billion rows at once, with exit code 0; a file output appears only whole.
+#[test]
+fn sample_streams_to_standard_output_and_stops_with_its_reader() {
+    use std::io::{BufRead, BufReader};
+    let d = tmp("stream");
+    let out = d.join("m");
+    ok(&train_small("toy:moons", &out, &[]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nflow"))
+        .args([
+            "sample",
+            "--model",
+            out.to_str().unwrap(),
+            "-n",
+            "1000000000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "x,y");
+    let row = lines.next().unwrap().unwrap();
+    assert_eq!(
+        row.split(',').filter(|v| v.parse::<f64>().is_ok()).count(),
+        2,
+        "{row}"
+    );
+    drop(lines);
+    let t0 = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        t0.elapsed().as_secs() < 20,
+        "the run went on after its reader left"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -905,3 +905,41 @@ fn sharded_batches_match_whole_ones() {
         }
     }
 }
+
+/// Sampling runs in chunks with one random stream: more rows than a chunk come as full chunks then the rest,
+/// no chunk repeats another's rows, the samples in memory are the chunks joined, and the same seed gives the
+/// same rows.
+#[test]
+fn samples_come_in_chunks_of_one_random_stream() {
+    let t = data::toy("moons", 2000, 0).unwrap();
+    let model = quick_fit(small_spec(FlowKind::Realnvp, 2), &t, 30, 1);
+    let chunk = model.sample_chunk_rows();
+    let n = 2 * chunk + 5;
+    let mut sizes = Vec::new();
+    let mut all = Vec::new();
+    model
+        .sample_chunks(n, 3, None, 1.0, |x, c| {
+            assert!(c.is_none());
+            sizes.push(x.rows);
+            all.extend_from_slice(&x.data);
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(sizes, [chunk, chunk, 5]);
+    assert_ne!(
+        all[..10],
+        all[2 * chunk..2 * chunk + 10],
+        "a chunk repeated the first's rows"
+    );
+    let whole = model.sample(n, 3, None).unwrap();
+    assert_eq!(whole.data, all);
+    // stopping early hands over no more chunks
+    let mut calls = 0;
+    model
+        .sample_chunks(n, 3, None, 1.0, |_, _| {
+            calls += 1;
+            Ok(false)
+        })
+        .unwrap();
+    assert_eq!(calls, 1);
+}

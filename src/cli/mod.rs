@@ -160,18 +160,3 @@ fn stats(lp: &[f64]) -> (f64, f64) {
     let var = lp.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
     (mean, (var / n).sqrt())
 }
-
-fn write_table(path: &Path, t: &Table) -> Result<()> {
-    let name = path.to_string_lossy().to_lowercase();
-    if name.ends_with(".npy") {
-        data::write_npy(path, t)?;
-    } else if name.ends_with(".csv") || name.ends_with(".csv.gz") {
-        data::write_csv(path, t)?;
-    } else {
-        bail!(
-            "{}: unknown output format (use .csv, .csv.gz or .npy)",
-            path.display()
-        );
-    }
-    Ok(())
-}

@@ -40,28 +40,55 @@ pub(super) fn sample(a: SampleArgs) -> Result<()> {
         bail!("-n must be at least 1");
     }
     let ctx = context_rows(&model, a.context.as_deref(), a.context_file.as_deref())?;
-    let (x, s) = match &ctx {
-        None => {
-            let x = model.sample_with_temperature(a.n, a.seed, None, a.temperature)?;
-            (x.clone(), x)
-        }
-        Some(c) => {
-            // each context row repeated n times, samples and their context side by side
-            let rep: Vec<usize> = (0..c.rows)
-                .flat_map(|r| std::iter::repeat_n(r, a.n))
-                .collect();
-            let cr = c.take_rows(&rep);
-            let x = model.sample_with_temperature(rep.len(), a.seed, Some(&cr), a.temperature)?;
-            let s = x.hcat(&cr)?;
-            (x, s)
-        }
-    };
+    let rows = ctx.as_ref().map_or(Some(a.n), |c| c.rows.checked_mul(a.n));
+    let rows = rows.with_context(|| format!("-n {} for each context row: too many rows", a.n))?;
+    // samples, then their context columns
+    let mut columns = model.columns.clone();
+    if let Some(c) = &ctx {
+        columns.extend(c.columns.iter().cloned());
+    }
+    // the outputs opened first (a bad name or folder fails before any work); rows are written as each chunk
+    // is drawn, so any -n that fits on disk runs in bounded memory, and a file appears only when complete
+    let mut sinks = Vec::new();
     if a.out.is_none() && a.grid.is_none() {
-        data::write_csv_writer(std::io::stdout().lock(), &s, "standard output")?;
+        sinks.push(data::TableSink::stdout(&columns)?);
     }
     if let Some(out) = &a.out {
-        write_table(out, &s)?;
-        eprintln!("wrote {} samples to {}", s.rows, out.display());
+        sinks.push(data::TableSink::for_path(out, &columns, rows)?);
+    }
+    // a grid is one picture of every sample: those are kept in memory
+    let mut pictures: Option<Vec<f64>> = match &a.grid {
+        Some(g) => {
+            let bytes = (rows as u128).saturating_mul(16 * model.dim() as u128);
+            nflow::engine::check_fits(bytes, &format!("a grid of {rows} samples"))
+                .map_err(|m| anyhow::anyhow!("{}: {m}", g.display()))?;
+            Some(Vec::new())
+        }
+        None => None,
+    };
+    model.sample_chunks(a.n, a.seed, ctx.as_ref(), a.temperature, |x, cr| {
+        let both;
+        let s = match &cr {
+            Some(c) => {
+                both = x.hcat(c)?;
+                &both
+            }
+            None => &x,
+        };
+        for sink in &mut sinks {
+            sink.push(s)?;
+        }
+        if let Some(p) = pictures.as_mut() {
+            p.extend_from_slice(&x.data);
+        }
+        // a reader that went away (`| head`) ends the run
+        Ok(pictures.is_some() || sinks.iter().any(|s| !s.closed()))
+    })?;
+    for sink in sinks {
+        sink.finish()?;
+    }
+    if let Some(out) = &a.out {
+        eprintln!("wrote {rows} samples to {}", out.display());
     }
     if let Some(g) = &a.grid {
         let shape = model
@@ -75,6 +102,12 @@ pub(super) fn sample(a: SampleArgs) -> Result<()> {
                 )
             })?;
         // pixel range: the preprocessing's (8-bit after n-bit reduction is undone), else the samples' max
+        let x = Table::new(
+            model.columns.clone(),
+            rows,
+            pictures.unwrap_or_default(),
+            "samples",
+        );
         let max = match &model.preprocess {
             Some(p) if p.bits.is_some() => 255.0,
             Some(p) if p.dequantize || p.logit.is_some() => p.levels,

@@ -1,20 +1,13 @@
 //! CSV tables (a header row; plain or gzipped, detected by content): reading with errors that name the
 //! line and column, writing.
 
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::path::Path;
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
-
 use super::open::{open_maybe_gz, path_str};
+use super::sink::TableSink;
 use super::Table;
 use crate::data::{io_msg, DataError, Result};
-
-fn is_gz_name(path: &Path) -> bool {
-    path.to_string_lossy().to_ascii_lowercase().ends_with(".gz")
-}
 
 fn parse_cell(s: &str) -> Option<f64> {
     s.parse::<f64>().ok()
@@ -186,51 +179,10 @@ fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
     Ok(Table::new(columns, rows, data, p))
 }
 
-/// Writes the CSV text of `t` to `w` and returns the writer, flushed.
-fn write_csv_to<W: Write>(w: W, t: &Table) -> std::result::Result<W, String> {
-    let csv_err = |e: csv::Error| match e.into_kind() {
-        csv::ErrorKind::Io(io) => io_msg(&io),
-        other => format!("{other:?}"),
-    };
-    let mut w = csv::WriterBuilder::new().from_writer(w);
-    w.write_record(&t.columns).map_err(csv_err)?;
-    let mut buf: Vec<String> = Vec::with_capacity(t.cols);
-    for r in 0..t.rows {
-        buf.clear();
-        buf.extend(t.row(r).iter().map(|v| format!("{v}")));
-        w.write_record(&buf).map_err(csv_err)?;
-    }
-    w.into_inner().map_err(|e| io_msg(e.error()))
-}
-
-/// [`write_csv`] to any writer (standard output, say); errors name `what`.
-pub fn write_csv_writer<W: Write>(w: W, t: &Table, what: &str) -> Result<()> {
-    write_csv_to(w, t)
-        .map(|_| ())
-        .map_err(|msg| DataError::Write {
-            path: what.to_string(),
-            msg,
-        })
-}
-
-/// Writes a header row and the rows, values in Rust's shortest round-trip
-/// formatting of f64. A path ending in ".gz" is gzip-compressed.
+/// Writes a header row and the rows, values in Rust's shortest round-trip formatting of f64. A path ending
+/// in ".gz" is gzip-compressed. The file appears whole or not at all ([`TableSink`]).
 pub fn write_csv(path: &Path, t: &Table) -> Result<()> {
-    let p = path_str(path);
-    let werr = |msg: String| DataError::Write {
-        path: p.clone(),
-        msg,
-    };
-    let f = File::create(path).map_err(|e| werr(io_msg(&e)))?;
-    let buffered = if is_gz_name(path) {
-        let gz = write_csv_to(GzEncoder::new(BufWriter::new(f), Compression::default()), t)
-            .map_err(werr)?;
-        gz.finish().map_err(|e| werr(io_msg(&e)))?
-    } else {
-        write_csv_to(BufWriter::new(f), t).map_err(werr)?
-    };
-    buffered
-        .into_inner()
-        .map(|_| ())
-        .map_err(|e| werr(io_msg(e.error())))
+    let mut w = TableSink::csv(path, &t.columns, Some(t.rows))?;
+    w.push(t)?;
+    w.finish()
 }

@@ -98,24 +98,10 @@ pub fn read_npy(path: &Path) -> Result<Table> {
     Ok(t)
 }
 
-/// Writes the table as a 2-D f64 C-order `.npy` array (column names are not stored).
+/// Writes the table as a 2-D f64 C-order `.npy` array (column names are not stored); the file appears whole
+/// or not at all ([`super::TableSink`]).
 pub fn write_npy(path: &Path, t: &Table) -> Result<()> {
-    use npyz::WriterBuilder;
-    let p = path_str(path);
-    let werr = |e: std::io::Error| DataError::Write {
-        path: p.clone(),
-        msg: io_msg(&e),
-    };
-    let mut bytes: Vec<u8> = Vec::with_capacity(128 + 8 * t.data.len());
-    {
-        let mut w = npyz::WriteOptions::<f64>::new()
-            .default_dtype()
-            .shape(&[t.rows as u64, t.cols as u64])
-            .writer(&mut bytes)
-            .begin_nd()
-            .map_err(werr)?;
-        w.extend(t.data.iter().copied()).map_err(werr)?;
-        w.finish().map_err(werr)?;
-    }
-    std::fs::write(path, &bytes).map_err(werr)
+    let mut w = super::TableSink::npy(path, t.rows, t.cols)?;
+    w.push(t)?;
+    w.finish()
 }

@@ -47,3 +47,16 @@ pub(crate) fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool)> {
 pub(crate) fn path_str(path: &Path) -> String {
     path.display().to_string()
 }
+
+/// Whether a process with this id is running (on Linux; elsewhere every process counts as running, so nothing
+/// of another run is ever taken over).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    if cfg!(target_os = "linux") {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}

@@ -350,7 +350,9 @@ impl Model {
         self.sample_with_temperature(n, seed, ctx, 1.0)
     }
 
-    /// Samples from the base scaled by `temperature` (Glow sec. 5: `z ~ N(0, T^2 I)`), mapped to data.
+    /// Samples from the base scaled by `temperature` (Glow sec. 5: `z ~ N(0, T^2 I)`), mapped to data: `n`
+    /// rows, or one per row of `ctx` for a conditional model. All in memory (checked to fit first); the same
+    /// rows as [`Model::sample_chunks`].
     pub fn sample_with_temperature(
         &self,
         n: usize,
@@ -358,6 +360,41 @@ impl Model {
         ctx: Option<&Table>,
         temperature: f64,
     ) -> Result<Table> {
+        let rows = ctx.map(|c| c.rows).unwrap_or(n);
+        // the samples in f64, and one chunk's working memory
+        crate::engine::check_fits(
+            (rows as u128).saturating_mul(8 * self.dim() as u128),
+            &format!("sampling {rows} rows at once"),
+        )
+        .map_err(|m| Error::Config(format!("{m}: draw fewer (and repeat with other seeds)")))?;
+        let mut data = Vec::with_capacity(rows * self.dim());
+        let per = ctx.map(|_| 1).unwrap_or(n);
+        self.sample_chunks(per, seed, ctx, temperature, |t, _| {
+            data.extend_from_slice(&t.data);
+            Ok(true)
+        })?;
+        Ok(Table::new(self.columns.clone(), rows, data, "samples"))
+    }
+
+    /// Rows per chunk of [`Model::sample_chunks`]: at most 64k, and at most ~256 MB of working memory (the
+    /// noise, the samples in f32 and f64, the widest layer's activations). It depends on the model only, so
+    /// the samples do not depend on the machine.
+    pub fn sample_chunk_rows(&self) -> usize {
+        let per_row = 24 * self.dim() + 8 * self.arch.max_width();
+        ((256 << 20) / per_row.max(1)).clamp(1, 1 << 16)
+    }
+
+    /// `n` samples (for a conditional model: `n` per row of `ctx`, row 1's first) drawn and mapped to data in
+    /// chunks of [`Model::sample_chunk_rows`] rows with one random stream, each chunk handed to `each` with
+    /// its context rows as it is made (bounded memory for any `n`); `each` returns `false` to stop early.
+    pub fn sample_chunks(
+        &self,
+        n: usize,
+        seed: u64,
+        ctx: Option<&Table>,
+        temperature: f64,
+        mut each: impl FnMut(Table, Option<Table>) -> Result<bool>,
+    ) -> Result<()> {
         if !(temperature.is_finite() && temperature > 0.0) {
             return Err(Error::Config(format!(
                 "temperature must be positive, got {temperature}"
@@ -369,29 +406,41 @@ impl Model {
                 self.flow.base.kind()
             )));
         }
-        let rows = ctx.map(|c| c.rows).unwrap_or(n);
-        // the noise, the samples in f32 and f64, and the widest layer's activations, all rows at once
-        let per_row = 24 * self.dim() as u128 + 8 * self.arch.max_width() as u128;
-        crate::engine::check_fits(
-            (rows as u128).saturating_mul(per_row),
-            &format!("sampling {rows} rows at once"),
-        )
-        .map_err(|m| Error::Config(format!("{m}: draw fewer (and repeat with other seeds)")))?;
-        let c = self.prepare_ctx(ctx, rows)?;
+        let rows = match ctx {
+            Some(c) => c.rows.checked_mul(n).ok_or_else(|| {
+                Error::Config(format!("{n} samples for each of {} context rows", c.rows))
+            })?,
+            None => n,
+        };
+        if self.arch.context_dim > 0 && ctx.is_none() {
+            // the same message as for a whole batch
+            self.prepare_ctx(None, rows)?;
+        }
+        let chunk = self.sample_chunk_rows();
         let mut r = rng(seed);
-        let mut z = self.flow.sample_noise(rows, &mut r, c.as_ref());
-        if temperature != 1.0 {
-            let t = temperature as f32;
-            z.data.iter_mut().for_each(|v| *v *= t);
+        let mut a = 0;
+        while a < rows {
+            let b = (a + chunk).min(rows);
+            let cr = ctx.map(|c| c.take_rows(&(a..b).map(|i| i / n).collect::<Vec<_>>()));
+            let c = self.prepare_ctx(cr.as_ref(), b - a)?;
+            let mut z = self.flow.sample_noise(b - a, &mut r, c.as_ref());
+            if temperature != 1.0 {
+                let t = temperature as f32;
+                z.data.iter_mut().for_each(|v| *v *= t);
+            }
+            let x = self.flow.inverse(&z, c.as_ref()).0;
+            let mut v = x.to_f64();
+            self.norm.invert(&mut v);
+            let mut t = Table::new(self.columns.clone(), b - a, v, "samples");
+            if let Some(p) = &self.preprocess {
+                p.invert(&mut t);
+            }
+            if !each(t, cr)? {
+                break;
+            }
+            a = b;
         }
-        let x = self.flow.inverse(&z, c.as_ref()).0;
-        let mut v = x.to_f64();
-        self.norm.invert(&mut v);
-        let mut t = Table::new(self.columns.clone(), rows, v, "samples");
-        if let Some(p) = &self.preprocess {
-            p.invert(&mut t);
-        }
-        Ok(t)
+        Ok(())
     }
 
     fn config(&self) -> ConfigFile {

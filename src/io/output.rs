@@ -5,6 +5,7 @@
 //! Beside an output `DIR` these names are used: `.DIR.lock` (the writer's process id), `.DIR.tmp-PID` (a folder
 //! being written), `.DIR.old-PID` (the previous folder during a two-step replacement).
 
+use crate::data::process_alive as alive;
 use crate::{Error, Result};
 use std::fs;
 use std::io::Write;
@@ -32,19 +33,6 @@ pub(crate) fn split(dir: &Path) -> Result<(PathBuf, String)> {
         .to_string_lossy()
         .to_string();
     Ok((parent, name))
-}
-
-/// Whether a process with this id is running (on Linux; elsewhere every process counts as running, so nothing
-/// of another run is ever taken over).
-fn alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
-    } else {
-        true
-    }
 }
 
 /// The process id at the end of a name `PREFIX<pid>`.
