@@ -70,3 +70,16 @@ fn flow_config_corpus() {
         }
     }
 }
+
+#[test]
+fn png_corpus() {
+    let d = std::env::temp_dir().join(format!("nflow-png-corpus-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let mut read = 0;
+    for f in files("png") {
+        std::fs::copy(&f, d.join("a.png")).unwrap();
+        read += nflow::data::load_png_folder(&d).is_ok() as usize;
+    }
+    assert!(read >= 4, "the seed images did not read");
+    std::fs::remove_dir_all(&d).unwrap();
+}

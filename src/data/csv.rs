@@ -6,8 +6,19 @@ use std::path::Path;
 
 use super::open::{open_maybe_gz, path_str};
 use super::sink::TableSink;
-use super::Table;
+use super::{Table, TextColumn};
 use crate::data::{io_msg, DataError, Result};
+
+/// The name of a binary table format these bytes start with (read as CSV they would give a baffling message).
+fn foreign_format(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"PAR1") {
+        Some("Parquet")
+    } else if bytes.starts_with(b"ARROW1") {
+        Some("Arrow (Feather)")
+    } else {
+        None
+    }
+}
 
 fn parse_cell(s: &str) -> Option<f64> {
     s.parse::<f64>().ok()
@@ -33,6 +44,16 @@ pub fn read_csv(path: &Path) -> Result<Table> {
         }
     })?;
     drop(reader);
+    if let Some(kind) = foreign_format(&bytes) {
+        return Err(DataError::Format {
+            path: p,
+            msg: format!(
+                "a {kind} file, which nflow does not read: use CSV (plain or gzipped), NPY or IDX (from Python, \
+                 e.g. pandas.read_{}(path).to_csv(\"data.csv\", index=False))",
+                if kind == "Parquet" { "parquet" } else { "feather" }
+            ),
+        });
+    }
     parse_csv(&bytes, p)
 }
 
@@ -131,6 +152,7 @@ fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
     let cols = columns.len();
 
     let mut data = Vec::new();
+    let mut text: Vec<Option<TextColumn>> = vec![None; cols];
     let mut rows = 0usize;
     let mut last_line = header_line;
     for rec in records {
@@ -152,14 +174,19 @@ fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
             });
         }
         for (j, cell) in rec.iter().enumerate() {
+            if text[j].is_some() {
+                data.push(f64::NAN);
+                continue;
+            }
             match parse_cell(cell) {
                 None => {
-                    return Err(DataError::NotANumber {
-                        path: p,
+                    // a column of text (a class name): left out, remembered with its first such cell
+                    text[j] = Some(TextColumn {
+                        name: columns[j].clone(),
                         line,
-                        column: columns[j].clone(),
                         value: cell.to_string(),
-                    })
+                    });
+                    data.push(f64::NAN);
                 }
                 Some(v) if !v.is_finite() => {
                     return Err(DataError::NonFiniteCell {
@@ -176,7 +203,19 @@ fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
     if rows == 0 {
         return Err(DataError::NoRows { source_name: p });
     }
-    Ok(Table::new(columns, rows, data, p))
+    if text.iter().all(Option::is_none) {
+        return Ok(Table::new(columns, rows, data, p));
+    }
+    // the numeric columns only (a text column's cells before its first text are dropped with it)
+    let keep: Vec<usize> = (0..cols).filter(|&j| text[j].is_none()).collect();
+    let mut kept = Vec::with_capacity(rows * keep.len());
+    for r in 0..rows {
+        kept.extend(keep.iter().map(|&j| data[r * cols + j]));
+    }
+    let names = keep.iter().map(|&j| columns[j].clone()).collect();
+    let mut t = Table::new(names, rows, kept, p);
+    t.text = text.into_iter().flatten().collect();
+    Ok(t)
 }
 
 /// Writes a header row and the rows, values in Rust's shortest round-trip formatting of f64. A path ending

@@ -40,6 +40,10 @@ pub enum DataError {
     #[error("{path}: read error: {msg}")]
     Read { path: String, msg: String },
 
+    /// A file in a format nflow does not read (Parquet, Arrow, ...), recognised by its first bytes.
+    #[error("{path}: {msg}")]
+    Format { path: String, msg: String },
+
     /// The file could not be created or written.
     #[error("cannot write {path}: {msg}")]
     Write { path: String, msg: String },

@@ -15,6 +15,18 @@ pub struct Table {
     pub data: Vec<f64>,
     /// Where the data came from (a file path or `toy:NAME`), for messages.
     pub source: String,
+    /// Columns of a CSV that hold something other than numbers (a class name, say), left out of `columns`:
+    /// [`Table::select`] accepts them only where they are dropped or not selected, and otherwise reports the
+    /// first cell that is not a number.
+    pub text: Vec<TextColumn>,
+}
+
+/// A column left out of a [`Table`] because a cell of it is not a number: the first such cell.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextColumn {
+    pub name: String,
+    pub line: u64,
+    pub value: String,
 }
 
 impl Table {
@@ -40,6 +52,25 @@ impl Table {
             cols,
             data,
             source: source.into(),
+            text: Vec::new(),
+        }
+    }
+
+    /// The error for a text column the caller wanted as numbers.
+    fn text_error(&self, t: &TextColumn) -> DataError {
+        DataError::NotANumber {
+            path: self.source.clone(),
+            line: t.line,
+            column: t.name.clone(),
+            value: t.value.clone(),
+        }
+    }
+
+    /// An error if a column holds text (a table used whole, with no selection).
+    pub fn check_numeric(&self) -> Result<()> {
+        match self.text.first() {
+            Some(t) => Err(self.text_error(t)),
+            None => Ok(()),
         }
     }
 
@@ -92,10 +123,21 @@ impl Table {
     /// zero columns is an error. A `drop` name that exists in the table but was
     /// not kept is ignored.
     pub fn select(&self, keep: Option<&[String]>, drop: &[String]) -> Result<Table> {
+        let text = |n: &String| self.text.iter().find(|t| &t.name == n);
+        if keep.is_none() {
+            // every column is kept but the dropped ones: a text column must be among those
+            if let Some(t) = self.text.iter().find(|t| !drop.contains(&t.name)) {
+                return Err(self.text_error(t));
+            }
+        }
+        let drop: Vec<String> = drop.iter().filter(|n| text(n).is_none()).cloned().collect();
         let mut idx: Vec<usize> = match keep {
             Some(names) => {
                 let mut v = Vec::with_capacity(names.len());
                 for n in names {
+                    if let Some(t) = text(n) {
+                        return Err(self.text_error(t));
+                    }
                     let i = self.column_index(n)?;
                     if v.contains(&i) {
                         return Err(DataError::InvalidArgument(format!(
@@ -109,7 +151,7 @@ impl Table {
             }
             None => (0..self.cols).collect(),
         };
-        for n in drop {
+        for n in &drop {
             let i = self.column_index(n)?;
             idx.retain(|&k| k != i);
         }
@@ -176,8 +218,12 @@ mod tests {
         p
     }
 
+    /// The error of reading `p` and using every column.
     fn err_of(p: &Path) -> String {
-        let e = read_csv(p).expect_err("expected an error").to_string();
+        let e = read_csv(p)
+            .and_then(|t| t.select(None, &[]))
+            .expect_err("expected an error")
+            .to_string();
         let _ = std::fs::remove_file(p);
         e
     }
@@ -330,6 +376,68 @@ mod tests {
         let p = write_text("emptycell.csv", "x,y\n1,\n");
         let e = err_of(&p);
         assert!(e.contains("line 2, column 'y': '' is not a number"), "{e}");
+    }
+
+    /// A column of text (class names) is left out of the table: it can be dropped or left unselected, and
+    /// selecting it (or every column) names its first cell that is not a number. The numeric columns keep
+    /// every row, also those before the first text cell.
+    #[test]
+    fn csv_text_columns_can_be_dropped_or_left_unselected() {
+        let p = write_text(
+            "text.csv",
+            "a,label,b
+1,2,3
+4,cat,6
+7,dog,9
+",
+        );
+        let t = read_csv(&p).unwrap();
+        assert_eq!(t.columns, ["a", "b"]);
+        assert_eq!(t.data, [1.0, 3.0, 4.0, 6.0, 7.0, 9.0]);
+        let d = t.select(None, &["label".into()]).unwrap();
+        assert_eq!(
+            (d.columns.clone(), d.data.clone()),
+            (t.columns.clone(), t.data.clone())
+        );
+        let k = t.select(Some(&["b".into()]), &[]).unwrap();
+        assert_eq!(k.data, [3.0, 6.0, 9.0]);
+        for e in [
+            t.select(None, &[]).unwrap_err(),
+            t.select(Some(&["a".into(), "label".into()]), &[])
+                .unwrap_err(),
+            t.check_numeric().unwrap_err(),
+        ] {
+            assert!(
+                e.to_string()
+                    .ends_with("line 3, column 'label': 'cat' is not a number"),
+                "{e}"
+            );
+        }
+        // a misspelt drop is still an error
+        let e = t
+            .select(None, &["label".into(), "lable".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lable"), "{e}");
+        let _ = std::fs::remove_file(&p);
+    }
+
+    /// Binary table formats are named instead of being read as CSV.
+    #[test]
+    fn parquet_and_arrow_files_are_named() {
+        for (magic, kind) in [
+            (&b"PAR1\x15\x04"[..], "a Parquet file"),
+            (b"ARROW1\0\0", "an Arrow"),
+        ] {
+            let p = tmp("t.bin");
+            std::fs::write(&p, magic).unwrap();
+            let e = read_csv(&p).unwrap_err().to_string();
+            assert!(
+                e.contains(&fname(&p)) && e.contains(kind.trim_start_matches("an ")),
+                "{e}"
+            );
+            let _ = std::fs::remove_file(&p);
+        }
     }
 
     #[test]

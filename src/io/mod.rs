@@ -133,6 +133,8 @@ impl Model {
         if t.cols != self.dim() {
             return Err(self.column_mismatch(&t));
         }
+        // matched by position: a text column among them would shift the others
+        t.check_numeric()?;
         Ok(t)
     }
 
