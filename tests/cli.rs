@@ -1323,3 +1323,121 @@ fn sample_streams_to_standard_output_and_stops_with_its_reader() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// `score` ranks rows among the held-out rows kept with the model: fresh rows like the training data are
+/// flagged at about the asked false-positive rate, planted outliers are found (the detection AUC of the
+/// log-density), the data's columns are copied beside the scores, and a model with no kept scores is an error.
+#[test]
+fn score_flags_planted_outliers() {
+    let d = tmp("score");
+    let out = d.join("m");
+    let m = out.to_str().unwrap();
+    ok(&nflow(&[
+        "train",
+        "--data",
+        "toy:moons",
+        "--layers",
+        "4",
+        "--hidden",
+        "32",
+        "--steps",
+        "600",
+        "--quiet",
+        "--out",
+        m,
+    ]));
+    // 40 outliers on a ring of radius 3.5 around the moons (whose points lie within about 2 of (0.5, 0.25))
+    let mut text = String::from("x,y,id\n");
+    for k in 0..40 {
+        let a = k as f64 * std::f64::consts::TAU / 40.0;
+        text += &format!("{},{},{k}\n", 0.5 + 3.5 * a.cos(), 0.25 + 3.5 * a.sin());
+    }
+    let far = d.join("far.csv");
+    std::fs::write(&far, text).unwrap();
+    let read = |p: &Path| -> Vec<Vec<f64>> {
+        let t = nflow::data::read_csv(p).unwrap();
+        (0..t.rows).map(|r| t.row(r).to_vec()).collect()
+    };
+    let (si, so) = (d.join("in.csv"), d.join("out.csv"));
+    let args = |data: &str, o: &Path| {
+        vec![
+            "score".to_string(),
+            "--model".into(),
+            m.into(),
+            "--data".into(),
+            data.into(),
+            "--toy-n".into(),
+            "2000".into(),
+            "--flag-fpr".into(),
+            "0.05".into(),
+            "--out".into(),
+            o.to_str().unwrap().into(),
+        ]
+    };
+    let run = |v: Vec<String>| nflow(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&run(args("toy:moons", &si)));
+    ok(&run(args(far.to_str().unwrap(), &so)));
+    let (inl, outl) = (read(&si), read(&so));
+    assert_eq!(inl[0].len(), 5, "log_prob, percentile, flagged, x, y");
+    assert_eq!(outl[0].len(), 6, "and the id column");
+    assert_eq!(outl[7][5], 7.0);
+    let fpr = inl.iter().filter(|r| r[2] == 1.0).count() as f64 / inl.len() as f64;
+    assert!(
+        (0.02..0.09).contains(&fpr),
+        "false-positive rate {fpr} at 0.05"
+    );
+    let found = outl.iter().filter(|r| r[2] == 1.0).count();
+    assert!(found >= 36, "{found} of 40 outliers flagged");
+    // AUC: the chance that an inlier scores higher than an outlier
+    let mut wins = 0.0;
+    for a in &inl {
+        for b in &outl {
+            wins += if a[0] > b[0] {
+                1.0
+            } else if a[0] == b[0] {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    let auc = wins / (inl.len() * outl.len()) as f64;
+    assert!(auc > 0.97, "detection AUC {auc}");
+    eprintln!(
+        "score: AUC {auc:.4}, false-positive rate {fpr:.4} at 0.05, {found}/40 outliers flagged"
+    );
+    // a model without kept scores (a reverse-KL fit)
+    let vi = d.join("vi");
+    ok(&nflow(&[
+        "vi",
+        "--target",
+        "u1",
+        "--steps",
+        "20",
+        "--out",
+        vi.to_str().unwrap(),
+    ]));
+    fails(
+        &nflow(&[
+            "score",
+            "--model",
+            vi.to_str().unwrap(),
+            "--data",
+            "toy:moons",
+        ]),
+        &["keeps no held-out scores", "eval --per-sample"],
+    );
+    fails(
+        &nflow(&[
+            "score",
+            "--model",
+            m,
+            "--data",
+            "toy:moons",
+            "--flag-fpr",
+            "5",
+        ]),
+        &["--flag-fpr must be between 0 and 1"],
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -68,6 +68,15 @@ pub(super) fn info(a: InfoArgs) -> Result<()> {
         if let Some(v) = s.best_val_log_prob {
             println!("validation     mean log-likelihood {v:.4} nats");
         }
+        let r = &s.reference_log_probs;
+        if let (Some(lo), Some(hi)) = (r.first(), r.last()) {
+            let med = nflow::train::scores::summarize(r).median;
+            println!(
+                "score ranking  {} held-out log-densities kept for `nflow score` (from {lo:.3} to {hi:.3}, \
+                 median {med:.3})",
+                r.len()
+            );
+        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod eval;
 mod info;
 mod plot;
 mod sample;
+mod score;
 mod train;
 mod vi;
 
@@ -14,6 +15,7 @@ use eval::{eval, EvalArgs};
 use info::{info, InfoArgs};
 use plot::{curve, plot, CurveArgs, PlotArgs};
 use sample::{sample, SampleArgs};
+use score::{score, ScoreArgs};
 use train::{train, TrainArgs};
 use vi::{vi, ViArgs};
 
@@ -50,6 +52,9 @@ enum Cmd {
     Train(Box<TrainArgs>),
     /// Log-likelihood of data under a saved model (nats per example, in the data's units).
     Eval(EvalArgs),
+    /// Score rows: each one's log-density and its percentile among held-out training rows (which rows are
+    /// unusual?), optionally flagged at a false-positive rate.
+    Score(ScoreArgs),
     /// Fit a flow to an unnormalised target density by reverse KL (variational inference); writes a model.
     Vi(ViArgs),
     /// Draw samples from a saved model.
@@ -108,6 +113,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Train(a) => train(*a),
         Cmd::Eval(a) => eval(a),
         Cmd::Sample(a) => sample(a),
+        Cmd::Score(a) => score(a),
         Cmd::Vi(a) => vi(a),
         Cmd::Plot(a) => plot(a),
         Cmd::Info(a) => info(a),

@@ -56,6 +56,11 @@ pub struct TrainSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_val_log_prob: Option<f64>,
     pub config: serde_json::Value,
+    /// Log-densities of the held-out validation rows under the saved weights, ascending: all of them, or
+    /// evenly spaced order statistics of them when there are more than
+    /// [`crate::train::scores::REFERENCE_POINTS`] (`nflow score` ranks new rows among them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference_log_probs: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -410,6 +410,7 @@ impl Trainer {
         let (arch, preset) = flow.into().resolve()?;
         // a categorical context is expanded to one-hot columns here (the model keeps the raw column names)
         let raw_ctx_columns = context.map(|c| c.columns.clone()).unwrap_or_default();
+        let raw_context = context;
         let one_hot = !self.context_classes.is_empty();
         let expanded_ctx;
         let context = match context {
@@ -824,25 +825,35 @@ impl Trainer {
             stopped_early,
             initial_val_log_prob: initial_val,
             config: serde_json::to_value(cfg).expect("config serialises"),
+            reference_log_probs: Vec::new(),
         };
         let lines = log
             .iter()
             .map(|e| serde_json::to_string(e).expect("log serialises"))
             .collect();
+        let mut model = Model {
+            arch,
+            preset,
+            flow,
+            columns: table.columns.clone(),
+            norm,
+            context_columns: raw_ctx_columns,
+            context_norm: cnorm,
+            context_classes: self.context_classes.clone(),
+            preprocess: self.preprocess.clone(),
+            summary: Some(summary),
+            log: lines,
+        };
+        // the held-out rows' scores under the kept weights: what `nflow score` ranks new rows against
+        if !va_idx.is_empty() {
+            let c = raw_context.map(|c| c.take_rows(&va_idx));
+            let lp = model.log_prob_ctx(&table.take_rows(&va_idx), c.as_ref())?;
+            if let Some(s) = model.summary.as_mut() {
+                s.reference_log_probs = scores::reference_quantiles(lp);
+            }
+        }
         Ok(Fitted {
-            model: Model {
-                arch,
-                preset,
-                flow,
-                columns: table.columns.clone(),
-                norm,
-                context_columns: raw_ctx_columns,
-                context_norm: cnorm,
-                context_classes: self.context_classes.clone(),
-                preprocess: self.preprocess.clone(),
-                summary: Some(summary),
-                log: lines,
-            },
+            model,
             log,
             diverged,
         })

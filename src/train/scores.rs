@@ -72,9 +72,76 @@ pub fn summarize(lp: &[f64]) -> ScoreSummary {
     }
 }
 
+/// At most this many reference scores are kept with a model (a 0.05%-step grid of quantiles: enough to rank a
+/// row to a tenth of a percent, small in `config.json`).
+pub const REFERENCE_POINTS: usize = 2001;
+
+/// Held-out scores as kept with a model: all of them sorted, or [`REFERENCE_POINTS`] evenly spaced order
+/// statistics of them (the smallest and largest included). Non-finite scores are left out.
+pub fn reference_quantiles(mut lp: Vec<f64>) -> Vec<f64> {
+    lp.retain(|v| v.is_finite());
+    lp.sort_by(f64::total_cmp);
+    if lp.len() <= REFERENCE_POINTS {
+        return lp;
+    }
+    let m = (REFERENCE_POINTS - 1) as f64;
+    (0..REFERENCE_POINTS)
+        .map(|i| quantile(&lp, i as f64 / m))
+        .collect()
+}
+
+/// Where `score` falls among the reference scores (ascending, evenly spaced ranks), in percent: the
+/// interpolated empirical distribution function, 0 below the lowest and 100 at or above the highest. A row
+/// at percentile 1 scores lower than 99% of the held-out rows.
+pub fn percentile(reference: &[f64], score: f64) -> f64 {
+    let n = reference.len();
+    if n == 0 || score.is_nan() {
+        return f64::NAN;
+    }
+    if score < reference[0] {
+        return 0.0;
+    }
+    if n == 1 || score >= reference[n - 1] {
+        return 100.0;
+    }
+    // the last reference point at or below the score
+    let i = reference.partition_point(|&r| r <= score) - 1;
+    let (a, b) = (reference[i], reference[i + 1]);
+    let within = if b > a { (score - a) / (b - a) } else { 0.0 };
+    100.0 * (i as f64 + within) / (n - 1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Percentiles rank a score among the reference: the empirical distribution function at the reference
+    /// points, interpolated between them, 0 and 100 outside; a long reference is cut to its quantiles and
+    /// ranks the same within one grid step.
+    #[test]
+    fn percentiles_rank_scores_among_the_reference() {
+        let r = reference_quantiles(vec![3.0, 1.0, f64::NEG_INFINITY, 2.0, 5.0, 4.0]);
+        assert_eq!(r, [1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(percentile(&r, 0.5), 0.0);
+        assert_eq!(percentile(&r, 1.0), 0.0);
+        assert_eq!(percentile(&r, 2.0), 25.0);
+        assert_eq!(percentile(&r, 3.5), 62.5);
+        assert_eq!(percentile(&r, 5.0), 100.0);
+        assert_eq!(percentile(&r, 9.0), 100.0);
+        assert!(percentile(&[], 1.0).is_nan());
+        // 100001 evenly spread scores: 2001 points kept, and a score's rank is its place within 0.05%
+        let long: Vec<f64> = (0..100_001).rev().map(|i| i as f64).collect();
+        let q = reference_quantiles(long);
+        assert_eq!(q.len(), REFERENCE_POINTS);
+        assert_eq!((q[0], q[REFERENCE_POINTS - 1]), (0.0, 100_000.0));
+        for s in [123.0, 999.5, 50_000.0, 98_765.0] {
+            assert!(
+                (percentile(&q, s) - s / 1000.0).abs() < 0.05,
+                "{s}: {}",
+                percentile(&q, s)
+            );
+        }
+    }
 
     #[test]
     fn one_far_row_moves_the_mean_but_not_the_median_or_trimmed_mean() {

@@ -406,6 +406,7 @@ impl ViConfig {
             stopped_early: diverged.is_some(),
             initial_val_log_prob: None,
             config,
+            reference_log_probs: Vec::new(),
         };
         Ok(ViFitted {
             model: vi_model(arch, preset, flow, Some(summary), log),
