@@ -27,6 +27,7 @@ pub(super) fn eval(a: EvalArgs) -> Result<()> {
     let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
     let c = model.select_context(&full)?;
     let t = model.select_columns(full.select(a.sel.columns.as_deref(), &a.sel.drop)?)?;
+    let (t, c) = complete_rows(t, c, &a.sel)?;
     let (lp, ld) = model.log_prob_parts(&t, c.as_ref())?;
     let sm = nflow::train::scores::summarize(&lp);
     let (mean, se) = (sm.mean, sm.stderr);

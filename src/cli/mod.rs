@@ -81,6 +81,29 @@ struct DataSel {
     /// Number of rows drawn from a `toy:NAME` source.
     #[arg(long, default_value_t = 20_000)]
     toy_n: usize,
+    /// Leave out rows with a missing cell (empty, NA, NaN, null, ?) in a column used, with a count printed
+    /// (without it, a missing cell is an error naming its line and column).
+    #[arg(long)]
+    drop_missing: bool,
+}
+
+/// The rows of `x` (and its context) with no missing cell, under `--drop-missing` (their count printed);
+/// else as they are (a missing cell is reported when the rows are used).
+fn complete_rows(x: Table, c: Option<Table>, sel: &DataSel) -> Result<(Table, Option<Table>)> {
+    if !sel.drop_missing {
+        return Ok((x, c));
+    }
+    let (x, c, gone) = data::drop_missing_rows(&x, c.as_ref());
+    if gone > 0 {
+        eprintln!(
+            "--drop-missing: left out {gone} row(s) of {} with a missing cell; {} remain",
+            x.source, x.rows
+        );
+    }
+    if x.rows == 0 {
+        bail!("{}: every row has a missing cell", x.source);
+    }
+    Ok((x, c))
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -135,7 +158,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn load(src: &str, sel: &DataSel, seed: u64) -> Result<Table> {
     let t = data::load_source(src, sel.toy_n, seed)?;
-    Ok(t.select(sel.columns.as_deref(), &sel.drop)?)
+    Ok(complete_rows(t.select(sel.columns.as_deref(), &sel.drop)?, None, sel)?.0)
 }
 
 fn parse_or<T>(v: Option<T>, what: &str, got: &str, known: &str) -> Result<T> {
@@ -145,7 +168,7 @@ fn parse_or<T>(v: Option<T>, what: &str, got: &str, known: &str) -> Result<T> {
 /// Split a loaded table into the data columns (after --columns / --drop) and the context columns.
 fn split_context(full: Table, sel: &DataSel, context: &[String]) -> Result<(Table, Option<Table>)> {
     if context.is_empty() {
-        return Ok((full.select(sel.columns.as_deref(), &sel.drop)?, None));
+        return complete_rows(full.select(sel.columns.as_deref(), &sel.drop)?, None, sel);
     }
     if let Some(c) = context
         .iter()
@@ -156,7 +179,7 @@ fn split_context(full: Table, sel: &DataSel, context: &[String]) -> Result<(Tabl
     let ctx = full.select(Some(context), &[])?;
     let mut drop = sel.drop.clone();
     drop.extend(context.iter().cloned());
-    Ok((full.select(sel.columns.as_deref(), &drop)?, Some(ctx)))
+    complete_rows(full.select(sel.columns.as_deref(), &drop)?, Some(ctx), sel)
 }
 
 /// (mean, standard error)

@@ -49,6 +49,21 @@ pub(super) fn score(a: ScoreArgs) -> Result<()> {
     let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
     let c = model.select_context(&full)?;
     let chosen = full.select(a.sel.columns.as_deref(), &a.sel.drop)?;
+    // rows with a missing cell in the model's columns or the context are left out under --drop-missing
+    let (chosen, c) = match a.sel.drop_missing {
+        true => {
+            let keep = data::complete_rows(&model.select_columns(chosen.clone())?, c.as_ref());
+            let (kept, c) = (chosen.take_rows(&keep), c.map(|c| c.take_rows(&keep)));
+            eprintln!(
+                "--drop-missing: left out {} row(s) of {} with a missing cell; {} remain",
+                chosen.rows - keep.len(),
+                chosen.source,
+                keep.len()
+            );
+            (kept, c)
+        }
+        false => (chosen, c),
+    };
     let t = model.select_columns(chosen.clone())?;
     let lp = model.log_prob_ctx(&t, c.as_ref())?;
     let mut columns = vec!["log_prob".to_string(), "percentile".to_string()];

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::open::{open_maybe_gz, path_str};
 use super::sink::TableSink;
-use super::{Table, TextColumn};
+use super::{MissingCells, Table, TextColumn};
 use crate::data::{io_msg, DataError, Result};
 
 /// The name of a binary table format these bytes start with (read as CSV they would give a baffling message).
@@ -18,6 +18,25 @@ fn foreign_format(bytes: &[u8]) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// How data files mark a cell with no value: empty, or R's / pandas' / SQL's / numpy's spellings.
+fn is_missing(s: &str) -> bool {
+    matches!(
+        s,
+        "" | "NA"
+            | "N/A"
+            | "n/a"
+            | "na"
+            | "NaN"
+            | "nan"
+            | "NAN"
+            | "null"
+            | "NULL"
+            | "None"
+            | "?"
+            | "-"
+    )
 }
 
 fn parse_cell(s: &str) -> Option<f64> {
@@ -153,6 +172,7 @@ fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
 
     let mut data = Vec::new();
     let mut text: Vec<Option<TextColumn>> = vec![None; cols];
+    let mut missing: Vec<Option<MissingCells>> = vec![None; cols];
     let mut rows = 0usize;
     let mut last_line = header_line;
     for rec in records {
@@ -175,6 +195,21 @@ fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
         }
         for (j, cell) in rec.iter().enumerate() {
             if text[j].is_some() {
+                data.push(f64::NAN);
+                continue;
+            }
+            if is_missing(cell) {
+                match &mut missing[j] {
+                    Some(m) => m.count += 1,
+                    None => {
+                        missing[j] = Some(MissingCells {
+                            name: columns[j].clone(),
+                            line,
+                            value: cell.to_string(),
+                            count: 1,
+                        })
+                    }
+                }
                 data.push(f64::NAN);
                 continue;
             }
@@ -203,8 +238,15 @@ fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
     if rows == 0 {
         return Err(DataError::NoRows { source_name: p });
     }
+    // a column with text is text, whatever else it holds
+    let missing: Vec<MissingCells> = (0..cols)
+        .filter(|&j| text[j].is_none())
+        .filter_map(|j| missing[j].take())
+        .collect();
     if text.iter().all(Option::is_none) {
-        return Ok(Table::new(columns, rows, data, p));
+        let mut t = Table::new(columns, rows, data, p);
+        t.missing = missing;
+        return Ok(t);
     }
     // the numeric columns only (a text column's cells before its first text are dropped with it)
     let keep: Vec<usize> = (0..cols).filter(|&j| text[j].is_none()).collect();
@@ -215,6 +257,7 @@ fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
     let names = keep.iter().map(|&j| columns[j].clone()).collect();
     let mut t = Table::new(names, rows, kept, p);
     t.text = text.into_iter().flatten().collect();
+    t.missing = missing;
     Ok(t)
 }
 

@@ -94,6 +94,19 @@ pub enum DataError {
         value: String,
     },
 
+    /// Empty or NA-like CSV cells (the first one of the column, and how many rows of it have one).
+    #[error(
+        "{path} line {line}, column '{column}': missing value ('{value}'; {rows} row(s) of the column have \
+         one): fill them in, or give --drop-missing to leave out the rows with missing cells"
+    )]
+    Missing {
+        path: String,
+        line: u64,
+        column: String,
+        value: String,
+        rows: usize,
+    },
+
     /// A CSV cell that parses to NaN or +-Inf.
     #[error("{path} line {line}, column '{column}': value is NaN/Inf (not allowed)")]
     NonFiniteCell {

@@ -19,6 +19,40 @@ pub struct Table {
     /// [`Table::select`] accepts them only where they are dropped or not selected, and otherwise reports the
     /// first cell that is not a number.
     pub text: Vec<TextColumn>,
+    /// Columns of a CSV with missing cells (empty, NA, NaN, null, ...), which hold NaN: the first such cell
+    /// of each and their count, for [`Table::check_finite`]'s message ([`drop_missing_rows`] leaves the rows
+    /// out instead).
+    pub missing: Vec<MissingCells>,
+}
+
+/// The missing cells of one column of a CSV: the first (its line and text) and how many.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MissingCells {
+    pub name: String,
+    pub line: u64,
+    pub value: String,
+    pub count: usize,
+}
+
+/// The indices of the rows with no missing (NaN) cell in `x` nor in `c` (row for row).
+pub fn complete_rows(x: &Table, c: Option<&Table>) -> Vec<usize> {
+    let complete = |t: &Table, r: usize| t.row(r).iter().all(|v| !v.is_nan());
+    (0..x.rows)
+        .filter(|&r| complete(x, r) && c.is_none_or(|c| complete(c, r)))
+        .collect()
+}
+
+/// The rows of `x` (and of its context `c`, row for row) with no missing (NaN) cell in either, and how many
+/// rows were left out.
+pub fn drop_missing_rows(x: &Table, c: Option<&Table>) -> (Table, Option<Table>, usize) {
+    let keep = complete_rows(x, c);
+    let gone = x.rows - keep.len();
+    let strip = |t: &Table| {
+        let mut k = t.take_rows(&keep);
+        k.missing.clear();
+        k
+    };
+    (strip(x), c.map(strip), gone)
 }
 
 /// A column left out of a [`Table`] because a cell of it is not a number: the first such cell.
@@ -53,6 +87,7 @@ impl Table {
             data,
             source: source.into(),
             text: Vec::new(),
+            missing: Vec::new(),
         }
     }
 
@@ -85,7 +120,9 @@ impl Table {
         for &i in idx {
             data.extend_from_slice(self.row(i));
         }
-        Table::new(self.columns.clone(), idx.len(), data, self.source.clone())
+        let mut t = Table::new(self.columns.clone(), idx.len(), data, self.source.clone());
+        t.missing = self.missing.clone();
+        t
     }
 
     /// The columns of `self` followed by those of `other` (same number of rows).
@@ -103,7 +140,9 @@ impl Table {
         }
         let mut columns = self.columns.clone();
         columns.extend(other.columns.iter().cloned());
-        Ok(Table::new(columns, self.rows, data, self.source.clone()))
+        let mut t = Table::new(columns, self.rows, data, self.source.clone());
+        t.missing = self.missing.iter().chain(&other.missing).cloned().collect();
+        Ok(t)
     }
 
     fn column_index(&self, name: &str) -> Result<usize> {
@@ -166,7 +205,14 @@ impl Table {
             let row = self.row(r);
             data.extend(idx.iter().map(|&i| row[i]));
         }
-        Ok(Table::new(columns, self.rows, data, self.source.clone()))
+        let mut t = Table::new(columns, self.rows, data, self.source.clone());
+        t.missing = self
+            .missing
+            .iter()
+            .filter(|m| t.columns.contains(&m.name))
+            .cloned()
+            .collect();
+        Ok(t)
     }
 
     /// Error if the table has no rows, or any value is NaN/Inf (naming the
@@ -179,6 +225,16 @@ impl Table {
         }
         // data is non-empty here only if cols > 0, so the divisions are safe
         if let Some(k) = self.data.iter().position(|v| !v.is_finite()) {
+            let column = &self.columns[k % self.cols];
+            if let Some(m) = self.missing.iter().find(|m| &m.name == column) {
+                return Err(DataError::Missing {
+                    path: self.source.clone(),
+                    line: m.line,
+                    column: m.name.clone(),
+                    value: m.value.clone(),
+                    rows: m.count,
+                });
+            }
             return Err(DataError::NonFiniteRow {
                 source_name: self.source.clone(),
                 row: k / self.cols,
@@ -222,6 +278,7 @@ mod tests {
     fn err_of(p: &Path) -> String {
         let e = read_csv(p)
             .and_then(|t| t.select(None, &[]))
+            .and_then(|t| t.check_finite())
             .expect_err("expected an error")
             .to_string();
         let _ = std::fs::remove_file(p);
@@ -373,9 +430,9 @@ mod tests {
             e.ends_with("line 3, column 'y': 'abc' is not a number"),
             "{e}"
         );
-        let p = write_text("emptycell.csv", "x,y\n1,\n");
+        let p = write_text("textcell.csv", "x,y\n1,1\n1,-\n1,a\n");
         let e = err_of(&p);
-        assert!(e.contains("line 2, column 'y': '' is not a number"), "{e}");
+        assert!(e.contains("line 4, column 'y': 'a' is not a number"), "{e}");
     }
 
     /// A column of text (class names) is left out of the table: it can be dropped or left unselected, and
@@ -422,6 +479,40 @@ mod tests {
         let _ = std::fs::remove_file(&p);
     }
 
+    /// Empty and NA-like cells are missing values: reported with the column's first one (line, text) and
+    /// their count when the rows are used, or their rows left out (data and context together).
+    #[test]
+    fn csv_missing_cells_are_named_or_their_rows_left_out() {
+        let p = write_text(
+            "miss.csv",
+            "x,y,c\n1,2,0\n,3,1\n4,NA,0\n5,6,null\n7,nan,1\n8,9,?\n",
+        );
+        let e = err_of(&p);
+        assert!(e.contains("line 3, column 'x': missing value ('';"), "{e}");
+        let p = write_text(
+            "miss.csv",
+            "x,y,c\n1,2,0\n,3,1\n4,NA,0\n5,6,null\n7,nan,1\n8,9,?\n",
+        );
+        let t = read_csv(&p).unwrap();
+        let y = t.select(Some(&["y".into()]), &[]).unwrap();
+        let e = y.check_finite().unwrap_err().to_string();
+        assert!(
+            e.contains("line 4, column 'y': missing value ('NA'; 2 row(s)"),
+            "{e}"
+        );
+        let (x, c, gone) = drop_missing_rows(
+            &t.select(Some(&["x".into(), "y".into()]), &[]).unwrap(),
+            Some(&t.select(Some(&["c".into()]), &[]).unwrap()),
+        );
+        assert_eq!(gone, 5);
+        assert_eq!(
+            (x.data.clone(), c.unwrap().data),
+            (vec![1.0, 2.0], vec![0.0])
+        );
+        x.check_finite().unwrap();
+        let _ = std::fs::remove_file(&p);
+    }
+
     /// Binary table formats are named instead of being read as CSV.
     #[test]
     fn parquet_and_arrow_files_are_named() {
@@ -442,7 +533,7 @@ mod tests {
 
     #[test]
     fn csv_error_non_finite() {
-        for (k, bad) in ["NaN", "inf", "-Infinity", "1e400"].iter().enumerate() {
+        for (k, bad) in ["inf", "-Infinity", "1e400"].iter().enumerate() {
             let p = write_text(&format!("inf{k}.csv"), &format!("x,y\n1,2\n3,4\n{bad},5\n"));
             let e = err_of(&p);
             assert!(e.contains(&fname(&p)), "{e}");
