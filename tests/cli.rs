@@ -1441,3 +1441,80 @@ fn score_flags_planted_outliers() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// `--weights COL` fits the weighted likelihood: rows of weight 0 (a cluster far from the others) get a low
+/// density, the column is not part of the model, `info` says the fit was weighted, and a negative weight is
+/// an error naming its row.
+#[test]
+fn weights_per_row_shape_the_fit() {
+    let d = tmp("weights");
+    let mut text = String::from("x,y,w\n");
+    let mut r = 1u64;
+    let mut u = || {
+        r = r
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (r >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    for i in 0..1200 {
+        let (cx, w) = if i % 2 == 0 { (0.0, 1) } else { (6.0, 0) };
+        text += &format!("{},{},{w}\n", cx + u(), cx + u());
+    }
+    let data = d.join("d.csv");
+    std::fs::write(&data, &text).unwrap();
+    let m = d.join("m");
+    let ms = m.to_str().unwrap();
+    let ds = data.to_str().unwrap();
+    ok(&nflow(&[
+        "train",
+        "--data",
+        ds,
+        "--weights",
+        "w",
+        "--layers",
+        "4",
+        "--hidden",
+        "32",
+        "--steps",
+        "800",
+        "--quiet",
+        "--out",
+        ms,
+    ]));
+    let info = ok(&nflow(&["info", "--model", ms]));
+    assert!(info.contains("weighted mean log-likelihood"), "{info}");
+    let near = d.join("near.csv");
+    let far = d.join("far.csv");
+    std::fs::write(&near, "x,y\n0.1,-0.2\n-0.3,0.2\n0.2,0.3\n").unwrap();
+    std::fs::write(&far, "x,y\n6.1,5.8\n5.7,6.2\n6.2,6.3\n").unwrap();
+    let lp = |f: &Path| -> f64 {
+        let o = ok(&nflow(&[
+            "eval",
+            "--model",
+            ms,
+            "--data",
+            f.to_str().unwrap(),
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+        v["mean_log_prob"].as_f64().unwrap()
+    };
+    let (a, b) = (lp(&near), lp(&far));
+    assert!(a > b + 5.0, "weighted-in rows {a}, weighted-out rows {b}");
+    std::fs::write(&data, "x,y,w\n1,2,1\n2,1,-1\n3,3,1\n1,1,1\n2,2,1\n3,1,1\n").unwrap();
+    fails(
+        &nflow(&[
+            "train",
+            "--data",
+            ds,
+            "--weights",
+            "w",
+            "--steps",
+            "10",
+            "--out",
+            ms,
+        ]),
+        &["weight of row 1", "at least 0"],
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

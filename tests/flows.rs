@@ -943,3 +943,56 @@ fn samples_come_in_chunks_of_one_random_stream() {
         .unwrap();
     assert_eq!(calls, 1);
 }
+
+/// A weighted likelihood is the likelihood of the rows repeated by their (integer) weights: the same loss and
+/// gradients, also when the batch runs in shards; a weight of 0 leaves a row out.
+#[test]
+fn weighted_likelihood_is_that_of_repeated_rows() {
+    let spec = small_spec(FlowKind::Realnvp, 3);
+    let mut flow = spec.build::<f64>().unwrap();
+    randomize(&mut flow, 4, 0.2);
+    let x = randn::<f64>(&mut rng(5), 160, 3);
+    let w: Vec<f64> = (0..160).map(|i| (i % 4) as f64).collect();
+    let rep: Vec<usize> = (0..160)
+        .flat_map(|i| std::iter::repeat_n(i, i % 4))
+        .collect();
+    let xr = x.take_rows(&rep);
+    let grads = |f: &Flow<f64>| -> Vec<f64> {
+        f.named_params()
+            .iter()
+            .flat_map(|(_, p)| p.grad().to_vec())
+            .collect()
+    };
+    flow.zero_grad();
+    let lr = flow.nll_backward(&xr, None).unwrap();
+    let gr = grads(&flow);
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let pool = if threads == 2 { &two } else { &pool };
+        flow.zero_grad();
+        let mut dp = nflow::train::DataParallel::new();
+        let lw = pool
+            .install(|| dp.nll_backward_weighted(&mut flow, &x, None, Some(&w)))
+            .unwrap();
+        assert!(
+            (lw - lr).abs() < 1e-12 * lr.abs().max(1.0),
+            "{threads} threads: {lw} vs {lr}"
+        );
+        let gw = grads(&flow);
+        let scale = gr.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+        assert!(scale > 0.0);
+        for (a, b) in gw.iter().zip(&gr) {
+            assert!(
+                (a - b).abs() < 1e-10 * scale,
+                "{threads} threads: gradient {a} vs {b}"
+            );
+        }
+    }
+}

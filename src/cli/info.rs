@@ -66,7 +66,8 @@ pub(super) fn info(a: InfoArgs) -> Result<()> {
             }
         );
         if let Some(v) = s.best_val_log_prob {
-            println!("validation     mean log-likelihood {v:.4} nats");
+            let w = if s.weighted { "weighted " } else { "" };
+            println!("validation     {w}mean log-likelihood {v:.4} nats");
         }
         let r = &s.reference_log_probs;
         if let (Some(lo), Some(hi)) = (r.first(), r.last()) {

@@ -35,6 +35,10 @@ pub(super) struct TrainArgs {
     /// class-conditional MNIST): fed one-hot instead of standardised; K is read from the training data.
     #[arg(long, requires = "context")]
     context_one_hot: bool,
+    /// A column of weights per row (finite, at least 0): the weighted likelihood is fitted and the
+    /// validation figures are weighted means (the column is not part of the density).
+    #[arg(long)]
+    weights: Option<String>,
     /// Learned context embedding: the context goes through a small MLP to this many features before it
     /// reaches the conditioners (trained with the flow). 0: the context goes in as it is.
     #[arg(long, default_value_t = 0, requires = "context")]
@@ -422,7 +426,10 @@ pub(super) fn fit_and_save(
         },
         s.best_step,
         s.best_val_log_prob
-            .map(|v| format!(", validation log-likelihood {v:.4} nats"))
+            .map(|v| format!(
+                ", {}validation log-likelihood {v:.4} nats",
+                if s.weighted { "weighted " } else { "" }
+            ))
             .unwrap_or_default(),
         out.display()
     );
@@ -433,7 +440,28 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
     // one writer per output, and a bad output found before any training
     let _lock = nflow::io::OutputLock::acquire(&a.out)?;
     let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
-    let (table, ctx) = split_context(full, &a.sel, &a.context)?;
+    // the weight column travels with the data columns (rows left out by --drop-missing go with it), then
+    // leaves them
+    let mut sel = a.sel.clone();
+    if let Some(w) = &a.weights {
+        if a.context.contains(w) || sel.drop.contains(w) {
+            bail!("--weights {w}: the column is also given in --context or --drop");
+        }
+        if let Some(k) = sel.columns.as_mut() {
+            if k.contains(w) {
+                bail!("--weights {w}: the column is also given in --columns");
+            }
+            k.push(w.clone());
+        }
+    }
+    let (table, ctx) = split_context(full, &sel, &a.context)?;
+    let (table, weights) = match &a.weights {
+        Some(w) => {
+            let ws = table.select(Some(std::slice::from_ref(w)), &[])?;
+            (table.select(None, std::slice::from_ref(w))?, Some(ws.data))
+        }
+        None => (table, None),
+    };
     let classes = match (&ctx, a.context_one_hot) {
         (Some(c), true) => data::count_classes(c)?,
         _ => Vec::new(),
@@ -462,6 +490,11 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
         Some(src) => {
             let full = data::load_source(src, a.sel.toy_n, a.seed.wrapping_add(1))?;
             let (t, c) = split_context(full, &a.sel, &a.context)?;
+            // test rows are scored unweighted; a weight column there is left out
+            let t = match &a.weights {
+                Some(w) if t.columns.contains(w) => t.select(None, std::slice::from_ref(w))?,
+                _ => t,
+            };
             if t.columns != table.columns {
                 bail!(
                     "{src}: its columns differ from the training data's ({} vs {} columns)",
@@ -482,6 +515,9 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
     let mut trainer = Trainer::new(cfg)
         .with_preprocess(pre)
         .with_context_classes(classes);
+    if let Some(w) = weights {
+        trainer = trainer.with_weights(w);
+    }
     if let (Some((t, c)), true) = (&test, a.monitor > 0) {
         let k: Vec<usize> = (0..a.monitor.min(t.rows)).collect();
         trainer = trainer.with_monitor(t.take_rows(&k), c.as_ref().map(|c| c.take_rows(&k)));

@@ -228,7 +228,7 @@ impl<F: Float> Flow<F> {
     /// accumulated into the parameters). A NaN/Inf anywhere is an error naming the layer. (The trainer runs a
     /// small flow's large batches as shards on the threads: [`crate::train::DataParallel`].)
     pub fn nll_backward(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Result<F, Error> {
-        self.nll_backward_part(x, ctx, x.rows)
+        self.nll_backward_part(x, ctx, None, F::c(x.rows as f64))
     }
 
     /// Every parameter and buffer (the order of [`Flow::named_params`], without the names).
@@ -271,12 +271,14 @@ impl<F: Float> Flow<F> {
         Ok(Flow::new(base, ts, self.context_dim).with_embedding(self.embedding.clone()))
     }
 
-    /// [`Flow::nll_backward`] on one shard of a batch of `total_rows` rows (the mean is over the whole batch).
+    /// [`Flow::nll_backward`] on one shard of a batch whose rows (or, with `weights` for this shard's rows,
+    /// whose weights) add up to `total`: the loss is the batch's (weighted) mean.
     pub fn nll_backward_part(
         &mut self,
         x: &Mat<F>,
         ctx: Option<&Mat<F>>,
-        total_rows: usize,
+        weights: Option<&[F]>,
+        total: F,
     ) -> Result<F, Error> {
         let n = x.rows;
         let embedded = match (&mut self.embedding, ctx) {
@@ -286,14 +288,26 @@ impl<F: Float> Flow<F> {
         let ctx = embedded.as_ref().or(ctx);
         let (z, ld) = self.forward_train_all(x, ctx)?;
         let lpz = self.base.log_prob_train(&z, ctx);
-        let total: F = lpz.iter().zip(&ld).map(|(&a, &b)| a + b).sum();
-        let loss = -total / F::c(total_rows as f64);
+        let sum: F = match weights {
+            None => lpz.iter().zip(&ld).map(|(&a, &b)| a + b).sum(),
+            Some(w) => lpz
+                .iter()
+                .zip(&ld)
+                .zip(w)
+                .map(|((&a, &b), &w)| w * (a + b))
+                .sum(),
+        };
+        let loss = -sum / total;
         if !loss.is_finite() {
             return Err(Error::NonFinite {
                 layer: format!("base distribution ({})", self.base.kind()),
             });
         }
-        let g = vec![-F::one() / F::c(total_rows as f64); n];
+        // each row's share of the loss: 1 / rows, or its weight over the batch's total weight
+        let g = match weights {
+            None => vec![-F::one() / total; n],
+            Some(w) => w.iter().map(|&w| -w / total).collect(),
+        };
         let mut dz = self.base.log_prob_backward(&z, ctx, &g);
         for (i, t) in self.transforms.iter_mut().enumerate().rev() {
             if i == 0 {

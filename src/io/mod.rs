@@ -61,6 +61,9 @@ pub struct TrainSummary {
     /// [`crate::train::scores::REFERENCE_POINTS`] (`nflow score` ranks new rows among them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reference_log_probs: Vec<f64>,
+    /// Fitted by the weighted likelihood (a weight per row); the validation figures are weighted means.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weighted: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

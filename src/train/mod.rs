@@ -171,6 +171,8 @@ pub struct Trainer {
     pub resume: bool,
     /// Categorical context: classes per context column; the context is fed one-hot (not standardised).
     pub context_classes: Vec<usize>,
+    /// A weight per row: the weighted likelihood is fitted, and validation figures are weighted means.
+    pub weights: Option<Vec<f64>>,
     /// Set from anywhere (another thread, a signal handler, the step callback) to stop after the current
     /// step: a final validation runs and the best weights are kept, as with `max_seconds`.
     pub stop: StopFlag,
@@ -359,8 +361,16 @@ impl Trainer {
             checkpoint: None,
             resume: false,
             context_classes: Vec::new(),
+            weights: None,
             stop: StopFlag::default(),
         }
+    }
+
+    /// Fit the weighted likelihood `sum_i w_i log p(x_i) / sum_i w_i`, a weight per row of the data (finite,
+    /// at least 0, some above 0); validation figures are weighted the same way.
+    pub fn with_weights(mut self, w: Vec<f64>) -> Self {
+        self.weights = Some(w);
+        self
     }
 
     /// Stop training (keeping the best weights) once `flag` is set; see [`Trainer::stop`].
@@ -440,7 +450,46 @@ impl Trainer {
                 "conditional flow needs context columns".into(),
             ));
         }
+        if let Some(w) = &self.weights {
+            if w.len() != table.rows {
+                return Err(Error::Shape(format!(
+                    "{}: {} weights for {} rows",
+                    table.source,
+                    w.len(),
+                    table.rows
+                )));
+            }
+            if let Some(i) = w.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(Error::Config(format!(
+                    "{}: the weight of row {i} (counted from 0) is {}: weights must be finite and at least 0",
+                    table.source, w[i]
+                )));
+            }
+        }
         let (tr_idx, va_idx) = split_indices(table.rows, cfg.val_fraction, cfg.seed)?;
+        let w_train: Option<Vec<f32>> = self
+            .weights
+            .as_ref()
+            .map(|w| tr_idx.iter().map(|&i| w[i] as f32).collect());
+        let w_val: Option<Vec<f64>> = self
+            .weights
+            .as_ref()
+            .map(|w| va_idx.iter().map(|&i| w[i]).collect());
+        if self.weights.is_some() && self.preprocess.is_some() {
+            return Err(Error::Config(
+                "weights per row with dequantisation / logit preprocessing are not supported"
+                    .into(),
+            ));
+        }
+        if w_train
+            .as_ref()
+            .is_some_and(|w| w.iter().all(|&v| v == 0.0))
+        {
+            return Err(Error::Config(format!(
+                "{}: every training row has weight 0",
+                table.source
+            )));
+        }
         if tr_idx.len() < 2 {
             return Err(Error::Shape(format!(
                 "{}: {} training row(s) after holding out {} for validation; a density needs at least 2 \
@@ -548,7 +597,11 @@ impl Trainer {
         let mut step = 0;
         // (hashing the rows costs a pass over them: only for runs that checkpoint)
         let data_fp = if self.checkpoint.is_some() {
-            fingerprint(&[Some(table), context])
+            let w = self
+                .weights
+                .as_ref()
+                .map(|w| Table::new(vec!["weight".into()], w.len(), w.clone(), "weights"));
+            fingerprint(&[Some(table), context, w.as_ref()])
         } else {
             String::new()
         };
@@ -616,10 +669,12 @@ impl Trainer {
             step = st.step;
             t0 = Instant::now() - std::time::Duration::from_secs_f64(st.seconds);
         }
-        let val_lp = |flow: &mut crate::flows::Flow<f32>,
-                      x: &Mat<f32>,
-                      c: Option<&Mat<f32>>,
-                      ld: f64|
+        // the (weighted) mean log-likelihood of rows `x`
+        let val_lp_w = |flow: &mut crate::flows::Flow<f32>,
+                        x: &Mat<f32>,
+                        c: Option<&Mat<f32>>,
+                        ld: f64,
+                        w: Option<&[f64]>|
          -> f64 {
             flow.set_training(false);
             let mut s = 0.0;
@@ -627,19 +682,34 @@ impl Trainer {
             for a in (0..x.rows).step_by(ch) {
                 let b = (a + ch).min(x.rows);
                 let cs = c.map(|c| c.slice_rows(a, b));
-                s += flow
-                    .log_prob(&x.slice_rows(a, b), cs.as_ref())
-                    .iter()
-                    .map(|&v| v as f64)
-                    .sum::<f64>();
+                let lp = flow.log_prob(&x.slice_rows(a, b), cs.as_ref());
+                s += match w {
+                    Some(w) => lp
+                        .iter()
+                        .zip(&w[a..b])
+                        .map(|(&v, &w)| w * v as f64)
+                        .sum::<f64>(),
+                    None => lp.iter().map(|&v| v as f64).sum::<f64>(),
+                };
             }
             flow.set_training(true);
-            s / x.rows as f64 + shift + ld
+            let total = w.map_or(x.rows as f64, |w| w.iter().sum());
+            s / total + shift + ld
         };
+        let val_lp = |flow: &mut crate::flows::Flow<f32>,
+                      x: &Mat<f32>,
+                      c: Option<&Mat<f32>>,
+                      ld: f64| { val_lp_w(flow, x, c, ld, None) };
+        // validation: weighted like training (an all-zero validation weight falls back to the plain mean)
+        let w_val = w_val.filter(|w| w.iter().sum::<f64>() > 0.0);
+        let val_lp_v =
+            |flow: &mut crate::flows::Flow<f32>, x: &Mat<f32>, c: Option<&Mat<f32>>, ld: f64| {
+                val_lp_w(flow, x, c, ld, w_val.as_deref())
+            };
         // the untrained flow's validation figure: a run that ends below it made the model worse (a learning
         // rate far too large, typically), which the caller is told
         let initial_val = (step == 0 && xva.rows > 0)
-            .then(|| val_lp(&mut flow, &xva, cva.as_ref(), ld_val))
+            .then(|| val_lp_v(&mut flow, &xva, cva.as_ref(), ld_val))
             .filter(|v| v.is_finite());
         while step < total {
             if pos + batch > n {
@@ -661,8 +731,18 @@ impl Trainer {
                 None => xtr.as_ref().expect("standardised rows").take_rows(idx),
             };
             let cb = ctr.as_ref().map(|c| c.take_rows(idx));
+            let wb: Option<Vec<f32>> = w_train
+                .as_ref()
+                .map(|w| idx.iter().map(|&i| w[i]).collect());
             flow.zero_grad();
-            let loss = match tuner.step(|| shards.nll_backward(&mut flow, &xb, cb.as_ref())) {
+            // a batch whose rows all weigh 0 has nothing to fit (its gradient is zero)
+            let loss = match wb.as_ref().is_some_and(|w| w.iter().all(|&v| v == 0.0)) {
+                true => Ok(0.0),
+                false => tuner.step(|| {
+                    shards.nll_backward_weighted(&mut flow, &xb, cb.as_ref(), wb.as_deref())
+                }),
+            };
+            let loss = match loss {
                 Ok(l) => l as f64,
                 Err(Error::NonFinite { layer }) => {
                     diverged = Some(Error::Diverged { step, layer });
@@ -696,7 +776,7 @@ impl Trainer {
                 last_train = acc.0 / acc.1 as f64 - shift - ld_train;
                 acc = (0.0, 0);
                 let vl = if xva.rows > 0 {
-                    Some(val_lp(&mut flow, &xva, cva.as_ref(), ld_val))
+                    Some(val_lp_v(&mut flow, &xva, cva.as_ref(), ld_val))
                 } else {
                     None
                 };
@@ -826,6 +906,7 @@ impl Trainer {
             initial_val_log_prob: initial_val,
             config: serde_json::to_value(cfg).expect("config serialises"),
             reference_log_probs: Vec::new(),
+            weighted: self.weights.is_some(),
         };
         let lines = log
             .iter()

@@ -50,16 +50,31 @@ impl<F: Float> DataParallel<F> {
         x: &Mat<F>,
         ctx: Option<&Mat<F>>,
     ) -> Result<F, Error> {
+        self.nll_backward_weighted(flow, x, ctx, None)
+    }
+
+    /// [`DataParallel::nll_backward`] of the weighted mean (a weight per row of `x`).
+    pub fn nll_backward_weighted(
+        &mut self,
+        flow: &mut Flow<F>,
+        x: &Mat<F>,
+        ctx: Option<&Mat<F>>,
+        weights: Option<&[F]>,
+    ) -> Result<F, Error> {
+        let total = match weights {
+            Some(w) => w.iter().copied().sum(),
+            None => F::c(x.rows as f64),
+        };
         let shards = flow.shard_count(x.rows, SHARD_TRAIN_PARAMS);
         let n = x.rows;
         let cut = |i: usize| i * n / shards;
         if shards > 1 && crate::engine::pool::threads() == 1 && self.made(flow, 1) {
             // a tuner keeps the kernels on one thread: the shards one after the other on the flow itself
             // (no replicas to bring up to date), their gradients added in the same order, so the same bits
-            return self.in_turn(flow, x, ctx, shards);
+            return self.in_turn(flow, x, ctx, weights, total, shards);
         }
         if shards == 1 || !self.ready(flow, shards - 1) {
-            return flow.nll_backward(x, ctx);
+            return flow.nll_backward_part(x, ctx, weights, total);
         }
         let members: Vec<std::sync::Mutex<&mut Flow<F>>> = std::iter::once(&mut *flow)
             .chain(self.replicas.iter_mut())
@@ -69,7 +84,12 @@ impl<F: Float> DataParallel<F> {
             let (a, b) = (cut(i), cut(i + 1));
             let c = ctx.map(|c| c.slice_rows(a, b));
             let mut f = members[i].lock().unwrap_or_else(|e| e.into_inner());
-            f.nll_backward_part(&x.slice_rows(a, b), c.as_ref(), n)
+            f.nll_backward_part(
+                &x.slice_rows(a, b),
+                c.as_ref(),
+                weights.map(|w| &w[a..b]),
+                total,
+            )
         });
         drop(members);
         let mut loss = F::zero();
@@ -100,6 +120,8 @@ impl<F: Float> DataParallel<F> {
         flow: &mut Flow<F>,
         x: &Mat<F>,
         ctx: Option<&Mat<F>>,
+        weights: Option<&[F]>,
+        total: F,
         shards: usize,
     ) -> Result<F, Error> {
         let n = x.rows;
@@ -121,7 +143,12 @@ impl<F: Float> DataParallel<F> {
                     h.1 = true;
                 }
             }
-            loss += flow.nll_backward_part(&x.slice_rows(a, b), c.as_ref(), n)?;
+            loss += flow.nll_backward_part(
+                &x.slice_rows(a, b),
+                c.as_ref(),
+                weights.map(|w| &w[a..b]),
+                total,
+            )?;
             if i > 0 {
                 for (p, held) in flow.all_params_mut().into_iter().zip(self.held.iter_mut()) {
                     p.merge_grad(held);

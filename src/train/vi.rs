@@ -407,6 +407,7 @@ impl ViConfig {
             initial_val_log_prob: None,
             config,
             reference_log_probs: Vec::new(),
+            weighted: false,
         };
         Ok(ViFitted {
             model: vi_model(arch, preset, flow, Some(summary), log),

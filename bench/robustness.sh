@@ -1,0 +1,66 @@
+#!/bin/bash
+# Issue 28's cases, each run once: the exit code and the first lines of what nflow says, as markdown table
+# rows; then the contended-machine measure (the demo on the default threads and on one, the other core kept
+# busy by a shell loop). Usage: bench/robustness.sh [NFLOW_BINARY]  (default target/release/nflow)
+set -u
+B=$(realpath "${1:-target/release/nflow}")
+W=$(mktemp -d)
+trap 'rm -rf "$W"; kill $(jobs -p) 2>/dev/null' EXIT
+cd "$W"
+row() {
+    local name="$1"; shift
+    local out rc
+    out=$("$@" 2>&1); rc=$?
+    echo "| $name | $rc | $(echo "$out" | grep -E "error|warning|note|wrote|saved|median|trained|scored" | head -2 | tr '\n' ' ' | tr '|' '/' | cut -c1-300) |"
+}
+$B train --data toy:moons --steps 200 --quiet --out m >/dev/null 2>&1
+printf 'a,b\n1e300,1\n-1e300,2\n5e299,3\n-7e299,4\n2e300,5\n1e299,6\n' > big.csv
+printf 'a,b\n1,2\n3,5\n' > two.csv
+printf 'a,b,label\n1,2,cat\n3,5,dog\n2,2,cat\n4,1,dog\n5,3,cat\n1,1,dog\n2,4,cat\n3,3,dog\n' > text.csv
+printf 'a,b\n1,2\n3,NA\n2,\n4,1\n5,3\n1,1\n2,4\n3,3\n2,2\n4,4\n' > miss.csv
+printf 'PAR1\025\004\025\020\025\024L\025\002\025\000\022\000\000' > d.parquet
+printf 'x,y\n0.5,0.2\n1.0,-0.3\n0.1,0.9\n-0.8,0.4\n0.3,0.1\n1.5,-0.4\n0.2,0.3\n40,40\n' > far.csv
+touch afile
+echo "| case | exit | what nflow says |"
+echo "|---|---|---|"
+row "plot --samples 0" $B plot --model m --samples 0 --out p.png
+row "sample -n 1e11 --out s.csv" $B sample --model m -n 100000000000 --out s.csv
+row "sample -n 1e9, stdout read by head -2" bash -c "$B sample --model m -n 1000000000 | head -2 | tr '\n' ' '; exit \${PIPESTATUS[0]}"
+row "train --hidden 100000" $B train --data toy:moons --hidden 100000 --out h
+row "plot --grid 100000" $B plot --model m --grid 100000 --out g.png
+row "--threads 10000 eval (wall time)" bash -c "/usr/bin/time -f 'wall %e s' $B --threads 10000 eval --model m --data toy:moons 2>&1 | grep -E 'warning|wall'"
+$B train --data toy:moons --steps 20000 --quiet --out two >/dev/null 2>&1 &
+sleep 1
+row "second train, same --out" $B train --data toy:moons --steps 100 --out two
+kill %1 2>/dev/null; wait 2>/dev/null
+row "next run after a killed one (leftovers: $(ls -a | grep -cE '^\.two'))" $B train --data toy:moons --steps 100 --quiet --out two
+row "leftovers after it" bash -c "ls -a | grep -E '^\.two|two.ckpt' | wc -l"
+row "checkpointed run, finished" $B train --data toy:moons --steps 300 --checkpoint-every 100 --quiet --out ck
+row "its checkpoint folder afterwards" bash -c "ls -d ck.ckpt 2>&1 | head -1"
+row "--out under /proc (unwritable)" $B train --data toy:moons --steps 100 --out /proc/m
+row "--out is a file" $B train --data toy:moons --steps 100 --out afile
+row "--lr 1e10" $B train --data toy:moons --steps 300 --lr 1e10 --out lr1
+row "--lr 0.1" $B train --data toy:moons --steps 1000 --lr 0.1 --out lr2
+row "--lr 0.1 --strict" $B train --data toy:moons --steps 1000 --lr 0.1 --strict --out lr3
+row "values near 1e300" $B train --data big.csv --steps 50 --out big
+row "two distinct rows" $B train --data two.csv --steps 50 --out two2
+row "--drop label (a text column)" $B train --data text.csv --drop label --steps 50 --out txt
+row "a text column kept" $B train --data text.csv --steps 50 --out txt2
+row "missing cells" $B train --data miss.csv --steps 50 --out mi
+row "missing cells, --drop-missing" $B train --data miss.csv --drop-missing --steps 50 --out mi2
+row "a Parquet file" $B train --data d.parquet --steps 50 --out pq
+$B train --data toy:moons:2000 --steps 200 --checkpoint-every 100 --keep-checkpoint --quiet --out rs >/dev/null 2>&1
+row "--resume on other data, same rows" $B train --data toy:circles:2000 --steps 200 --checkpoint-every 100 --resume --out rs
+row "--resume --steps 400 (extend 200)" $B train --data toy:moons:2000 --steps 400 --checkpoint-every 100 --resume --out rs
+row "--resume --lr 0.01 (other option)" $B train --data toy:moons:2000 --steps 400 --lr 0.01 --checkpoint-every 100 --resume --out rs
+row "sample without --out" bash -c "$B sample --model m -n 2 | tr '\n' ' '"
+row "unknown option" $B train --bogus
+row "eval with one far row" $B eval --model m --data far.csv
+echo
+echo "contended: the demo, the other core kept busy"
+(while :; do :; done) &
+sleep 0.5
+for t in "" "--threads 1" "" "--threads 1"; do
+    /usr/bin/time -f "demo ${t:-default threads}: %e s" $B $t demo --out d 2>&1 | grep -E "demo|note"
+    rm -rf d
+done
