@@ -173,10 +173,14 @@ class Flow:
         warmup: int = 0,
         clip: Optional[float] = None,
         context_one_hot: bool = False,
+        sample_weight: Optional[ArrayLike] = None,
         callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
         verbose: bool = True,
     ) -> "Flow":
         """Fit by maximum likelihood, exactly as ``nflow train`` does with the same options and seed.
+
+        ``sample_weight``: a weight per row of ``X`` (finite, at least 0): the weighted likelihood is fitted and
+        the validation figures are weighted means (``nflow train --weights COL``).
 
         ``context``: an array with a row per row of ``X``, or (with a DataFrame ``X``) the names of its
         context columns. ``validation``: the fraction held out for early stopping (``patience`` evaluations
@@ -206,7 +210,13 @@ class Flow:
                 raise ValueError(f"context has {c.shape[0]} rows, X has {x.shape[0]}")
         if self.dim is not None and x.shape[1] != self.dim:
             raise ValueError(f"X has {x.shape[1]} columns, the flow was defined with dim = {self.dim}")
+        w = None
+        if sample_weight is not None:
+            w = np.ascontiguousarray(np.asarray(sample_weight, dtype=np.float64).reshape(-1))
+            if w.shape[0] != x.shape[0]:
+                raise ValueError(f"sample_weight has {w.shape[0]} values, X has {x.shape[0]} rows")
         options = dict(
+            sample_weight=w,
             steps=steps,
             epochs=epochs,
             batch_size=batch_size,

@@ -475,9 +475,14 @@ impl Model {
         };
         let def = flow_def(kind, flow_json, table.cols, context_dim, cfg.seed)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let trainer = Trainer::new(cfg)
+        let mut trainer = Trainer::new(cfg)
             .with_context_classes(classes)
             .with_stop(stop.clone());
+        // a weight per row (the weighted likelihood)
+        if let Some(w) = options.get_item("sample_weight")?.filter(|w| !w.is_none()) {
+            let w: PyReadonlyArray1<'_, f64> = w.extract()?;
+            trainer = trainer.with_weights(w.as_slice()?.to_vec());
+        }
         let (result, raised) = drive(py, hook.as_ref(), &stop, |send| {
             let mut last = Instant::now();
             trainer.fit(def, &table, ctx.as_ref(), |p: &Progress| {

@@ -254,3 +254,19 @@ def test_set_num_threads_keeps_results(banana):
         nflow.set_num_threads(n)
     with pytest.raises(ValueError):
         nflow.set_num_threads(0)
+
+
+def test_sample_weight_fits_the_weighted_likelihood():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.0, 0.3, size=(600, 2))
+    b = rng.normal(6.0, 0.3, size=(600, 2))
+    X = np.vstack([a, b])
+    w = np.r_[np.ones(600), np.zeros(600)]
+    f = nflow.Flow("realnvp", layers=4, hidden=32, seed=1)
+    f.fit(X, sample_weight=w, steps=800, verbose=False)
+    near, far = f.log_prob(a[:50]).mean(), f.log_prob(b[:50]).mean()
+    assert near > far + 5.0, (near, far)
+    with pytest.raises(ValueError, match="sample_weight has 3 values"):
+        nflow.Flow("realnvp", seed=1).fit(X, sample_weight=[1.0, 2.0, 3.0], steps=5, verbose=False)
+    with pytest.raises(Exception, match="at least 0"):
+        nflow.Flow("realnvp", seed=1).fit(X, sample_weight=-w, steps=5, verbose=False)
