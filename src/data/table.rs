@@ -711,6 +711,16 @@ mod tests {
     #[test]
     fn npy_errors() {
         let p = tmp("bad.npy");
+        // a header nesting 80 braces (found by fuzzing: the header parser backtracked for over 20 s)
+        let dict = format!("{{'descr': {}'<f8', 'shape': (3, 2), }}", "{".repeat(80));
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(dict.as_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        let t0 = std::time::Instant::now();
+        let e = read_npy(&p).unwrap_err().to_string();
+        assert!(e.contains("nests brackets 82 deep"), "{e}");
+        assert!(t0.elapsed().as_secs_f64() < 1.0);
         write_npy_with(&p, &[4], npyz::Order::C, &[1.0f64, 2.0, 3.0, 4.0]);
         let e = read_npy(&p).unwrap_err().to_string();
         assert!(e.contains(&fname(&p)), "{e}");
