@@ -114,6 +114,9 @@ pub(crate) fn set_cap(n: usize) {
 /// choose a thread count).
 pub fn set_auto(on: bool) {
     AUTO.store(on, Ordering::Relaxed);
+    if !on {
+        CAP.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Training steps timed by tuners so far, and how many of them ran on fewer threads than the pool has.
@@ -263,9 +266,18 @@ impl Tuner {
 }
 
 impl Drop for Tuner {
+    /// The last choice stays for what the process does next (the evaluation and sampling after training run
+    /// on the same busy machine), until another tuner measures again or [`set_auto`] turns tuning off.
     fn drop(&mut self) {
-        if !self.options.is_empty() {
-            CAP.store(0, Ordering::Relaxed);
+        if !self.options.is_empty() && self.trial.is_some() {
+            // stopped in the middle of a trial: the last full round's choice (all threads before any)
+            CAP.store(
+                self.medians
+                    .is_empty()
+                    .then_some(0)
+                    .unwrap_or_else(|| self.chosen()),
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -356,7 +368,9 @@ mod tests {
             set_auto(true);
             let mut on = Tuner::new();
             assert_eq!(seen(&mut on, 3 + 2 * 25 + 5), [1, 2].into());
+            let kept = on.chosen();
             drop(on);
+            assert_eq!(threads(), kept, "the choice stays after the loop");
             set_auto(false);
             assert_eq!(threads(), 2);
         });
