@@ -271,13 +271,12 @@ impl Drop for Tuner {
     fn drop(&mut self) {
         if !self.options.is_empty() && self.trial.is_some() {
             // stopped in the middle of a trial: the last full round's choice (all threads before any)
-            CAP.store(
-                self.medians
-                    .is_empty()
-                    .then_some(0)
-                    .unwrap_or_else(|| self.chosen()),
-                Ordering::Relaxed,
-            );
+            let keep = if self.medians.is_empty() {
+                0
+            } else {
+                self.chosen()
+            };
+            CAP.store(keep, Ordering::Relaxed);
         }
     }
 }
