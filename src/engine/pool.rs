@@ -149,12 +149,16 @@ pub struct Tuner {
     trial_secs: f64,
     hold: usize,
     held_secs: f64,
+    /// The last step times of the current hold (compared with the choice's trial in windows of [`RECENT`]).
+    recent: Vec<f64>,
 }
 
 /// Shortest trial of one candidate (steps, seconds), and the longest hold between two rounds.
 const TRIAL_STEPS: usize = 5;
 const TRIAL_SECS: f64 = 0.05;
 const MAX_HOLD_SECS: f64 = 5.0;
+/// Steps per window in which a held choice's median is checked against its trial's.
+const RECENT: usize = 16;
 
 impl Default for Tuner {
     fn default() -> Self {
@@ -183,6 +187,7 @@ impl Tuner {
             trial_secs: 0.0,
             hold: 0,
             held_secs: 0.0,
+            recent: Vec::new(),
         }
     }
 
@@ -200,6 +205,7 @@ impl Tuner {
             self.medians.clear();
             self.trial_secs = 0.0;
             self.held_secs = 0.0;
+            self.recent.clear();
             self.trial = Some((0, Vec::new()));
         }
         let threads = match &self.trial {
@@ -241,6 +247,15 @@ impl Tuner {
                 self.held_secs += dt;
                 if self.held_secs > 2.0 * MAX_HOLD_SECS {
                     self.hold = 0;
+                }
+                // the choice has turned slow (other work came, or its trial was lucky): measure again now
+                self.recent.push(dt);
+                if self.recent.len() == RECENT {
+                    let mut w = std::mem::take(&mut self.recent);
+                    w.sort_by(f64::total_cmp);
+                    if w[RECENT / 2] > 1.5 * self.medians[self.best()] {
+                        self.hold = 0;
+                    }
                 }
             }
         }
