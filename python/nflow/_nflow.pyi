@@ -49,6 +49,7 @@ class Model:
     def log_prob(
         self, x: npt.NDArray[np.float64], context: Optional[npt.NDArray[np.float64]] = None
     ) -> npt.NDArray[np.float64]: ...
+    def percentiles(self, log_probs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
     def sample(
         self,
         n: int,

@@ -383,6 +383,13 @@ class Flow:
         c = self._context(context, X)
         return self._fitted().transform_to_noise(self._rows(X), c)
 
+    def percentile(self, X: ArrayLike, context: ArrayLike = None) -> np.ndarray:
+        """Where each row's log-density falls among the held-out validation rows kept at fitting time, in
+        percent (``nflow score``): 1 means lower than 99% of rows like the training data. Flag unusual rows with
+        ``flow.percentile(X) < 100 * fpr``."""
+        lp = np.ascontiguousarray(self.log_prob(X, context), dtype=np.float64)
+        return self._fitted().percentiles(lp)
+
     def score(self, X: ArrayLike, context: ArrayLike = None) -> float:
         """Mean log-likelihood of the rows."""
         return float(np.mean(self.log_prob(X, context)))

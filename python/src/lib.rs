@@ -653,6 +653,33 @@ impl Model {
         Ok(PyArray1::from_vec(py, lp))
     }
 
+    /// Each log-density's percentile (0-100) among the held-out rows kept with the model at training time
+    /// (`nflow score`); an error for a model that keeps none.
+    fn percentiles<'py>(
+        &self,
+        py: Python<'py>,
+        log_probs: PyReadonlyArray1<'py, f64>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let m = self.read();
+        let reference = m
+            .summary
+            .as_ref()
+            .map(|s| s.reference_log_probs.as_slice())
+            .unwrap_or_default();
+        if reference.is_empty() {
+            return Err(config_err(
+                "this model keeps no held-out scores to rank rows against (fitted by reverse KL, with no \
+                 validation split, or by an older nflow)",
+            ));
+        }
+        let p: Vec<f64> = log_probs
+            .as_slice()?
+            .iter()
+            .map(|&l| nflow::train::scores::percentile(reference, l))
+            .collect();
+        Ok(PyArray1::from_vec(py, p))
+    }
+
     /// `n` samples (a conditional model: one per context row), float64, in the data's units.
     #[pyo3(signature = (n, seed=0, context=None, temperature=1.0))]
     fn sample<'py>(

@@ -270,3 +270,23 @@ def test_sample_weight_fits_the_weighted_likelihood():
         nflow.Flow("realnvp", seed=1).fit(X, sample_weight=[1.0, 2.0, 3.0], steps=5, verbose=False)
     with pytest.raises(Exception, match="at least 0"):
         nflow.Flow("realnvp", seed=1).fit(X, sample_weight=-w, steps=5, verbose=False)
+
+
+def test_percentile_ranks_rows_among_the_held_out_ones():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3000, 2))
+    f = nflow.Flow("realnvp", layers=4, hidden=32, seed=2).fit(X, steps=400, verbose=False)
+    fresh = rng.normal(size=(2000, 2))
+    far = rng.normal(size=(50, 2)) * 0.3 + np.array([6.0, -6.0])
+    p_in, p_out = f.percentile(fresh), f.percentile(far)
+    assert p_in.shape == (2000,) and p_in.min() >= 0 and p_in.max() <= 100
+    # about 5% of rows like the training data fall below the 5th percentile; the far rows all do
+    assert 0.02 < (p_in < 5).mean() < 0.09
+    assert (p_out < 1).all()
+    # the same numbers as `nflow score` uses: kept through pickling
+    import pickle
+
+    g = pickle.loads(pickle.dumps(f))
+    np.testing.assert_array_equal(g.percentile(far), p_out)
+    with pytest.raises(Exception, match="keeps no held-out scores"):
+        nflow.Flow("realnvp", seed=1).fit(X, steps=20, validation=0.0, verbose=False).percentile(X[:3])
