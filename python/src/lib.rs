@@ -660,23 +660,8 @@ impl Model {
         py: Python<'py>,
         log_probs: PyReadonlyArray1<'py, f64>,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-        let m = self.read();
-        let reference = m
-            .summary
-            .as_ref()
-            .map(|s| s.reference_log_probs.as_slice())
-            .unwrap_or_default();
-        if reference.is_empty() {
-            return Err(config_err(
-                "this model keeps no held-out scores to rank rows against (fitted by reverse KL, with no \
-                 validation split, or by an older nflow)",
-            ));
-        }
-        let p: Vec<f64> = log_probs
-            .as_slice()?
-            .iter()
-            .map(|&l| nflow::train::scores::percentile(reference, l))
-            .collect();
+        let p = nflow::train::scores::percentiles(&self.read(), log_probs.as_slice()?)
+            .map_err(py_err)?;
         Ok(PyArray1::from_vec(py, p))
     }
 

@@ -87,6 +87,13 @@ struct DataSel {
     drop_missing: bool,
 }
 
+/// Say how many rows `--drop-missing` left out of `source` (nothing when none).
+fn note_left_out(source: &str, gone: usize, remain: usize) {
+    if gone > 0 {
+        eprintln!("--drop-missing: left out {gone} row(s) of {source} with a missing cell; {remain} remain");
+    }
+}
+
 /// The rows of `x` (and its context) with no missing cell, under `--drop-missing` (their count printed);
 /// else as they are (a missing cell is reported when the rows are used).
 fn complete_rows(x: Table, c: Option<Table>, sel: &DataSel) -> Result<(Table, Option<Table>)> {
@@ -94,12 +101,7 @@ fn complete_rows(x: Table, c: Option<Table>, sel: &DataSel) -> Result<(Table, Op
         return Ok((x, c));
     }
     let (x, c, gone) = data::drop_missing_rows(&x, c.as_ref());
-    if gone > 0 {
-        eprintln!(
-            "--drop-missing: left out {gone} row(s) of {} with a missing cell; {} remain",
-            x.source, x.rows
-        );
-    }
+    note_left_out(&x.source, gone, x.rows);
     if x.rows == 0 {
         bail!("{}: every row has a missing cell", x.source);
     }

@@ -33,19 +33,13 @@ pub(super) fn score(a: ScoreArgs) -> Result<()> {
             bail!("--flag-fpr must be between 0 and 1 (a fraction, e.g. 0.01), got {f}");
         }
     }
-    let reference = model
-        .summary
-        .as_ref()
-        .map(|s| s.reference_log_probs.as_slice())
-        .unwrap_or_default();
-    if reference.is_empty() {
-        bail!(
-            "{}: the model keeps no held-out scores to rank rows against (trained by an older nflow, by \
-             reverse KL, or with no validation split); retrain it, or use eval --per-sample for the \
-             log-densities alone",
+    // a model with nothing to rank against is refused before the data is read
+    nflow::train::scores::percentiles(&model, &[]).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}; retrain it, or use eval --per-sample for the log-densities alone",
             a.model.display()
-        );
-    }
+        )
+    })?;
     let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
     let c = model.select_context(&full)?;
     let chosen = full.select(a.sel.columns.as_deref(), &a.sel.drop)?;
@@ -53,14 +47,8 @@ pub(super) fn score(a: ScoreArgs) -> Result<()> {
     let (chosen, c) = match a.sel.drop_missing {
         true => {
             let keep = data::complete_rows(&model.select_columns(chosen.clone())?, c.as_ref());
-            let (kept, c) = (chosen.take_rows(&keep), c.map(|c| c.take_rows(&keep)));
-            eprintln!(
-                "--drop-missing: left out {} row(s) of {} with a missing cell; {} remain",
-                chosen.rows - keep.len(),
-                chosen.source,
-                keep.len()
-            );
-            (kept, c)
+            note_left_out(&chosen.source, chosen.rows - keep.len(), keep.len());
+            (chosen.take_rows(&keep), c.map(|c| c.take_rows(&keep)))
         }
         false => (chosen, c),
     };
@@ -70,12 +58,11 @@ pub(super) fn score(a: ScoreArgs) -> Result<()> {
     if a.flag_fpr.is_some() {
         columns.push("flagged".into());
     }
-    let extra = columns.len();
     columns.extend(chosen.columns.iter().cloned());
     let mut rows = Vec::with_capacity(t.rows * columns.len());
     let mut flagged = 0;
-    for (r, &l) in lp.iter().enumerate() {
-        let p = nflow::train::scores::percentile(reference, l);
+    let percentiles = nflow::train::scores::percentiles(&model, &lp)?;
+    for (r, (&l, &p)) in lp.iter().zip(&percentiles).enumerate() {
         rows.push(l);
         rows.push(p);
         if let Some(f) = a.flag_fpr {
@@ -86,7 +73,6 @@ pub(super) fn score(a: ScoreArgs) -> Result<()> {
         rows.extend_from_slice(chosen.row(r));
     }
     let out = Table::new(columns, t.rows, rows, "scores");
-    debug_assert_eq!(out.cols, extra + chosen.cols);
     let mut sink = match &a.out {
         Some(p) => data::TableSink::for_path(p, &out.columns, out.rows)?,
         None => data::TableSink::stdout(&out.columns)?,

@@ -111,6 +111,27 @@ pub fn percentile(reference: &[f64], score: f64) -> f64 {
     100.0 * (i as f64 + within) / (n - 1) as f64
 }
 
+/// Each log-density's [`percentile`] among the held-out rows kept with `model` at training time (what
+/// `nflow score` and Python's `Flow.percentile` report); an error for a model that keeps none.
+pub fn percentiles(model: &crate::Model, log_probs: &[f64]) -> crate::Result<Vec<f64>> {
+    let reference = model
+        .summary
+        .as_ref()
+        .map(|s| s.reference_log_probs.as_slice())
+        .unwrap_or_default();
+    if reference.is_empty() {
+        return Err(crate::Error::Config(
+            "the model keeps no held-out scores to rank rows against (trained by an older nflow, by \
+             reverse KL, or with no validation split)"
+                .into(),
+        ));
+    }
+    Ok(log_probs
+        .iter()
+        .map(|&l| percentile(reference, l))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
