@@ -21,7 +21,7 @@ pub use csv::{read_csv, write_csv};
 pub use idx::{load_idx_source, read_idx};
 pub use images::{load_png_folder, parse_shape, pixel_columns, shape_from_columns, write_png_grid};
 pub use npy::{read_npy, write_npy};
-pub(crate) use open::process_alive;
+pub(crate) use open::{pid_suffix, process_alive};
 pub use preprocess::{count_classes, one_hot, Preprocess};
 pub use sink::TableSink;
 pub use source::load_source;

@@ -60,3 +60,8 @@ pub(crate) fn process_alive(pid: u32) -> bool {
         true
     }
 }
+
+/// The process id at the end of a name `PREFIX<pid>` (a run's temporary file or folder).
+pub(crate) fn pid_suffix(name: &str, prefix: &str) -> Option<u32> {
+    name.strip_prefix(prefix)?.parse().ok()
+}

@@ -203,9 +203,7 @@ impl TableSink {
             }
             done?;
             // the rename itself on disk (where the system lets a folder be synced)
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                let _ = File::open(dir).and_then(|d| d.sync_all());
-            }
+            let _ = File::open(folder(&path)).and_then(|d| d.sync_all());
         }
         Ok(())
     }
@@ -228,13 +226,12 @@ impl TableSink {
             })?;
         let prefix = format!(".{name}.tmp-");
         // temporary files of runs that died half-way (killed: no chance to remove their own)
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Ok(entries) = std::fs::read_dir(dir.unwrap_or(Path::new("."))) {
+        if let Ok(entries) = std::fs::read_dir(folder(path)) {
             for e in entries.flatten() {
                 let dead = e
                     .file_name()
                     .to_str()
-                    .and_then(|n| n.strip_prefix(&prefix)?.parse().ok());
+                    .and_then(|n| super::pid_suffix(n, &prefix));
                 if dead.is_some_and(|pid| !super::process_alive(pid)) {
                     let _ = std::fs::remove_file(e.path());
                 }
@@ -331,14 +328,19 @@ fn csv_rows<W: Write>(w: &mut csv::Writer<W>, t: &Table) -> std::result::Result<
     Ok(chars)
 }
 
+/// The folder a file is written in (`.` for a bare name).
+fn folder(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Bytes free to this user on the disk holding `path`'s folder (`None` where the system does not say).
 fn free_bytes(path: &Path) -> Option<u128> {
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir =
-            std::ffi::CString::new(dir.unwrap_or(Path::new(".")).as_os_str().as_bytes()).ok()?;
+        let dir = std::ffi::CString::new(folder(path).as_os_str().as_bytes()).ok()?;
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: a valid C string and a statvfs to fill
         if unsafe { libc::statvfs(dir.as_ptr(), &mut st) } != 0 {

@@ -5,7 +5,7 @@
 //! Beside an output `DIR` these names are used: `.DIR.lock` (the writer's process id), `.DIR.tmp-PID` (a folder
 //! being written), `.DIR.old-PID` (the previous folder during a two-step replacement).
 
-use crate::data::process_alive as alive;
+use crate::data::{pid_suffix, process_alive as alive};
 use crate::{Error, Result};
 use std::fs;
 use std::io::Write;
@@ -33,11 +33,6 @@ pub(crate) fn split(dir: &Path) -> Result<(PathBuf, String)> {
         .to_string_lossy()
         .to_string();
     Ok((parent, name))
-}
-
-/// The process id at the end of a name `PREFIX<pid>`.
-fn pid_suffix(name: &str, prefix: &str) -> Option<u32> {
-    name.strip_prefix(prefix)?.parse().ok()
 }
 
 /// Make `path`'s contents durable: the file itself, or a folder's entries.
