@@ -670,11 +670,11 @@ impl Trainer {
             t0 = Instant::now() - std::time::Duration::from_secs_f64(st.seconds);
         }
         // the (weighted) mean log-likelihood of rows `x`
-        let val_lp_w = |flow: &mut crate::flows::Flow<f32>,
-                        x: &Mat<f32>,
-                        c: Option<&Mat<f32>>,
-                        ld: f64,
-                        w: Option<&[f64]>|
+        let val_lp = |flow: &mut crate::flows::Flow<f32>,
+                      x: &Mat<f32>,
+                      c: Option<&Mat<f32>>,
+                      ld: f64,
+                      w: Option<&[f64]>|
          -> f64 {
             flow.set_training(false);
             let mut s = 0.0;
@@ -696,20 +696,12 @@ impl Trainer {
             let total = w.map_or(x.rows as f64, |w| w.iter().sum());
             s / total + shift + ld
         };
-        let val_lp = |flow: &mut crate::flows::Flow<f32>,
-                      x: &Mat<f32>,
-                      c: Option<&Mat<f32>>,
-                      ld: f64| { val_lp_w(flow, x, c, ld, None) };
         // validation: weighted like training (an all-zero validation weight falls back to the plain mean)
         let w_val = w_val.filter(|w| w.iter().sum::<f64>() > 0.0);
-        let val_lp_v =
-            |flow: &mut crate::flows::Flow<f32>, x: &Mat<f32>, c: Option<&Mat<f32>>, ld: f64| {
-                val_lp_w(flow, x, c, ld, w_val.as_deref())
-            };
         // the untrained flow's validation figure: a run that ends below it made the model worse (a learning
         // rate far too large, typically), which the caller is told
         let initial_val = (step == 0 && xva.rows > 0)
-            .then(|| val_lp_v(&mut flow, &xva, cva.as_ref(), ld_val))
+            .then(|| val_lp(&mut flow, &xva, cva.as_ref(), ld_val, w_val.as_deref()))
             .filter(|v| v.is_finite());
         while step < total {
             if pos + batch > n {
@@ -776,13 +768,19 @@ impl Trainer {
                 last_train = acc.0 / acc.1 as f64 - shift - ld_train;
                 acc = (0.0, 0);
                 let vl = if xva.rows > 0 {
-                    Some(val_lp_v(&mut flow, &xva, cva.as_ref(), ld_val))
+                    Some(val_lp(
+                        &mut flow,
+                        &xva,
+                        cva.as_ref(),
+                        ld_val,
+                        w_val.as_deref(),
+                    ))
                 } else {
                     None
                 };
                 let ml = monitor
                     .as_ref()
-                    .map(|(x, c, ld)| val_lp(&mut flow, x, c.as_ref(), *ld));
+                    .map(|(x, c, ld)| val_lp(&mut flow, x, c.as_ref(), *ld, None));
                 if vl.is_some_and(|v| !v.is_finite()) {
                     diverged = Some(Error::Diverged {
                         step,
