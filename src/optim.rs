@@ -49,6 +49,15 @@ pub enum Schedule {
     Warmup { warmup: usize },
     /// Linear warm-up over `warmup` steps, then cosine decay to zero at the last step.
     Cosine { warmup: usize },
+    /// Reduce on plateau: the rate is multiplied by `decay` each time the validation log-likelihood has not
+    /// improved for the trainer's patience (evaluations); the run stops at the plateau after `decays` such
+    /// reductions. Adapts the length of a run to its data: small sets that overfit soon stop soon, large ones
+    /// keep improving at smaller rates. The trainer keeps the reductions; `factor` gives only the warm-up.
+    Plateau {
+        warmup: usize,
+        decay: f64,
+        decays: usize,
+    },
 }
 
 impl Schedule {
@@ -57,6 +66,11 @@ impl Schedule {
             "constant" => Schedule::Constant,
             "warmup" => Schedule::Warmup { warmup },
             "cosine" => Schedule::Cosine { warmup },
+            "plateau" => Schedule::Plateau {
+                warmup,
+                decay: 0.5,
+                decays: 3,
+            },
             _ => return None,
         })
     }
@@ -71,7 +85,9 @@ impl Schedule {
         };
         match *self {
             Schedule::Constant => 1.0,
-            Schedule::Warmup { warmup } => warm(warmup).unwrap_or(1.0),
+            Schedule::Warmup { warmup } | Schedule::Plateau { warmup, .. } => {
+                warm(warmup).unwrap_or(1.0)
+            }
             Schedule::Cosine { warmup } => warm(warmup).unwrap_or_else(|| {
                 let span = total.saturating_sub(warmup).max(1) as f64;
                 let p = ((step - warmup.min(step)) as f64 / span).min(1.0);

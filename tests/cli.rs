@@ -71,7 +71,7 @@ fn train_eval_sample_plot_info_end_to_end() {
     ok(&train_small(
         "toy:moons:2000",
         &model,
-        &["--test", "toy:moons:500"],
+        &["--test", "toy:moons:500", "--flow", "realnvp"],
     ));
     for f in ["config.json", "weights.safetensors", "train_log.jsonl"] {
         assert!(model.join(f).exists(), "{f} missing");
@@ -1517,4 +1517,196 @@ fn weights_per_row_shape_the_fit() {
         &["weight of row 1", "at least 0"],
     );
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn defaults_choose_a_flow_and_a_budget_and_say_so() {
+    let d = tmp("auto");
+    let m = d.join("m");
+    let o = nflow(&[
+        "train",
+        "--data",
+        "toy:moons:600",
+        "--patience",
+        "2",
+        "--out",
+        m.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("chose nsf-ar with 5 layers")
+            && err.contains("validation every 50 steps")
+            && err.contains("stop at the plateau after 3 reductions"),
+        "{err}"
+    );
+    // the plateau schedule ended the run (2 evaluations per plateau, 4 plateaus) well before the cap
+    let info = ok(&nflow(&["info", "--model", m.to_str().unwrap()]));
+    assert!(
+        info.contains("nsf-ar")
+            && info.contains("stopped at a plateau after 3 learning-rate halvings"),
+        "{info}"
+    );
+    let log = std::fs::read_to_string(m.join("train_log.jsonl")).unwrap();
+    let lrs: Vec<f64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(lrs[0], 1e-3);
+    assert_eq!(*lrs.last().unwrap(), 1.25e-4, "three halvings");
+    assert!(lrs.len() < 10_000 / 50);
+    // an explicit budget keeps the old behaviour: constant rate, no chosen-flow line for a named flow
+    let o = nflow(&[
+        "train",
+        "--data",
+        "toy:moons:300",
+        "--flow",
+        "maf",
+        "--steps",
+        "20",
+        "--out",
+        d.join("n").to_str().unwrap(),
+    ]);
+    ok(&o);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("chose"));
+    fails(
+        &nflow(&[
+            "train",
+            "--data",
+            "toy:moons:300",
+            "--schedule",
+            "plateau",
+            "--val-fraction",
+            "0",
+            "--out",
+            d.join("p").to_str().unwrap(),
+        ]),
+        &["plateau", "validation"],
+    );
+}
+
+#[test]
+fn column_supports_are_kept_shown_and_checked() {
+    let d = tmp("support");
+    let mut text = String::from("a,share,count,rating\n");
+    let mut r = 7u64;
+    let mut u = || {
+        r = r
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((r >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    for _ in 0..400 {
+        let a = u() * 4.0 - 2.0;
+        text += &format!(
+            "{a},{},{},{}\n",
+            u().powi(2),
+            (u() * 6.0).floor(),
+            1.0 + (u() * 5.0).floor()
+        );
+    }
+    let data = d.join("d.csv");
+    std::fs::write(&data, &text).unwrap();
+    let ds = data.to_str().unwrap();
+    let m = d.join("m");
+    let ms = m.to_str().unwrap();
+    // without --integer the integer columns get a hint
+    let o = nflow(&[
+        "train", "--data", ds, "--flow", "maf", "--steps", "30", "--out", ms,
+    ]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("hint") && err.contains("--integer count,rating"),
+        "{err}"
+    );
+    ok(&nflow(&[
+        "train",
+        "--data",
+        ds,
+        "--flow",
+        "maf",
+        "--steps",
+        "30",
+        "--bounds",
+        "share=0:1,rating=1:5",
+        "--integer",
+        "count,rating",
+        "--positive",
+        "count",
+        "--out",
+        ms,
+    ]));
+    let info = ok(&nflow(&["info", "--model", ms]));
+    assert!(
+        info.contains("support        share: in [0, 1]")
+            && info.contains("count: integer (dequantised), at least 0")
+            && info.contains("rating: integer (dequantised), in [1, 5]"),
+        "{info}"
+    );
+    let s = d.join("s.csv");
+    ok(&nflow(&[
+        "sample",
+        "--model",
+        ms,
+        "--n",
+        "500",
+        "--out",
+        s.to_str().unwrap(),
+    ]));
+    let st = std::fs::read_to_string(&s).unwrap();
+    for line in st.lines().skip(1) {
+        let v: Vec<f64> = line.split(',').map(|x| x.parse().unwrap()).collect();
+        assert!((0.0..=1.0).contains(&v[1]), "{line}");
+        assert!(v[2] >= 0.0 && v[2].fract() == 0.0, "{line}");
+        assert!((1.0..=5.0).contains(&v[3]) && v[3].fract() == 0.0, "{line}");
+    }
+    ok(&nflow(&["eval", "--model", ms, "--data", ds]));
+    // a value outside the support, at eval and at training, is named by row and column
+    let bad = d.join("bad.csv");
+    std::fs::write(&bad, "a,share,count,rating\n0,0.5,1,1\n0,1.5,1,1\n").unwrap();
+    fails(
+        &nflow(&["eval", "--model", ms, "--data", bad.to_str().unwrap()]),
+        &["row 1", "'share'", "[0, 1]"],
+    );
+    fails(
+        &nflow(&[
+            "train",
+            "--data",
+            ds,
+            "--bounds",
+            "share=0:0.5",
+            "--steps",
+            "5",
+            "--out",
+            d.join("x").to_str().unwrap(),
+        ]),
+        &["'share'", "outside the bounds"],
+    );
+    for (flag, val, needle) in [
+        ("--bounds", "nope=0:1", "no such column"),
+        ("--bounds", "share=1", "COLUMN=LOW:HIGH"),
+        ("--bounds", "share=1:0", "low < high"),
+        ("--positive", "a", "positive"),
+        ("--integer", "share", "not an integer"),
+    ] {
+        fails(
+            &nflow(&[
+                "train",
+                "--data",
+                ds,
+                flag,
+                val,
+                "--steps",
+                "5",
+                "--out",
+                d.join("y").to_str().unwrap(),
+            ]),
+            &[needle],
+        );
+    }
 }

@@ -648,6 +648,7 @@ fn density_with_logit_preprocessing_integrates_to_one_in_data_space() {
         levels: 16.0,
         logit: Some(0.05),
         bits: None,
+        columns: Vec::new(),
     };
     let mut pt = raw.clone();
     pre.apply(&mut pt, 0).unwrap();
@@ -691,6 +692,7 @@ fn training_through_preprocessing_reports_data_units() {
         levels: 16.0,
         logit: Some(0.01),
         bits: None,
+        columns: Vec::new(),
     };
     let cfg = TrainConfig {
         steps: Some(300),

@@ -205,6 +205,7 @@ fn bits_per_dim_of_an_identity_flow_computed_by_hand() {
             levels: 256.0,
             logit: Some(lam),
             bits: None,
+            columns: Vec::new(),
         }),
         summary: None,
         log: vec![],
@@ -255,6 +256,7 @@ fn resuming_from_a_checkpoint_gives_the_uninterrupted_run() {
         levels: 16.0,
         logit: Some(0.05),
         bits: None,
+        columns: Vec::new(),
     });
     let dir = std::env::temp_dir().join(format!("nflow-ckpt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -325,6 +327,7 @@ fn image_model_save_load_round_trip() {
             levels: 16.0,
             logit: None,
             bits: None,
+            columns: Vec::new(),
         }))
         .fit(spec, &t, None, |_| {})
         .unwrap()

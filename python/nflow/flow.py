@@ -24,7 +24,7 @@ ArrayLike = Any  # numpy arrays, pandas DataFrames, nested lists
 # The CLI's `nflow train` defaults: the same options give the same numbers from Python and from the CLI.
 TRAIN_DEFAULTS: Dict[str, Any] = dict(
     steps=None,
-    epochs=50,
+    epochs=None,
     batch_size=256,
     lr=1e-3,
     validation=0.1,
@@ -33,7 +33,8 @@ TRAIN_DEFAULTS: Dict[str, Any] = dict(
     max_seconds=None,
     optimizer="adam",
     weight_decay=0.0,
-    schedule="constant",
+    schedule=None,
+    decays=3,
     warmup=0,
     clip=None,
 )
@@ -68,7 +69,9 @@ def _matrix(x: ArrayLike, name: str) -> Tuple[np.ndarray, Optional[List[str]]]:
 class Flow:
     """A normalizing flow: a preset by name with its options, or a hand-composed list of layers.
 
-    Presets (``nflow.presets()``): nice, realnvp, maf, iaf, maf-mog, nsf-c, nsf-ar, glow, realnvp-multiscale;
+    Presets (``nflow.presets()``): auto (the default: the flow ``nflow train`` chooses from the data's shape,
+    nsf-ar up to 16 columns, nsf-c beyond, conditioners wider for wider data), nice, realnvp, maf, iaf, maf-mog,
+    nsf-c, nsf-ar, glow, realnvp-multiscale;
     options are those of ``nflow train`` (``layers``, ``hidden``, ``depth``, ``activation``, ``mask``,
     ``order``, ``batch_norm``, ``actnorm``, ``permute``, ``residual``, ``base``, ``components``, ``bins``,
     ``tail_bound``, ``map``, ``context_embed``, ...)::
@@ -117,7 +120,7 @@ class Flow:
         else:
             if embedding is not None:
                 raise ValueError("a preset takes context_embed / embed_hidden / embed_depth, not embedding=")
-            name = "realnvp" if flow is None else str(flow)
+            name = "auto" if flow is None else str(flow)
             if name not in _nflow.presets():
                 raise ValueError(f"unknown flow '{name}' (presets: {', '.join(_nflow.presets())})")
             opts = dict(options)
@@ -160,7 +163,7 @@ class Flow:
         *,
         validation: float = 0.1,
         steps: Optional[int] = None,
-        epochs: int = 50,
+        epochs: Optional[int] = None,
         batch_size: int = 256,
         lr: float = 1e-3,
         seed: Optional[int] = None,
@@ -169,7 +172,8 @@ class Flow:
         max_seconds: Optional[float] = None,
         optimizer: str = "adam",
         weight_decay: float = 0.0,
-        schedule: str = "constant",
+        schedule: Optional[str] = None,
+        decays: int = 3,
         warmup: int = 0,
         clip: Optional[float] = None,
         context_one_hot: bool = False,
@@ -178,6 +182,12 @@ class Flow:
         verbose: bool = True,
     ) -> "Flow":
         """Fit by maximum likelihood, exactly as ``nflow train`` does with the same options and seed.
+
+        Without ``steps`` and ``epochs`` the budget is the one ``nflow train`` chooses for the number of rows (a
+        step cap that grows with them, and the ``"plateau"`` schedule: the learning rate halves after ``patience``
+        evaluations without a better validation figure, and the run stops at the plateau after ``decays``
+        halvings); image flows train 50 epochs. ``schedule``: constant | warmup | cosine | plateau (the default
+        then; constant otherwise).
 
         ``sample_weight``: a weight per row of ``X`` (finite, at least 0): the weighted likelihood is fitted and
         the validation figures are weighted means (``nflow train --weights COL``).
@@ -228,6 +238,7 @@ class Flow:
             optimizer=optimizer,
             weight_decay=weight_decay,
             schedule=schedule,
+            decays=decays,
             warmup=warmup,
             clip=clip,
             seed=seed,

@@ -20,19 +20,21 @@ _COUPLING_PRESETS = ("nice", "realnvp", "nsf-c", "glow", "realnvp-multiscale")
 class FlowDensity(DensityMixin, BaseEstimator):
     """Density estimation with a normalizing flow.
 
-    Parameters mirror ``nflow train``: ``flow`` (a preset name), ``layers``, ``hidden``, ``depth``; training
-    ``steps`` (or ``epochs``), ``batch_size``, ``lr``, ``validation``, ``patience``; ``options``: any other
-    preset option (``{"bins": 16, "base": "mixture"}``); ``random_state`` seeds the weights and training.
+    Parameters mirror ``nflow train``: ``flow`` (a preset name; ``"auto"``, the default, chooses from the data's
+    shape as ``nflow train`` does), ``layers``, ``hidden``, ``depth`` (None: the preset's); training ``steps`` (or
+    ``epochs``; neither: the budget chosen for the rows, with the plateau schedule), ``batch_size``, ``lr``,
+    ``validation``, ``patience``; ``options``: any other preset option (``{"bins": 16, "base": "mixture"}``);
+    ``random_state`` seeds the weights and training.
     """
 
     def __init__(
         self,
-        flow: str = "realnvp",
+        flow: str = "auto",
         layers: Optional[int] = None,
-        hidden: int = 128,
-        depth: int = 2,
+        hidden: Optional[int] = None,
+        depth: Optional[int] = None,
         steps: Optional[int] = None,
-        epochs: int = 50,
+        epochs: Optional[int] = None,
         batch_size: int = 256,
         lr: float = 1e-3,
         validation: float = 0.1,

@@ -5,7 +5,7 @@
 //! (`set_num_threads`).
 
 use nflow::data::Table;
-use nflow::flows::{FlowConfig, FlowDef, FlowKind, FlowSpec};
+use nflow::flows::{FlowConfig, FlowDef, FlowSpec};
 use nflow::optim::{OptimConfig, OptimKind, Schedule};
 use nflow::train::diagnostics::Diagnostics;
 use nflow::train::{Progress, StopFlag, Target, TrainConfig, Trainer, ViConfig, ViProgress};
@@ -160,8 +160,16 @@ fn preset_spec(json: &str, dim: usize, context_dim: usize, seed: u64) -> PyResul
         .remove("flow")
         .and_then(|n| n.as_str().map(String::from))
         .ok_or_else(|| config_err("flow options: no preset name"))?;
-    let kind: FlowKind = name.parse().map_err(|e: Error| config_err(e.to_string()))?;
-    let mut base = serde_json::to_value(FlowSpec::preset(kind, dim)).expect("a preset serialises");
+    // "auto": the flow `nflow train` chooses for tabular data when no --flow is given
+    let preset = if name == "auto" {
+        nflow::train::auto::tabular_flow(dim, context_dim)
+    } else {
+        FlowSpec::preset(
+            name.parse().map_err(|e: Error| config_err(e.to_string()))?,
+            dim,
+        )
+    };
+    let mut base = serde_json::to_value(preset).expect("a preset serialises");
     let known: Vec<String> = base
         .as_object()
         .expect("an object")
@@ -250,6 +258,7 @@ fn architecture(
 #[pyfunction]
 fn presets() -> Vec<&'static str> {
     vec![
+        "auto",
         "nice",
         "realnvp",
         "maf",
@@ -279,8 +288,16 @@ macro_rules! opt {
     };
 }
 
-fn train_config(o: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
+/// The training options of a fit on `rows` rows; without `steps` and `epochs`, tabular flows get the budget
+/// `nflow train` chooses ([`nflow::train::auto::train_config`]), image flows 50 epochs.
+fn train_config(o: &Bound<'_, PyDict>, rows: usize, image: bool) -> PyResult<TrainConfig> {
     let d = TrainConfig::default();
+    let steps: Option<usize> = opt!(o, "steps")?;
+    let epochs: Option<usize> = opt!(o, "epochs")?;
+    let auto = steps.is_none() && epochs.is_none() && !image;
+    let batch_size: usize = opt!(o, "batch_size")?.unwrap_or(d.batch_size);
+    let val_fraction: f64 = opt!(o, "validation")?.unwrap_or(d.val_fraction);
+    let chosen = nflow::train::auto::train_config(rows, batch_size, val_fraction);
     let optimizer: String = opt!(o, "optimizer")?.unwrap_or_else(|| "adam".into());
     let kind = match optimizer.as_str() {
         "adam" => OptimKind::Adam,
@@ -291,18 +308,27 @@ fn train_config(o: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
             )))
         }
     };
-    let schedule: String = opt!(o, "schedule")?.unwrap_or_else(|| "constant".into());
+    let patience: usize = opt!(o, "patience")?.unwrap_or(10);
+    let schedule: String = opt!(o, "schedule")?.unwrap_or_else(|| {
+        if auto && val_fraction > 0.0 && patience > 0 {
+            "plateau".into()
+        } else {
+            "constant".into()
+        }
+    });
     let warmup: usize = opt!(o, "warmup")?.unwrap_or(0);
-    let schedule = Schedule::parse(&schedule, warmup).ok_or_else(|| {
+    let mut schedule = Schedule::parse(&schedule, warmup).ok_or_else(|| {
         config_err(format!(
-            "unknown schedule '{schedule}' (known: constant, warmup, cosine)"
+            "unknown schedule '{schedule}' (known: constant, warmup, cosine, plateau)"
         ))
     })?;
-    let patience: usize = opt!(o, "patience")?.unwrap_or(10);
+    if let (Schedule::Plateau { decays, .. }, Some(k)) = (&mut schedule, opt!(o, "decays")?) {
+        *decays = k;
+    }
     let cfg = TrainConfig {
-        epochs: opt!(o, "epochs")?.unwrap_or(d.epochs),
-        steps: opt!(o, "steps")?,
-        batch_size: opt!(o, "batch_size")?.unwrap_or(d.batch_size),
+        epochs: epochs.unwrap_or(d.epochs),
+        steps: if auto { chosen.steps } else { steps },
+        batch_size,
         optim: OptimConfig {
             kind,
             lr: opt!(o, "lr")?.unwrap_or(d.optim.lr),
@@ -311,9 +337,9 @@ fn train_config(o: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
         },
         schedule,
         clip: opt!(o, "clip")?,
-        val_fraction: opt!(o, "validation")?.unwrap_or(d.val_fraction),
+        val_fraction,
         patience: (patience > 0).then_some(patience),
-        eval_every: opt!(o, "eval_every")?,
+        eval_every: opt!(o, "eval_every")?.or(if auto { chosen.eval_every } else { None }),
         max_seconds: opt!(o, "max_seconds")?,
         seed: opt!(o, "seed")?.unwrap_or(0),
     };
@@ -458,7 +484,6 @@ impl Model {
         hook: Option<Py<PyAny>>,
         source: String,
     ) -> PyResult<(Model, Option<Py<PyAny>>)> {
-        let cfg = train_config(options)?;
         let table = table(&x, columns, &source)?;
         let ctx = match &context {
             Some(c) => Some(table_ctx(c, context_columns, &source)?),
@@ -473,7 +498,9 @@ impl Model {
         } else {
             classes.iter().sum()
         };
-        let def = flow_def(kind, flow_json, table.cols, context_dim, cfg.seed)?;
+        let seed: u64 = opt!(options, "seed")?.unwrap_or(0);
+        let def = flow_def(kind, flow_json, table.cols, context_dim, seed)?;
+        let cfg = train_config(options, table.rows, def.is_image())?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut trainer = Trainer::new(cfg)
             .with_context_classes(classes)

@@ -31,9 +31,11 @@ pub(super) fn eval(a: EvalArgs) -> Result<()> {
     let (lp, ld) = model.log_prob_parts(&t, c.as_ref())?;
     let sm = nflow::train::scores::summarize(&lp);
     let (mean, se) = (sm.mean, sm.stderr);
+    // the figure in the preprocessed space (of images: dequantised, logit); per-column supports have none
     let pre_mean = model
         .preprocess
-        .is_some()
+        .as_ref()
+        .is_some_and(|p| p.columns.is_empty())
         .then(|| stats(&lp.iter().zip(&ld).map(|(a, b)| a - b).collect::<Vec<_>>()).0);
     if let Some(p) = &a.per_sample {
         let out = Table::new(vec!["log_prob".into()], lp.len(), lp.clone(), "per-sample");

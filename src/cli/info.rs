@@ -39,12 +39,17 @@ pub(super) fn info(a: InfoArgs) -> Result<()> {
         println!("context        {}", m.context_columns.join(", "));
     }
     if let Some(p) = &m.preprocess {
-        println!(
-            "preprocessing  dequantize {}, logit {}, levels {}",
-            p.dequantize,
-            p.logit.map_or("none".into(), |l| l.to_string()),
-            p.levels
-        );
+        if p.columns.is_empty() {
+            println!(
+                "preprocessing  dequantize {}, logit {}, levels {}",
+                p.dequantize,
+                p.logit.map_or("none".into(), |l| l.to_string()),
+                p.levels
+            );
+        }
+        for c in &p.columns {
+            println!("support        {}: {}", c.column, c.describe());
+        }
     }
     println!("parameters     {}", m.flow.num_params());
     for l in m.flow.describe() {
@@ -59,10 +64,11 @@ pub(super) fn info(a: InfoArgs) -> Result<()> {
             s.steps,
             s.seconds,
             s.best_step,
-            if s.stopped_early {
-                ", stopped early"
-            } else {
-                ""
+            match (s.stopped_early, s.lr_decays) {
+                (true, 0) => ", stopped early".to_string(),
+                (true, k) => format!(", stopped at a plateau after {k} learning-rate halvings"),
+                (false, 0) => String::new(),
+                (false, k) => format!(", {k} learning-rate halvings"),
             }
         );
         if let Some(v) = s.best_val_log_prob {

@@ -22,7 +22,7 @@ use vi::{vi, ViArgs};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use nflow::data::{self, Preprocess, Table};
+use nflow::data::{self, ColumnSupport, Preprocess, Table};
 use nflow::flows::{FlowConfig, FlowDef, FlowKind, FlowSpec, MapConfig};
 use nflow::optim::{OptimConfig, OptimKind, Schedule};
 use nflow::train::{TrainConfig, Trainer};

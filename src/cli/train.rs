@@ -17,8 +17,10 @@ pub(super) struct TrainArgs {
     /// realnvp-multiscale (image flows: the image shape comes from image data - IDX files, PNG folders,
     /// CSVs with `c{c}_y{y}_x{x}` columns - or from --image-shape) | nsf-c | nsf-ar (rational-quadratic
     /// spline couplings / autoregressive layers, LU-linear layers between them).
-    #[arg(long, default_value = "realnvp")]
-    flow: String,
+    /// Default: chosen from the data (nsf-ar up to 16 columns, nsf-c beyond, glow for image data), with
+    /// sizes that grow with the columns; what was chosen is printed.
+    #[arg(long)]
+    flow: Option<String>,
     /// The element-wise map of a coupling or autoregressive preset instead of its own: affine | additive |
     /// rq-spline | sinh-arcsinh, or a JSON object with options (`{"type": "rq-spline", "bins": 16}`).
     #[arg(long)]
@@ -53,12 +55,14 @@ pub(super) struct TrainArgs {
     /// flows: steps per scale (default 8 for glow, 3 for realnvp-multiscale).
     #[arg(long)]
     layers: Option<usize>,
-    /// Hidden width of the conditioner networks (image flows: channels of the CNN conditioners).
-    #[arg(long, default_value_t = 128)]
-    hidden: usize,
-    /// Hidden layers of the conditioner networks (realnvp-multiscale: residual blocks).
-    #[arg(long, default_value_t = 2)]
-    depth: usize,
+    /// Hidden width of the conditioner networks (image flows: channels of the CNN conditioners; default
+    /// 128, or chosen with the flow).
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Hidden layers of the conditioner networks (realnvp-multiscale: residual blocks; default: the
+    /// preset's).
+    #[arg(long)]
+    depth: Option<usize>,
     /// Image flows: shape of one image as C,H,W (when the data does not say it).
     #[arg(long)]
     image_shape: Option<String>,
@@ -110,6 +114,18 @@ pub(super) struct TrainArgs {
     /// RealNVP's). Reported log-likelihoods include its Jacobian (data units; images: bits/dim).
     #[arg(long)]
     logit: Option<f64>,
+    /// Columns with values in [A, B] (`col=A:B`, repeatable or comma-separated): a logit map to the real
+    /// line; reported likelihoods include its Jacobian and samples stay inside. With --integer, the integers
+    /// A..=B.
+    #[arg(long, value_delimiter = ',', value_name = "COL=A:B")]
+    bounds: Vec<String>,
+    /// Columns with positive values (comma-separated): a log map (with --integer: counts, 0 allowed).
+    #[arg(long, value_delimiter = ',', value_name = "COL")]
+    positive: Vec<String>,
+    /// Integer-valued columns (comma-separated): dequantised per column, so likelihoods are of the integers
+    /// (a lower bound on log P, as for pixels) and samples are integers.
+    #[arg(long, value_delimiter = ',', value_name = "COL")]
+    integer: Vec<String>,
     /// Values lie in [0, LEVELS] (after dequantisation), for --logit: 256 for 8-bit pixels.
     #[arg(long, default_value_t = 256.0)]
     levels: f64,
@@ -134,9 +150,11 @@ pub(super) struct TrainArgs {
     /// LU-parameterised form) | none (couplings alternate halves).
     #[arg(long)]
     permute: Option<String>,
-    /// Passes over the training split (ignored with --steps).
-    #[arg(long, default_value_t = 50)]
-    epochs: usize,
+    /// Passes over the training split (ignored with --steps). Without --epochs and --steps, tabular data
+    /// trains under a step cap that grows with the rows (200 passes, 10000 to 100000 steps) with the
+    /// plateau schedule, which ends the run when it stops improving; image flows for 50 passes.
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Optimiser steps (overrides --epochs).
     #[arg(long)]
     steps: Option<usize>,
@@ -149,9 +167,14 @@ pub(super) struct TrainArgs {
     optimizer: String,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-    /// constant | warmup | cosine.
-    #[arg(long, default_value = "constant")]
-    schedule: String,
+    /// constant | warmup | cosine | plateau (halve the rate after --patience evaluations without a better
+    /// validation figure; stop at the plateau after --decays halvings). Default: plateau when neither
+    /// --epochs nor --steps is given (and there is a validation split), else constant.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Plateau schedule: learning-rate halvings before a plateau stops the run.
+    #[arg(long, default_value_t = 3)]
+    decays: usize,
     /// Warm-up steps for the warmup / cosine schedules.
     #[arg(long, default_value_t = 0)]
     warmup: usize,
@@ -197,10 +220,18 @@ pub(super) struct TrainArgs {
     strict: bool,
 }
 
+/// The flow `--flow` names, or (without it) the one chosen for the data: glow for image data (columns named
+/// `c{c}_y{y}_x{x}`), else [`nflow::train::auto::tabular_flow`].
 fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSpec> {
-    let kind: FlowKind = a.flow.parse()?;
     let dim = table.cols;
-    let mut spec = FlowSpec::preset(kind, dim);
+    let mut spec = match &a.flow {
+        Some(f) => FlowSpec::preset(f.parse()?, dim),
+        None if a.image_shape.is_some() || data::shape_from_columns(&table.columns).is_some() => {
+            FlowSpec::preset(FlowKind::Glow, dim)
+        }
+        None => nflow::train::auto::tabular_flow(dim, context_dim),
+    };
+    let kind = spec.kind;
     if kind.image() {
         spec.image = match &a.image_shape {
             Some(s) => Some(data::parse_shape(s)?),
@@ -225,8 +256,12 @@ fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSp
     if let Some(l) = a.layers {
         spec.layers = l;
     }
-    spec.hidden = a.hidden;
-    spec.depth = a.depth;
+    if let Some(h) = a.hidden {
+        spec.hidden = h;
+    }
+    if let Some(d) = a.depth {
+        spec.depth = d;
+    }
     spec.activation = a.activation.parse()?;
     spec.mask = a.mask.parse()?;
     spec.order = a.order.parse()?;
@@ -309,21 +344,34 @@ pub(super) fn load_arch(
     Ok(arch)
 }
 
-fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+/// The training options; without a budget (`--epochs`, `--steps`), tabular data gets the one chosen for its
+/// rows ([`nflow::train::auto::train_config`]).
+fn train_config(a: &TrainArgs, rows: usize, image: bool) -> Result<TrainConfig> {
+    let auto = a.epochs.is_none() && a.steps.is_none() && !image;
+    let can_plateau = a.val_fraction > 0.0 && a.patience > 0;
     let kind = match a.optimizer.as_str() {
         "adam" => OptimKind::Adam,
         "adamw" => OptimKind::Adamw,
         o => bail!("unknown optimizer '{o}' (known: adam, adamw)"),
     };
-    let schedule = parse_or(
-        Schedule::parse(&a.schedule, a.warmup),
+    let name = match &a.schedule {
+        Some(s) => s.as_str(),
+        None if auto && can_plateau => "plateau",
+        None => "constant",
+    };
+    let mut schedule = parse_or(
+        Schedule::parse(name, a.warmup),
         "schedule",
-        &a.schedule,
-        "constant, warmup, cosine",
+        name,
+        "constant, warmup, cosine, plateau",
     )?;
+    if let Schedule::Plateau { decays, .. } = &mut schedule {
+        *decays = a.decays;
+    }
+    let chosen = nflow::train::auto::train_config(rows, a.batch_size, a.val_fraction);
     let cfg = TrainConfig {
-        epochs: a.epochs,
-        steps: a.steps,
+        epochs: a.epochs.unwrap_or(50),
+        steps: if auto { chosen.steps } else { a.steps },
         batch_size: a.batch_size,
         optim: OptimConfig {
             kind,
@@ -335,7 +383,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         clip: a.clip,
         val_fraction: a.val_fraction,
         patience: (a.patience > 0).then_some(a.patience),
-        eval_every: a.eval_every,
+        eval_every: a.eval_every.or(if auto { chosen.eval_every } else { None }),
         max_seconds: a.time_limit.map(|m| m * 60.0),
         seed: a.seed,
     };
@@ -436,6 +484,108 @@ pub(super) fn fit_and_save(
     Ok(fitted.model)
 }
 
+/// The per-column supports of `--bounds`, `--positive` and `--integer`, checked against the data's columns.
+fn column_supports(a: &TrainArgs, table: &Table) -> Result<Vec<ColumnSupport>> {
+    let mut out: Vec<ColumnSupport> = Vec::new();
+    let mut entry = |flag: &str, col: &str| -> Result<usize> {
+        if !table.columns.iter().any(|c| c == col) {
+            bail!(
+                "{flag} {col}: {} has no such column (its columns: {})",
+                table.source,
+                table.columns.join(", ")
+            );
+        }
+        Ok(match out.iter().position(|c| c.column == col) {
+            Some(i) => i,
+            None => {
+                out.push(ColumnSupport {
+                    column: col.into(),
+                    integer: false,
+                    bounds: None,
+                    positive: false,
+                });
+                out.len() - 1
+            }
+        })
+    };
+    let mut bounds = Vec::new();
+    for b in &a.bounds {
+        let parsed = b.split_once('=').and_then(|(c, r)| {
+            let (lo, hi) = r.split_once(':')?;
+            Some((
+                c.trim(),
+                lo.trim().parse::<f64>().ok()?,
+                hi.trim().parse::<f64>().ok()?,
+            ))
+        });
+        let Some((c, lo, hi)) = parsed else {
+            bail!("--bounds {b}: expected COLUMN=LOW:HIGH (e.g. --bounds share=0:1)");
+        };
+        bounds.push((entry("--bounds", c)?, lo, hi));
+    }
+    let positive: Vec<usize> = a
+        .positive
+        .iter()
+        .map(|c| entry("--positive", c))
+        .collect::<Result<_>>()?;
+    let integer: Vec<usize> = a
+        .integer
+        .iter()
+        .map(|c| entry("--integer", c))
+        .collect::<Result<_>>()?;
+    for (i, lo, hi) in bounds {
+        out[i].bounds = Some((lo, hi));
+    }
+    for i in positive {
+        out[i].positive = true;
+    }
+    for i in integer {
+        out[i].integer = true;
+    }
+    if !out.is_empty() && (a.dequantize || a.logit.is_some() || a.n_bits.is_some()) {
+        bail!("--bounds / --positive / --integer cannot be combined with --dequantize, --logit or --n-bits");
+    }
+    for c in &out {
+        if c.bounds.is_some() && c.positive {
+            bail!(
+                "column '{}': give --bounds or --positive, not both",
+                c.column
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Points at columns that hold only integers with repeats (counts, ratings, codes): a continuous density
+/// there can grow without bound on the repeated values, so `--integer` is suggested.
+fn integer_hint(table: &Table) {
+    let mut cols = Vec::new();
+    for c in 0..table.cols {
+        let mut vals: Vec<f64> = (0..table.rows)
+            .map(|r| table.data[r * table.cols + c])
+            .collect();
+        if vals.iter().any(|v| v.fract() != 0.0 || !v.is_finite()) {
+            continue;
+        }
+        vals.sort_by(f64::total_cmp);
+        vals.dedup();
+        if table.rows >= 20 && vals.len() * 2 <= table.rows {
+            cols.push(format!("{} ({} values)", table.columns[c], vals.len()));
+        }
+    }
+    if !cols.is_empty() {
+        eprintln!(
+            "hint: integer-valued columns with repeats: {}; a continuous flow can put unbounded density on \
+             repeated values: --integer {} models them as integers (dequantised)",
+            cols.join(", "),
+            cols.iter()
+                .map(|c| c.split(' ').next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+}
+
 pub(super) fn train(a: TrainArgs) -> Result<()> {
     // one writer per output, and a bad output found before any training
     let _lock = nflow::io::OutputLock::acquire(&a.out)?;
@@ -475,13 +625,28 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
         Some(p) => load_arch(p, table.cols, context_dim, a.seed)?.into(),
         None => build_spec(&a, &table, context_dim)?.into(),
     };
-    let cfg = train_config(&a)?;
-    let pre = (a.dequantize || a.logit.is_some() || a.n_bits.is_some()).then_some(Preprocess {
-        dequantize: a.dequantize,
-        levels: a.n_bits.map_or(a.levels, |b| f64::from(1u32 << b.min(8))),
-        logit: a.logit,
-        bits: a.n_bits,
-    });
+    let image = flow.is_image();
+    let cfg = train_config(&a, table.rows, image)?;
+    // say what was chosen for the user who did not choose
+    let spec_chosen = match (&flow, &a.flow) {
+        (FlowDef::Preset(s), None) => Some(s),
+        _ => None,
+    };
+    if !a.quiet && (spec_chosen.is_some() || (a.epochs.is_none() && a.steps.is_none() && !image)) {
+        eprintln!("{}", nflow::train::auto::describe(spec_chosen, &cfg));
+    }
+    let columns = column_supports(&a, &table)?;
+    if columns.is_empty() && !(a.dequantize || a.logit.is_some() || a.n_bits.is_some()) {
+        integer_hint(&table);
+    }
+    let pre = (a.dequantize || a.logit.is_some() || a.n_bits.is_some() || !columns.is_empty())
+        .then_some(Preprocess {
+            dequantize: a.dequantize,
+            levels: a.n_bits.map_or(a.levels, |b| f64::from(1u32 << b.min(8))),
+            logit: a.logit,
+            bits: a.n_bits,
+            columns,
+        });
     if let Some(p) = &pre {
         p.validate()?;
     }
@@ -552,7 +717,11 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
             "test mean log-likelihood {:.4} ± {:.4} nats ({} rows of {})",
             s.0, s.1, t.rows, t.source
         );
-        if model.preprocess.is_some() {
+        if model
+            .preprocess
+            .as_ref()
+            .is_some_and(|p| p.columns.is_empty())
+        {
             let pre: Vec<f64> = lp.iter().zip(&ld).map(|(a, b)| a - b).collect();
             let sp = stats(&pre);
             println!(

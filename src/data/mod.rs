@@ -22,7 +22,7 @@ pub use idx::{load_idx_source, read_idx};
 pub use images::{load_png_folder, parse_shape, pixel_columns, shape_from_columns, write_png_grid};
 pub use npy::{read_npy, write_npy};
 pub(crate) use open::{pid_suffix, process_alive};
-pub use preprocess::{count_classes, one_hot, Preprocess};
+pub use preprocess::{count_classes, one_hot, ColumnSupport, Preprocess};
 pub use sink::TableSink;
 pub use source::load_source;
 pub use split::{split_indices, Standardizer};

@@ -64,6 +64,13 @@ pub struct TrainSummary {
     /// Fitted by the weighted likelihood (a weight per row); the validation figures are weighted means.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub weighted: bool,
+    /// Learning-rate reductions made by the plateau schedule.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lr_decays: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

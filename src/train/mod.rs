@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+pub mod auto;
 pub mod diagnostics;
 pub mod scores;
 mod shards;
@@ -46,7 +47,8 @@ pub struct TrainConfig {
     pub clip: Option<f64>,
     /// Fraction of the rows held out for validation (0: none; then the last weights are kept).
     pub val_fraction: f64,
-    /// Stop after this many evaluations without improvement of the validation NLL.
+    /// Stop after this many evaluations without improvement of the validation NLL (with the plateau
+    /// schedule: reduce the learning rate then, and stop at the plateau after the last reduction).
     pub patience: Option<usize>,
     /// Steps between evaluations (`None`: once per epoch, or 20 times per run with `steps`).
     pub eval_every: Option<usize>,
@@ -93,6 +95,17 @@ impl TrainConfig {
             .is_some_and(|m| !(m.is_finite() && m > 0.0))
         {
             return bad("time limit must be positive");
+        }
+        if let Schedule::Plateau { decay, .. } = self.schedule {
+            if !(decay > 0.0 && decay < 1.0) {
+                return bad("the plateau schedule's decay must be in (0, 1)");
+            }
+            if self.val_fraction == 0.0 || self.patience.is_none() {
+                return bad(
+                    "the plateau schedule needs validation rows and a patience (it reduces the learning \
+                     rate when the validation figure stops improving)",
+                );
+            }
         }
         Ok(())
     }
@@ -198,6 +211,9 @@ struct TrainState {
     /// A hash of the training rows (and context), so a resume on other data of the same size is refused.
     #[serde(default)]
     data_fingerprint: Option<String>,
+    /// The plateau schedule's reductions so far.
+    #[serde(default)]
+    lr_decays: usize,
 }
 
 /// FNV-1a over the column names and the values' bits of the tables: what a checkpoint remembers of its data.
@@ -509,7 +525,7 @@ impl Trainer {
             ld_train = mean(p.apply(&mut train_t, cfg.seed)?);
             ld_val = mean(p.apply(&mut val_t, cfg.seed ^ 0x0076_616c)?);
         }
-        let fresh = self.preprocess.as_ref().filter(|p| p.dequantize);
+        let fresh = self.preprocess.as_ref().filter(|p| p.dequantizes());
         // image flows see the pixels as they are (ActNorm normalises per channel); a per-pixel
         // standardisation would give every pixel its own scale and break the convolutions' weight sharing
         let norm = if arch.is_image() {
@@ -595,6 +611,12 @@ impl Trainer {
         let mut diverged = None;
         let mut stopped_early = false;
         let mut step = 0;
+        // the plateau schedule's reductions so far (each multiplies the rate by its decay)
+        let mut lr_decays = 0usize;
+        let plateau_scale = |k: usize| match cfg.schedule {
+            Schedule::Plateau { decay, .. } => decay.powi(k as i32),
+            _ => 1.0,
+        };
         // (hashing the rows costs a pass over them: only for runs that checkpoint)
         let data_fp = if self.checkpoint.is_some() {
             let w = self
@@ -667,6 +689,7 @@ impl Trainer {
             last_train = st.last_train;
             log = st.log;
             step = st.step;
+            lr_decays = st.lr_decays;
             t0 = Instant::now() - std::time::Duration::from_secs_f64(st.seconds);
         }
         // the (weighted) mean log-likelihood of rows `x`
@@ -751,7 +774,7 @@ impl Trainer {
                 if let Some(c) = cfg.clip {
                     clip_grad_norm(&mut ps, c);
                 }
-                let lr = cfg.optim.lr * cfg.schedule.factor(step, total);
+                let lr = cfg.optim.lr * cfg.schedule.factor(step, total) * plateau_scale(lr_decays);
                 opt.step(&mut ps, lr);
             }
             step += 1;
@@ -803,7 +826,9 @@ impl Trainer {
                     step,
                     epoch: step as f64 / per_epoch as f64,
                     seconds: t0.elapsed().as_secs_f64(),
-                    lr: cfg.optim.lr * cfg.schedule.factor(step - 1, total),
+                    lr: cfg.optim.lr
+                        * cfg.schedule.factor(step - 1, total)
+                        * plateau_scale(lr_decays),
                     train_nll: last_train,
                     val_nll: vl.map(|v| -v),
                     monitor_log_prob: ml,
@@ -843,6 +868,7 @@ impl Trainer {
                         seconds: t0.elapsed().as_secs_f64(),
                         log: log.clone(),
                         data_fingerprint: Some(data_fp.clone()),
+                        lr_decays,
                     };
                     let model = Model {
                         arch: arch.clone(),
@@ -870,8 +896,22 @@ impl Trainer {
                 }
             }
             if evaluate && cfg.patience.is_some_and(|p| since_best >= p) && xva.rows > 0 {
-                stopped_early = true;
-                break;
+                match cfg.schedule {
+                    // a plateau with reductions left: a smaller rate from the best weights so far (the
+                    // steps since were no better, and on small data they have begun to overfit), and the
+                    // patience starts again
+                    Schedule::Plateau { decays, .. } if lr_decays < decays => {
+                        lr_decays += 1;
+                        since_best = 0;
+                        if let Some((_, _, snap)) = &best {
+                            flow.restore(snap);
+                        }
+                    }
+                    _ => {
+                        stopped_early = true;
+                        break;
+                    }
+                }
             }
             // a stop asked for during this evaluation's report ends the run here, not a step later
             if out_of_time || (evaluate && self.stop.is_set()) {
@@ -905,6 +945,7 @@ impl Trainer {
             config: serde_json::to_value(cfg).expect("config serialises"),
             reference_log_probs: Vec::new(),
             weighted: self.weights.is_some(),
+            lr_decays,
         };
         let lines = log
             .iter()

@@ -176,6 +176,13 @@ impl ViConfig {
                 self.optim.lr
             )));
         }
+        if matches!(self.schedule, Schedule::Plateau { .. }) {
+            return Err(Error::Config(
+                "the plateau schedule follows a validation split, which reverse-KL training has not: use \
+                 constant, warmup or cosine"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -408,6 +415,7 @@ impl ViConfig {
             config,
             reference_log_probs: Vec::new(),
             weighted: false,
+            lr_decays: 0,
         };
         Ok(ViFitted {
             model: vi_model(arch, preset, flow, Some(summary), log),
