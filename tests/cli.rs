@@ -1710,3 +1710,76 @@ fn column_supports_are_kept_shown_and_checked() {
         );
     }
 }
+
+#[test]
+fn parquet_and_arrow_in_and_out() {
+    let d = tmp("parquet");
+    let csv = d.join("d.csv");
+    // sample a table to Parquet, train on it, score it per row to Parquet and Arrow, compare with the CSV way
+    let m = d.join("m");
+    ok(&train_small("toy:moons:800", &m, &["--flow", "maf"]));
+    let ms = m.to_str().unwrap();
+    let pq = d.join("s.parquet");
+    ok(&nflow(&[
+        "sample",
+        "--model",
+        ms,
+        "-n",
+        "300",
+        "--seed",
+        "4",
+        "--out",
+        pq.to_str().unwrap(),
+    ]));
+    ok(&nflow(&[
+        "sample",
+        "--model",
+        ms,
+        "-n",
+        "300",
+        "--seed",
+        "4",
+        "--out",
+        csv.to_str().unwrap(),
+    ]));
+    assert_eq!(&std::fs::read(&pq).unwrap()[..4], b"PAR1");
+    let per = |data: &Path, out: &Path| {
+        ok(&nflow(&[
+            "eval",
+            "--model",
+            ms,
+            "--data",
+            data.to_str().unwrap(),
+            "--per-sample",
+            out.to_str().unwrap(),
+            "--json",
+        ]))
+    };
+    let a = per(&pq, &d.join("lp.arrow"));
+    let b = per(&csv, &d.join("lp.csv"));
+    let mean = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s).unwrap()["mean_log_prob"]
+            .as_f64()
+            .unwrap()
+    };
+    // CSV keeps 17 significant digits: the same rows either way
+    assert!((mean(&a) - mean(&b)).abs() < 1e-9, "{a} vs {b}");
+    assert_eq!(&std::fs::read(d.join("lp.arrow")).unwrap()[..6], b"ARROW1");
+    ok(&train_small(
+        pq.to_str().unwrap(),
+        &d.join("m2"),
+        &["--flow", "maf"],
+    ));
+    fails(
+        &nflow(&[
+            "sample",
+            "--model",
+            ms,
+            "-n",
+            "3",
+            "--out",
+            d.join("s.xlsx").to_str().unwrap(),
+        ]),
+        &["s.xlsx", ".parquet"],
+    );
+}

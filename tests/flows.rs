@@ -364,6 +364,7 @@ fn flow_parameter_gradients_match_finite_differences() {
         (FlowKind::Iaf, BaseKind::Normal, Permute::None, 2, 3),
         (FlowKind::MafMog, BaseKind::MadeMog, Permute::Reverse, 2, 3),
         (FlowKind::NsfAr, BaseKind::Normal, Permute::Lu, 3, 2),
+        (FlowKind::NsfAr, BaseKind::StudentT, Permute::Lu, 0, 0),
     ] {
         let spec = FlowSpec {
             layers: 3,
@@ -430,6 +431,7 @@ fn score_matches_finite_differences_of_log_prob() {
         (FlowKind::MafMog, BaseKind::MadeMog, Permute::Reverse, 0, 0),
         (FlowKind::NsfC, BaseKind::Mixture, Permute::Lu, 2, 3),
         (FlowKind::NsfAr, BaseKind::Normal, Permute::Lu, 0, 0),
+        (FlowKind::Maf, BaseKind::StudentT, Permute::Lu, 0, 0),
     ] {
         let spec = FlowSpec {
             layers: 2,

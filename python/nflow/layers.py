@@ -218,6 +218,14 @@ class Logistic(Spec):
     type = "logistic"
 
 
+class StudentT(Spec):
+    """Independent Student-t marginals with learned degrees of freedom per feature (tail-adaptive flows,
+    Jaini et al. 2020): rows far from the training data get a density logarithmic, not quadratic, in their
+    distance."""
+
+    type = "student-t"
+
+
 class Mixture(Spec):
     """Gaussian mixture with learned weights, means and scales (initialised from the first batch:
     ``init`` kmeans | data)."""
@@ -270,6 +278,7 @@ __all__ = [
     "Normal",
     "DiagNormal",
     "Logistic",
+    "StudentT",
     "Mixture",
     "MadeMog",
     "Embedding",

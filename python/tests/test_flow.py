@@ -290,3 +290,30 @@ def test_percentile_ranks_rows_among_the_held_out_ones():
     np.testing.assert_array_equal(g.percentile(far), p_out)
     with pytest.raises(Exception, match="keeps no held-out scores"):
         nflow.Flow("realnvp", seed=1).fit(X, steps=20, validation=0.0, verbose=False).percentile(X[:3])
+
+
+def test_auto_flow_and_budget_match_the_cli_defaults(banana):
+    # Flow() is the flow `nflow train` chooses; fit without a budget uses the plateau schedule
+    f = nflow.Flow(seed=3).fit(banana[:1000], patience=2, verbose=False)
+    assert "SplineAR" in f.describe()
+    s = f.summary
+    assert s["lr_decays"] == 3 and s["stopped_early"]
+    lrs = [h["lr"] for h in f.history]
+    assert lrs[0] == 1e-3 and lrs[-1] == 1.25e-4
+    assert s["config"]["eval_every"] == 50 and s["config"]["schedule"]["kind"] == "plateau"
+    # an explicit budget keeps a constant rate
+    g = nflow.Flow("maf", layers=2, hidden=16).fit(banana[:500], steps=30, verbose=False)
+    assert g.summary["config"]["schedule"]["kind"] == "constant"
+    with pytest.raises(ValueError, match="plateau"):
+        nflow.Flow("maf").fit(banana[:500], steps=30, schedule="plateau", validation=0.0, verbose=False)
+
+
+def test_student_t_base_keeps_far_rows_finite_and_sensible(banana):
+    kw = dict(layers=3, hidden=32, seed=4)
+    t = nflow.Flow("maf", base="student-t", **kw).fit(banana, steps=600, verbose=False)
+    n = nflow.Flow("maf", **kw).fit(banana, steps=600, verbose=False)
+    far = banana[:5] * 40.0
+    lt, ln = t.log_prob(far), n.log_prob(far)
+    assert np.isfinite(lt).all() and (lt > ln).all(), (lt, ln)
+    # on rows like the training data the two are close
+    assert abs(t.log_prob(banana).mean() - n.log_prob(banana).mean()) < 0.3

@@ -10,7 +10,7 @@ pub(super) struct EvalArgs {
     data: String,
     #[command(flatten)]
     sel: DataSel,
-    /// Write one log-probability per row to this CSV.
+    /// Write one log-probability per row to this file (.csv, .csv.gz, .npy, .parquet or .arrow).
     #[arg(long)]
     per_sample: Option<PathBuf>,
     /// Print one JSON object: n, dim, mean_log_prob, stderr, nll, bits_per_dim, median_log_prob,
@@ -39,7 +39,7 @@ pub(super) fn eval(a: EvalArgs) -> Result<()> {
         .then(|| stats(&lp.iter().zip(&ld).map(|(a, b)| a - b).collect::<Vec<_>>()).0);
     if let Some(p) = &a.per_sample {
         let out = Table::new(vec!["log_prob".into()], lp.len(), lp.clone(), "per-sample");
-        data::write_csv(p, &out)?;
+        data::write_table(p, &out)?;
     }
     if a.json {
         let o = serde_json::json!({

@@ -5,7 +5,7 @@ use super::*;
 #[derive(Args, Debug)]
 pub(super) struct TrainArgs {
     /// Training data: `toy:NAME` (moons, circles, 8gaussians, checkerboard, pinwheel, 2spirals, rings),
-    /// or a .csv / .csv.gz (header row) / .npy file.
+    /// or a .csv / .csv.gz (header row) / .npy / Parquet / Arrow (Feather v2) file.
     #[arg(long)]
     data: String,
     #[command(flatten)]
@@ -103,7 +103,8 @@ pub(super) struct TrainArgs {
     /// ActNorm before every layer (realnvp, maf; always on in the image flows).
     #[arg(long)]
     actnorm: bool,
-    /// Base distribution: normal | diag-normal | logistic | mixture (Gaussian mixture, learned) | made-mog
+    /// Base distribution: normal | diag-normal | logistic | mixture (Gaussian mixture, learned) | student-t
+    /// (heavy tails: Student-t marginals with learned degrees of freedom, for outliers) | made-mog
     /// (default: logistic for nice, made-mog for maf-mog, normal otherwise).
     #[arg(long)]
     base: Option<String>,

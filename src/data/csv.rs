@@ -9,17 +9,6 @@ use super::sink::TableSink;
 use super::{MissingCells, Table, TextColumn};
 use crate::data::{io_msg, DataError, Result};
 
-/// The name of a binary table format these bytes start with (read as CSV they would give a baffling message).
-fn foreign_format(bytes: &[u8]) -> Option<&'static str> {
-    if bytes.starts_with(b"PAR1") {
-        Some("Parquet")
-    } else if bytes.starts_with(b"ARROW1") {
-        Some("Arrow (Feather)")
-    } else {
-        None
-    }
-}
-
 /// How data files mark a cell with no value: empty, or R's / pandas' / SQL's / numpy's spellings.
 fn is_missing(s: &str) -> bool {
     matches!(
@@ -63,15 +52,8 @@ pub fn read_csv(path: &Path) -> Result<Table> {
         }
     })?;
     drop(reader);
-    if let Some(kind) = foreign_format(&bytes) {
-        return Err(DataError::Format {
-            path: p,
-            msg: format!(
-                "a {kind} file, which nflow does not read: use CSV (plain or gzipped), NPY or IDX (from Python, \
-                 e.g. pandas.read_{}(path).to_csv(\"data.csv\", index=False))",
-                if kind == "Parquet" { "parquet" } else { "feather" }
-            ),
-        });
+    if let Some(kind) = super::columnar::sniff(path) {
+        return super::columnar::read_columnar(path, kind);
     }
     parse_csv(&bytes, p)
 }
@@ -265,6 +247,13 @@ fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
 /// in ".gz" is gzip-compressed. The file appears whole or not at all ([`TableSink`]).
 pub fn write_csv(path: &Path, t: &Table) -> Result<()> {
     let mut w = TableSink::csv(path, &t.columns, Some(t.rows))?;
+    w.push(t)?;
+    w.finish()
+}
+
+/// Writes a table in the format its name asks for (`.csv`, `.csv.gz`, `.npy`, `.parquet`, `.arrow`).
+pub fn write_table(path: &Path, t: &Table) -> Result<()> {
+    let mut w = TableSink::for_path(path, &t.columns, t.rows)?;
     w.push(t)?;
     w.finish()
 }

@@ -5,6 +5,7 @@
 //! applies, the 1-based line number as in the file (the header is line 1) or
 //! the 0-based row index (said so explicitly), and the column name.
 
+pub mod columnar;
 pub mod csv;
 pub mod idx;
 pub mod images;
@@ -17,7 +18,7 @@ pub mod split;
 pub mod table;
 pub mod toy;
 
-pub use csv::{read_csv, write_csv};
+pub use csv::{read_csv, write_csv, write_table};
 pub use idx::{load_idx_source, read_idx};
 pub use images::{load_png_folder, parse_shape, pixel_columns, shape_from_columns, write_png_grid};
 pub use npy::{read_npy, write_npy};

@@ -1,4 +1,5 @@
-//! Writing a table chunk by chunk: CSV (gzipped for a `.gz` name), NPY, or CSV on standard output. Memory
+//! Writing a table chunk by chunk: CSV (gzipped for a `.gz` name), NPY, Parquet, Arrow IPC (Feather v2), or CSV
+//! on standard output. Memory
 //! stays bounded whatever the number of rows, and a file appears whole or not at all: it is written under a
 //! temporary name beside the target, synced, and renamed into place only when every row is in; a run that
 //! fails or is stopped half-way leaves the target as it was.
@@ -19,6 +20,18 @@ enum Out {
     CsvGz(csv::Writer<GzEncoder<BufWriter<File>>>),
     Stdout(csv::Writer<std::io::StdoutLock<'static>>),
     Npy(npyz::NpyWriter<f64, BufWriter<File>>),
+    /// A row group per chunk.
+    #[cfg(feature = "columnar")]
+    Parquet(
+        Box<parquet::arrow::ArrowWriter<BufWriter<File>>>,
+        arrow_schema::SchemaRef,
+    ),
+    /// A record batch per chunk.
+    #[cfg(feature = "columnar")]
+    Arrow(
+        Box<arrow_ipc::writer::FileWriter<BufWriter<File>>>,
+        arrow_schema::SchemaRef,
+    ),
 }
 
 /// A table being written; [`TableSink::finish`] puts the file in place.
@@ -110,17 +123,70 @@ impl TableSink {
         })
     }
 
-    /// By the name's ending: `.npy`, or `.csv` / `.csv.gz`; any other is an error naming the file.
+    /// A Parquet file (`arrow: false`; snappy-compressed) or an Arrow IPC file (Feather v2) of f64 columns: in
+    /// a build without the `columnar` feature, an error naming the format.
+    #[cfg(not(feature = "columnar"))]
+    pub fn columnar(path: &Path, _columns: &[String], arrow: bool) -> Result<TableSink> {
+        Err(DataError::Write {
+            path: path_str(path),
+            msg: format!(
+                "this build of nflow (without the columnar feature) writes no {} files",
+                if arrow { "Arrow" } else { "Parquet" }
+            ),
+        })
+    }
+
+    /// A Parquet file (`arrow: false`; snappy-compressed) or an Arrow IPC file (Feather v2) of f64 columns.
+    #[cfg(feature = "columnar")]
+    pub fn columnar(path: &Path, columns: &[String], arrow: bool) -> Result<TableSink> {
+        let (tmp, file, what) = Self::temp_file(path)?;
+        let w = BufWriter::with_capacity(1 << 16, file.try_clone().map_err(werr(&what))?);
+        let schema = super::columnar::schema(columns);
+        let out = if arrow {
+            arrow_ipc::writer::FileWriter::try_new(w, &schema)
+                .map(|f| Out::Arrow(Box::new(f), schema))
+                .map_err(|e| e.to_string())
+        } else {
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .build();
+            parquet::arrow::ArrowWriter::try_new(w, schema.clone(), Some(props))
+                .map(|f| Out::Parquet(Box::new(f), schema))
+                .map_err(|e| e.to_string())
+        };
+        let out = match out {
+            Ok(o) => o,
+            Err(msg) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(DataError::Write { path: what, msg });
+            }
+        };
+        Ok(TableSink {
+            out: Some(out),
+            file: Some((tmp, path.to_path_buf(), file)),
+            what,
+            cols: columns.len(),
+            rows: None,
+            closed: false,
+        })
+    }
+
+    /// By the name's ending: `.npy`, `.parquet`, `.arrow` / `.feather`, or `.csv` / `.csv.gz`; any other is an
+    /// error naming the file.
     pub fn for_path(path: &Path, columns: &[String], rows: usize) -> Result<TableSink> {
         let name = path.to_string_lossy().to_lowercase();
         if name.ends_with(".npy") {
             Self::npy(path, rows, columns.len())
+        } else if name.ends_with(".parquet") {
+            Self::columnar(path, columns, false)
+        } else if name.ends_with(".arrow") || name.ends_with(".feather") {
+            Self::columnar(path, columns, true)
         } else if name.ends_with(".csv") || name.ends_with(".csv.gz") {
             Self::csv(path, columns, Some(rows))
         } else {
             Err(DataError::Write {
                 path: path_str(path),
-                msg: "unknown output format (use .csv, .csv.gz or .npy)".into(),
+                msg: "unknown output format (use .csv, .csv.gz, .npy, .parquet or .arrow)".into(),
             })
         }
     }
@@ -144,6 +210,26 @@ impl TableSink {
                 w.extend(t.data.iter().copied())
                     .map(|_| 0)
                     .map_err(|e| io_fail(&e)),
+                false,
+            ),
+            #[cfg(feature = "columnar")]
+            Some(Out::Parquet(w, schema)) => (
+                super::columnar::batch(schema, t)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| w.write(&b).map_err(|e| e.to_string()))
+                    .map(|_| 0)
+                    .map_err(|msg| Fail { msg, pipe: false }),
+                false,
+            ),
+            #[cfg(feature = "columnar")]
+            Some(Out::Arrow(w, schema)) => (
+                super::columnar::batch(schema, t)
+                    .and_then(|b| w.write(&b))
+                    .map(|_| 0)
+                    .map_err(|e| Fail {
+                        msg: e.to_string(),
+                        pipe: false,
+                    }),
                 false,
             ),
             Some(Out::Csv(w)) => (csv_rows(w, t), false),
@@ -180,6 +266,19 @@ impl TableSink {
         let what = self.what.clone();
         let r = match self.out.take() {
             Some(Out::Npy(w)) => w.finish().map_err(|e| io_fail(&e)),
+            #[cfg(feature = "columnar")]
+            Some(Out::Parquet(w, _)) => w.close().map(|_| ()).map_err(|e| Fail {
+                msg: e.to_string(),
+                pipe: false,
+            }),
+            #[cfg(feature = "columnar")]
+            Some(Out::Arrow(mut w, _)) => w
+                .finish()
+                .and_then(|_| w.into_inner().map(|_| ()))
+                .map_err(|e| Fail {
+                    msg: e.to_string(),
+                    pipe: false,
+                }),
             Some(Out::Csv(w)) => w.into_inner().map(|_| ()).map_err(|e| io_fail(e.error())),
             Some(Out::CsvGz(w)) => w
                 .into_inner()

@@ -1,4 +1,5 @@
-//! Data sources by name: `toy:NAME[:N]`, `idx:DIR[...]`, a PNG folder, a `.npy`, an IDX file or a CSV; the
+//! Data sources by name: `toy:NAME[:N]`, `idx:DIR[...]`, a PNG folder, a Parquet or Arrow file (by its first
+//! bytes), a `.npy`, an IDX file or a CSV; the
 //! one place that knows every reader.
 
 use super::csv::read_csv;
@@ -56,6 +57,8 @@ pub fn load_source(src: &str, toy_n: usize, seed: u64) -> Result<Table> {
     }
     if path.is_dir() {
         super::images::load_png_folder(path)
+    } else if let Some(kind) = super::columnar::sniff(path) {
+        super::columnar::read_columnar(path, kind)
     } else if src.to_ascii_lowercase().ends_with(".npy") {
         read_npy(path)
     } else if super::idx::is_idx_name(src) {

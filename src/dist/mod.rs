@@ -2,9 +2,11 @@
 
 pub mod made_mog;
 pub mod mixture;
+pub mod student_t;
 
 pub use made_mog::MadeMog;
 pub use mixture::{GaussianMixture, MixtureInit};
+pub use student_t::StudentT;
 
 use crate::engine::{randn, Float, Mat, Rng};
 use crate::nn::Param;
@@ -59,6 +61,9 @@ pub enum BaseKind {
     Mixture,
     /// Autoregressive mixture of Gaussians (MADE MoG); the base of `maf-mog`.
     MadeMog,
+    /// Independent Student-t marginals with learned degrees of freedom (heavy tails).
+    #[serde(alias = "t")]
+    StudentT,
 }
 
 /// `N(0, I)`.

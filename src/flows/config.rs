@@ -18,7 +18,7 @@ use super::layers::{BuildCtx, Layer, MadeConfig};
 use super::Flow;
 use crate::dist::{
     BaseKind, DiagNormal, Distribution, GaussianMixture, MadeMog, MixtureInit, StandardLogistic,
-    StandardNormal,
+    StandardNormal, StudentT,
 };
 use crate::engine::{rng, Float, Rng};
 use crate::nn::{Activation, Linear, Mlp};
@@ -37,6 +37,8 @@ pub enum BaseConfig {
     DiagNormal,
     /// The standard logistic (NICE's prior).
     Logistic,
+    /// Independent Student-t marginals with learned degrees of freedom per feature (tail-adaptive flows).
+    StudentT,
     /// A Gaussian mixture with learned weights, means and diagonal scales, initialised from the first batch.
     Mixture {
         components: usize,
@@ -63,6 +65,7 @@ impl BaseConfig {
             BaseConfig::Normal => BaseKind::Normal,
             BaseConfig::DiagNormal => BaseKind::DiagNormal,
             BaseConfig::Logistic => BaseKind::Logistic,
+            BaseConfig::StudentT => BaseKind::StudentT,
             BaseConfig::Mixture { .. } => BaseKind::Mixture,
             BaseConfig::MadeMog { .. } => BaseKind::MadeMog,
         }
@@ -79,6 +82,7 @@ impl BaseConfig {
             BaseConfig::Normal => Box::new(StandardNormal { d }),
             BaseConfig::DiagNormal => Box::new(DiagNormal::new(d)),
             BaseConfig::Logistic => Box::new(StandardLogistic { d }),
+            BaseConfig::StudentT => Box::new(StudentT::new(d)),
             BaseConfig::Mixture { components, init } => {
                 if *components == 0 {
                     return Err(Error::Config(

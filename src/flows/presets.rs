@@ -388,6 +388,7 @@ impl FlowSpec {
             BaseKind::Normal => BaseConfig::Normal,
             BaseKind::DiagNormal => BaseConfig::DiagNormal,
             BaseKind::Logistic => BaseConfig::Logistic,
+            BaseKind::StudentT => BaseConfig::StudentT,
             BaseKind::Mixture => BaseConfig::Mixture {
                 components: self.components,
                 init: self.mixture_init,
