@@ -178,6 +178,9 @@ class Flow:
         clip: Optional[float] = None,
         context_one_hot: bool = False,
         sample_weight: Optional[ArrayLike] = None,
+        bounds: Optional[Dict[Any, Tuple[float, float]]] = None,
+        positive: Optional[Sequence[Any]] = None,
+        integer: Optional[Sequence[Any]] = None,
         callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
         verbose: bool = True,
     ) -> "Flow":
@@ -188,6 +191,11 @@ class Flow:
         evaluations without a better validation figure, and the run stops at the plateau after ``decays``
         halvings); image flows train 50 epochs. ``schedule``: constant | warmup | cosine | plateau (the default
         then; constant otherwise).
+
+        ``bounds={col: (a, b)}``, ``positive=[col, ...]``, ``integer=[col, ...]``: columns (by DataFrame name or
+        by index) with values in ``[a, b]`` (a logit map), above 0 (a log map), or integers (dequantised; with
+        bounds the integers ``a..=b``, with positive counts from 0), as ``nflow train --bounds / --positive /
+        --integer``: every log-density includes the maps' Jacobians, samples come back inside the support.
 
         ``sample_weight``: a weight per row of ``X`` (finite, at least 0): the weighted likelihood is fitted and
         the validation figures are weighted means (``nflow train --weights COL``).
@@ -225,7 +233,27 @@ class Flow:
             w = np.ascontiguousarray(np.asarray(sample_weight, dtype=np.float64).reshape(-1))
             if w.shape[0] != x.shape[0]:
                 raise ValueError(f"sample_weight has {w.shape[0]} values, X has {x.shape[0]} rows")
+        names = cols or [f"x{j}" for j in range(x.shape[1])]
+
+        def name(col: Any) -> str:
+            if isinstance(col, (int, np.integer)) and not isinstance(col, bool):
+                if not 0 <= int(col) < len(names):
+                    raise ValueError(f"column {col}: X has {len(names)} columns")
+                return names[int(col)]
+            if str(col) not in names:
+                raise ValueError(f"column {col!r} is not a column of X ({', '.join(names)})")
+            return str(col)
+
+        support: Dict[str, Dict[str, Any]] = {}
+        for col, ab in (bounds or {}).items():
+            lo, hi = ab
+            support.setdefault(name(col), {})["bounds"] = [float(lo), float(hi)]
+        for col in positive or []:
+            support.setdefault(name(col), {})["positive"] = True
+        for col in integer or []:
+            support.setdefault(name(col), {})["integer"] = True
         options = dict(
+            support=json.dumps([{"column": k, **v} for k, v in support.items()]) if support else None,
             sample_weight=w,
             steps=steps,
             epochs=epochs,

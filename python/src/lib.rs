@@ -4,7 +4,7 @@
 //! the GIL is released while Rust computes, and all work runs on this module's own thread pool
 //! (`set_num_threads`).
 
-use nflow::data::Table;
+use nflow::data::{ColumnSupport, Preprocess, Table};
 use nflow::flows::{FlowConfig, FlowDef, FlowSpec};
 use nflow::optim::{OptimConfig, OptimKind, Schedule};
 use nflow::train::diagnostics::Diagnostics;
@@ -505,6 +505,18 @@ impl Model {
         let mut trainer = Trainer::new(cfg)
             .with_context_classes(classes)
             .with_stop(stop.clone());
+        // per-column supports (bounds, positive, integer), as JSON from the Python layer
+        if let Some(js) = opt!(options, "support")? {
+            let js: String = js;
+            let columns: Vec<ColumnSupport> =
+                serde_json::from_str(&js).map_err(|e| config_err(format!("support: {e}")))?;
+            let pre = Preprocess {
+                columns,
+                ..Preprocess::default()
+            };
+            pre.validate().map_err(|e| py_err(e.into()))?;
+            trainer = trainer.with_preprocess(Some(pre));
+        }
         // a weight per row (the weighted likelihood)
         if let Some(w) = options.get_item("sample_weight")?.filter(|w| !w.is_none()) {
             let w: PyReadonlyArray1<'_, f64> = w.extract()?;

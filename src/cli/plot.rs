@@ -97,7 +97,13 @@ pub(super) fn plot_model(
         }
         let gt = Table::new(model.columns.clone(), g * g, pts_grid, "grid");
         let lp = model.log_prob_ctx(&gt, repeat(g * g).as_ref())?;
-        nflow::plot::density_2d_png(out, &lp, g, g, ext, &sp, dp.as_deref())?;
+        let labels = nflow::plot::Labels {
+            title: "model density".into(),
+            x: model.columns[0].clone(),
+            y: model.columns[1].clone(),
+            series: Vec::new(),
+        };
+        nflow::plot::density_2d_png(out, &lp, g, g, ext, &sp, dp.as_deref(), &labels)?;
     } else {
         nflow::plot::pairs_png(
             out,
@@ -193,7 +199,24 @@ pub(super) fn curve(a: CurveArgs) -> Result<()> {
     }
     if let Some(p) = &a.png {
         let series = |k: usize| rows.iter().map(|r| (r[1], r[k])).collect::<Vec<_>>();
-        nflow::plot::lines_png(p, &[series(5), series(4), series(3)])?;
+        let what = if bpd { "bits/dim" } else { "NLL (nats)" };
+        let labels = nflow::plot::Labels {
+            title: format!(
+                "Learning curve: {}",
+                a.model.file_name().map_or_else(
+                    || a.model.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                )
+            ),
+            x: "minutes of training".into(),
+            y: format!("{what}, lower is better"),
+            series: vec![
+                format!("test (monitor rows) {what}"),
+                format!("validation {what}"),
+                format!("training {what} (batch mean)"),
+            ],
+        };
+        nflow::plot::lines_png(p, &[series(5), series(4), series(3)], &labels)?;
         let ys: Vec<f64> = rows
             .iter()
             .flat_map(|r| [r[3], r[4], r[5]])

@@ -1,59 +1,70 @@
-//! Tick labels in a 3x5 bitmap font (plotters is built without a font backend).
+//! Text in plots: DejaVu Sans, embedded in the binary at build time (`assets/fonts`, the Bitstream Vera
+//! licence) and drawn by plotters' ab_glyph backend, so no font on the machine is needed.
 
 use super::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::{FontStyle, FontTransform};
 
-/// 3x5 bitmap glyphs for tick labels (no font files needed): rows top to bottom, 3 bits each.
-pub(super) fn glyph(c: char) -> Option<[u8; 5]> {
-    Some(match c {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        'e' => [0, 7, 7, 4, 7],
-        '+' => [0, 2, 7, 2, 0],
-        _ => return None,
-    })
+/// The font's name among plotters' registered fonts.
+const FAMILY: &str = "nflow-sans";
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+pub(super) const TEXT: RGBColor = RGBColor(40, 40, 40);
+
+/// The text style of `size` pixels (the font registered on first use).
+pub(super) fn font(size: f64) -> TextStyle<'static> {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // the bytes are a font this crate ships: parsing cannot fail short of a corrupt build
+        let _ = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT);
+    });
+    (FAMILY, size).into_font().color(&TEXT)
 }
 
-/// Pixel width of `s` drawn at `scale` (4 columns per glyph including the gap).
-pub(super) fn text_width(s: &str, scale: i32) -> i32 {
-    s.chars().count() as i32 * 4 * scale - scale
+/// Pixel width of `s` at `size`.
+pub(super) fn text_width(area: &Area, s: &str, size: f64) -> i32 {
+    area.estimate_text_size(s, &font(size))
+        .map_or(0, |(w, _)| w as i32)
 }
 
-/// Draw `s` (digits, '.', '-', 'e', '+') with its top-left corner at `(x, y)`.
+/// Which point of a text sits at the given position.
+#[derive(Clone, Copy)]
+pub(super) enum Anchor {
+    TopCentre,
+    CentreLeft,
+    CentreRight,
+}
+
+/// Draw `s` at `(x, y)` (the anchor point), `size` pixels high.
 pub(super) fn draw_text(
     area: &Area,
     path: &Path,
-    x: i32,
-    y: i32,
+    (x, y): (i32, i32),
     s: &str,
-    scale: i32,
+    size: f64,
+    anchor: Anchor,
 ) -> Result<(), PlotError> {
-    for (k, c) in s.chars().enumerate() {
-        let Some(rows) = glyph(c) else { continue };
-        let ox = x + k as i32 * 4 * scale;
-        for (r, bits) in rows.iter().enumerate() {
-            for b in 0..3 {
-                if bits & (4 >> b) != 0 {
-                    let (px, py) = (ox + b * scale, y + r as i32 * scale);
-                    area.draw(&Rectangle::new(
-                        [(px, py), (px + scale - 1, py + scale - 1)],
-                        RGBColor(50, 50, 50).filled(),
-                    ))
-                    .map_err(write_err(path))?;
-                }
-            }
-        }
-    }
-    Ok(())
+    let pos = match anchor {
+        Anchor::TopCentre => Pos::new(HPos::Center, VPos::Top),
+        Anchor::CentreLeft => Pos::new(HPos::Left, VPos::Center),
+        Anchor::CentreRight => Pos::new(HPos::Right, VPos::Center),
+    };
+    area.draw(&Text::new(s.to_string(), (x, y), font(size).pos(pos)))
+        .map_err(write_err(path))
+}
+
+/// Draw `s` turned a quarter left (a y-axis title), centred on `(x, y)`.
+pub(super) fn draw_text_up(
+    area: &Area,
+    path: &Path,
+    (x, y): (i32, i32),
+    s: &str,
+    size: f64,
+) -> Result<(), PlotError> {
+    let style = font(size)
+        .transform(FontTransform::Rotate270)
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    area.draw(&Text::new(s.to_string(), (x, y), style))
+        .map_err(write_err(path))
 }
 
 /// A tick value with as many decimals as the axis span needs.

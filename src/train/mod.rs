@@ -493,7 +493,7 @@ impl Trainer {
             .map(|w| va_idx.iter().map(|&i| w[i]).collect());
         if self.weights.is_some() && self.preprocess.is_some() {
             return Err(Error::Config(
-                "weights per row with dequantisation / logit preprocessing are not supported"
+                "weights per row with preprocessing (dequantisation, logit, per-column supports) are not supported"
                     .into(),
             ));
         }
