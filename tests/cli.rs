@@ -1783,3 +1783,44 @@ fn parquet_and_arrow_in_and_out() {
         &["s.xlsx", ".parquet"],
     );
 }
+
+#[test]
+fn layer_by_layer_figure() {
+    let d = tmp("layers");
+    let m = d.join("m");
+    ok(&train_small("toy:moons:600", &m, &["--flow", "nsf-c"]));
+    let png = d.join("layers.png");
+    let o = nflow(&[
+        "plot",
+        "--model",
+        m.to_str().unwrap(),
+        "--layers",
+        "--grid",
+        "40",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    ok(&o);
+    // nsf-c with 2 layers: spline coupling, LU, spline coupling, plus the data stage
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(4 stages)"));
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    let m3 = d.join("m3");
+    let csv = d.join("three.csv");
+    std::fs::write(&csv, "a,b,c\n1,2,3\n2,1,3\n3,3,1\n0,1,2\n1,0,2\n2,2,0\n").unwrap();
+    ok(&train_small(
+        csv.to_str().unwrap(),
+        &m3,
+        &["--flow", "maf", "--val-fraction", "0"],
+    ));
+    fails(
+        &nflow(&[
+            "plot",
+            "--model",
+            m3.to_str().unwrap(),
+            "--layers",
+            "--out",
+            png.to_str().unwrap(),
+        ]),
+        &["2-D"],
+    );
+}

@@ -1000,3 +1000,40 @@ fn weighted_likelihood_is_that_of_repeated_rows() {
         }
     }
 }
+
+#[test]
+fn stage_densities_follow_the_change_of_variables() {
+    // log p(x) = log p_k(y_k) + Σ_{j<=k} log|det J_j| at every stage k, through couplings, LU and splines
+    for kind in [FlowKind::Realnvp, FlowKind::NsfAr] {
+        let spec = FlowSpec {
+            layers: 3,
+            hidden: 6,
+            ..FlowSpec::preset(kind, 2)
+        };
+        let mut flow = spec.build::<f64>().unwrap();
+        randomize(&mut flow, 4, 0.3);
+        let x: Mat<f64> = randn(&mut rng(3), 9, 2);
+        let lp = flow.log_prob(&x, None);
+        let stages = flow.forward_stages(&x, None);
+        assert_eq!(stages.len(), flow.transforms.len());
+        let mut acc = vec![0.0; x.rows];
+        assert_eq!(flow.stage_log_prob(0, &x, None), lp);
+        for (k, (y, ld)) in stages.iter().enumerate() {
+            acc.iter_mut().zip(ld).for_each(|(a, b)| *a += b);
+            let here = flow.stage_log_prob(k + 1, y, None);
+            for r in 0..x.rows {
+                assert!(
+                    (here[r] + acc[r] - lp[r]).abs() < 1e-10,
+                    "{kind:?} stage {}: {} + {} vs {}",
+                    k + 1,
+                    here[r],
+                    acc[r],
+                    lp[r]
+                );
+            }
+        }
+        // the last stage is the noise: its density is the base's
+        let (z, _) = flow.transform_to_noise(&x, None);
+        assert_eq!(stages.last().unwrap().0.data, z.data);
+    }
+}

@@ -29,6 +29,11 @@ pub(super) struct PlotArgs {
     /// Conditional model: the context row (comma-separated values) to plot p(x | c) for.
     #[arg(long, allow_hyphen_values = true)]
     context: Option<String>,
+    /// The change of variables layer by layer (2-D models): per stage from data to noise its density, a
+    /// regular grid of the data space carried through the maps and the points (--data rows, else samples)
+    /// shaded by where they started; under each layer its log|det J|.
+    #[arg(long, conflicts_with = "context")]
+    layers: bool,
 }
 
 #[derive(Args, Debug)]
@@ -46,17 +51,7 @@ pub(super) struct CurveArgs {
 
 /// 2-D extent covering the points (0.5%..99.5% quantiles plus a margin).
 fn extent(pts: &[[f64; 2]]) -> [f64; 4] {
-    let q = |k: usize| {
-        let mut v: Vec<f64> = pts.iter().map(|p| p[k]).filter(|v| v.is_finite()).collect();
-        v.sort_by(f64::total_cmp);
-        let lo = v[(v.len() as f64 * 0.005) as usize];
-        let hi = v[((v.len() as f64 * 0.995) as usize).min(v.len() - 1)];
-        let m = 0.15 * (hi - lo).max(1e-9);
-        (lo - m, hi + m)
-    };
-    let (x0, x1) = q(0);
-    let (y0, y1) = q(1);
-    [x0, x1, y0, y1]
+    nflow::plot::extent_of(pts)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -125,6 +120,29 @@ pub(super) fn plot(a: PlotArgs) -> Result<()> {
         Some(src) => Some(model.select_columns(load(src, &a.sel, a.seed.wrapping_add(1))?)?),
         None => None,
     };
+    if a.layers {
+        // at most 800 points leave the density visible under them
+        let pts = match &data {
+            Some(d) => d.take_rows(&(0..d.rows.min(800)).collect::<Vec<_>>()),
+            None => model.sample(a.samples.min(800), a.seed, None)?,
+        };
+        let stages = nflow::plot::flow_stages(&model, &pts, a.grid.clamp(2, 400))?;
+        let name = a.model.file_name().map_or_else(
+            || a.model.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let flow = model
+            .preset
+            .as_ref()
+            .map_or("composed flow".to_string(), |p| p.kind.to_string());
+        nflow::plot::layers_png(
+            &a.out,
+            &stages,
+            &format!("{name} ({flow}): the change of variables layer by layer, data to noise"),
+        )?;
+        eprintln!("wrote {} ({} stages)", a.out.display(), stages.len());
+        return Ok(());
+    }
     let ctx = context_rows(&model, a.context.as_deref(), None)?;
     plot_model(
         &model,

@@ -159,6 +159,38 @@ impl<F: Float> Flow<F> {
         (z, ld)
     }
 
+    /// The change of variables layer by layer: `x` after each transform, `(y_k, log|det J_k|)` for k = 1..=L
+    /// (`y_k = f_k(y_{k-1})`, `y_0 = x`; the log-determinant is that of `f_k` at `y_{k-1}`).
+    pub fn forward_stages(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Vec<(Mat<F>, Vec<F>)> {
+        let e = self.embed(ctx);
+        let mut y = x.clone();
+        let mut out = Vec::with_capacity(self.transforms.len());
+        for t in &self.transforms {
+            let (next, ld) = t.forward(&y, e.as_deref());
+            y = next.clone();
+            out.push((next, ld));
+        }
+        out
+    }
+
+    /// The log-density of the distribution at stage `k` (the data pushed through the first `k` transforms) at
+    /// the rows `y`: `log p_Z(f_L ∘ … ∘ f_{k+1}(y)) + Σ_{j>k} log|det J_j|`. Stage 0 is `log_prob`.
+    pub fn stage_log_prob(&self, k: usize, y: &Mat<F>, ctx: Option<&Mat<F>>) -> Vec<F> {
+        let e = self.embed(ctx);
+        let ctx = e.as_deref();
+        let mut z = y.clone();
+        let mut lp = vec![F::zero(); y.rows];
+        for t in self.transforms.iter().skip(k) {
+            let (z2, l) = t.forward(&z, ctx);
+            z = z2;
+            lp.iter_mut().zip(&l).for_each(|(a, &b)| *a += b);
+        }
+        lp.iter_mut()
+            .zip(self.base.log_prob(&z, ctx))
+            .for_each(|(a, b)| *a += b);
+        lp
+    }
+
     /// `log p(x)` per row.
     pub fn log_prob(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Vec<F> {
         let e = self.embed(ctx);

@@ -296,11 +296,13 @@ fn check_extent(extent: [f64; 4]) -> Result<(Interval, Interval), PlotError> {
 }
 
 mod density;
+mod layers;
 mod lines;
 mod pairs;
 mod text;
 
 pub use density::density_2d_png;
+pub use layers::{extent_of, flow_stages, layers_png, Stage};
 pub use lines::lines_png;
 pub use pairs::pairs_png;
 use pairs::*;
