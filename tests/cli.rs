@@ -1824,3 +1824,72 @@ fn layer_by_layer_figure() {
         &["2-D"],
     );
 }
+
+#[test]
+fn report_page_has_every_section_and_decodable_images() {
+    use base64::Engine as _;
+    let d = tmp("report");
+    let m = d.join("m");
+    ok(&train_small("toy:moons:800", &m, &["--flow", "nsf-c"]));
+    let html = d.join("r.html");
+    ok(&nflow(&[
+        "report",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        "toy:moons:500",
+        "--samples",
+        "300",
+        "--out",
+        html.to_str().unwrap(),
+    ]));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
+    for id in ["card", "curve", "test", "samples", "layers"] {
+        assert!(
+            page.contains(&format!("<section id=\"{id}\">")),
+            "section {id} missing"
+        );
+    }
+    assert!(page.contains("nsf-c") && page.contains("mean log-likelihood"));
+    // no network: every image inline, and each one a PNG that decodes
+    assert!(!page.contains("http://") && !page.contains("https://"));
+    let imgs: Vec<&str> = page.split("src=\"data:image/png;base64,").skip(1).collect();
+    assert_eq!(imgs.len(), 3, "curve, samples, layers");
+    for b64 in imgs {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.split('"').next().unwrap())
+            .unwrap();
+        let im = image::load_from_memory(&bytes).unwrap();
+        assert!(im.width() > 200 && im.height() > 200);
+    }
+    // a 3-D model: pairs instead of the density, no layer figure; a name that is not .html is refused
+    let csv = d.join("three.csv");
+    let mut text = String::from("a,b,c\n");
+    for i in 0..300 {
+        let v = i as f64 / 30.0;
+        text += &format!("{},{},{}\n", v.sin(), v.cos() + 0.1 * v, v / 10.0);
+    }
+    std::fs::write(&csv, text).unwrap();
+    let m3 = d.join("m3");
+    ok(&train_small(csv.to_str().unwrap(), &m3, &["--flow", "maf"]));
+    ok(&nflow(&[
+        "report",
+        "--model",
+        m3.to_str().unwrap(),
+        "--out",
+        html.to_str().unwrap(),
+    ]));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<section id=\"samples\">") && !page.contains("<section id=\"layers\">"));
+    fails(
+        &nflow(&[
+            "report",
+            "--model",
+            m3.to_str().unwrap(),
+            "--out",
+            d.join("r.txt").to_str().unwrap(),
+        ]),
+        &["r.txt", ".html"],
+    );
+}

@@ -10,7 +10,21 @@ pub(super) struct InfoArgs {
 
 pub(super) fn info(a: InfoArgs) -> Result<()> {
     let m = Model::load(&a.model)?;
-    println!("model folder   {}", a.model.display());
+    print!("{}", card(&a.model, &m));
+    Ok(())
+}
+
+/// What `info` prints: the model card (also the report's).
+pub(super) fn card(dir: &Path, m: &Model) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    // writing to a String cannot fail
+    macro_rules! println {
+        ($($t:tt)*) => {{
+            let _ = writeln!(out, $($t)*);
+        }};
+    }
+    println!("model folder   {}", dir.display());
     let name = m
         .preset
         .as_ref()
@@ -85,7 +99,7 @@ pub(super) fn info(a: InfoArgs) -> Result<()> {
             );
         }
     }
-    Ok(())
+    out
 }
 
 fn base_text(b: &nflow::flows::BaseConfig) -> String {

@@ -5,6 +5,7 @@ mod demo;
 mod eval;
 mod info;
 mod plot;
+mod report;
 mod sample;
 mod score;
 mod train;
@@ -14,6 +15,7 @@ use demo::{demo, DemoArgs};
 use eval::{eval, EvalArgs};
 use info::{info, InfoArgs};
 use plot::{curve, plot, CurveArgs, PlotArgs};
+use report::{report, ReportArgs};
 use sample::{sample, SampleArgs};
 use score::{score, ScoreArgs};
 use train::{train, TrainArgs};
@@ -63,6 +65,9 @@ enum Cmd {
     Plot(PlotArgs),
     /// Architecture, parameter count and training summary of a saved model.
     Info(InfoArgs),
+    /// One self-contained HTML page about a model (images inline): model card, learning curve, test
+    /// log-likelihood, samples against data, the change of variables layer by layer (2-D).
+    Report(ReportArgs),
     /// Time training steps, log-prob and sampling on a fixed workload (JSON lines, as peers.py step).
     Bench(bench::BenchArgs),
     /// Learning curve of a trained model from its log: CSV (step, minutes, epoch, train / validation / test
@@ -142,6 +147,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Vi(a) => vi(a),
         Cmd::Plot(a) => plot(a),
         Cmd::Info(a) => info(a),
+        Cmd::Report(a) => report(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Curve(a) => curve(a),
     })

@@ -158,10 +158,11 @@ pub(super) fn plot(a: PlotArgs) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn curve(a: CurveArgs) -> Result<()> {
-    let model = Model::load(&a.model)?;
+/// The learning curve's rows from a model's log: step, minutes, epoch, train / validation / test figures (bits
+/// per dim for image or dequantised models, else NLL), and whether they are bits/dim.
+pub(super) fn curve_rows(dir: &Path, model: &Model) -> Result<(Vec<[f64; 6]>, bool)> {
     if model.log.is_empty() {
-        bail!("{}: the model has no training log", a.model.display());
+        bail!("{}: the model has no training log", dir.display());
     }
     let entries: Vec<nflow::train::LogEntry> = model
         .log
@@ -169,7 +170,7 @@ pub(super) fn curve(a: CurveArgs) -> Result<()> {
         .enumerate()
         .map(|(i, l)| {
             serde_json::from_str(l)
-                .with_context(|| format!("{}: train_log.jsonl line {}", a.model.display(), i + 1))
+                .with_context(|| format!("{}: train_log.jsonl line {}", dir.display(), i + 1))
         })
         .collect::<Result<_>>()?;
     let dim = model.dim();
@@ -182,9 +183,8 @@ pub(super) fn curve(a: CurveArgs) -> Result<()> {
             -ll
         }
     };
-    let unit = if bpd { "bits_per_dim" } else { "nll" };
     let nan = f64::NAN;
-    let rows: Vec<[f64; 6]> = entries
+    let rows = entries
         .iter()
         .map(|e| {
             [
@@ -197,6 +197,39 @@ pub(super) fn curve(a: CurveArgs) -> Result<()> {
             ]
         })
         .collect();
+    Ok((rows, bpd))
+}
+
+/// The learning curve as a PNG with its title, axis titles and legend.
+pub(super) fn draw_curve(p: &Path, dir: &Path, rows: &[[f64; 6]], bpd: bool) -> Result<()> {
+    let series = |k: usize| rows.iter().map(|r| (r[1], r[k])).collect::<Vec<_>>();
+    let what = if bpd { "bits/dim" } else { "NLL (nats)" };
+    let labels = nflow::plot::Labels {
+        title: format!("Learning curve: {}", folder_name(dir)),
+        x: "minutes of training".into(),
+        y: format!("{what}, lower is better"),
+        series: vec![
+            format!("test (monitor rows) {what}"),
+            format!("validation {what}"),
+            format!("training {what} (batch mean)"),
+        ],
+    };
+    nflow::plot::lines_png(p, &[series(5), series(4), series(3)], &labels)?;
+    Ok(())
+}
+
+/// A model folder's name, for titles.
+pub(super) fn folder_name(dir: &Path) -> String {
+    dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+pub(super) fn curve(a: CurveArgs) -> Result<()> {
+    let model = Model::load(&a.model)?;
+    let (rows, bpd) = curve_rows(&a.model, &model)?;
+    let unit = if bpd { "bits_per_dim" } else { "nll" };
     if let Some(p) = &a.csv {
         let cols = vec![
             "step".to_string(),
@@ -216,25 +249,7 @@ pub(super) fn curve(a: CurveArgs) -> Result<()> {
         eprintln!("wrote {} rows to {}", t.rows, p.display());
     }
     if let Some(p) = &a.png {
-        let series = |k: usize| rows.iter().map(|r| (r[1], r[k])).collect::<Vec<_>>();
-        let what = if bpd { "bits/dim" } else { "NLL (nats)" };
-        let labels = nflow::plot::Labels {
-            title: format!(
-                "Learning curve: {}",
-                a.model.file_name().map_or_else(
-                    || a.model.display().to_string(),
-                    |n| n.to_string_lossy().into_owned()
-                )
-            ),
-            x: "minutes of training".into(),
-            y: format!("{what}, lower is better"),
-            series: vec![
-                format!("test (monitor rows) {what}"),
-                format!("validation {what}"),
-                format!("training {what} (batch mean)"),
-            ],
-        };
-        nflow::plot::lines_png(p, &[series(5), series(4), series(3)], &labels)?;
+        draw_curve(p, &a.model, &rows, bpd)?;
         let ys: Vec<f64> = rows
             .iter()
             .flat_map(|r| [r[3], r[4], r[5]])

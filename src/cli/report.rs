@@ -1,0 +1,220 @@
+//! `nflow report`: one self-contained HTML page about a model (images inline, no network): the model card,
+//! the learning curve, the test log-likelihood, samples against data, and for 2-D models the change of
+//! variables layer by layer.
+
+use super::info::card;
+use super::plot::{curve_rows, draw_curve, folder_name, plot_model};
+use super::*;
+use base64::Engine as _;
+
+#[derive(Args, Debug)]
+pub(super) struct ReportArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Test data (the model's columns): its log-likelihood, and the data drawn beside the samples.
+    #[arg(long)]
+    data: Option<String>,
+    #[command(flatten)]
+    sel: DataSel,
+    /// Samples drawn for the figures.
+    #[arg(long, default_value_t = 2000)]
+    samples: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The HTML page to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `&`, `<`, `>`, `"` as entities.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A PNG file as an inline image.
+fn img(png: &Path, alt: &str) -> Result<String> {
+    let bytes = std::fs::read(png).with_context(|| format!("cannot read {}", png.display()))?;
+    Ok(format!(
+        "<img alt=\"{}\" src=\"data:image/png;base64,{}\">",
+        escape(alt),
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
+}
+
+pub(super) fn report(a: ReportArgs) -> Result<()> {
+    if !a.out.to_string_lossy().to_lowercase().ends_with(".html") {
+        bail!(
+            "{}: the report is an HTML page: give a name ending in .html",
+            a.out.display()
+        );
+    }
+    let model = Model::load(&a.model)?;
+    let name = folder_name(&a.model);
+    let data = match &a.data {
+        Some(src) => {
+            let full = data::load_source(src, a.sel.toy_n, a.seed.wrapping_add(1))?;
+            let c = model.select_context(&full)?;
+            let t = model.select_columns(full.select(a.sel.columns.as_deref(), &a.sel.drop)?)?;
+            let (t, c) = complete_rows(t, c, &a.sel)?;
+            Some((t, c))
+        }
+        None => None,
+    };
+    // the figures go to a private folder, then inline
+    let tmp = std::env::temp_dir().join(format!("nflow-report-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let result = sections(&a, &model, data.as_ref(), &tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    let sections = result?;
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>nflow report: {t}</title>\n\
+         <style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222;padding:0 1em}}\
+         pre{{background:#f4f4f6;padding:1em;overflow-x:auto}}img{{max-width:100%;border:1px solid #ddd}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}\
+         nav a{{margin-right:1em}}</style></head><body>\n<h1>nflow report: {t}</h1>\n<nav>",
+        t = escape(&name)
+    );
+    for (id, title, _) in &sections {
+        html.push_str(&format!("<a href=\"#{id}\">{}</a>", escape(title)));
+    }
+    html.push_str("</nav>\n");
+    for (id, title, body) in &sections {
+        html.push_str(&format!(
+            "<section id=\"{id}\"><h2>{}</h2>\n{body}\n</section>\n",
+            escape(title)
+        ));
+    }
+    html.push_str(&format!(
+        "<footer><p>nflow {} &middot; model folder {}</p></footer></body></html>\n",
+        env!("CARGO_PKG_VERSION"),
+        escape(&a.model.display().to_string())
+    ));
+    // whole or not at all
+    let part = a.out.with_file_name(format!(
+        ".{}.tmp-{}",
+        a.out
+            .file_name()
+            .map_or("report".into(), |n| n.to_string_lossy().into_owned()),
+        std::process::id()
+    ));
+    std::fs::write(&part, &html)
+        .and_then(|_| std::fs::rename(&part, &a.out))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&part);
+        })
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    eprintln!(
+        "wrote {} ({} sections, {} KB)",
+        a.out.display(),
+        sections.len(),
+        html.len() / 1024
+    );
+    Ok(())
+}
+
+/// The page's sections: (id, title, HTML body).
+fn sections(
+    a: &ReportArgs,
+    model: &Model,
+    data: Option<&(Table, Option<Table>)>,
+    tmp: &Path,
+) -> Result<Vec<(&'static str, String, String)>> {
+    let mut out = Vec::new();
+    out.push((
+        "card",
+        "Model card".to_string(),
+        format!("<pre>{}</pre>", escape(&card(&a.model, model))),
+    ));
+    if !model.log.is_empty() {
+        let (rows, bpd) = curve_rows(&a.model, model)?;
+        let p = tmp.join("curve.png");
+        draw_curve(&p, &a.model, &rows, bpd)?;
+        out.push(("curve", "Learning curve".into(), img(&p, "learning curve")?));
+    }
+    if let Some((t, c)) = data {
+        let (lp, _) = model.log_prob_parts(t, c.as_ref())?;
+        let s = nflow::train::scores::summarize(&lp);
+        let mut rows = format!(
+            "<tr><th>data</th><td>{}</td></tr><tr><th>rows</th><td>{}</td></tr>\
+             <tr><th>mean log-likelihood</th><td>{:.4} &plusmn; {:.4} nats</td></tr>\
+             <tr><th>median</th><td>{:.4} nats</td></tr>",
+            escape(&t.source),
+            t.rows,
+            s.mean,
+            s.stderr,
+            s.median
+        );
+        if model.arch.is_image() || model.preprocess.as_ref().is_some_and(|p| p.dequantize) {
+            rows.push_str(&format!(
+                "<tr><th>bits/dim</th><td>{:.4}</td></tr>",
+                nflow::train::bits_per_dim(s.mean, t.cols)
+            ));
+        }
+        out.push((
+            "test",
+            "Test log-likelihood".into(),
+            format!("<table>{rows}</table>"),
+        ));
+    }
+    // samples beside the data (a conditional model: given the first context row of the data)
+    let ctx = data.and_then(|(_, c)| c.as_ref().map(|c| c.take_rows(&[0])));
+    if model.arch.context_dim == 0 || ctx.is_some() {
+        let p = tmp.join("samples.png");
+        let shown = data.map(|(t, _)| t.take_rows(&(0..t.rows.min(5000)).collect::<Vec<_>>()));
+        plot_model(
+            model,
+            ctx.as_ref(),
+            shown.as_ref(),
+            &p,
+            a.samples,
+            150,
+            6,
+            a.seed,
+        )?;
+        let what = if model.dim() == 2 {
+            "The model's density, its samples and the data."
+        } else {
+            "Pairs of the first columns: the model's samples against the data (histograms on the diagonal)."
+        };
+        let given = if ctx.is_some() {
+            " Given the data's first context row."
+        } else {
+            ""
+        };
+        out.push((
+            "samples",
+            "Samples and data".into(),
+            format!("<p>{what}{given}</p>{}", img(&p, "samples and data")?),
+        ));
+    }
+    if model.dim() == 2 && model.arch.context_dim == 0 && model.preprocess.is_none() {
+        let pts = match data {
+            Some((t, _)) => t.take_rows(&(0..t.rows.min(800)).collect::<Vec<_>>()),
+            None => model.sample(800, a.seed, None)?,
+        };
+        let stages = nflow::plot::flow_stages(model, &pts, 120)?;
+        let p = tmp.join("layers.png");
+        nflow::plot::layers_png(
+            &p,
+            &stages,
+            &format!(
+                "{}: the change of variables layer by layer",
+                folder_name(&a.model)
+            ),
+        )?;
+        out.push((
+            "layers",
+            "Layer by layer".into(),
+            format!(
+                "<p>Per stage from data to noise: the density, a regular grid of the data space carried through \
+                 the maps, and the points shaded by where they started; under each layer its log|det J| (blue \
+                 contracts, red expands).</p>{}",
+                img(&p, "layer by layer")?
+            ),
+        ));
+    }
+    Ok(out)
+}
