@@ -106,6 +106,7 @@ pub(super) fn plot_model(
             data.map(|d| d.data.as_slice()),
             model.dim(),
             max_dims,
+            &model.columns,
         )?;
     }
     Ok(())

@@ -524,19 +524,19 @@ mod tests {
         let data = normals(n * dim, 5);
 
         let p = temp_png("pairs");
-        pairs_png(&p, &samples, Some(&data), dim, 3).unwrap();
+        pairs_png(&p, &samples, Some(&data), dim, 3, &[]).unwrap();
         assert_png(&p);
 
         let p1 = temp_png("pairs_k1");
-        pairs_png(&p1, &samples, None, dim, 1).unwrap();
+        pairs_png(&p1, &samples, None, dim, 1, &[]).unwrap();
         assert_png(&p1);
 
         // Degenerate and empty inputs still produce a picture.
         let pc = temp_png("pairs_const");
-        pairs_png(&pc, &[1.0; 20], Some(&[]), 2, 5).unwrap();
+        pairs_png(&pc, &[1.0; 20], Some(&[]), 2, 5, &["u".into(), "v".into()]).unwrap();
         assert_png(&pc);
         let pe = temp_png("pairs_empty");
-        pairs_png(&pe, &[], None, 2, 2).unwrap();
+        pairs_png(&pe, &[], None, 2, 2, &[]).unwrap();
         assert_png(&pe);
     }
 
@@ -544,10 +544,17 @@ mod tests {
     fn pairs_input_errors() {
         let p = temp_png("pairs_bad");
         let is_input = |r: Result<(), PlotError>| matches!(r, Err(PlotError::Input(_)));
-        assert!(is_input(pairs_png(&p, &[0.0; 7], None, 2, 2)));
-        assert!(is_input(pairs_png(&p, &[0.0; 8], Some(&[0.0; 3]), 2, 2)));
-        assert!(is_input(pairs_png(&p, &[0.0; 8], None, 0, 2)));
-        assert!(is_input(pairs_png(&p, &[0.0; 8], None, 2, 0)));
+        assert!(is_input(pairs_png(&p, &[0.0; 7], None, 2, 2, &[])));
+        assert!(is_input(pairs_png(
+            &p,
+            &[0.0; 8],
+            Some(&[0.0; 3]),
+            2,
+            2,
+            &[]
+        )));
+        assert!(is_input(pairs_png(&p, &[0.0; 8], None, 0, 2, &[])));
+        assert!(is_input(pairs_png(&p, &[0.0; 8], None, 2, 0, &[])));
         assert!(!p.exists());
     }
 

@@ -49,7 +49,8 @@ pub(super) fn padded(lo: f64, hi: f64) -> (f64, f64) {
 /// area so different counts compare). Each dim's range is the 0.5%..99.5%
 /// quantile range of the data (of the samples if there is no data or it is
 /// empty) plus a 5% margin. Panels are about 220 px; `k = 1` gives just the
-/// histogram. Non-finite values are skipped.
+/// histogram. Non-finite values are skipped. `names` (one per column, or none) title the columns above the
+/// matrix and the rows on its left; a line above says which colour is which.
 ///
 /// Errors: [`PlotError::Input`] when `dim` or `max_dims` is 0, a buffer
 /// length is not a multiple of `dim`, or the path does not end in `.png`.
@@ -59,6 +60,7 @@ pub fn pairs_png(
     data: Option<&[f64]>,
     dim: usize,
     max_dims: usize,
+    names: &[String],
 ) -> Result<(), PlotError> {
     check_path(path)?;
     if dim == 0 || max_dims == 0 {
@@ -83,8 +85,30 @@ pub fn pairs_png(
     let ranges: Vec<(f64, f64)> = (0..k).map(|c| column_range(column(reference, c))).collect();
 
     let side = k as u32 * PAIRS_PANEL;
-    let root = BitMapBackend::new(path, (side, side)).into_drawing_area();
-    root.fill(&PAGE_BG).map_err(write_err(path))?;
+    // a header for the key and the column names, a margin for the row names
+    let (top, left) = (56u32, 30u32);
+    let page = BitMapBackend::new(path, (side + left, side + top)).into_drawing_area();
+    page.fill(&PAGE_BG).map_err(write_err(path))?;
+    let key = if data.is_some() {
+        "orange: model samples, blue: data (histograms: densities)"
+    } else {
+        "model samples (histograms: densities)"
+    };
+    draw_text(
+        &page,
+        path,
+        ((left + side / 2) as i32, 6),
+        key,
+        14.0,
+        Anchor::TopCentre,
+    )?;
+    for c in 0..k.min(names.len()) {
+        let mid = (left + c as u32 * PAIRS_PANEL + PAIRS_PANEL / 2) as i32;
+        draw_text(&page, path, (mid, 30), &names[c], 14.0, Anchor::TopCentre)?;
+        let y = (top + c as u32 * PAIRS_PANEL + PAIRS_PANEL / 2) as i32;
+        draw_text_up(&page, path, (14, y), &names[c], 14.0)?;
+    }
+    let root = page.margin(top, 0, left, 0);
 
     let n_samples = samples.len() / dim;
     let n_data = data.map_or(0, |d| d.len() / dim);
