@@ -35,3 +35,7 @@ if command -v chromium > /dev/null; then
       > /dev/null 2>&1
   done
 fi
+# training as an animation
+$b train --data ../shared/data/toy/checkerboard-train.csv --flow nsf-c --steps 3000 --frames 60 --quiet \
+  --out "$tmp/anim" > /dev/null 2>&1
+cp "$tmp/anim/training.gif" docs/figures/training-checkerboard-nsf-c.gif

@@ -1893,3 +1893,40 @@ fn report_page_has_every_section_and_decodable_images() {
         &["r.txt", ".html"],
     );
 }
+
+#[test]
+fn training_animation_frames() {
+    use image::AnimationDecoder as _;
+    let d = tmp("frames");
+    let m = d.join("m");
+    ok(&train_small(
+        "toy:moons:600",
+        &m,
+        &["--flow", "realnvp", "--frames", "10"],
+    ));
+    let gif = std::fs::File::open(m.join("training.gif")).unwrap();
+    let frames = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(gif))
+        .unwrap()
+        .into_frames()
+        .collect_frames()
+        .unwrap();
+    // steps 0, 10, 20, 30, 40: the density changes as the flow learns
+    assert_eq!(frames.len(), 5);
+    assert_ne!(frames[0].buffer(), frames[4].buffer());
+    // the model folder still loads (the animation is an extra file in it)
+    ok(&nflow(&["info", "--model", m.to_str().unwrap()]));
+    fails(
+        &train_small("toy:moons:600", &d.join("x"), &["--frames", "0"]),
+        &["--frames 0"],
+    );
+    let csv = d.join("three.csv");
+    std::fs::write(&csv, "a,b,c\n1,2,3\n2,1,3\n3,3,1\n0,1,2\n1,0,2\n2,2,0\n").unwrap();
+    fails(
+        &train_small(
+            csv.to_str().unwrap(),
+            &d.join("y"),
+            &["--frames", "5", "--flow", "maf"],
+        ),
+        &["2-D"],
+    );
+}

@@ -204,6 +204,10 @@ pub(super) struct TrainArgs {
     /// Continue the run from OUT.ckpt (same data and options).
     #[arg(long)]
     resume: bool,
+    /// 2-D data: the density every N steps (and before the first) as frames of an animated GIF,
+    /// OUT/training.gif (at most 400 frames).
+    #[arg(long, value_name = "N")]
+    frames: Option<usize>,
     /// Keep OUT.ckpt after a successful run (by default it is removed once the model is saved).
     #[arg(long, requires = "checkpoint_every")]
     keep_checkpoint: bool,
@@ -485,6 +489,73 @@ pub(super) fn fit_and_save(
     Ok(fitted.model)
 }
 
+/// The number of steps a run of `cfg` takes at most on `table`.
+fn cfg_total(cfg: &TrainConfig, table: &Table) -> usize {
+    let n = ((table.rows as f64) * (1.0 - cfg.val_fraction)) as usize;
+    cfg.steps
+        .unwrap_or(cfg.epochs * (n / cfg.batch_size.min(n).max(1)).max(1))
+}
+
+/// Frames of the training animation (`--frames N`): the density on a 100 x 100 grid over the data's extent,
+/// written to a private folder; returns the folder and the list of frame files (filled as training goes), and
+/// the frame function for the trainer.
+#[allow(clippy::type_complexity)]
+fn animation(
+    table: &Table,
+    conditional_or_preprocessed: bool,
+    every: usize,
+    total: usize,
+) -> Result<(
+    (PathBuf, std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>),
+    impl FnMut(usize, &nflow::flows::Flow<f32>, &data::Standardizer) + Send + 'static,
+)> {
+    if table.cols != 2 || conditional_or_preprocessed {
+        bail!("--frames animates the density of 2-D data (no context, no preprocessing)");
+    }
+    if every == 0 || total / every.max(1) > 400 {
+        bail!(
+            "--frames {every}: {} frames for {total} steps; give N of at least {}",
+            total.checked_div(every).map_or(0, |k| k + 1),
+            total.div_ceil(400).max(1)
+        );
+    }
+    let pts: Vec<[f64; 2]> = (0..table.rows)
+        .map(|r| [table.row(r)[0], table.row(r)[1]])
+        .collect();
+    let ext = nflow::plot::extent_of(&pts);
+    let n = 100;
+    let mut grid = Vec::with_capacity(n * n * 2);
+    for j in 0..n {
+        for i in 0..n {
+            grid.push(ext[0] + (i as f64 + 0.5) * (ext[1] - ext[0]) / n as f64);
+            grid.push(ext[2] + (j as f64 + 0.5) * (ext[3] - ext[2]) / n as f64);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("nflow-frames-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let list = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (d, l) = (dir.clone(), list.clone());
+    let f = move |step: usize, flow: &nflow::flows::Flow<f32>, norm: &data::Standardizer| {
+        let mut v = grid.clone();
+        norm.apply(&mut v);
+        let x = nflow::engine::Mat::<f32>::from_f64(n * n, 2, &v);
+        let shift = norm.log_abs_det();
+        let lp: Vec<f64> = flow
+            .log_prob(&x, None)
+            .iter()
+            .map(|&v| f64::from(v) + shift)
+            .collect();
+        let p = d.join(format!("frame-{step:08}.png"));
+        // a frame that cannot be drawn is left out of the animation, never the training's concern
+        if nflow::plot::density_frame_png(&p, &lp, n, ext, &format!("step {step}")).is_ok() {
+            if let Ok(mut l) = l.lock() {
+                l.push(p);
+            }
+        }
+    };
+    Ok(((dir, list), f))
+}
+
 /// The per-column supports of `--bounds`, `--positive` and `--integer`, checked against the data's columns.
 fn column_supports(a: &TrainArgs, table: &Table) -> Result<Vec<ColumnSupport>> {
     let mut out: Vec<ColumnSupport> = Vec::new();
@@ -678,6 +749,7 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
     if a.resume && a.checkpoint_every.is_none() {
         bail!("--resume continues from the checkpoints of --checkpoint-every N: give both");
     }
+    let anim = (ctx.is_some() || pre.is_some(), cfg_total(&cfg, &table));
     let mut trainer = Trainer::new(cfg)
         .with_preprocess(pre)
         .with_context_classes(classes);
@@ -691,6 +763,14 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
     if let Some(every) = a.checkpoint_every {
         trainer = trainer.with_checkpoints(checkpoint_dir(&a.out), every, a.resume);
     }
+    let frames = match a.frames {
+        Some(every) => {
+            let (t, f) = animation(&table, anim.0, every, anim.1)?;
+            trainer = trainer.with_frames(every, f);
+            Some(t)
+        }
+        None => None,
+    };
     let model = fit_and_save(trainer, flow, &table, ctx.as_ref(), &a.out, a.quiet)?;
     if let Some(s) = &model.summary {
         if let (Some(start), Some(best)) = (s.initial_val_log_prob, s.best_val_log_prob) {
@@ -707,6 +787,14 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
                 eprintln!("warning: {msg}");
             }
         }
+    }
+    if let Some((dir, list)) = frames {
+        let list = list.lock().map(|l| l.clone()).unwrap_or_default();
+        let gif = a.out.join("training.gif");
+        let r = nflow::plot::gif_from_pngs(&list, &gif, 120);
+        let _ = std::fs::remove_dir_all(&dir);
+        r?;
+        eprintln!("wrote {} ({} frames)", gif.display(), list.len());
     }
     if a.checkpoint_every.is_some() && !a.keep_checkpoint {
         let _ = std::fs::remove_dir_all(checkpoint_dir(&a.out));

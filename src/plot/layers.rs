@@ -161,7 +161,7 @@ pub fn layers_png(path: &Path, stages: &[Stage], title: &str) -> Result<(), Plot
 }
 
 /// A heat map of `n x n` cell colours (row 0 at the bottom) filling `panel`.
-fn heat(
+pub(super) fn heat(
     root: &Area,
     path: &Path,
     panel: &Panel,

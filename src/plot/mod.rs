@@ -295,12 +295,14 @@ fn check_extent(extent: [f64; 4]) -> Result<(Interval, Interval), PlotError> {
     }
 }
 
+mod anim;
 mod density;
 mod layers;
 mod lines;
 mod pairs;
 mod text;
 
+pub use anim::{density_frame_png, gif_from_pngs};
 pub use density::density_2d_png;
 pub use layers::{extent_of, flow_stages, layers_png, Stage};
 pub use lines::lines_png;

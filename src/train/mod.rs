@@ -189,7 +189,14 @@ pub struct Trainer {
     /// Set from anywhere (another thread, a signal handler, the step callback) to stop after the current
     /// step: a final validation runs and the best weights are kept, as with `max_seconds`.
     pub stop: StopFlag,
+    /// Every `n` steps (and before the first) the flow in evaluation mode and the data's standardisation are
+    /// handed to this function (frames of a training animation).
+    pub frames: Option<(usize, Frames)>,
 }
+
+/// The frame function of [`Trainer::frames`]: `(step, flow, standardisation)`.
+pub type Frames =
+    std::sync::Mutex<Box<dyn FnMut(usize, &crate::flows::Flow<f32>, &Standardizer) + Send>>;
 
 /// What a checkpoint holds besides the model (weights and buffers are in the model folder).
 #[derive(Serialize, Deserialize)]
@@ -379,7 +386,18 @@ impl Trainer {
             context_classes: Vec::new(),
             weights: None,
             stop: StopFlag::default(),
+            frames: None,
         }
+    }
+
+    /// Hand the flow to `f` every `every` steps and before the first (see [`Trainer::frames`]).
+    pub fn with_frames(
+        mut self,
+        every: usize,
+        f: impl FnMut(usize, &crate::flows::Flow<f32>, &Standardizer) + Send + 'static,
+    ) -> Self {
+        self.frames = Some((every.max(1), std::sync::Mutex::new(Box::new(f))));
+        self
     }
 
     /// Fit the weighted likelihood `sum_i w_i log p(x_i) / sum_i w_i`, a weight per row of the data (finite,
@@ -726,6 +744,18 @@ impl Trainer {
         let initial_val = (step == 0 && xva.rows > 0)
             .then(|| val_lp(&mut flow, &xva, cva.as_ref(), ld_val, w_val.as_deref()))
             .filter(|v| v.is_finite());
+        let frame = |flow: &mut crate::flows::Flow<f32>, step: usize| {
+            if let Some((every, f)) = &self.frames {
+                if step.is_multiple_of(*every) {
+                    flow.set_training(false);
+                    if let Ok(mut f) = f.lock() {
+                        f(step, flow, &norm);
+                    }
+                    flow.set_training(true);
+                }
+            }
+        };
+        frame(&mut flow, step);
         while step < total {
             if pos + batch > n {
                 order.shuffle(&mut r);
@@ -778,6 +808,7 @@ impl Trainer {
                 opt.step(&mut ps, lr);
             }
             step += 1;
+            frame(&mut flow, step);
             acc.0 += loss;
             acc.1 += 1;
             let out_of_time = cfg
