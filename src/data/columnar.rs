@@ -263,6 +263,70 @@ mod tests {
         }
     }
 
+    /// Files as pandas / polars / pyarrow write them by default: Parquet with snappy, zstd, gzip or lz4 pages,
+    /// Feather with lz4 or zstd buffers.
+    #[test]
+    fn compressed_files_read() {
+        use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+        let t = Table::new(
+            vec!["x".into(), "y".into()],
+            3,
+            vec![1.5, -2.0, 0.25, 8.0, 3.0, -0.5],
+            "t",
+        );
+        let sch = schema(&t.columns);
+        let b = batch(&sch, &t).unwrap();
+        let same = |p: &std::path::Path| {
+            let back = load_source(p.to_str().unwrap(), 0, 0).unwrap();
+            assert_eq!(back.data, t.data, "{}", p.display());
+            let _ = std::fs::remove_file(p);
+        };
+        for (k, c) in [
+            Compression::SNAPPY,
+            Compression::ZSTD(ZstdLevel::default()),
+            Compression::GZIP(GzipLevel::default()),
+            Compression::LZ4_RAW,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = tmp(&format!("c{k}.parquet"));
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(c)
+                .build();
+            let mut w = parquet::arrow::ArrowWriter::try_new(
+                File::create(&p).unwrap(),
+                sch.clone(),
+                Some(props),
+            )
+            .unwrap();
+            w.write(&b).unwrap();
+            w.close().unwrap();
+            same(&p);
+        }
+        for (k, c) in [
+            arrow_ipc::CompressionType::LZ4_FRAME,
+            arrow_ipc::CompressionType::ZSTD,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = tmp(&format!("c{k}.feather"));
+            let opts = arrow_ipc::writer::IpcWriteOptions::default()
+                .try_with_compression(Some(c))
+                .unwrap();
+            let mut w = arrow_ipc::writer::FileWriter::try_new_with_options(
+                File::create(&p).unwrap(),
+                &sch,
+                opts,
+            )
+            .unwrap();
+            w.write(&b).unwrap();
+            w.finish().unwrap();
+            same(&p);
+        }
+    }
+
     #[test]
     fn nulls_are_missing_cells_and_text_columns_are_kept_aside() {
         let schema = Arc::new(Schema::new(vec![
