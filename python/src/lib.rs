@@ -292,12 +292,19 @@ macro_rules! opt {
 /// `nflow train` chooses ([`nflow::train::auto::train_config`]), image flows 50 epochs.
 fn train_config(o: &Bound<'_, PyDict>, rows: usize, image: bool) -> PyResult<TrainConfig> {
     let d = TrainConfig::default();
-    let steps: Option<usize> = opt!(o, "steps")?;
     let epochs: Option<usize> = opt!(o, "epochs")?;
-    let auto = steps.is_none() && epochs.is_none() && !image;
     let batch_size: usize = opt!(o, "batch_size")?.unwrap_or(d.batch_size);
     let val_fraction: f64 = opt!(o, "validation")?.unwrap_or(d.val_fraction);
-    let chosen = nflow::train::auto::train_config(rows, batch_size, val_fraction);
+    let patience: usize = opt!(o, "patience")?.unwrap_or(10);
+    let (steps, eval_every, default_schedule) = nflow::train::auto::budget(
+        opt!(o, "steps")?,
+        epochs,
+        image,
+        rows,
+        batch_size,
+        val_fraction,
+        patience,
+    );
     let optimizer: String = opt!(o, "optimizer")?.unwrap_or_else(|| "adam".into());
     let kind = match optimizer.as_str() {
         "adam" => OptimKind::Adam,
@@ -308,14 +315,7 @@ fn train_config(o: &Bound<'_, PyDict>, rows: usize, image: bool) -> PyResult<Tra
             )))
         }
     };
-    let patience: usize = opt!(o, "patience")?.unwrap_or(10);
-    let schedule: String = opt!(o, "schedule")?.unwrap_or_else(|| {
-        if auto && val_fraction > 0.0 && patience > 0 {
-            "plateau".into()
-        } else {
-            "constant".into()
-        }
-    });
+    let schedule: String = opt!(o, "schedule")?.unwrap_or_else(|| default_schedule.into());
     let warmup: usize = opt!(o, "warmup")?.unwrap_or(0);
     let mut schedule = Schedule::parse(&schedule, warmup).ok_or_else(|| {
         config_err(format!(
@@ -327,7 +327,7 @@ fn train_config(o: &Bound<'_, PyDict>, rows: usize, image: bool) -> PyResult<Tra
     }
     let cfg = TrainConfig {
         epochs: epochs.unwrap_or(d.epochs),
-        steps: if auto { chosen.steps } else { steps },
+        steps,
         batch_size,
         optim: OptimConfig {
             kind,
@@ -339,7 +339,7 @@ fn train_config(o: &Bound<'_, PyDict>, rows: usize, image: bool) -> PyResult<Tra
         clip: opt!(o, "clip")?,
         val_fraction,
         patience: (patience > 0).then_some(patience),
-        eval_every: opt!(o, "eval_every")?.or(if auto { chosen.eval_every } else { None }),
+        eval_every: opt!(o, "eval_every")?.or(eval_every),
         max_seconds: opt!(o, "max_seconds")?,
         seed: opt!(o, "seed")?.unwrap_or(0),
     };

@@ -49,11 +49,6 @@ pub(super) struct CurveArgs {
     png: Option<PathBuf>,
 }
 
-/// 2-D extent covering the points (0.5%..99.5% quantiles plus a margin).
-fn extent(pts: &[[f64; 2]]) -> [f64; 4] {
-    nflow::plot::extent_of(pts)
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(super) fn plot_model(
     model: &Model,
@@ -74,7 +69,7 @@ pub(super) fn plot_model(
         };
         let sp = pts(&s);
         let dp = data.map(pts);
-        let ext = extent(dp.as_deref().unwrap_or(&sp));
+        let ext = nflow::plot::extent_of(dp.as_deref().unwrap_or(&sp));
         let g = grid.max(2);
         // the grid's points (and a context row each), their densities and the image: refused when too big
         let cells = (g as u128).saturating_mul(g as u128);
@@ -83,14 +78,12 @@ pub(super) fn plot_model(
             &format!("a {g} x {g} density grid"),
         )
         .map_err(|m| anyhow::anyhow!("--grid {grid}: {m}"))?;
-        let mut pts_grid = Vec::with_capacity(g * g * 2);
-        for j in 0..g {
-            for i in 0..g {
-                pts_grid.push(ext[0] + (i as f64 + 0.5) * (ext[1] - ext[0]) / g as f64);
-                pts_grid.push(ext[2] + (j as f64 + 0.5) * (ext[3] - ext[2]) / g as f64);
-            }
-        }
-        let gt = Table::new(model.columns.clone(), g * g, pts_grid, "grid");
+        let gt = Table::new(
+            model.columns.clone(),
+            g * g,
+            nflow::plot::grid_points(ext, g),
+            "grid",
+        );
         let lp = model.log_prob_ctx(&gt, repeat(g * g).as_ref())?;
         let labels = nflow::plot::Labels {
             title: "model density".into(),

@@ -352,18 +352,21 @@ pub(super) fn load_arch(
 /// The training options; without a budget (`--epochs`, `--steps`), tabular data gets the one chosen for its
 /// rows ([`nflow::train::auto::train_config`]).
 fn train_config(a: &TrainArgs, rows: usize, image: bool) -> Result<TrainConfig> {
-    let auto = a.epochs.is_none() && a.steps.is_none() && !image;
-    let can_plateau = a.val_fraction > 0.0 && a.patience > 0;
+    let (steps, eval_every, default_schedule) = nflow::train::auto::budget(
+        a.steps,
+        a.epochs,
+        image,
+        rows,
+        a.batch_size,
+        a.val_fraction,
+        a.patience,
+    );
     let kind = match a.optimizer.as_str() {
         "adam" => OptimKind::Adam,
         "adamw" => OptimKind::Adamw,
         o => bail!("unknown optimizer '{o}' (known: adam, adamw)"),
     };
-    let name = match &a.schedule {
-        Some(s) => s.as_str(),
-        None if auto && can_plateau => "plateau",
-        None => "constant",
-    };
+    let name = a.schedule.as_deref().unwrap_or(default_schedule);
     let mut schedule = parse_or(
         Schedule::parse(name, a.warmup),
         "schedule",
@@ -373,10 +376,9 @@ fn train_config(a: &TrainArgs, rows: usize, image: bool) -> Result<TrainConfig> 
     if let Schedule::Plateau { decays, .. } = &mut schedule {
         *decays = a.decays;
     }
-    let chosen = nflow::train::auto::train_config(rows, a.batch_size, a.val_fraction);
     let cfg = TrainConfig {
         epochs: a.epochs.unwrap_or(50),
-        steps: if auto { chosen.steps } else { a.steps },
+        steps,
         batch_size: a.batch_size,
         optim: OptimConfig {
             kind,
@@ -388,7 +390,7 @@ fn train_config(a: &TrainArgs, rows: usize, image: bool) -> Result<TrainConfig> 
         clip: a.clip,
         val_fraction: a.val_fraction,
         patience: (a.patience > 0).then_some(a.patience),
-        eval_every: a.eval_every.or(if auto { chosen.eval_every } else { None }),
+        eval_every: a.eval_every.or(eval_every),
         max_seconds: a.time_limit.map(|m| m * 60.0),
         seed: a.seed,
     };
@@ -524,13 +526,7 @@ fn animation(
         .collect();
     let ext = nflow::plot::extent_of(&pts);
     let n = 100;
-    let mut grid = Vec::with_capacity(n * n * 2);
-    for j in 0..n {
-        for i in 0..n {
-            grid.push(ext[0] + (i as f64 + 0.5) * (ext[1] - ext[0]) / n as f64);
-            grid.push(ext[2] + (j as f64 + 0.5) * (ext[3] - ext[2]) / n as f64);
-        }
-    }
+    let grid = nflow::plot::grid_points(ext, n);
     let dir = std::env::temp_dir().join(format!("nflow-frames-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let list = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -614,17 +610,8 @@ fn column_supports(a: &TrainArgs, table: &Table) -> Result<Vec<ColumnSupport>> {
     for i in integer {
         out[i].integer = true;
     }
-    if !out.is_empty() && (a.dequantize || a.logit.is_some() || a.n_bits.is_some()) {
-        bail!("--bounds / --positive / --integer cannot be combined with --dequantize, --logit or --n-bits");
-    }
-    for c in &out {
-        if c.bounds.is_some() && c.positive {
-            bail!(
-                "column '{}': give --bounds or --positive, not both",
-                c.column
-            );
-        }
-    }
+    // combinations (bounds with positive; with --dequantize, --logit, --n-bits) are refused by
+    // Preprocess::validate
     Ok(out)
 }
 

@@ -25,7 +25,14 @@ pub fn density_frame_png(
         x: xr,
         y: yr,
     };
-    super::layers::heat(&root, path, &panel, &density_colours(log_density, n, n)?, n)?;
+    heat(
+        &root,
+        path,
+        &panel,
+        &density_colours(log_density, n, n)?,
+        n,
+        n,
+    )?;
     panel.frame(&root, path)?;
     root.present().map_err(write_err(path))
 }

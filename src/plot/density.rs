@@ -97,21 +97,8 @@ pub fn density_2d_png(
         )?;
     }
 
-    // Heat map, pixel by pixel: each pixel takes the colour of the cell under
-    // its centre.
     let heat = &panels[0];
-    for py in 0..heat.height {
-        // Fraction measured upwards from the bottom edge.
-        let fy = 1.0 - (f64::from(py) + 0.5) / f64::from(heat.height);
-        let row = ((fy * ny as f64) as usize).min(ny - 1);
-        for px in 0..heat.width {
-            let fx = (f64::from(px) + 0.5) / f64::from(heat.width);
-            let col = ((fx * nx as f64) as usize).min(nx - 1);
-            let (r, g, b) = colours[row * nx + col];
-            root.draw_pixel((heat.left + px, heat.top + py), &RGBColor(r, g, b))
-                .map_err(write_err(path))?;
-        }
-    }
+    super::heat(&root, path, heat, &colours, nx, ny)?;
     heat.frame(&root, path)?;
 
     let clouds: Vec<(&[[f64; 2]], RGBColor)> = std::iter::once((samples, SAMPLE_COLOUR))

@@ -99,6 +99,7 @@ pub fn layers_png(path: &Path, stages: &[Stage], title: &str) -> Result<(), Plot
             &panel,
             &density_colours(&st.log_density, st.n, st.n)?,
             st.n,
+            st.n,
         )?;
         for line in &st.lines {
             let px: Vec<(i32, i32)> = line
@@ -141,7 +142,7 @@ pub fn layers_png(path: &Path, stages: &[Stage], title: &str) -> Result<(), Plot
                     (c.0, c.1, c.2)
                 })
                 .collect();
-            heat(&root, path, &below, &colours, st.n)?;
+            heat(&root, path, &below, &colours, st.n, st.n)?;
             below.frame(&root, path)?;
             draw_text(
                 &root,
@@ -158,34 +159,6 @@ pub fn layers_png(path: &Path, stages: &[Stage], title: &str) -> Result<(), Plot
         }
     }
     root.present().map_err(write_err(path))
-}
-
-/// A heat map of `n x n` cell colours (row 0 at the bottom) filling `panel`.
-pub(super) fn heat(
-    root: &Area,
-    path: &Path,
-    panel: &Panel,
-    colours: &[(u8, u8, u8)],
-    n: usize,
-) -> Result<(), PlotError> {
-    if colours.len() != n * n || n == 0 {
-        return Err(PlotError::Input(format!(
-            "a heat map of {} values for a {n} x {n} grid",
-            colours.len()
-        )));
-    }
-    for py in 0..panel.height {
-        let fy = 1.0 - (f64::from(py) + 0.5) / f64::from(panel.height);
-        let row = ((fy * n as f64) as usize).min(n - 1);
-        for px in 0..panel.width {
-            let fx = (f64::from(px) + 0.5) / f64::from(panel.width);
-            let col = ((fx * n as f64) as usize).min(n - 1);
-            let (r, g, b) = colours[row * n + col];
-            root.draw_pixel((panel.left + px, panel.top + py), &RGBColor(r, g, b))
-                .map_err(write_err(path))?;
-        }
-    }
-    Ok(())
 }
 
 /// A square-ish view of 2-D points: their 0.5%-99.5% quantiles on each axis with 15% margins.
@@ -206,8 +179,8 @@ pub fn extent_of(pts: &[[f64; 2]]) -> [f64; 4] {
     [x0, x1, y0, y1]
 }
 
-/// The cell centres of an `n x n` grid over `e` (row 0 at the bottom), as rows of a matrix.
-fn grid_points(e: [f64; 4], n: usize) -> Vec<f64> {
+/// The cell centres of an `n x n` grid over `e` (row 0 at the bottom), row-major `(x, y)` pairs.
+pub fn grid_points(e: [f64; 4], n: usize) -> Vec<f64> {
     let mut v = Vec::with_capacity(n * n * 2);
     for j in 0..n {
         for i in 0..n {

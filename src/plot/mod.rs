@@ -156,6 +156,37 @@ fn write_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> PlotError + '_ 
     }
 }
 
+/// A heat map of `nx x ny` cell colours (row-major, row 0 at the bottom) filling `panel`, pixel by pixel: each
+/// pixel takes the colour of the cell under its centre.
+fn heat(
+    root: &Area,
+    path: &Path,
+    panel: &Panel,
+    colours: &[(u8, u8, u8)],
+    nx: usize,
+    ny: usize,
+) -> Result<(), PlotError> {
+    if nx == 0 || ny == 0 || colours.len() != nx * ny {
+        return Err(PlotError::Input(format!(
+            "a heat map of {} values for a {nx} x {ny} grid",
+            colours.len()
+        )));
+    }
+    for py in 0..panel.height {
+        // fraction measured upwards from the bottom edge
+        let fy = 1.0 - (f64::from(py) + 0.5) / f64::from(panel.height);
+        let row = ((fy * ny as f64) as usize).min(ny - 1);
+        for px in 0..panel.width {
+            let fx = (f64::from(px) + 0.5) / f64::from(panel.width);
+            let col = ((fx * nx as f64) as usize).min(nx - 1);
+            let (r, g, b) = colours[row * nx + col];
+            root.draw_pixel((panel.left + px, panel.top + py), &RGBColor(r, g, b))
+                .map_err(write_err(path))?;
+        }
+    }
+    Ok(())
+}
+
 /// A rectangle on the image (pixels, y down) showing the data rectangle
 /// `[x0, x1] x [y0, y1]` (y up).
 #[derive(Clone, Copy, Debug)]
@@ -304,7 +335,7 @@ mod text;
 
 pub use anim::{density_frame_png, gif_from_pngs};
 pub use density::density_2d_png;
-pub use layers::{extent_of, flow_stages, layers_png, Stage};
+pub use layers::{extent_of, flow_stages, grid_points, layers_png, Stage};
 pub use lines::lines_png;
 pub use pairs::pairs_png;
 use pairs::*;

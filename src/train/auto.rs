@@ -29,7 +29,7 @@ pub const MAX_STEPS: usize = 100_000;
 
 /// The flow chosen for `dim` columns (and `context_dim` context features) of tabular data.
 pub fn tabular_flow(dim: usize, context_dim: usize) -> FlowSpec {
-    let kind = if dim <= MAX_AR_DIM || dim < 2 {
+    let kind = if dim <= MAX_AR_DIM {
         FlowKind::NsfAr
     } else {
         FlowKind::NsfC
@@ -56,6 +56,32 @@ pub fn train_config(rows: usize, batch_size: usize, val_fraction: f64) -> TrainC
         eval_every: Some(per_epoch.clamp(MIN_EVAL_EVERY, MAX_EVAL_EVERY)),
         ..TrainConfig::default()
     }
+}
+
+/// What a caller who gave `steps` / `epochs` (or neither) trains for: `(steps, eval_every, the default schedule's
+/// name)`. With neither, on tabular data (`image` false), the step cap and evaluation interval of
+/// [`train_config`] for `rows` rows, and the plateau schedule where there is a validation split and a patience;
+/// otherwise the given budget, evaluations at the trainer's default, a constant rate. Shared by `nflow train` and
+/// Python's `Flow.fit`.
+pub fn budget(
+    steps: Option<usize>,
+    epochs: Option<usize>,
+    image: bool,
+    rows: usize,
+    batch_size: usize,
+    val_fraction: f64,
+    patience: usize,
+) -> (Option<usize>, Option<usize>, &'static str) {
+    if steps.is_some() || epochs.is_some() || image {
+        return (steps, None, "constant");
+    }
+    let chosen = train_config(rows, batch_size, val_fraction);
+    let schedule = if val_fraction > 0.0 && patience > 0 {
+        "plateau"
+    } else {
+        "constant"
+    };
+    (chosen.steps, chosen.eval_every, schedule)
 }
 
 /// The plateau schedule with its default halvings.
