@@ -1812,16 +1812,54 @@ fn layer_by_layer_figure() {
         &m3,
         &["--flow", "maf", "--val-fraction", "0"],
     ));
+    // three columns: the plane of two of them through a reference row; bad axes are named
+    let o = nflow(&[
+        "plot",
+        "--model",
+        m3.to_str().unwrap(),
+        "--layers",
+        "--axes",
+        "c,a",
+        "--reference",
+        "1,2,3",
+        "--grid",
+        "30",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    ok(&o);
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    for (axes, needle) in [
+        ("c,z", "no column 'z'"),
+        ("a,a", "two different"),
+        ("a", "two column"),
+    ] {
+        fails(
+            &nflow(&[
+                "plot",
+                "--model",
+                m3.to_str().unwrap(),
+                "--layers",
+                "--axes",
+                axes,
+                "--out",
+                png.to_str().unwrap(),
+            ]),
+            &["--axes", needle],
+        );
+    }
     fails(
         &nflow(&[
             "plot",
             "--model",
             m3.to_str().unwrap(),
             "--layers",
+            "--reference",
+            "1,2",
             "--out",
             png.to_str().unwrap(),
         ]),
-        &["2-D"],
+        &["--reference has 2 values", "3 columns"],
     );
 }
 
@@ -1881,7 +1919,9 @@ fn report_page_has_every_section_and_decodable_images() {
         html.to_str().unwrap(),
     ]));
     let page = std::fs::read_to_string(&html).unwrap();
-    assert!(page.contains("<section id=\"samples\">") && !page.contains("<section id=\"layers\">"));
+    // a 3-D model: pairs instead of the density, the layer figure on the plane of its first two columns
+    assert!(page.contains("<section id=\"samples\">") && page.contains("<section id=\"layers\">"));
+    assert!(page.contains("through the median row"));
     fails(
         &nflow(&[
             "report",

@@ -29,11 +29,19 @@ pub(super) struct PlotArgs {
     /// Conditional model: the context row (comma-separated values) to plot p(x | c) for.
     #[arg(long, allow_hyphen_values = true)]
     context: Option<String>,
-    /// The change of variables layer by layer (2-D models): per stage from data to noise its density, a
-    /// regular grid of the data space carried through the maps and the points (--data rows, else samples)
-    /// shaded by where they started; under each layer its log|det J|.
+    /// The change of variables layer by layer: per stage from data to noise its density, a regular grid of
+    /// the data space carried through the maps and the points (--data rows, else samples) shaded by where they
+    /// started; under each layer its log|det J|. More than 2 columns: the plane of --axes through the
+    /// --reference row. Image models: a picture's latents per scale and images rebuilt from them.
     #[arg(long, conflicts_with = "context")]
     layers: bool,
+    /// With --layers: the two columns (names) on the panels' axes; default: the first two.
+    #[arg(long, requires = "layers")]
+    axes: Option<String>,
+    /// With --layers: the row (comma-separated values, every column) the other columns are held at; default:
+    /// each column's median over the points.
+    #[arg(long, requires = "layers", allow_hyphen_values = true)]
+    reference: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -120,7 +128,8 @@ pub(super) fn plot(a: PlotArgs) -> Result<()> {
             Some(d) => d.take_rows(&(0..d.rows.min(800)).collect::<Vec<_>>()),
             None => model.sample(a.samples.min(800), a.seed, None)?,
         };
-        let stages = nflow::plot::flow_stages(&model, &pts, a.grid.clamp(2, 400))?;
+        let view = slice_view(&model, a.axes.as_deref(), a.reference.as_deref())?;
+        let stages = nflow::plot::flow_stages(&model, &pts, a.grid.clamp(2, 400), &view)?;
         let name = a.model.file_name().map_or_else(
             || a.model.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
@@ -129,10 +138,18 @@ pub(super) fn plot(a: PlotArgs) -> Result<()> {
             .preset
             .as_ref()
             .map_or("composed flow".to_string(), |p| p.kind.to_string());
+        let plane = if model.dim() > 2 {
+            let [x, y] = view.axes.map(|k| model.columns[k].as_str());
+            format!(", plane ({x}, {y}) through the reference row")
+        } else {
+            String::new()
+        };
         nflow::plot::layers_png(
             &a.out,
             &stages,
-            &format!("{name} ({flow}): the change of variables layer by layer, data to noise"),
+            &format!(
+                "{name} ({flow}): the change of variables layer by layer, data to noise{plane}"
+            ),
         )?;
         eprintln!("wrote {} ({} stages)", a.out.display(), stages.len());
         return Ok(());
@@ -150,6 +167,54 @@ pub(super) fn plot(a: PlotArgs) -> Result<()> {
     )?;
     eprintln!("wrote {}", a.out.display());
     Ok(())
+}
+
+/// The plane of the layer figure from `--axes x,y` (column names) and `--reference v1,..,vD`.
+pub(super) fn slice_view(
+    model: &Model,
+    axes: Option<&str>,
+    reference: Option<&str>,
+) -> Result<nflow::plot::SliceView> {
+    let mut view = nflow::plot::SliceView::default();
+    if let Some(a) = axes {
+        let names: Vec<&str> = a.split(',').map(str::trim).collect();
+        if names.len() != 2 {
+            bail!("--axes takes two column names (x,y), got '{a}'");
+        }
+        for (k, n) in names.iter().enumerate() {
+            view.axes[k] = model.columns.iter().position(|c| c == n).with_context(|| {
+                format!(
+                    "--axes: the model has no column '{n}' (columns: {})",
+                    model.columns.join(", ")
+                )
+            })?;
+        }
+        if view.axes[0] == view.axes[1] {
+            bail!("--axes: give two different columns, got '{a}'");
+        }
+    }
+    if let Some(r) = reference {
+        let vals: Vec<f64> = r
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .with_context(|| format!("--reference: '{s}' is not a finite number"))
+            })
+            .collect::<Result<_>>()?;
+        if vals.len() != model.dim() {
+            bail!(
+                "--reference has {} values, the model has {} columns ({})",
+                vals.len(),
+                model.dim(),
+                model.columns.join(", ")
+            );
+        }
+        view.reference = Some(vals);
+    }
+    Ok(view)
 }
 
 /// The learning curve's rows from a model's log: step, minutes, epoch, train / validation / test figures (bits

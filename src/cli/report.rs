@@ -190,12 +190,13 @@ fn sections(
             format!("<p>{what}{given}</p>{}", img(&p, "samples and data")?),
         ));
     }
-    if model.dim() == 2 && model.arch.context_dim == 0 && model.preprocess.is_none() {
+    if model.arch.context_dim == 0 && model.preprocess.is_none() && !model.arch.is_image() {
         let pts = match data {
             Some((t, _)) => t.take_rows(&(0..t.rows.min(800)).collect::<Vec<_>>()),
             None => model.sample(800, a.seed, None)?,
         };
-        let stages = nflow::plot::flow_stages(model, &pts, 120)?;
+        let view = nflow::plot::SliceView::default();
+        let stages = nflow::plot::flow_stages(model, &pts, 120, &view)?;
         let p = tmp.join("layers.png");
         nflow::plot::layers_png(
             &p,
@@ -211,7 +212,17 @@ fn sections(
             format!(
                 "<p>Per stage from data to noise: the density, a regular grid of the data space carried through \
                  the maps, and the points shaded by where they started; under each layer its log|det J| (blue \
-                 contracts, red expands).</p>{}",
+                 contracts, red expands).{}</p>{}",
+                if model.dim() > 2 {
+                    format!(
+                        " The plane of the first two columns ({}, {}) through the median row: the other \
+                         columns held there, the points projected.",
+                        escape(&model.columns[0]),
+                        escape(&model.columns[1])
+                    )
+                } else {
+                    String::new()
+                },
                 img(&p, "layer by layer")?
             ),
         ));

@@ -97,7 +97,7 @@ pub fn layers_png(path: &Path, stages: &[Stage], title: &str) -> Result<(), Plot
             &root,
             path,
             &panel,
-            &density_colours(&st.log_density, st.n, st.n)?,
+            &density_colours(&clip_top(&st.log_density), st.n, st.n)?,
             st.n,
             st.n,
         )?;
@@ -161,6 +161,18 @@ pub fn layers_png(path: &Path, stages: &[Stage], title: &str) -> Result<(), Plot
     root.present().map_err(write_err(path))
 }
 
+/// The log-densities with the top 0.5% of cells lowered to the 99.5th percentile: a slice through a
+/// skewed density can peak in a few cells, which would leave the rest of the panel black.
+fn clip_top(ld: &[f64]) -> Vec<f64> {
+    let mut v: Vec<f64> = ld.iter().copied().filter(|v| v.is_finite()).collect();
+    if v.is_empty() {
+        return ld.to_vec();
+    }
+    v.sort_by(f64::total_cmp);
+    let q = v[((v.len() as f64 * 0.995) as usize).min(v.len() - 1)];
+    ld.iter().map(|&x| if x > q { q } else { x }).collect()
+}
+
 /// A square-ish view of 2-D points: their 0.5%-99.5% quantiles on each axis with 15% margins.
 pub fn extent_of(pts: &[[f64; 2]]) -> [f64; 4] {
     let q = |k: usize| {
@@ -191,30 +203,103 @@ pub fn grid_points(e: [f64; 4], n: usize) -> Vec<f64> {
     v
 }
 
-fn pairs(m: &crate::engine::Mat<f32>) -> Vec<[f64; 2]> {
-    (0..m.rows)
-        .map(|r| [f64::from(m.at(r, 0)), f64::from(m.at(r, 1))])
-        .collect()
+/// Which plane of a D-dimensional model the layer figure shows: two columns varied, every other column held at
+/// a reference row (for D = 2, the whole space).
+#[derive(Clone, Debug)]
+pub struct SliceView {
+    /// The two columns on the panels' x and y axes.
+    pub axes: [usize; 2],
+    /// A data-space row (all D columns): the values the other columns are held at. `None`: each column's
+    /// median over the points.
+    pub reference: Option<Vec<f64>>,
 }
 
-/// The stages of a 2-D model's change of variables for [`layers_png`]: the data space (the rows of `points`
-/// as given, the model's density) and the flow's coordinates after each layer (standardised, then each
-/// transform), with a regular grid of the data space carried along and each layer's `log|det J|` on the
-/// previous stage's grid of `n x n` cells.
+impl Default for SliceView {
+    fn default() -> Self {
+        Self {
+            axes: [0, 1],
+            reference: None,
+        }
+    }
+}
+
+/// The stages of a model's change of variables for [`layers_png`]: the data space (the rows of `points`, the
+/// model's density) and the flow's coordinates after each layer (standardised, then each transform), with a
+/// regular grid of the data space carried along and each layer's `log|det J|` on the previous stage's grid of
+/// `n x n` cells.
+///
+/// For D > 2 every panel is the plane of `view.axes` through the reference row as it stands at that stage
+/// (`f_k ∘ … ∘ f_1` of it): the stage's log-density on that slice (the conditional density up to a constant),
+/// the points projected onto the two axes, and the grid of the data-space plane carried along and projected.
 pub fn flow_stages(
     model: &crate::Model,
     points: &crate::data::Table,
     n: usize,
+    view: &SliceView,
 ) -> Result<Vec<Stage>, crate::Error> {
     use crate::engine::Mat;
-    if model.dim() != 2 || model.arch.context_dim > 0 || model.preprocess.is_some() {
-        return Err(crate::Error::Config(
-            "the layer-by-layer figure draws unconditional 2-D models without preprocessing".into(),
+    let d = model.dim();
+    let bad = |m: String| Err(crate::Error::Config(m));
+    if d < 2 || model.arch.context_dim > 0 || model.preprocess.is_some() {
+        return bad(
+            "the layer-by-layer figure draws unconditional models of 2 or more columns without \
+             preprocessing"
+                .into(),
+        );
+    }
+    let [a, b] = view.axes;
+    if a >= d || b >= d || a == b {
+        return bad(format!(
+            "the figure's axes must be two different columns of the model's {d}, got {a} and {b}"
         ));
     }
+    if points.rows == 0 || points.cols != d {
+        return bad(format!(
+            "the figure needs points with the model's {d} columns, got {} rows of {}",
+            points.rows, points.cols
+        ));
+    }
+    let reference = match &view.reference {
+        Some(r) if r.len() != d => {
+            return bad(format!(
+                "the reference row has {} values, the model has {d} columns",
+                r.len()
+            ))
+        }
+        Some(r) if r.iter().any(|v| !v.is_finite()) => {
+            return bad("the reference row must be finite".into())
+        }
+        Some(r) => r.clone(),
+        None => (0..d)
+            .map(|c| {
+                let mut v: Vec<f64> = (0..points.rows)
+                    .map(|r| points.row(r)[c])
+                    .filter(|v| v.is_finite())
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(0.0)
+            })
+            .collect(),
+    };
     let n = n.max(2);
+    // the plane's points: the reference row with the two axes set
+    let lift = |xy: &[f64]| -> Vec<f64> {
+        let mut v = Vec::with_capacity(xy.len() / 2 * d);
+        for p in xy.chunks(2) {
+            let at = v.len();
+            v.extend_from_slice(&reference);
+            v[at + a] = p[0];
+            v[at + b] = p[1];
+        }
+        v
+    };
+    let project = |m: &Mat<f32>| -> Vec<[f64; 2]> {
+        (0..m.rows)
+            .map(|r| [f64::from(m.at(r, a)), f64::from(m.at(r, b))])
+            .collect()
+    };
     let raw: Vec<[f64; 2]> = (0..points.rows)
-        .map(|r| [points.row(r)[0], points.row(r)[1]])
+        .map(|r| [points.row(r)[a], points.row(r)[b]])
         .collect();
     let e0 = extent_of(&raw);
     // where each point started, left to right
@@ -238,16 +323,15 @@ pub fn flow_stages(
                 .collect::<Vec<_>>(),
         );
     }
-    let std = |v: &[f64], rows: usize| {
-        let mut v = v.to_vec();
+    let std = |mut v: Vec<f64>| {
         model.norm.apply(&mut v);
-        Mat::<f32>::from_f64(rows, 2, &v)
+        Mat::<f32>::from_f64(v.len() / d, d, &v)
     };
     let flat = |p: &[[f64; 2]]| p.iter().flat_map(|q| [q[0], q[1]]).collect::<Vec<f64>>();
     let line_pts: Vec<[f64; 2]> = lines0.iter().flatten().copied().collect();
-    let g0 = grid_points(e0, n);
+    let g0 = lift(&grid_points(e0, n));
     let table =
-        |v: Vec<f64>| crate::data::Table::new(model.columns.clone(), v.len() / 2, v, "grid");
+        |v: Vec<f64>| crate::data::Table::new(model.columns.clone(), v.len() / d, v, "grid");
     let mut stages = vec![Stage {
         title: "data".into(),
         extent: e0,
@@ -259,23 +343,34 @@ pub fn flow_stages(
         log_det: None,
     }];
     let flow = &model.flow;
-    let (mut pts, mut lns) = (
-        std(&flat(&raw), raw.len()),
-        std(&flat(&line_pts), line_pts.len()),
+    let (mut pts, mut lns, mut refr) = (
+        std(points.data.clone()),
+        std(lift(&flat(&line_pts))),
+        std(reference.clone()),
     );
     // the previous stage's grid, in flow coordinates, and its extent as drawn
-    let (mut prev_grid, mut prev_ext) = (std(&g0, n * n), e0);
+    let (mut prev_grid, mut prev_ext) = (std(g0), e0);
     let last = flow.transforms.len();
     for (k, t) in flow.transforms.iter().enumerate() {
         let ld = t.forward(&prev_grid, None).1;
         pts = t.forward(&pts, None).0;
         lns = t.forward(&lns, None).0;
-        let at = pairs(&pts);
+        refr = t.forward(&refr, None).0;
+        let at = project(&pts);
         let ext = extent_of(&at);
-        let g = Mat::<f32>::from_f64(n * n, 2, &grid_points(ext, n));
+        // this stage's slice: the reference row as it stands now, the two axes over the panel
+        let mut g = Vec::with_capacity(n * n * d);
+        let here = refr.to_f64();
+        for p in grid_points(ext, n).chunks(2) {
+            let i = g.len();
+            g.extend_from_slice(&here);
+            g[i + a] = p[0];
+            g[i + b] = p[1];
+        }
+        let g = Mat::<f32>::from_f64(n * n, d, &g);
         let lp = flow.stage_log_prob(k + 1, &g, None);
         let lp: Vec<f64> = lp.iter().map(|&v| f64::from(v)).collect();
-        let line_at = pairs(&lns);
+        let line_at = project(&lns);
         stages.push(Stage {
             title: if k + 1 == last {
                 format!("{}: {} = noise", k + 1, t.kind())
@@ -294,4 +389,98 @@ pub fn flow_stages(
         prev_ext = ext;
     }
     Ok(stages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Standardizer, Table};
+    use crate::engine::{randn, rng, Mat};
+    use crate::flows::{FlowKind, FlowSpec};
+
+    /// A 3-D MAF with random weights and a non-trivial standardisation.
+    fn model3() -> crate::Model {
+        use rand::Rng;
+        let spec = FlowSpec {
+            layers: 2,
+            hidden: 8,
+            ..FlowSpec::preset(FlowKind::Maf, 3)
+        };
+        let arch = spec.architecture().unwrap();
+        let mut flow = arch.build::<f32>().unwrap();
+        let mut r = rng(5);
+        for (_, p) in flow.named_params_mut() {
+            for k in 0..p.value().len() {
+                if p.trainable && p.is_free(k) {
+                    p.value_mut()[k] += r.gen_range(-0.3..0.3);
+                }
+            }
+        }
+        crate::Model {
+            arch,
+            preset: Some(spec),
+            flow,
+            columns: vec!["a".into(), "b".into(), "c".into()],
+            norm: Standardizer {
+                mean: vec![1.0, -2.0, 0.5],
+                std: vec![2.0, 0.5, 1.5],
+            },
+            context_columns: Vec::new(),
+            context_norm: None,
+            context_classes: Vec::new(),
+            preprocess: None,
+            summary: None,
+            log: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn slices_of_a_3d_model_follow_the_reference_row() {
+        let m = model3();
+        let x: Mat<f64> = randn(&mut rng(1), 50, 3);
+        let pts = Table::new(m.columns.clone(), 50, x.data.clone(), "pts");
+        let reference = vec![0.3, -1.7, 1.1];
+        let view = SliceView {
+            axes: [2, 0],
+            reference: Some(reference.clone()),
+        };
+        let n = 6;
+        let st = flow_stages(&m, &pts, n, &view).unwrap();
+        assert_eq!(st.len(), m.flow.transforms.len() + 1);
+        // stage 0: the model's density on the plane (c, a) through the reference row
+        let g = grid_points(st[0].extent, n);
+        let mut rows = Vec::new();
+        for p in g.chunks(2) {
+            rows.extend_from_slice(&[p[1], reference[1], p[0]]);
+        }
+        let want = m
+            .log_prob_table(&Table::new(m.columns.clone(), n * n, rows, "g"))
+            .unwrap();
+        assert_eq!(st[0].log_density, want);
+        // the points are projected onto (c, a)
+        assert_eq!(st[0].points[3], [x.data[3 * 3 + 2], x.data[3 * 3]]);
+        // the noise stage: the standard normal on the plane through the reference row's noise
+        let z = m
+            .to_noise(&Table::new(m.columns.clone(), 1, reference, "r"), None)
+            .unwrap();
+        let last = st.last().unwrap();
+        let g = grid_points(last.extent, n);
+        let half_log_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+        for (i, p) in g.chunks(2).enumerate() {
+            let want: f64 = [p[1], z[1], p[0]]
+                .iter()
+                .map(|v| -0.5 * v * v - half_log_2pi)
+                .sum();
+            assert!(
+                (last.log_density[i] - want).abs() < 1e-3,
+                "cell {i}: {} vs {want}",
+                last.log_density[i]
+            );
+        }
+        // bad views are refused with the reason
+        for (axes, r) in [([0, 0], None), ([0, 3], None), ([0, 1], Some(vec![0.0; 2]))] {
+            let e = flow_stages(&m, &pts, n, &SliceView { axes, reference: r }).unwrap_err();
+            assert!(e.to_string().contains("axes") || e.to_string().contains("reference"));
+        }
+    }
 }

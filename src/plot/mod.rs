@@ -335,7 +335,7 @@ mod text;
 
 pub use anim::{density_frame_png, gif_from_pngs};
 pub use density::density_2d_png;
-pub use layers::{extent_of, flow_stages, grid_points, layers_png, Stage};
+pub use layers::{extent_of, flow_stages, grid_points, layers_png, SliceView, Stage};
 pub use lines::lines_png;
 pub use pairs::pairs_png;
 use pairs::*;
