@@ -524,6 +524,39 @@ fn conditional_train_eval_sample() {
     }
     let ms = d.join("m-maf");
     let ms = ms.to_str().unwrap();
+    // the report of a conditional model: its density given three context rows spread over the data's
+    let html = d.join("r.html");
+    ok(&nflow(&[
+        "report",
+        "--model",
+        ms,
+        "--data",
+        data,
+        "--drop",
+        "label",
+        "--samples",
+        "200",
+        "--out",
+        html.to_str().unwrap(),
+    ]));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("Samples at several contexts"));
+    let given: Vec<&str> = page
+        .split("<figcaption>given angle = ")
+        .skip(1)
+        .map(|c| c.split('<').next().unwrap())
+        .collect();
+    assert_eq!(given.len(), 3, "{given:?}");
+    let ang: Vec<f64> = given.iter().map(|v| v.parse().unwrap()).collect();
+    assert!(
+        ang[0] < -2.5 && ang[1].abs() < 1.0 && ang[2] > 2.5,
+        "{ang:?}"
+    );
+    assert_eq!(
+        inline_images(&page).len(),
+        4,
+        "the curve and three contexts"
+    );
     let s = d.join("bad.csv");
     let s = s.to_str().unwrap();
     fails(
@@ -677,10 +710,67 @@ fn image_flows_train_resume_sample_grid_curve() {
     ok(&o);
     let bytes = std::fs::read(&grid).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
-    // 6 x 2 images of 8x8 with 1-pixel gaps: 55 x 19 pixels (PNG header: width, height at 16..24)
-    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
-    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
-    assert_eq!((w, h), (55, 19));
+    // 6 x 2 images of 8x8 drawn 7x (56 pixels) with 3-pixel gaps under a title: 374 x 172 pixels (PNG
+    // header: width, height at 16..24)
+    let size = |bytes: &[u8]| {
+        (
+            u32::from_be_bytes(bytes[16..20].try_into().unwrap()),
+            u32::from_be_bytes(bytes[20..24].try_into().unwrap()),
+        )
+    };
+    assert_eq!(size(&bytes), (374, 172));
+    // the report of an image model: samples at four temperatures, a test picture's latents, bits/dim
+    let html = d.join("r.html");
+    ok(&nflow(&[
+        "report",
+        "--model",
+        out_s,
+        "--data",
+        test_s,
+        "--out",
+        html.to_str().unwrap(),
+    ]));
+    let page = std::fs::read_to_string(&html).unwrap();
+    for id in ["card", "curve", "test", "samples", "latents"] {
+        assert!(page.contains(&format!("<section id=\"{id}\">")), "{id}");
+    }
+    assert!(page.contains("<th>bits/dim</th>") && page.contains("A line per temperature"));
+    assert_eq!(inline_images(&page).len(), 3, "curve, samples, latents");
+    // a picture's latents per level and pictures rebuilt from them (realnvp-multiscale, 2 levels)
+    let lat = d.join("latents.png");
+    let o = nflow(&[
+        "plot",
+        "--model",
+        out_s,
+        "--layers",
+        "--data",
+        test_s,
+        "--temperatures",
+        "0,0.7,1",
+        "--out",
+        lat.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let img = image::open(&lat).unwrap().to_rgb8();
+    // two rows of rebuilt pictures (coarsest level kept, none kept) under the picture and its latents
+    assert!(
+        img.width() > 3 * 56 && img.height() > 3 * 56,
+        "{:?}",
+        img.dimensions()
+    );
+    fails(
+        &nflow(&[
+            "plot",
+            "--model",
+            out_s,
+            "--layers",
+            "--temperatures",
+            "0,-1",
+            "--out",
+            lat.to_str().unwrap(),
+        ]),
+        &["--temperatures", "'-1'"],
+    );
     let csv = d.join("curve.csv");
     let png = d.join("curve.png");
     ok(&nflow(&[
@@ -812,6 +902,26 @@ fn class_conditional_image_flow() {
         grid.to_str().unwrap(),
     ]));
     assert!(grid.exists());
+    // the report of a class-conditional image model: samples per class, a picture's latents
+    let html = d.join("r.html");
+    ok(&nflow(&[
+        "report",
+        "--model",
+        model_s,
+        "--data",
+        data_s,
+        "--out",
+        html.to_str().unwrap(),
+    ]));
+    let page = std::fs::read_to_string(&html).unwrap();
+    for id in ["card", "test", "samples", "latents"] {
+        assert!(page.contains(&format!("<section id=\"{id}\">")), "{id}");
+    }
+    assert!(page.contains("A line per context row of the data (2 of them)"));
+    assert!(page.contains("bits/dim"));
+    for im in inline_images(&page) {
+        assert!(im.width() > 200 && im.height() > 100);
+    }
     // eval reads the label column by name; a label the model never saw is an error naming it
     assert!(ok(&nflow(&["eval", "--model", model_s, "--data", data_s])).contains("bits/dim"));
     fails(
@@ -1863,9 +1973,22 @@ fn layer_by_layer_figure() {
     );
 }
 
+/// Every inline PNG of a report page, decoded.
+fn inline_images(page: &str) -> Vec<image::DynamicImage> {
+    use base64::Engine as _;
+    page.split("src=\"data:image/png;base64,")
+        .skip(1)
+        .map(|b64| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.split('"').next().unwrap())
+                .unwrap();
+            image::load_from_memory(&bytes).unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn report_page_has_every_section_and_decodable_images() {
-    use base64::Engine as _;
     let d = tmp("report");
     let m = d.join("m");
     ok(&train_small("toy:moons:800", &m, &["--flow", "nsf-c"]));
@@ -1892,13 +2015,9 @@ fn report_page_has_every_section_and_decodable_images() {
     assert!(page.contains("nsf-c") && page.contains("mean log-likelihood"));
     // no network: every image inline, and each one a PNG that decodes
     assert!(!page.contains("http://") && !page.contains("https://"));
-    let imgs: Vec<&str> = page.split("src=\"data:image/png;base64,").skip(1).collect();
+    let imgs = inline_images(&page);
     assert_eq!(imgs.len(), 3, "curve, samples, layers");
-    for b64 in imgs {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64.split('"').next().unwrap())
-            .unwrap();
-        let im = image::load_from_memory(&bytes).unwrap();
+    for im in imgs {
         assert!(im.width() > 200 && im.height() > 200);
     }
     // a 3-D model: pairs instead of the density, no layer figure; a name that is not .html is refused

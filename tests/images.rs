@@ -345,6 +345,25 @@ fn image_model_save_load_round_trip() {
         back.sample_with_temperature(5, 1, None, 0.7).unwrap()
     );
     std::fs::remove_dir_all(&dir).unwrap();
+    // from_noise is sampling after the draw, and undoes to_noise up to the dequantisation
+    let mut z = model.flow.sample_noise(5, &mut rng(1), None).to_f64();
+    z.iter_mut().for_each(|v| *v *= 0.7);
+    let (a, b) = (
+        model.from_noise(&z, None).unwrap(),
+        model.sample_with_temperature(5, 1, None, 0.7).unwrap(),
+    );
+    // the same up to where 0.7 multiplies (f64 here, f32 in sampling)
+    for (u, v) in a.data.iter().zip(&b.data) {
+        assert!((u - v).abs() < 1e-5 * v.abs().max(1.0), "{u} vs {v}");
+    }
+    let few = t.take_rows(&[0, 1, 2]);
+    let back = model
+        .from_noise(&model.to_noise(&few, None).unwrap(), None)
+        .unwrap();
+    for (a, b) in back.data.iter().zip(&few.data) {
+        assert!((a - b).abs() <= 1.0 + 1e-9, "{a} vs {b}");
+    }
+    assert!(model.from_noise(&[0.0; 15], None).is_err());
 }
 
 /// Image flows in shards (on two threads a batch of 128 images or more runs as two shards, training on the flow
@@ -403,4 +422,52 @@ fn image_flows_in_shards_match_one_thread() {
         let s2 = pools[1].install(|| f2.sample(160, &mut rng(5), c));
         assert_eq!(s1.data, s2.data, "{name}: samples");
     }
+}
+
+#[test]
+fn latent_scales_are_where_each_level_factors_out() {
+    // a level's latents stop changing once it is factored out, while the features just before them (the
+    // kept half) still change: the recorded boundaries are the flow's own
+    use nflow::flows::image::latent_scales;
+    for kind in [FlowKind::Glow, FlowKind::RealnvpMultiscale] {
+        let spec = FlowSpec {
+            scales: 3,
+            ..spec(kind, ImageShape::new(1, 8, 8), 0)
+        };
+        let ls = latent_scales(&spec).unwrap();
+        assert_eq!(ls.len(), 3);
+        let mut covered = vec![0; 64];
+        for l in &ls {
+            assert_eq!(l.shape.dim(), l.range.len(), "{kind:?} {l:?}");
+            l.range.clone().for_each(|i| covered[i] += 1);
+        }
+        assert!(covered.iter().all(|&c| c == 1), "{kind:?}: {covered:?}");
+        let mut flow = spec.build::<f64>().unwrap();
+        randomize(&mut flow, 2, 0.2);
+        let x: Mat<f64> = randn(&mut rng(4), 2, 64);
+        let stages = flow.forward_stages(&x, None);
+        // the last stage at which any value in [a, b) changed
+        let last_change = |a: usize, b: usize| {
+            let mut prev = x.clone();
+            let mut last = 0;
+            for (k, (y, _)) in stages.iter().enumerate() {
+                let moved = (0..y.rows).any(|r| (a..b).any(|c| y.at(r, c) != prev.at(r, c)));
+                if moved {
+                    last = k;
+                }
+                prev = y.clone();
+            }
+            last
+        };
+        for w in ls.windows(2) {
+            let (fine, coarse) = (&w[0], &w[1]);
+            let done = last_change(fine.range.start, fine.range.end);
+            let kept = last_change(fine.range.start - 1, fine.range.start);
+            assert!(done < kept, "{kind:?} {fine:?}: {done} vs {kept}");
+            assert!(done < last_change(coarse.range.start, coarse.range.end));
+        }
+        assert_eq!(last_change(0, ls[2].range.end), stages.len() - 1);
+    }
+    let maf = FlowSpec::preset(FlowKind::Maf, 4);
+    assert!(latent_scales(&maf).is_none());
 }

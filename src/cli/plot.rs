@@ -33,8 +33,11 @@ pub(super) struct PlotArgs {
     /// the data space carried through the maps and the points (--data rows, else samples) shaded by where they
     /// started; under each layer its log|det J|. More than 2 columns: the plane of --axes through the
     /// --reference row. Image models: a picture's latents per scale and images rebuilt from them.
-    #[arg(long, conflicts_with = "context")]
+    #[arg(long)]
     layers: bool,
+    /// With --layers on an image model: the temperatures of the rebuilt images' columns.
+    #[arg(long, requires = "layers", default_value = "0,0.5,0.7,1")]
+    temperatures: String,
     /// With --layers: the two columns (names) on the panels' axes; default: the first two.
     #[arg(long, requires = "layers")]
     axes: Option<String>,
@@ -122,7 +125,27 @@ pub(super) fn plot(a: PlotArgs) -> Result<()> {
         Some(src) => Some(model.select_columns(load(src, &a.sel, a.seed.wrapping_add(1))?)?),
         None => None,
     };
+    if a.layers && model.arch.is_image() {
+        // a picture: the first --data row, else a sample
+        let ctx = context_rows(&model, a.context.as_deref(), None)?;
+        let pic = match &data {
+            Some(d) => d.take_rows(&[0]),
+            None => model.sample(1, a.seed, ctx.as_ref())?,
+        };
+        let temps = parse_temperatures(&a.temperatures)?;
+        let title = format!(
+            "{}: a {}'s latents per level and pictures rebuilt from them",
+            folder_name(&a.model),
+            if data.is_some() { "picture" } else { "sample" }
+        );
+        nflow::plot::latents_png(&a.out, &model, &pic, ctx.as_ref(), &temps, a.seed, &title)?;
+        eprintln!("wrote {}", a.out.display());
+        return Ok(());
+    }
     if a.layers {
+        if a.context.is_some() {
+            bail!("--layers draws unconditional models (image models excepted): drop --context");
+        }
         // at most 800 points leave the density visible under them
         let pts = match &data {
             Some(d) => d.take_rows(&(0..d.rows.min(800)).collect::<Vec<_>>()),
@@ -167,6 +190,24 @@ pub(super) fn plot(a: PlotArgs) -> Result<()> {
     )?;
     eprintln!("wrote {}", a.out.display());
     Ok(())
+}
+
+/// `0,0.5,1`: finite, not negative, at most 12.
+pub(super) fn parse_temperatures(s: &str) -> Result<Vec<f64>> {
+    let t: Vec<f64> = s
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .with_context(|| format!("--temperatures: '{v}' is not a number >= 0"))
+        })
+        .collect::<Result<_>>()?;
+    if t.len() > 12 {
+        bail!("--temperatures: at most 12, got {}", t.len());
+    }
+    Ok(t)
 }
 
 /// The plane of the layer figure from `--axes x,y` (column names) and `--reference v1,..,vD`.

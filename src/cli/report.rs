@@ -4,6 +4,7 @@
 
 use super::info::card;
 use super::plot::{curve_rows, draw_curve, folder_name, plot_model};
+use super::sample::context_caption;
 use super::*;
 use base64::Engine as _;
 
@@ -159,36 +160,54 @@ fn sections(
             format!("<table>{rows}</table>"),
         ));
     }
-    // samples beside the data (a conditional model: given the first context row of the data)
-    let ctx = data.and_then(|(_, c)| c.as_ref().map(|c| c.take_rows(&[0])));
-    if model.arch.context_dim == 0 || ctx.is_some() {
+    let contexts = data.and_then(|(_, c)| c.as_ref().map(|c| spread_contexts(c, 10)));
+    if model.arch.is_image() {
+        out.extend(image_sections(a, model, data, contexts.as_ref(), tmp)?);
+        return Ok(out);
+    }
+    // samples beside the data; a conditional model: at up to three contexts from the data
+    let shown = data.map(|(t, _)| t.take_rows(&(0..t.rows.min(5000)).collect::<Vec<_>>()));
+    let what = if model.dim() == 2 {
+        "The model's density, its samples and the data."
+    } else {
+        "Pairs of the first columns: the model's samples against the data (histograms on the diagonal)."
+    };
+    if model.arch.context_dim == 0 {
         let p = tmp.join("samples.png");
-        let shown = data.map(|(t, _)| t.take_rows(&(0..t.rows.min(5000)).collect::<Vec<_>>()));
-        plot_model(
-            model,
-            ctx.as_ref(),
-            shown.as_ref(),
-            &p,
-            a.samples,
-            150,
-            6,
-            a.seed,
-        )?;
-        let what = if model.dim() == 2 {
-            "The model's density, its samples and the data."
-        } else {
-            "Pairs of the first columns: the model's samples against the data (histograms on the diagonal)."
-        };
-        let given = if ctx.is_some() {
-            " Given the data's first context row."
-        } else {
-            ""
-        };
+        plot_model(model, None, shown.as_ref(), &p, a.samples, 150, 6, a.seed)?;
         out.push((
             "samples",
             "Samples and data".into(),
-            format!("<p>{what}{given}</p>{}", img(&p, "samples and data")?),
+            format!("<p>{what}</p>{}", img(&p, "samples and data")?),
         ));
+    } else if let Some(c) = &contexts {
+        let picks = c.rows.min(3);
+        let mut body = format!(
+            "<p>{what} The model's samples given {picks} context rows from the data (all of the data drawn \
+             beside them).</p>"
+        );
+        for k in 0..picks {
+            let i = (k * (c.rows - 1)).checked_div(picks - 1).unwrap_or(0);
+            let one = c.take_rows(&[i]);
+            let p = tmp.join(format!("samples-{k}.png"));
+            plot_model(
+                model,
+                Some(&one),
+                shown.as_ref(),
+                &p,
+                a.samples,
+                150,
+                6,
+                a.seed,
+            )?;
+            let cap = context_caption(&one, 0);
+            body.push_str(&format!(
+                "<figure><figcaption>given {}</figcaption>{}</figure>",
+                escape(&cap),
+                img(&p, &format!("samples given {cap}"))?
+            ));
+        }
+        out.push(("samples", "Samples at several contexts".into(), body));
     }
     if model.arch.context_dim == 0 && model.preprocess.is_none() && !model.arch.is_image() {
         let pts = match data {
@@ -224,6 +243,137 @@ fn sections(
                     String::new()
                 },
                 img(&p, "layer by layer")?
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Up to `k` context rows spread over the data's distinct ones (ordered by their values): every class for
+/// a label with at most `k` classes.
+fn spread_contexts(c: &Table, k: usize) -> Table {
+    let mut seen = std::collections::HashSet::new();
+    let mut firsts: Vec<usize> = (0..c.rows)
+        .filter(|&i| seen.insert(c.row(i).iter().map(|v| v.to_bits()).collect::<Vec<_>>()))
+        .collect();
+    firsts.sort_by(|&i, &j| {
+        c.row(i)
+            .iter()
+            .zip(c.row(j))
+            .map(|(a, b)| a.total_cmp(b))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let n = firsts.len();
+    let picks: Vec<usize> = if n <= k {
+        firsts
+    } else {
+        (0..k)
+            .map(|j| firsts[j * (n - 1) / (k - 1).max(1)])
+            .collect()
+    };
+    c.take_rows(&picks)
+}
+
+/// An image model's samples (a line per temperature; a conditional one: a line per context from the data)
+/// and a picture's latents per level with pictures rebuilt from them.
+fn image_sections(
+    a: &ReportArgs,
+    model: &Model,
+    data: Option<&(Table, Option<Table>)>,
+    contexts: Option<&Table>,
+    tmp: &Path,
+) -> Result<Vec<(&'static str, String, String)>> {
+    let mut out = Vec::new();
+    let shape = model
+        .arch
+        .image
+        .context("an image model without an image shape")?;
+    let per = 10;
+    let d = model.dim();
+    let images = |t: &Table| t.data.chunks(d).map(<[f64]>::to_vec).collect::<Vec<_>>();
+    let mut lines = Vec::new();
+    let mut seen = Vec::new();
+    let (title, note) = match contexts {
+        None if model.arch.context_dim > 0 => (String::new(), String::new()),
+        None => {
+            for (k, t) in [0.5, 0.7, 0.85, 1.0].into_iter().enumerate() {
+                let s = model.sample_with_temperature(per, a.seed + k as u64, None, t)?;
+                seen.extend_from_slice(&s.data);
+                lines.push(nflow::plot::ImageRow {
+                    caption: format!("T = {t}"),
+                    images: images(&s),
+                });
+            }
+            (
+                format!("{}: samples at four temperatures", folder_name(&a.model)),
+                "A line per temperature T (the prior's standard deviation; lower: smoother, more typical)."
+                    .to_string(),
+            )
+        }
+        Some(c) => {
+            let t = 0.7;
+            for i in 0..c.rows {
+                let one = c.take_rows(&vec![i; per]);
+                let s = model.sample_with_temperature(per, a.seed, Some(&one), t)?;
+                seen.extend_from_slice(&s.data);
+                lines.push(nflow::plot::ImageRow {
+                    caption: context_caption(c, i),
+                    images: images(&s),
+                });
+            }
+            (
+                format!(
+                    "{}: samples per context, temperature {t}",
+                    folder_name(&a.model)
+                ),
+                format!(
+                    "A line per context row of the data ({} of them), temperature {t}.",
+                    c.rows
+                ),
+            )
+        }
+    };
+    if !lines.is_empty() {
+        let p = tmp.join("samples.png");
+        let max = nflow::plot::pixel_max(model, &seen);
+        nflow::plot::image_grid_png(&p, &title, shape, max, &lines, per)?;
+        out.push((
+            "samples",
+            "Samples".into(),
+            format!("<p>{}</p>{}", escape(&note), img(&p, "samples")?),
+        ));
+    }
+    let pick = data.map(|(t, c)| (t.take_rows(&[0]), c.as_ref().map(|c| c.take_rows(&[0]))));
+    let (pic, ctx) = match pick {
+        Some(p) => p,
+        None if model.arch.context_dim == 0 => (model.sample(1, a.seed, None)?, None),
+        None => return Ok(out),
+    };
+    if model
+        .preset
+        .as_ref()
+        .and_then(nflow::flows::image::latent_scales)
+        .is_some()
+    {
+        let p = tmp.join("latents.png");
+        nflow::plot::latents_png(
+            &p,
+            model,
+            &pic,
+            ctx.as_ref(),
+            &[0.0, 0.5, 0.7, 1.0],
+            a.seed,
+            &format!("{}: a picture's latents per level", folder_name(&a.model)),
+        )?;
+        out.push((
+            "latents",
+            "Latents per level".into(),
+            format!(
+                "<p>The first test picture, the picture rebuilt from its latents, and the latents each level \
+                 factors out; below, pictures that keep the coarsest levels' latents and draw the finer ones at \
+                 temperature T.</p>{}",
+                img(&p, "latents")?
             ),
         ));
     }

@@ -101,22 +101,45 @@ pub(super) fn sample(a: SampleArgs) -> Result<()> {
                     a.model.display()
                 )
             })?;
-        // pixel range: the preprocessing's (8-bit after n-bit reduction is undone), else the samples' max
-        let x = Table::new(
-            model.columns.clone(),
-            rows,
-            pictures.unwrap_or_default(),
-            "samples",
-        );
-        let max = match &model.preprocess {
-            Some(p) if p.bits.is_some() => 255.0,
-            Some(p) if p.dequantize || p.logit.is_some() => p.levels,
-            _ => x.data.iter().cloned().fold(f64::MIN, f64::max).max(1e-12),
+        let x = pictures.unwrap_or_default();
+        let max = nflow::plot::pixel_max(&model, &x);
+        let d = model.dim();
+        let images: Vec<Vec<f64>> = x.chunks(d).map(<[f64]>::to_vec).collect();
+        // a conditional model: a captioned line per context row
+        let lines = match &ctx {
+            Some(c) => images
+                .chunks(a.n)
+                .enumerate()
+                .map(|(i, im)| nflow::plot::ImageRow {
+                    caption: context_caption(c, i),
+                    images: im.to_vec(),
+                })
+                .collect(),
+            None => vec![nflow::plot::ImageRow {
+                caption: String::new(),
+                images,
+            }],
         };
-        data::write_png_grid(g, &x, shape, a.grid_cols, max)?;
-        eprintln!("wrote a grid of {} samples to {}", x.rows, g.display());
+        let title = format!(
+            "{} samples of {}, temperature {}",
+            rows,
+            super::plot::folder_name(&a.model),
+            a.temperature
+        );
+        nflow::plot::image_grid_png(g, &title, shape, max, &lines, a.grid_cols)?;
+        eprintln!("wrote a grid of {rows} samples to {}", g.display());
     }
     Ok(())
+}
+
+/// A context row as words: `label = 3`, `a = 0.5, b = 1`.
+pub(super) fn context_caption(c: &Table, row: usize) -> String {
+    c.columns
+        .iter()
+        .zip(c.row(row))
+        .map(|(n, v)| format!("{n} = {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The context rows for sampling a conditional model (`--context v1,v2` or `--context-file F`).

@@ -136,39 +136,6 @@ pub fn load_png_folder(dir: &Path) -> Result<Table> {
     Ok(Table::new(columns, files.len(), data, src))
 }
 
-/// Write rows of pixel values in `[0, max]` (shape `s`) as one PNG: a grid of `cols` images per row with a
-/// 1-pixel gap.
-pub fn write_png_grid(path: &Path, t: &Table, s: ImageShape, cols: usize, max: f64) -> Result<()> {
-    let n = t.rows;
-    let cols = cols.clamp(1, n.max(1));
-    let rows = n.div_ceil(cols);
-    let (gw, gh) = (cols * (s.w + 1) + 1, rows * (s.h + 1) + 1);
-    let mut buf = vec![40u8; gw * gh * 3];
-    let hw = s.hw();
-    for i in 0..n {
-        let row = t.row(i);
-        let (ox, oy) = (1 + (i % cols) * (s.w + 1), 1 + (i / cols) * (s.h + 1));
-        for y in 0..s.h {
-            for x in 0..s.w {
-                let px = |c: usize| {
-                    let v = row[c * hw + y * s.w + x] / max * 255.0;
-                    v.round().clamp(0.0, 255.0) as u8
-                };
-                let o = ((oy + y) * gw + ox + x) * 3;
-                for k in 0..3 {
-                    buf[o + k] = px(if s.c == 3 { k } else { 0 });
-                }
-            }
-        }
-    }
-    image::save_buffer(path, &buf, gw as u32, gh as u32, image::ColorType::Rgb8).map_err(|e| {
-        DataError::Open {
-            path: path.display().to_string(),
-            msg: format!("cannot write PNG: {e}"),
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,13 +174,6 @@ mod tests {
         assert_eq!((t.rows, t.cols), (2, 7));
         assert_eq!(t.row(1), &[3.0, 43.0, 83.0, 123.0, 163.0, 203.0, 1.0]);
         assert_eq!(t.columns[6], "label");
-        // grid out, read back
-        let g = std::env::temp_dir().join(format!("nflow-grid-{}.png", std::process::id()));
-        let img = t.select(None, &["label".into()]).unwrap();
-        write_png_grid(&g, &img, ImageShape::new(1, 2, 3), 2, 255.0).unwrap();
-        let back = image::open(&g).unwrap().to_rgb8();
-        assert_eq!((back.width(), back.height()), (9, 4));
-        assert_eq!(back.get_pixel(1 + 4 + 1, 1 + 1).0[0], 163);
         // a differently sized image is an error naming the file
         image::save_buffer(
             dir.join("b").join("y.png"),
@@ -229,6 +189,5 @@ mod tests {
         let e = load_png_folder(&dir).unwrap_err().to_string();
         assert!(e.contains("y.png"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_file(&g);
     }
 }

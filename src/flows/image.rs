@@ -81,6 +81,44 @@ pub(super) fn validate(spec: &FlowSpec) -> Result<(), Error> {
     Ok(())
 }
 
+/// One level's latents in a multi-scale flow's noise row: where they sit and their shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatentScale {
+    pub range: std::ops::Range<usize>,
+    pub shape: ImageShape,
+}
+
+/// Where each level of `glow` or `realnvp-multiscale` leaves its latents in the noise row, finest first: level
+/// `l < L-1` factors out the last half of the features still active, `[D/2^(l+1), D/2^l)`, as
+/// `2^(l+1) C` channels of `H/2^(l+1) x W/2^(l+1)`; the last level keeps `[0, D/2^(L-1))` (Glow squeezes once
+/// more before it). `None` for other flows.
+pub fn latent_scales(spec: &FlowSpec) -> Option<Vec<LatentScale>> {
+    let s = spec.image?;
+    if !spec.kind.image() || spec.scales == 0 {
+        return None;
+    }
+    let d = s.dim();
+    let levels = spec.scales;
+    let mut out = Vec::with_capacity(levels);
+    for l in 0..levels - 1 {
+        let f = 1usize << (l + 1);
+        out.push(LatentScale {
+            range: d / f..d / (f / 2),
+            shape: ImageShape::new(s.c * f, s.h / f, s.w / f),
+        });
+    }
+    let last = 1usize << (levels - 1);
+    let shape = match spec.kind {
+        FlowKind::Glow => ImageShape::new(s.c * last * 4, s.h / last / 2, s.w / last / 2),
+        _ => ImageShape::new(s.c * last, s.h / last, s.w / last),
+    };
+    out.push(LatentScale {
+        range: 0..d / last,
+        shape,
+    });
+    Some(out)
+}
+
 /// The layers of `glow` or `realnvp-multiscale` (transforms of the kept channels after a split act on the
 /// first features of the row: [`Layer::build`] wraps them).
 pub(super) fn layers(spec: &FlowSpec) -> Vec<Layer> {

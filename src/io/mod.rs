@@ -362,6 +362,32 @@ impl Model {
         Ok(z.to_f64())
     }
 
+    /// The rows `x = f^{-1}(z)` in the data's units for noise rows `z` (row-major, `rows x dim`, the flow's
+    /// coordinates as [`Model::to_noise`] gives them): what sampling does after drawing the noise.
+    pub fn from_noise(&self, z: &[f64], ctx: Option<&Table>) -> Result<Table> {
+        let d = self.dim();
+        if !z.len().is_multiple_of(d) || z.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Shape(format!(
+                "noise rows: {} values are not finite rows of the model's {d} columns",
+                z.len()
+            )));
+        }
+        let rows = z.len() / d;
+        let c = self.prepare_ctx(ctx, rows)?;
+        Ok(self.noise_to_data(&Mat::<f32>::from_f64(rows, d, z), c.as_ref()))
+    }
+
+    fn noise_to_data(&self, z: &Mat<f32>, ctx: Option<&Mat<f32>>) -> Table {
+        let x = self.flow.inverse(z, ctx).0;
+        let mut v = x.to_f64();
+        self.norm.invert(&mut v);
+        let mut t = Table::new(self.columns.clone(), z.rows, v, "samples");
+        if let Some(p) = &self.preprocess {
+            p.invert(&mut t);
+        }
+        t
+    }
+
     /// `n` samples in the data's units (for a conditional model, one per context row; `n` is then ignored).
     pub fn sample(&self, n: usize, seed: u64, ctx: Option<&Table>) -> Result<Table> {
         self.sample_with_temperature(n, seed, ctx, 1.0)
@@ -445,14 +471,7 @@ impl Model {
                 let t = temperature as f32;
                 z.data.iter_mut().for_each(|v| *v *= t);
             }
-            let x = self.flow.inverse(&z, c.as_ref()).0;
-            let mut v = x.to_f64();
-            self.norm.invert(&mut v);
-            let mut t = Table::new(self.columns.clone(), b - a, v, "samples");
-            if let Some(p) = &self.preprocess {
-                p.invert(&mut t);
-            }
-            if !each(t, cr)? {
+            if !each(self.noise_to_data(&z, c.as_ref()), cr)? {
                 break;
             }
             a = b;

@@ -33,7 +33,7 @@ fn ramp(t: f64) -> RGBColor {
 
 /// Blue where a layer contracts (log|det J| < 0), white where it keeps volume, red where it expands;
 /// `v` is scaled to [-1, 1].
-fn diverging(v: f64) -> RGBColor {
+pub(super) fn diverging(v: f64) -> RGBColor {
     let v = if v.is_finite() {
         v.clamp(-1.0, 1.0)
     } else {

@@ -19,6 +19,9 @@ pub enum PlotError {
     /// The arguments are inconsistent (sizes, extents, dimensions, path).
     #[error("plot: {0}")]
     Input(String),
+    /// The model could not compute what the plot shows.
+    #[error(transparent)]
+    Model(#[from] crate::Error),
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
@@ -328,6 +331,7 @@ fn check_extent(extent: [f64; 4]) -> Result<(Interval, Interval), PlotError> {
 
 mod anim;
 mod density;
+mod images;
 mod layers;
 mod lines;
 mod pairs;
@@ -335,6 +339,7 @@ mod text;
 
 pub use anim::{density_frame_png, gif_from_pngs};
 pub use density::density_2d_png;
+pub use images::{image_grid_png, latents_png, pixel_max, ImageRow};
 pub use layers::{extent_of, flow_stages, grid_points, layers_png, SliceView, Stage};
 pub use lines::lines_png;
 pub use pairs::pairs_png;
