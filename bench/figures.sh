@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The figures under docs/figures: the layer-by-layer change of variables for moons, checkerboard and rings with
-# realnvp and nsf-c (3000 steps each on the shared toy CSVs), one model's learning curve and density plot, a pairs
-# plot, and two report pages with their screenshots (headless Chromium, where installed).
-# Usage: bench/figures.sh   (writes docs/figures/*.png; a few minutes on two cores)
+# realnvp and nsf-c (3000 steps each on the shared toy CSVs) and for magic04 (10-D: a plane through the median
+# row), one model's learning curve and density plot, a pairs plot, a class-conditional Glow on MNIST (11 minutes
+# of training: captioned samples per class, a test digit's latents per level, its report), and three report
+# pages with their screenshots (headless Chromium, where installed).
+# Usage: bench/figures.sh   (writes docs/figures/*; about 20 minutes on two cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q
@@ -27,8 +29,22 @@ $b train --data "$tmp/magic04-train.csv" --flow maf --test "$tmp/magic04-test.cs
   --out "$tmp/magic04-maf" > /dev/null 2>&1
 $b report --model "$tmp/magic04-maf" --data "$tmp/magic04-test.csv" --out docs/figures/report-magic04-maf.html
 $b plot --model "$tmp/magic04-maf" --data "$tmp/magic04-test.csv" --max-dims 4 --out docs/figures/pairs-magic04-maf.png
+$b plot --model "$tmp/magic04-maf" --layers --data "$tmp/magic04-test.csv" --axes fLength,fWidth --grid 120 \
+  --out docs/figures/layers-magic04-maf.png
+# an image model: class-conditional Glow on MNIST, a time-bounded run
+mnist=../shared/data/mnist
+$b train --data "idx:$mnist:train:both" --context label --context-one-hot --test "idx:$mnist:test:both" \
+  --monitor 2000 --flow glow --layers 4 --hidden 48 --scales 2 --dequantize --logit 1e-6 --batch-size 64 --lr 1e-3 \
+  --schedule cosine --warmup 100 --steps 100000 --time-limit 11 --eval-every 500 --quiet --out "$tmp/mnist-cglow" \
+  > /dev/null 2>&1
+printf 'label\n0\n1\n2\n3\n4\n5\n6\n7\n8\n9\n' > "$tmp/classes.csv"
+$b sample --model "$tmp/mnist-cglow" --context-file "$tmp/classes.csv" -n 10 --temperature 0.7 \
+  --grid docs/figures/samples-mnist-cglow.png > /dev/null
+$b plot --model "$tmp/mnist-cglow" --layers --data "idx:$mnist:test" --context 7 \
+  --out docs/figures/latents-mnist-cglow.png
+$b report --model "$tmp/mnist-cglow" --data "idx:$mnist:test:both" --out docs/figures/report-mnist-cglow.html
 if command -v chromium > /dev/null; then
-  for r in moons-realnvp magic04-maf; do
+  for r in moons-realnvp magic04-maf mnist-cglow; do
     chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
       --disable-component-update --disable-sync --user-data-dir="$tmp/chromium" --hide-scrollbars \
       --window-size=1300,2400 --screenshot="docs/figures/report-$r.png" "file://$PWD/docs/figures/report-$r.html" \

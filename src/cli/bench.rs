@@ -11,7 +11,9 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// w1: RealNVP 8 couplings, MLP 2x128, D=2, batch 512; w2: MAF 5 MADE layers, hidden 2x512, D=64,
-    /// batch 256; w3: RealNVP 6 couplings, MLP 2x1024, D=784, batch 256.
+    /// batch 256; w3: RealNVP 6 couplings, MLP 2x1024, D=784, batch 256; w4: spline autoregressive (nsf-ar)
+    /// 5 layers, MADE 2x128, 8 bins, D=10, batch 256; w5: spline coupling (nsf-c) 5 layers, MLP 2x256, 8 bins,
+    /// D=64, batch 256.
     /// (`tradeoff`: the MAF paper's density-vs-sampling table: RealNVP, MAF and IAF at each of --dims, timing
     /// log p of a batch and drawing a batch; prints JSON lines and a markdown table of ratios.)
     /// (`images`: Glow and RealNVP multi-scale on MNIST-sized images at the sizes of the README's runs:
@@ -292,7 +294,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "w1" => (FlowKind::Realnvp, 2, 8, 128, 512),
         "w2" => (FlowKind::Maf, 64, 5, 512, 256),
         "w3" => (FlowKind::Realnvp, 784, 6, 1024, 256),
-        w => bail!("unknown workload '{w}' (known: w1, w2, w3, tradeoff, images, vi)"),
+        "w4" => (FlowKind::NsfAr, 10, 5, 128, 256),
+        "w5" => (FlowKind::NsfC, 64, 5, 256, 256),
+        w => bail!("unknown workload '{w}' (known: w1, w2, w3, w4, w5, tradeoff, images, vi)"),
     };
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");

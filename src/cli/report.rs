@@ -328,7 +328,8 @@ fn image_sections(
                     folder_name(&a.model)
                 ),
                 format!(
-                    "A line per context row of the data ({} of them), temperature {t}.",
+                    "A line per context row of the data ({} of them), temperature {t}; the same noise down \
+                     each column, so a column shows what the context changes.",
                     c.rows
                 ),
             )

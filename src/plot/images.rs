@@ -19,6 +19,23 @@ fn zoom(s: ImageShape) -> i32 {
     (56 / s.h.max(s.w).max(1)).clamp(1, 8) as i32
 }
 
+/// A `z x z` square of pixels with its top-left corner at `(x, y)`.
+fn fill_square(
+    root: &Area,
+    path: &Path,
+    (x, y): (i32, i32),
+    z: i32,
+    colour: &RGBColor,
+) -> Result<(), PlotError> {
+    for dy in 0..z {
+        for dx in 0..z {
+            root.draw_pixel((x + dx, y + dy), colour)
+                .map_err(write_err(path))?;
+        }
+    }
+    Ok(())
+}
+
 /// Draws one image with its top-left corner at `(x, y)`: grey for one channel, RGB for three (others: the
 /// first channel), values scaled so `max` is white.
 fn draw_image(
@@ -48,12 +65,7 @@ fn draw_image(
                 let g = px(0, i);
                 RGBColor(g, g, g)
             };
-            let (x0, y0) = (x + c as i32 * z, y + r as i32 * z);
-            root.draw(&Rectangle::new(
-                [(x0, y0), (x0 + z - 1, y0 + z - 1)],
-                rgb.filled(),
-            ))
-            .map_err(write_err(path))?;
+            fill_square(root, path, (x + c as i32 * z, y + r as i32 * z), z, &rgb)?;
         }
     }
     Ok(())
@@ -71,12 +83,8 @@ fn draw_latent(
 ) -> Result<(), PlotError> {
     for r in 0..h {
         for c in 0..w {
-            let (x0, y0) = (x + c as i32 * z, y + r as i32 * z);
-            root.draw(&Rectangle::new(
-                [(x0, y0), (x0 + z - 1, y0 + z - 1)],
-                diverging(v[r * w + c] / 3.0).filled(),
-            ))
-            .map_err(write_err(path))?;
+            let colour = diverging(v[r * w + c] / 3.0);
+            fill_square(root, path, (x + c as i32 * z, y + r as i32 * z), z, &colour)?;
         }
     }
     Ok(())
@@ -271,10 +279,10 @@ pub fn latents_png(
                 .map(|s| shown(s.shape) * (s.shape.w as i32 * latent_zoom(s.shape) + 3) + gap)
                 .sum::<i32>();
         let grid_w = left + temperatures.len() as i32 * (tw + gap);
-        let width = top_w.max(grid_w) + 20;
+        let width = top_w.max(grid_w).max(560) + 20;
         let head = 44;
         let top_h = 24 + th + 20;
-        let height = head + top_h + 40 + 26 + levels as i32 * (th + gap) + 10;
+        let height = head + top_h + 58 + 26 + levels as i32 * (th + gap) + 10;
         let root = BitMapBackend::new(path, (width as u32, height as u32)).into_drawing_area();
         root.fill(&PAGE_BG).map_err(write_err(path))?;
         draw_text(&root, path, (width / 2, 12), title, 18.0, Anchor::TopCentre)?;
@@ -335,15 +343,23 @@ pub fn latents_png(
             x += w + gap;
         }
         let y = head + top_h;
-        draw_text(
-            &root,
-            path,
-            (20, y + 6),
-            "latents: blue < 0 < red, full colour at 3 sd (up to 4 channels each); below: the coarsest levels kept, the rest drawn at temperature T",
-            13.0,
-            Anchor::CentreLeft,
-        )?;
-        let y = y + 30;
+        for (i, line) in [
+            "latents: blue < 0 < red, full colour at 3 sd (up to 4 channels a level)",
+            "below: the coarsest levels' latents kept, the finer ones drawn at temperature T",
+        ]
+        .iter()
+        .enumerate()
+        {
+            draw_text(
+                &root,
+                path,
+                (20, y + 6 + 18 * i as i32),
+                line,
+                13.0,
+                Anchor::CentreLeft,
+            )?;
+        }
+        let y = y + 48;
         for (j, t) in temperatures.iter().enumerate() {
             draw_text(
                 &root,

@@ -42,32 +42,45 @@ impl Default for RqSpline {
     }
 }
 
-/// Knots of one element's spline, built from its raw parameters.
+/// Knots of one element's spline, built from its raw parameters. The interior derivatives are evaluated only
+/// where a bin needs them (two per element instead of `K - 1`).
 #[derive(Clone, Debug, Default)]
 pub struct Knots<F> {
     /// `K + 1` x-knots, from `-B` to `B`.
     pub xs: Vec<F>,
     pub ys: Vec<F>,
-    /// `K + 1` derivatives at the knots (the first and last are 1).
-    pub ds: Vec<F>,
-    /// softmax of the raw widths and heights, sigmoid of the shifted raw derivatives (for the backward pass)
+    /// The shifted raw interior derivatives `u_i + c`, i = 1..K-1.
+    zu: Vec<F>,
+    /// softmax of the raw widths and heights (for the backward pass)
     sw: Vec<F>,
     sh: Vec<F>,
-    sd: Vec<F>,
+    dmin: F,
 }
 
 impl<F: Float> Knots<F> {
-    /// Bin `k`: `(x_k, w_k, y_k, h_k, d_k, d_{k+1})`.
-    fn bin(&self, k: usize) -> (F, F, F, F, F, F) {
-        let (xs, ys, ds) = (&self.xs, &self.ys, &self.ds);
-        (
-            xs[k],
-            xs[k + 1] - xs[k],
-            ys[k],
-            ys[k + 1] - ys[k],
-            ds[k],
-            ds[k + 1],
-        )
+    /// Bin `k`: `(x_k, w_k, y_k, h_k)`.
+    #[inline]
+    fn bin(&self, k: usize) -> (F, F, F, F) {
+        let (xs, ys) = (&self.xs, &self.ys);
+        (xs[k], xs[k + 1] - xs[k], ys[k], ys[k + 1] - ys[k])
+    }
+
+    /// The derivative at knot `i` and `d(softplus)/du` there (the sigmoid; 0 at the ends, where it is 1).
+    #[inline]
+    fn deriv(&self, i: usize) -> (F, F) {
+        if i == 0 || i > self.zu.len() {
+            return (F::one(), F::zero());
+        }
+        // softplus(z) = max(z, 0) + ln(1 + e^-|z|); its derivative, the sigmoid, from the same exponential
+        let z = self.zu[i - 1];
+        let e = (-z.abs()).exp();
+        let sp = z.max(F::zero()) + e.ln_1p();
+        let sig = if z > F::zero() {
+            F::one() / (F::one() + e)
+        } else {
+            e / (F::one() + e)
+        };
+        (self.dmin + sp, sig)
     }
 }
 
@@ -133,21 +146,9 @@ impl RqSpline {
         cum(&out.sw, self.min_width, &mut out.xs);
         cum(&out.sh, self.min_height, &mut out.ys);
         let c = F::c(self.softplus_shift());
-        let dmin = F::c(self.min_derivative);
-        out.ds.clear();
-        out.sd.clear();
-        out.ds.push(F::one());
-        for &u in &p[2 * k..] {
-            let z = u + c;
-            let sp = if z > F::zero() {
-                z + (-z).exp().ln_1p()
-            } else {
-                z.exp().ln_1p()
-            };
-            out.ds.push(dmin + sp);
-            out.sd.push(F::one() / (F::one() + (-z).exp()));
-        }
-        out.ds.push(F::one());
+        out.dmin = F::c(self.min_derivative);
+        out.zu.clear();
+        out.zu.extend(p[2 * k..].iter().map(|&u| u + c));
     }
 
     fn inside<F: Float>(&self, v: F) -> bool {
@@ -166,15 +167,24 @@ impl RqSpline {
         if !self.inside(x) {
             return (x, F::zero());
         }
-        let (xk, w, yk, h, dk, dk1) = kn.bin(Self::bin(&kn.xs, x));
+        let k = Self::bin(&kn.xs, x);
+        let (xk, w, yk, h) = kn.bin(k);
+        let (dk, dk1) = (kn.deriv(k).0, kn.deriv(k + 1).0);
         let xi = ((x - xk) / w).max(F::zero()).min(F::one());
         let s = h / w;
         let t = xi * (F::one() - xi);
         let den = s + (dk1 + dk - F::c(2.0) * s) * t;
         let y = yk + h * (s * xi * xi + dk * t) / den;
+        (y, Self::log_slope(xi, s, dk, dk1))
+    }
+
+    /// `log dy/dx` in a bin at `ξ`.
+    #[inline]
+    fn log_slope<F: Float>(xi: F, s: F, dk: F, dk1: F) -> F {
+        let t = xi * (F::one() - xi);
+        let den = s + (dk1 + dk - F::c(2.0) * s) * t;
         let g = dk1 * xi * xi + F::c(2.0) * s * t + dk * (F::one() - xi) * (F::one() - xi);
-        let ld = F::c(2.0) * s.ln() + g.ln() - F::c(2.0) * den.ln();
-        (y, ld)
+        F::c(2.0) * s.ln() + g.ln() - F::c(2.0) * den.ln()
     }
 
     /// `(x, log dx/dy)` of one element (the inverse map).
@@ -183,7 +193,8 @@ impl RqSpline {
             return (y, F::zero());
         }
         let k = Self::bin(&kn.ys, y);
-        let (xk, w, yk, h, dk, dk1) = kn.bin(k);
+        let (xk, w, yk, h) = kn.bin(k);
+        let (dk, dk1) = (kn.deriv(k).0, kn.deriv(k + 1).0);
         let s = h / w;
         let dy = y - yk;
         let e = dk1 + dk - F::c(2.0) * s;
@@ -197,9 +208,7 @@ impl RqSpline {
         } else {
             (F::c(2.0) * c / den_root).max(F::zero()).min(F::one())
         };
-        let x = xk + xi * w;
-        let (_, ld) = self.forward(x, kn);
-        (x, -ld)
+        (xk + xi * w, -Self::log_slope(xi, s, dk, dk1))
     }
 
     /// Backward of `forward` for one element: given `gy = dL/dy` and `gl = dL/d(log dy/dx)`, accumulate
@@ -211,7 +220,8 @@ impl RqSpline {
         let nb = self.bins;
         let two = F::c(2.0);
         let k = Self::bin(&kn.xs, x);
-        let (xk, w, _, h, dk, dk1) = kn.bin(k);
+        let (xk, w, _, h) = kn.bin(k);
+        let ((dk, sk), (dk1, sk1)) = (kn.deriv(k), kn.deriv(k + 1));
         let xi = ((x - xk) / w).max(F::zero()).min(F::one());
         let s = h / w;
         let t = xi * (F::one() - xi);
@@ -242,24 +252,21 @@ impl RqSpline {
         let g_w = -(g_xi * xi + g_s * s) / w;
         // knots -> normalised sizes: x_k = -B + 2B sum_{j<k} wid_j, w_k = 2B wid_k (the same for heights)
         let tb = two * F::c(self.bound);
+        // dL/d wid_j = 2B sc g_start for j < k, 2B sc g_size for j = k, 0 beyond; then through the softmax
         let sizes = |g_start: F, g_size: F, sm: &[F], min: f64, dst: &mut [F]| {
             let sc = F::c(1.0 - min * nb as f64);
-            // dL/d wid_j, then through the softmax
-            let gw: Vec<F> = (0..nb)
-                .map(|j| {
-                    let mut v = F::zero();
-                    if j < k {
-                        v += tb * g_start;
-                    }
-                    if j == k {
-                        v += tb * g_size;
-                    }
-                    v * sc
-                })
-                .collect();
-            let dot: F = gw.iter().zip(sm).map(|(&a, &b)| a * b).sum();
+            let (a, b) = (tb * sc * g_start, tb * sc * g_size);
+            let below: F = sm[..k].iter().copied().sum();
+            let dot = a * below + b * sm[k];
             for j in 0..nb {
-                dst[j] += sm[j] * (gw[j] - dot);
+                let gw = if j < k {
+                    a
+                } else if j == k {
+                    b
+                } else {
+                    F::zero()
+                };
+                dst[j] += sm[j] * (gw - dot);
             }
         };
         let (dw, rest) = dp.split_at_mut(nb);
@@ -268,10 +275,10 @@ impl RqSpline {
         sizes(g_yk, g_h, &kn.sh, self.min_height, dh);
         // interior derivatives: d_i = d_min + softplus(u_{i-1} + c), i = 1..K-1
         if k >= 1 {
-            dd[k - 1] += g_dk * kn.sd[k - 1];
+            dd[k - 1] += g_dk * sk;
         }
         if k + 1 < nb {
-            dd[k] += g_dk1 * kn.sd[k];
+            dd[k] += g_dk1 * sk1;
         }
         gy * h * r_xi / w + gl * l_xi / w
     }
