@@ -49,6 +49,26 @@ pub trait ElementwiseMap: Copy + Debug + Send + Sync + 'static {
     /// `dL/dp` into `dp` and returns `dL/dx`.
     fn backward<F: Float>(&self, x: F, s: &Self::State<F>, gz: F, gl: F, dp: &mut [F]) -> F;
 
+    /// The maps of one row in f32 through a vectorised path, where the map has one: `v` (the row's transformed
+    /// values, element `k` the `k`-th) in place, `h` the row's parameters (parameter `j` of element `k` at
+    /// `j * v.len() + k`); the sum of the log-slopes. `None`: no such path (the caller goes element by element).
+    fn row_f32(&self, _v: &mut [f32], _h: &[f32], _inverse: bool) -> Option<f32> {
+        None
+    }
+
+    /// Backward of [`row_f32`](Self::row_f32) in the forward direction at `x`: `g` holds `dL/dz` and becomes
+    /// `dL/dx`, `gl` is `dL/d(log-det)` of the row, `dh` receives `dL/dh`. `false`: no such path.
+    fn row_backward_f32(
+        &self,
+        _x: &[f32],
+        _h: &[f32],
+        _g: &mut [f32],
+        _gl: f32,
+        _dh: &mut [f32],
+    ) -> bool {
+        false
+    }
+
     /// Backward of [`inverse`](Self::inverse) (the sampling direction) at `x = g^-1(z)`, for `L` with
     /// `dL/dx = gx` and `dL/dlog (g^-1)'(z) = gl`: adds `dL/dp` into `dp` and returns `dL/dz`.
     ///
@@ -98,6 +118,20 @@ impl ElementwiseMap for super::RqSpline {
     }
     fn backward<F: Float>(&self, x: F, s: &Self::State<F>, gz: F, gl: F, dp: &mut [F]) -> F {
         super::RqSpline::backward(self, x, s, gz, gl, dp)
+    }
+    fn row_f32(&self, v: &mut [f32], h: &[f32], inverse: bool) -> Option<f32> {
+        Some(super::spline_lanes::forward_row(self, v, h, inverse))
+    }
+    fn row_backward_f32(
+        &self,
+        x: &[f32],
+        h: &[f32],
+        g: &mut [f32],
+        gl: f32,
+        dh: &mut [f32],
+    ) -> bool {
+        super::spline_lanes::backward_row(self, x, h, g, gl, dh);
+        true
     }
 }
 

@@ -18,6 +18,19 @@ use crate::engine::{Float, Mat, Rng};
 use crate::nn::{Activation, Made, MadeOpts, Param};
 use rayon::prelude::*;
 
+/// `v` as f32 when `F` is f32.
+fn as_f32<F: Float>(v: &[F]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>())
+        // SAFETY: F is f32 (same type, same layout)
+        .then(|| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) })
+}
+
+fn as_f32_mut<F: Float>(v: &mut [F]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>())
+        // SAFETY: F is f32 (same type, same layout)
+        .then(|| unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len()) })
+}
+
 /// Apply the maps of one batch: `x` (rows x dim), conditioner outputs `h` (rows x P*n), `cols[k]` = the
 /// feature transformed by map `k`. Returns the new matrix and the per-row log-det.
 fn apply_maps<F: Float, M: ElementwiseMap>(
@@ -26,18 +39,37 @@ fn apply_maps<F: Float, M: ElementwiseMap>(
     h: &Mat<F>,
     cols: &[usize],
     inverse: bool,
+    train: bool,
 ) -> (Mat<F>, Vec<F>) {
     let n = cols.len();
     let p = sp.params_per_element();
     let mut z = x.clone();
     let mut ld = vec![F::zero(); x.rows];
     let d = x.cols;
+    // training passes take the map's vectorised f32 path (its rounding differs from the element-by-element
+    // path in the last bits); evaluation and sampling keep the reference path, so a saved model's
+    // log-densities and samples stay the same bits from version to version
+    let lanes = train && h.cols == p * n && h.rows > 0 && as_f32(h.row(0)).is_some();
     z.data
         .par_chunks_mut(d)
         .zip(ld.par_iter_mut())
         .enumerate()
         .for_each(|(r, (zr, ldr))| {
             let hr = h.row(r);
+            if lanes {
+                // the map's vectorised f32 path, where it has one
+                let mut v: Vec<f32> = cols
+                    .iter()
+                    .map(|&j| zr[j].to_f32().unwrap_or(0.0))
+                    .collect();
+                if let Some(l) = sp.row_f32(&mut v, as_f32(hr).expect("f32"), inverse) {
+                    for (&j, &vj) in cols.iter().zip(&v) {
+                        zr[j] = F::c(f64::from(vj));
+                    }
+                    *ldr = F::c(f64::from(l));
+                    return;
+                }
+            }
             let mut kn = M::State::<F>::default();
             let mut prm = vec![F::zero(); p];
             let mut acc = F::zero();
@@ -76,12 +108,32 @@ fn backward_maps<F: Float, M: ElementwiseMap>(
     let mut dx = dz.clone();
     let mut dh = Mat::zeros(h.rows, h.cols);
     let d = x.cols;
+    // the vectorised path covers the forward direction
+    let lanes = !inverse && h.cols == p * n && h.rows > 0 && as_f32(h.row(0)).is_some();
     dx.data
         .par_chunks_mut(d)
         .zip(dh.data.par_chunks_mut(h.cols))
         .enumerate()
         .for_each(|(r, (dxr, dhr))| {
             let (xr, hr) = (x.row(r), h.row(r));
+            if lanes {
+                let xv: Vec<f32> = cols
+                    .iter()
+                    .map(|&j| xr[j].to_f32().unwrap_or(0.0))
+                    .collect();
+                let mut g: Vec<f32> = cols
+                    .iter()
+                    .map(|&j| dxr[j].to_f32().unwrap_or(0.0))
+                    .collect();
+                let gl = dlogdet[r].to_f32().unwrap_or(0.0);
+                let dh32 = as_f32_mut(dhr).expect("f32");
+                if sp.row_backward_f32(&xv, as_f32(hr).expect("f32"), &mut g, gl, dh32) {
+                    for (&j, &gj) in cols.iter().zip(&g) {
+                        dxr[j] = F::c(f64::from(gj));
+                    }
+                    return;
+                }
+            }
             let mut kn = M::State::<F>::default();
             let mut prm = vec![F::zero(); p];
             let mut dp = vec![F::zero(); p];
@@ -153,17 +205,17 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapCoupling<F, M> {
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let h = self.core.conditioner(x, ctx);
-        apply_maps(&self.map, x, &h, &self.core.ib, false)
+        apply_maps(&self.map, x, &h, &self.core.ib, false, false)
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         // x_a = z_a: the conditioner's input is available from z
         let h = self.core.conditioner(z, ctx);
-        apply_maps(&self.map, z, &h, &self.core.ib, true)
+        apply_maps(&self.map, z, &h, &self.core.ib, true, false)
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let inp = self.core.net_input(x, ctx);
         let h = self.core.net.forward_train_owned(inp);
-        let out = apply_maps(&self.map, x, &h, &self.core.ib, false);
+        let out = apply_maps(&self.map, x, &h, &self.core.ib, false, true);
         self.x = x.clone();
         self.h = h;
         out
@@ -186,7 +238,7 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapCoupling<F, M> {
         // x_a = z_a: the conditioner sees the same input in both directions
         let inp = self.core.net_input(z, ctx);
         let h = self.core.net.forward_train_owned(inp);
-        let out = apply_maps(&self.map, z, &h, &self.core.ib, true);
+        let out = apply_maps(&self.map, z, &h, &self.core.ib, true, true);
         self.x = out.0.clone();
         self.h = h;
         Some(out)
@@ -284,7 +336,7 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapAr<F, M> {
     }
     fn forward(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let h = self.made.forward(x, ctx);
-        apply_maps(&self.map, x, &h, &self.cols, false)
+        apply_maps(&self.map, x, &h, &self.cols, false, false)
     }
     fn inverse(&self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let x = self.solve(z, ctx);
@@ -293,7 +345,7 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapAr<F, M> {
     }
     fn forward_train(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> (Mat<F>, Vec<F>) {
         let h = self.made.forward_train(x, ctx);
-        let out = apply_maps(&self.map, x, &h, &self.cols, false);
+        let out = apply_maps(&self.map, x, &h, &self.cols, false, true);
         self.x = x.clone();
         self.h = h;
         out
@@ -312,7 +364,7 @@ impl<F: Float, M: ElementwiseMap> Transform<F> for MapAr<F, M> {
     fn inverse_train(&mut self, z: &Mat<F>, ctx: Option<&Mat<F>>) -> Option<(Mat<F>, Vec<F>)> {
         let x = self.solve(z, ctx);
         self.h = self.made.forward_train(&x, ctx);
-        let (_, ld) = apply_maps(&self.map, &x, &self.h, &self.cols, false);
+        let (_, ld) = apply_maps(&self.map, &x, &self.h, &self.cols, false, true);
         self.x = x.clone();
         Some((x, negate(ld)))
     }

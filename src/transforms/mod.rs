@@ -17,6 +17,7 @@ pub mod map_layers;
 pub mod permutation;
 pub mod scaling;
 pub mod spline;
+mod spline_lanes;
 pub mod testing;
 
 pub use actnorm::ActNorm;

@@ -110,7 +110,7 @@ impl RqSpline {
         Ok(())
     }
 
-    fn softplus_shift(&self) -> f64 {
+    pub(crate) fn softplus_shift(&self) -> f64 {
         // softplus(c) = 1 - d_min: zero raw derivatives give derivative 1
         ((1.0 - self.min_derivative).exp() - 1.0).ln()
     }
