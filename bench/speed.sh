@@ -4,6 +4,9 @@
 # speed-up over the faster peer; thread scaling; peak memory of a w3 run; the GEMM rates the machine attains
 # (bench/gemm: the Rust providers; bench/gemm_torch.py: PyTorch's BLAS) and w3's achieved rate as a fraction.
 # Usage: bench/speed.sh [PYTHON] [WORKLOADS]   (PYTHON: a python with torch, zuko, nflows; see shared/bench)
+#   ROUNDS (default 2) interleaved rounds, best of each taken; GEMM=0 skips the GEMM rates; OUT the raw lines;
+#   peak memory is measured for the workloads run (MEMORY="w3" names others). The spline table:
+#   GEMM=0 ROUNDS=3 OUT=docs/results/speed-splines.jsonl bench/speed.sh ../peers-venv/bin/python "w4 w5"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${1:-../peers-venv/bin/python}
@@ -11,12 +14,15 @@ workloads=${2:-w1 w2 w3}
 peers=../shared/bench/peers.py
 out=${OUT:-bench/speed-results.jsonl}
 cargo build --release -q
-(cd bench/gemm && cargo build --release -q)
 : > "$out"
-for t in 2 1; do
-  bench/gemm/target/release/gemm-compare "$t" | grep summary >> "$out"
-  "$py" bench/gemm_torch.py "$t" | grep summary >> "$out"
-done
+# the GEMM rates (GEMM=0 skips them: the spline workloads' table does not use them)
+if [ "${GEMM:-1}" = 1 ]; then
+  (cd bench/gemm && cargo build --release -q)
+  for t in 2 1; do
+    bench/gemm/target/release/gemm-compare "$t" | grep summary >> "$out"
+    "$py" bench/gemm_torch.py "$t" | grep summary >> "$out"
+  done
+fi
 # Timings on a shared machine drift by tens of percent from minute to minute: the three libraries run
 # interleaved, ROUNDS times, and the table takes each one's best round.
 for round in $(seq "${ROUNDS:-2}"); do
@@ -33,12 +39,16 @@ for round in $(seq "${ROUNDS:-2}"); do
     done
   done
 done
-# peak resident memory of a whole w3 benchmark run (training steps, log-prob, sampling), 2 threads
-for who in nflow zuko nflows; do
-  if [ "$who" = nflow ]; then cmd=(./target/release/nflow --threads 2 bench --workload w3 --repeats 10)
-  else cmd=("$py" "$peers" step --lib "$who" --workload w3 --threads 2 --repeats 10); fi
-  kb=$( { /usr/bin/time -f "%M" "${cmd[@]}" > /dev/null; } 2>&1 | tail -1)
-  echo "{\"mode\":\"memory\",\"lib\":\"$who\",\"workload\":\"w3\",\"peak_rss_mb\":$((kb / 1024))}" >> "$out"
+# peak resident memory of a whole benchmark run (training steps, log-prob, sampling), 2 threads: w3 and the
+# workloads asked for (MEMORY names others)
+for w in ${MEMORY:-$workloads}; do
+  for who in nflow zuko nflows; do
+    if [ "$who" = nflow ]; then cmd=(./target/release/nflow --threads 2 bench --workload "$w" --repeats 10)
+    else cmd=("$py" "$peers" step --lib "$who" --workload "$w" --threads 2 --repeats 10); fi
+    # (time's report is the last line on standard error, after any warnings of the run)
+    kb=$( { /usr/bin/time -f "%M" "${cmd[@]}" > /dev/null; } 2>&1 | tail -1)
+    echo "{\"mode\":\"memory\",\"lib\":\"$who\",\"workload\":\"$w\",\"peak_rss_mb\":$((kb / 1024))}" >> "$out"
+  done
 done
 python3 - "$out" <<'PY'
 import json, sys
@@ -64,8 +74,9 @@ for w in sorted({r["workload"] for r in step}):
         for k in ("train_step_ms", "log_prob_ms", "sample_ms"):
             best = min(z[k], n[k])
             print(f"| {w} | {t} | {k[:-3]} | {o[k]:.2f} | {z[k]:.2f} | {n[k]:.2f} | **{best / o[k]:.2f}x** |")
-print("\nw1 with dense front layers (`--no-piecewise`: the general path, as for conditioners with more than one input):")
-print("\n| threads | measure | nflow dense ms | speed-up vs faster peer |\n|---|---|---|---|")
+if get("nflow-dense", "w1", 1):
+    print("\nw1 with dense front layers (`--no-piecewise`: the general path, as for conditioners with more than one input):")
+    print("\n| threads | measure | nflow dense ms | speed-up vs faster peer |\n|---|---|---|---|")
 for t in (2, 1):
     o, z, n = get("nflow-dense", "w1", t), get("zuko", "w1", t), get("nflows", "w1", t)
     if o and z and n:
@@ -78,7 +89,8 @@ for w in sorted({r["workload"] for r in step}):
         a, b = get(lib, w, 1), get(lib, w, 2)
         cells.append(f"{a['train_step_ms'] / b['train_step_ms']:.2f}x" if a and b else "-")
     print(f"| {w} | " + " | ".join(cells) + " |")
-print("\n| GEMM provider (f32, flow shapes) | threads | w1 GFLOP/s | w2 GFLOP/s | w3 GFLOP/s |\n|---|---|---|---|---|")
+if gemm:
+  print("\n| GEMM provider (f32, flow shapes) | threads | w1 GFLOP/s | w2 GFLOP/s | w3 GFLOP/s |\n|---|---|---|---|---|")
 for p in ("gemm", "gemm-slabs", "sgemm", "matrixmultiply", "faer", "blis", "torch"):
     for t in (2, 1):
         if (p, "w3", t) in gemm:
@@ -87,12 +99,12 @@ for p in ("gemm", "gemm-slabs", "sgemm", "matrixmultiply", "faer", "blis", "torc
 flops = 6 * 3 * 2 * 256 * (392 * 1024 + 1024 * 1024 + 1024 * 784)
 for t in (2, 1):
     o = get("nflow", "w3", t)
-    if o:
+    if o and gemm:
         best = max(v for (p, w, tt), v in gemm.items() if w == "w3" and tt == t)
         rate = flops / (o["train_step_ms"] / 1e3) / 1e9
         print(f"\nw3 at {t} thread(s): {rate:.1f} GFLOP/s achieved in a training step = {100 * rate / best:.0f}% of the "
               f"best GEMM rate measured on its shapes ({best:.1f})")
 for r in rows:
     if r.get("mode") == "memory":
-        print(f"peak RSS, w3 benchmark run: {r['lib']} {r['peak_rss_mb']} MB")
+        print(f"peak RSS, {r['workload']} benchmark run: {r['lib']} {r['peak_rss_mb']} MB")
 PY

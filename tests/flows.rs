@@ -1037,3 +1037,59 @@ fn stage_densities_follow_the_change_of_variables() {
         assert_eq!(stages.last().unwrap().0.data, z.data);
     }
 }
+
+#[test]
+fn spline_kernels_agree_and_old_configs_keep_the_reference_one() {
+    use nflow::flows::FlowConfig;
+    use nflow::transforms::{RqSpline, SplineKernel};
+    let old: RqSpline = serde_json::from_str(r#"{"bins": 8, "bound": 3.0}"#).unwrap();
+    assert_eq!(old.kernel, SplineKernel::Reference);
+    assert_eq!(RqSpline::default().kernel, SplineKernel::Vectorised);
+    // the same nsf-c and nsf-ar weights evaluated and sampled by both f32 kernels
+    for kind in [FlowKind::NsfC, FlowKind::NsfAr] {
+        let spec = FlowSpec {
+            layers: 2,
+            hidden: 16,
+            ..FlowSpec::preset(kind, 11)
+        };
+        let arch = spec.architecture().unwrap();
+        let text = arch.to_json_pretty();
+        assert!(text.contains("\"vectorised\""), "{text}");
+        let old = FlowConfig::from_json(&text.replace("\"vectorised\"", "\"reference\"")).unwrap();
+        let mut fast = arch.build::<f32>().unwrap();
+        // non-trivial splines: every weight moved
+        use rand::Rng as _;
+        let mut r = rng(3);
+        for (_, p) in fast.named_params_mut() {
+            if p.trainable {
+                for k in 0..p.value().len() {
+                    if p.is_free(k) {
+                        p.value_mut()[k] += r.gen_range(-0.4..0.4);
+                    }
+                }
+            }
+        }
+        let mut slow = old.build::<f32>().unwrap();
+        let snap = fast.snapshot();
+        slow.restore(&snap);
+        let x: Mat<f32> = randn(&mut rng(5), 300, 11);
+        let (a, b) = (fast.log_prob(&x, None), slow.log_prob(&x, None));
+        assert_ne!(a, b, "{kind:?}: the kernels are different code");
+        for (u, v) in a.iter().zip(&b) {
+            assert!(
+                (u - v).abs() < 2e-4 * (1.0 + v.abs()),
+                "{kind:?}: {u} vs {v}"
+            );
+        }
+        let (s, t) = (
+            fast.sample(50, &mut rng(9), None),
+            slow.sample(50, &mut rng(9), None),
+        );
+        for (u, v) in s.data.iter().zip(&t.data) {
+            assert!(
+                (u - v).abs() < 2e-4 * (1.0 + v.abs()),
+                "{kind:?}: {u} vs {v}"
+            );
+        }
+    }
+}

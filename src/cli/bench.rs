@@ -165,6 +165,52 @@ fn tradeoff(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// w6: Glow on MNIST-sized images (1x28x28, 2 levels of 8 steps, conditioners 64 channels wide, a standard
+/// normal prior on every level), batch 64, on pixels uniform in [0, 1) (dequantised data's range): the same
+/// JSON fields as w1-w5 and the training images per second, beside `bench/glow_normflows.py`.
+fn w6(a: &BenchArgs) -> Result<()> {
+    use nflow::transforms::ImageShape;
+    use rand::Rng as _;
+    let shape = ImageShape::new(1, 28, 28);
+    let b = 64;
+    let spec = FlowSpec {
+        layers: 8,
+        hidden: 64,
+        scales: 2,
+        image: Some(shape),
+        ..FlowSpec::preset(FlowKind::Glow, shape.dim())
+    };
+    let mut r = rng(0);
+    let x = Mat::<f32>::from_f64(
+        b,
+        shape.dim(),
+        &(0..b * shape.dim())
+            .map(|_| r.gen::<f64>())
+            .collect::<Vec<_>>(),
+    );
+    let mut flow = spec.build::<f32>()?;
+    let ts = train_step_ms(&mut flow, &x, a.warmup, a.repeats.min(20))?;
+    flow.set_training(false);
+    let lp = time_ms(10, || {
+        std::hint::black_box(flow.log_prob(&x, None));
+    });
+    let mut sr = rng(1);
+    let sm = time_ms(10, || {
+        std::hint::black_box(flow.sample(b, &mut sr, None));
+    });
+    let step = median(ts);
+    let o = serde_json::json!({
+        "mode": "step", "lib": "nflow", "workload": "w6",
+        "train_step_ms": (step * 1e3).round() / 1e3,
+        "log_prob_ms": (lp * 1e3).round() / 1e3,
+        "sample_ms": (sm * 1e3).round() / 1e3,
+        "train_images_per_s": (b as f64 / step * 1e3).round(),
+        "batch": b, "params": flow.num_params(), "threads": rayon::current_num_threads(),
+    });
+    println!("{o}");
+    Ok(())
+}
+
 /// Images per second of training (forward + backward + Adam), log p and sampling for the image flows.
 fn images(a: &BenchArgs) -> Result<()> {
     use nflow::flows::Permute;
@@ -290,13 +336,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.workload == "vi" {
         return vi(&a);
     }
+    if a.workload == "w6" {
+        return w6(&a);
+    }
     let (kind, d, layers, hidden, b) = match a.workload.as_str() {
         "w1" => (FlowKind::Realnvp, 2, 8, 128, 512),
         "w2" => (FlowKind::Maf, 64, 5, 512, 256),
         "w3" => (FlowKind::Realnvp, 784, 6, 1024, 256),
         "w4" => (FlowKind::NsfAr, 10, 5, 128, 256),
         "w5" => (FlowKind::NsfC, 64, 5, 256, 256),
-        w => bail!("unknown workload '{w}' (known: w1, w2, w3, w4, w5, tradeoff, images, vi)"),
+        w => bail!("unknown workload '{w}' (known: w1, w2, w3, w4, w5, w6, tradeoff, images, vi)"),
     };
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");

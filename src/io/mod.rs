@@ -794,11 +794,27 @@ fn check_buffer(name: &str, built: &[f32], loaded: &[f32]) -> std::result::Resul
     }
 }
 
+/// Every spline config in `v` (an object with `min_derivative`) set to the reference kernel.
+fn reference_splines(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.contains_key("min_derivative") {
+                m.insert("kernel".into(), "reference".into());
+            }
+            m.values_mut().for_each(reference_splines);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(reference_splines),
+        _ => {}
+    }
+}
+
 /// A version-1 `config.json` (its `flow` holds a preset's options) as a version-2 one.
 fn upgrade_v1(mut v: serde_json::Value) -> Result<ConfigFile> {
     let spec: FlowSpec = serde_json::from_value(v["flow"].take())
         .map_err(|e| Error::Config(format!("flow: {e}")))?;
     v["flow"] = serde_json::to_value(spec.architecture_v1()?).expect("architecture serialises");
+    // its splines evaluate with the kernel they were written with
+    reference_splines(&mut v["flow"]);
     v["preset"] = serde_json::to_value(&spec).expect("spec serialises");
     serde_json::from_value(v).map_err(|e| Error::Config(e.to_string()))
 }

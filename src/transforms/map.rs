@@ -49,10 +49,11 @@ pub trait ElementwiseMap: Copy + Debug + Send + Sync + 'static {
     /// `dL/dp` into `dp` and returns `dL/dx`.
     fn backward<F: Float>(&self, x: F, s: &Self::State<F>, gz: F, gl: F, dp: &mut [F]) -> F;
 
-    /// The maps of one row in f32 through a vectorised path, where the map has one: `v` (the row's transformed
-    /// values, element `k` the `k`-th) in place, `h` the row's parameters (parameter `j` of element `k` at
-    /// `j * v.len() + k`); the sum of the log-slopes. `None`: no such path (the caller goes element by element).
-    fn row_f32(&self, _v: &mut [f32], _h: &[f32], _inverse: bool) -> Option<f32> {
+    /// The maps of one row in f32 through a vectorised path, where the map has one (and, outside training,
+    /// where its config asks for it): `v` (the row's transformed values, element `k` the `k`-th) in place, `h`
+    /// the row's parameters (parameter `j` of element `k` at `j * v.len() + k`); the sum of the log-slopes.
+    /// `None`: the caller goes element by element.
+    fn row_f32(&self, _v: &mut [f32], _h: &[f32], _inverse: bool, _train: bool) -> Option<f32> {
         None
     }
 
@@ -119,8 +120,9 @@ impl ElementwiseMap for super::RqSpline {
     fn backward<F: Float>(&self, x: F, s: &Self::State<F>, gz: F, gl: F, dp: &mut [F]) -> F {
         super::RqSpline::backward(self, x, s, gz, gl, dp)
     }
-    fn row_f32(&self, v: &mut [f32], h: &[f32], inverse: bool) -> Option<f32> {
-        Some(super::spline_lanes::forward_row(self, v, h, inverse))
+    fn row_f32(&self, v: &mut [f32], h: &[f32], inverse: bool, train: bool) -> Option<f32> {
+        (train || self.kernel == super::spline::SplineKernel::Vectorised)
+            .then(|| super::spline_lanes::forward_row(self, v, h, inverse))
     }
     fn row_backward_f32(
         &self,

@@ -46,10 +46,9 @@ fn apply_maps<F: Float, M: ElementwiseMap>(
     let mut z = x.clone();
     let mut ld = vec![F::zero(); x.rows];
     let d = x.cols;
-    // training passes take the map's vectorised f32 path (its rounding differs from the element-by-element
-    // path in the last bits); evaluation and sampling keep the reference path, so a saved model's
-    // log-densities and samples stay the same bits from version to version
-    let lanes = train && h.cols == p * n && h.rows > 0 && as_f32(h.row(0)).is_some();
+    // the map's vectorised f32 path where it has one: always in training, elsewhere where the map's config
+    // asks for it (a model saved before that path existed keeps its bits)
+    let lanes = h.cols == p * n && h.rows > 0 && as_f32(h.row(0)).is_some();
     z.data
         .par_chunks_mut(d)
         .zip(ld.par_iter_mut())
@@ -62,7 +61,7 @@ fn apply_maps<F: Float, M: ElementwiseMap>(
                     .iter()
                     .map(|&j| zr[j].to_f32().unwrap_or(0.0))
                     .collect();
-                if let Some(l) = sp.row_f32(&mut v, as_f32(hr).expect("f32"), inverse) {
+                if let Some(l) = sp.row_f32(&mut v, as_f32(hr).expect("f32"), inverse, train) {
                     for (&j, &vj) in cols.iter().zip(&v) {
                         zr[j] = F::c(f64::from(vj));
                     }

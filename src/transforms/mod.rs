@@ -32,7 +32,7 @@ pub use map::{ElementwiseMap, MapConfig, NetShape, Shift, SinhArcsinh};
 pub use map_layers::{MapAr, MapCoupling, SplineAr, SplineCoupling};
 pub use permutation::Permutation;
 pub use scaling::Scaling;
-pub use spline::RqSpline;
+pub use spline::{RqSpline, SplineKernel};
 
 use crate::engine::{Float, Mat};
 use crate::nn::Param;

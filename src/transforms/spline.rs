@@ -28,6 +28,27 @@ pub struct RqSpline {
     pub min_width: f64,
     pub min_height: f64,
     pub min_derivative: f64,
+    /// Which f32 kernel evaluates and samples the model (training always takes the vectorised one). A
+    /// config without the field (written before the vectorised kernel existed) gets the reference kernel, so
+    /// its log-densities and samples stay the same bits; new models get the vectorised one.
+    #[serde(default = "SplineKernel::reference")]
+    pub kernel: SplineKernel,
+}
+
+/// The f32 kernel of a spline: element by element with the standard library's `exp` / `ln` (`reference`), or
+/// a row at a time with polynomial `exp` / `ln` that vectorise (`vectorised`; the same function up to the
+/// last bits of f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplineKernel {
+    Reference,
+    Vectorised,
+}
+
+impl SplineKernel {
+    fn reference() -> Self {
+        SplineKernel::Reference
+    }
 }
 
 impl Default for RqSpline {
@@ -38,6 +59,7 @@ impl Default for RqSpline {
             min_width: 1e-3,
             min_height: 1e-3,
             min_derivative: 1e-3,
+            kernel: SplineKernel::Vectorised,
         }
     }
 }
