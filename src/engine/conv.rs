@@ -56,6 +56,8 @@ impl Hw {
 }
 
 /// Neighbourhood matrix of `x` (`pixels x c`) for a `k x k` kernel: `pixels x (k*k*c)`, zero outside the image.
+/// Every entry of `out` is written (a kept buffer is not zeroed first: at these sizes zeroing costs as much as
+/// the copy), each kernel row's taps inside the image as one contiguous run of the source.
 pub fn im2col<F: Float>(x: &Mat<F>, s: Hw, k: usize, out: &mut Mat<F>) {
     let c = x.cols;
     assert_eq!(x.rows, s.pixels());
@@ -63,9 +65,9 @@ pub fn im2col<F: Float>(x: &Mat<F>, s: Hw, k: usize, out: &mut Mat<F>) {
     let kc = k * k * c;
     out.rows = x.rows;
     out.cols = kc;
-    out.data.clear();
+    // only a longer buffer's new tail is zeroed here; everything is overwritten below
     out.data.resize(x.rows * kc, F::zero());
-    let p = (k / 2) as isize;
+    let p = k / 2;
     let per_image = s.h * s.w;
     out.data
         .par_chunks_mut(per_image * kc)
@@ -75,20 +77,20 @@ pub fn im2col<F: Float>(x: &Mat<F>, s: Hw, k: usize, out: &mut Mat<F>) {
             for y in 0..s.h {
                 for xx in 0..s.w {
                     let row = &mut dst[(y * s.w + xx) * kc..(y * s.w + xx + 1) * kc];
+                    // taps kx in kx0..kx1 fall inside the image: sx = xx + kx - p in 0..w
+                    let kx0 = p.saturating_sub(xx);
+                    let kx1 = k.min(s.w + p - xx);
                     for ky in 0..k {
-                        let sy = y as isize + ky as isize - p;
-                        if sy < 0 || sy >= s.h as isize {
+                        let seg = &mut row[ky * k * c..(ky + 1) * k * c];
+                        let sy = (y + ky).wrapping_sub(p);
+                        if sy >= s.h {
+                            seg.fill(F::zero());
                             continue;
                         }
-                        for kx in 0..k {
-                            let sx = xx as isize + kx as isize - p;
-                            if sx < 0 || sx >= s.w as isize {
-                                continue;
-                            }
-                            let from = (sy as usize * s.w + sx as usize) * c;
-                            let to = (ky * k + kx) * c;
-                            row[to..to + c].copy_from_slice(&src[from..from + c]);
-                        }
+                        seg[..kx0 * c].fill(F::zero());
+                        seg[kx1 * c..].fill(F::zero());
+                        let from = (sy * s.w + xx + kx0 - p) * c;
+                        seg[kx0 * c..kx1 * c].copy_from_slice(&src[from..from + (kx1 - kx0) * c]);
                     }
                 }
             }

@@ -32,11 +32,13 @@ fn kept_columns<F: Float>() -> Vec<F> {
     kept.map(|b| *b).unwrap_or_default()
 }
 
-/// A kept column buffer as an empty `0 x 0` matrix, for `im2col` to fill.
+/// A kept column buffer as a `0 x 0` matrix holding its old values, for `im2col` to overwrite.
 fn columns<F: Float>() -> Mat<F> {
-    let mut v = kept_columns();
-    v.clear();
-    Mat::from_vec(0, 0, v)
+    Mat {
+        rows: 0,
+        cols: 0,
+        data: kept_columns(),
+    }
 }
 
 /// Keep a column buffer for this thread's next call (two at most: the columns and their gradient).
