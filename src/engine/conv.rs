@@ -97,6 +97,209 @@ pub fn im2col<F: Float>(x: &Mat<F>, s: Hw, k: usize, out: &mut Mat<F>) {
         });
 }
 
+/// Output channels up to which a `k x k` convolution runs directly ([`conv_direct`]) instead of through
+/// [`im2col`]: with few output channels the column matrix (`k*k*cin` values per pixel) would be written and read
+/// once for a product of a few columns, which is bound by memory, not arithmetic (a coupling's last convolution).
+pub const DIRECT_MAX_COUT: usize = 16;
+
+/// `Σ a_i b_i` in eight interleaved partial sums (so the loop vectorises; the same order on every call).
+#[inline(always)]
+fn dot<F: Float>(a: &[F], b: &[F]) -> F {
+    let mut acc = [F::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = acc.iter().copied().fold(F::zero(), |a, b| a + b);
+    for (x, y) in ra.iter().zip(rb) {
+        s += *x * *y;
+    }
+    s
+}
+
+/// `y += g x`.
+#[inline(always)]
+fn axpy<F: Float>(y: &mut [F], g: F, x: &[F]) {
+    for (a, &b) in y.iter_mut().zip(x) {
+        *a += g * b;
+    }
+}
+
+/// The taps of a `k x k` kernel (padding `p`) at column `px` of a `w`-wide image that fall inside it: `kx0..kx1`.
+#[inline(always)]
+fn taps(px: usize, w: usize, k: usize) -> (usize, usize) {
+    let p = k / 2;
+    (p.saturating_sub(px), k.min(w + p - px))
+}
+
+/// `y = conv(x) + b` without a column matrix: each output a bias plus, per kernel row inside the image, one dot
+/// product of the contiguous input run under it with the matching run of the weights. `w` is
+/// `cout x (k*k*cin)`, columns ordered as [`im2col`]'s (`[ky][kx][c]`); `y` is `pixels x cout`, overwritten.
+pub fn conv_direct<F: Float>(x: &Mat<F>, s: Hw, k: usize, w: &[F], b: &[F], y: &mut Mat<F>) {
+    let (cin, cout) = (x.cols, y.cols);
+    assert!(k % 2 == 1 && x.rows == s.pixels() && y.rows == x.rows);
+    assert!(w.len() == cout * k * k * cin && b.len() == cout);
+    let per_image = s.h * s.w;
+    let fast = wide::<F>();
+    y.data
+        .par_chunks_mut(per_image * cout)
+        .enumerate()
+        .for_each(|(img, dst)| {
+            let src = &x.data[img * per_image * cin..(img + 1) * per_image * cin];
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: the CPU has AVX2 and FMA (`wide`)
+                return unsafe { forward_image_avx2(src, dst, s, k, w, b) };
+            }
+            forward_image(src, dst, s, k, w, b)
+        });
+}
+
+/// Whether the AVX2 + FMA versions run (f32 on a CPU that has them).
+fn wide<F: Float>() -> bool {
+    std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() && super::sgemm::available()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_image_avx2<F: Float>(
+    src: &[F],
+    dst: &mut [F],
+    s: Hw,
+    k: usize,
+    w: &[F],
+    b: &[F],
+) {
+    forward_image(src, dst, s, k, w, b)
+}
+
+/// [`conv_direct`] of one image: `src` its `pixels x cin` input, `dst` its `pixels x cout` output.
+#[inline(always)]
+fn forward_image<F: Float>(src: &[F], dst: &mut [F], s: Hw, k: usize, w: &[F], b: &[F]) {
+    let cout = b.len();
+    let cin = src.len() / (s.h * s.w);
+    let kc = k * k * cin;
+    let p = k / 2;
+    for py in 0..s.h {
+        for px in 0..s.w {
+            let out = &mut dst[(py * s.w + px) * cout..][..cout];
+            out.copy_from_slice(b);
+            let (kx0, kx1) = taps(px, s.w, k);
+            let len = (kx1 - kx0) * cin;
+            for ky in 0..k {
+                let sy = (py + ky).wrapping_sub(p);
+                if sy >= s.h {
+                    continue;
+                }
+                let xs = &src[(sy * s.w + px + kx0 - p) * cin..][..len];
+                let off = (ky * k + kx0) * cin;
+                for (co, o) in out.iter_mut().enumerate() {
+                    *o += dot(xs, &w[co * kc + off..][..len]);
+                }
+            }
+        }
+    }
+}
+
+/// Backward of [`conv_direct`] for `dy` (`pixels x cout`): adds `dL/dw` into `dw` (the layout of `w`) and
+/// returns `dL/dx`. Images are taken in fixed groups whose weight gradients are summed in order, so the result
+/// does not depend on the thread count's scheduling.
+pub fn conv_direct_backward<F: Float>(
+    dy: &Mat<F>,
+    x: &Mat<F>,
+    s: Hw,
+    k: usize,
+    w: &[F],
+    dw: &mut [F],
+) -> Mat<F> {
+    let (cin, cout) = (x.cols, dy.cols);
+    let kc = k * k * cin;
+    assert!(k % 2 == 1 && x.rows == s.pixels() && dy.rows == x.rows);
+    assert!(w.len() == cout * kc && dw.len() == cout * kc);
+    let per_image = s.h * s.w;
+    let images = x.rows / per_image.max(1);
+    const GROUP: usize = 4;
+    let fast = wide::<F>();
+    let mut dx = Mat::zeros(x.rows, cin);
+    let mut partial = vec![F::zero(); images.div_ceil(GROUP) * cout * kc];
+    dx.data
+        .par_chunks_mut(GROUP * per_image * cin)
+        .zip(partial.par_chunks_mut(cout * kc))
+        .enumerate()
+        .for_each(|(g, (dxg, dwg))| {
+            for (i, dxi) in dxg.chunks_mut(per_image * cin).enumerate() {
+                let img = g * GROUP + i;
+                let src = &x.data[img * per_image * cin..(img + 1) * per_image * cin];
+                let d = &dy.data[img * per_image * cout..(img + 1) * per_image * cout];
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    // SAFETY: the CPU has AVX2 and FMA (`wide`)
+                    unsafe { backward_image_avx2(src, d, dxi, dwg, s, k, w) };
+                    continue;
+                }
+                backward_image(src, d, dxi, dwg, s, k, w);
+            }
+        });
+    for part in partial.chunks(cout * kc) {
+        dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
+    }
+    dx
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_image_avx2<F: Float>(
+    src: &[F],
+    d: &[F],
+    dxi: &mut [F],
+    dwg: &mut [F],
+    s: Hw,
+    k: usize,
+    w: &[F],
+) {
+    backward_image(src, d, dxi, dwg, s, k, w)
+}
+
+/// [`conv_direct_backward`] of one image: `d` its output gradient, `dxi` its input gradient (accumulated),
+/// `dwg` its group's weight gradient (accumulated).
+#[inline(always)]
+fn backward_image<F: Float>(
+    src: &[F],
+    d: &[F],
+    dxi: &mut [F],
+    dwg: &mut [F],
+    s: Hw,
+    k: usize,
+    w: &[F],
+) {
+    let per_image = s.h * s.w;
+    let (cin, cout) = (src.len() / per_image, d.len() / per_image);
+    let kc = k * k * cin;
+    let p = k / 2;
+    for py in 0..s.h {
+        for px in 0..s.w {
+            let dp = &d[(py * s.w + px) * cout..][..cout];
+            let (kx0, kx1) = taps(px, s.w, k);
+            let len = (kx1 - kx0) * cin;
+            for ky in 0..k {
+                let sy = (py + ky).wrapping_sub(p);
+                if sy >= s.h {
+                    continue;
+                }
+                let at = (sy * s.w + px + kx0 - p) * cin;
+                let off = (ky * k + kx0) * cin;
+                for (co, &gco) in dp.iter().enumerate() {
+                    axpy(&mut dxi[at..at + len], gco, &w[co * kc + off..][..len]);
+                    axpy(&mut dwg[co * kc + off..][..len], gco, &src[at..at + len]);
+                }
+            }
+        }
+    }
+}
+
 /// Adjoint of [`im2col`]: `dx[pixel] += sum of the column entries that were copied from it` (`dx` is
 /// `pixels x c`, accumulated).
 pub fn col2im_add<F: Float>(cols: &Mat<F>, s: Hw, k: usize, dx: &mut Mat<F>) {

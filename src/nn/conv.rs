@@ -6,7 +6,9 @@
 //!   ReLU, conv3x3), or a single convolution (Glow's learned prior on a split). The last convolution is
 //!   zero-initialised so every coupling starts as the identity.
 
-use crate::engine::conv::{col2im_add, im2col, Hw};
+use crate::engine::conv::{
+    col2im_add, conv_direct, conv_direct_backward, im2col, Hw, DIRECT_MAX_COUT,
+};
 use crate::engine::kernels::{add_col_sums, gemm, linear};
 use crate::engine::{Float, Mat, Rng};
 use crate::nn::Param;
@@ -89,6 +91,8 @@ impl<F: Float> Conv2d<F> {
         let mut y = Mat::zeros(x.rows, self.cout);
         if self.k == 1 {
             linear(x, self.weight.value(), self.bias.value(), self.cout, &mut y);
+        } else if self.cout <= DIRECT_MAX_COUT {
+            conv_direct(x, s, self.k, self.weight.value(), self.bias.value(), &mut y);
         } else {
             let mut cols = columns();
             im2col(x, s, self.k, &mut cols);
@@ -107,6 +111,10 @@ impl<F: Float> Conv2d<F> {
     pub fn backward(&mut self, dy: &Mat<F>, x: &Mat<F>, s: Hw) -> Mat<F> {
         let kc = self.k * self.k * self.cin;
         add_col_sums(dy, self.bias.grad_mut());
+        if self.k > 1 && self.cout <= DIRECT_MAX_COUT {
+            let w = self.weight.value().to_vec();
+            return conv_direct_backward(dy, x, s, self.k, &w, self.weight.grad_mut());
+        }
         let mut owned = None;
         let cols = if self.k == 1 {
             x
@@ -374,8 +382,9 @@ mod tests {
     #[test]
     fn conv_forward_matches_naive_reference() {
         let mut r = rng(2);
-        for k in [1, 3, 5] {
-            let (n, cin, cout, h, w) = (2, 3, 4, 5, 6);
+        // 4 output channels: the direct kernel; 20: im2col and a product
+        for (k, cout) in [(1, 4), (3, 4), (5, 4), (3, 20), (5, 20)] {
+            let (n, cin, h, w) = (3, 3, 5, 6);
             let conv = Conv2d::<f64>::new("c", cin, cout, k, &mut r);
             let x: Mat<f64> = randn(&mut r, n, cin * h * w);
             let want = crate::engine::conv::tests_support::naive_conv(
@@ -402,51 +411,55 @@ mod tests {
     fn conv_backward_matches_naive_reference() {
         // dL/dx and dL/dW of L = <g, conv(x)> by direct loops over the definition
         let mut r = rng(4);
-        let (n, cin, cout, h, w, k) = (2, 3, 2, 4, 5, 3);
-        let mut conv = Conv2d::<f64>::new("c", cin, cout, k, &mut r);
-        let x: Mat<f64> = randn(&mut r, n, cin * h * w);
-        let g: Mat<f64> = randn(&mut r, n, cout * h * w);
-        let s = Hw { n, h, w };
-        let xn = chw_to_nhwc(&x, cin, h * w);
-        let dx = conv.backward(&chw_to_nhwc(&g, cout, h * w), &xn, s);
-        let dx = nhwc_to_chw(&dx, n, h * w);
-        let p = (k / 2) as isize;
-        let mut want_dx = vec![0.0; x.data.len()];
-        let mut want_dw = vec![0.0; conv.weight.value().len()];
-        let mut want_db = vec![0.0; cout];
-        for img in 0..n {
-            for o in 0..cout {
-                for yy in 0..h {
-                    for xx in 0..w {
-                        let gv = g.data[((img * cout + o) * h + yy) * w + xx];
-                        want_db[o] += gv;
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let sy = yy as isize + ky as isize - p;
-                                let sx = xx as isize + kx as isize - p;
-                                if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
-                                    continue;
-                                }
-                                for i in 0..cin {
-                                    let wi = ((o * k + ky) * k + kx) * cin + i;
-                                    let xi = ((img * cin + i) * h + sy as usize) * w + sx as usize;
-                                    want_dx[xi] += gv * conv.weight.value()[wi];
-                                    want_dw[wi] += gv * x.data[xi];
+        // 2 output channels: the direct kernel (6 images: two groups, one short); 17: im2col and products
+        for cout in [2, 17] {
+            let (n, cin, h, w, k) = (6, 3, 4, 5, 3);
+            let mut conv = Conv2d::<f64>::new("c", cin, cout, k, &mut r);
+            let x: Mat<f64> = randn(&mut r, n, cin * h * w);
+            let g: Mat<f64> = randn(&mut r, n, cout * h * w);
+            let s = Hw { n, h, w };
+            let xn = chw_to_nhwc(&x, cin, h * w);
+            let dx = conv.backward(&chw_to_nhwc(&g, cout, h * w), &xn, s);
+            let dx = nhwc_to_chw(&dx, n, h * w);
+            let p = (k / 2) as isize;
+            let mut want_dx = vec![0.0; x.data.len()];
+            let mut want_dw = vec![0.0; conv.weight.value().len()];
+            let mut want_db = vec![0.0; cout];
+            for img in 0..n {
+                for o in 0..cout {
+                    for yy in 0..h {
+                        for xx in 0..w {
+                            let gv = g.data[((img * cout + o) * h + yy) * w + xx];
+                            want_db[o] += gv;
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let sy = yy as isize + ky as isize - p;
+                                    let sx = xx as isize + kx as isize - p;
+                                    if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                                        continue;
+                                    }
+                                    for i in 0..cin {
+                                        let wi = ((o * k + ky) * k + kx) * cin + i;
+                                        let xi =
+                                            ((img * cin + i) * h + sy as usize) * w + sx as usize;
+                                        want_dx[xi] += gv * conv.weight.value()[wi];
+                                        want_dw[wi] += gv * x.data[xi];
+                                    }
                                 }
                             }
                         }
                     }
                 }
             }
+            let close = |a: &[f64], b: &[f64], what: &str| {
+                for (u, v) in a.iter().zip(b) {
+                    assert!((u - v).abs() < 1e-12, "{what}: {u} vs {v}");
+                }
+            };
+            close(&dx.data, &want_dx, "dx");
+            close(&conv.weight.grad(), &want_dw, "dW");
+            close(&conv.bias.grad(), &want_db, "db");
         }
-        let close = |a: &[f64], b: &[f64], what: &str| {
-            for (u, v) in a.iter().zip(b) {
-                assert!((u - v).abs() < 1e-12, "{what}: {u} vs {v}");
-            }
-        };
-        close(&dx.data, &want_dx, "dx");
-        close(&conv.weight.grad(), &want_dw, "dW");
-        close(&conv.bias.grad(), &want_db, "db");
     }
 
     /// L = <w, net(x)>: input and parameter gradients against central differences.
