@@ -136,7 +136,8 @@ def fit_seed(a):
 def step(a):
     import peers
 
-    res = subprocess.run([a.bin, "bench", "--workload", "vi"], check=True, capture_output=True, text=True)
+    res = subprocess.run([a.bin, "--threads", str(a.threads), "bench", "--workload", "vi"], check=True,
+                         capture_output=True, text=True)
     for line in res.stdout.splitlines():
         if line.startswith("{"):
             print(line, flush=True)
