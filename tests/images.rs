@@ -471,3 +471,57 @@ fn latent_scales_are_where_each_level_factors_out() {
     let maf = FlowSpec::preset(FlowKind::Maf, 4);
     assert!(latent_scales(&maf).is_none());
 }
+
+#[test]
+fn conv_kernels_agree_and_old_configs_keep_im2col() {
+    // a Glow's couplings evaluate their last convolution directly; the same weights through im2col (what a
+    // config without the field gets) give the same densities up to f32 rounding
+    use nflow::flows::FlowConfig;
+    let spec = FlowSpec {
+        hidden: 8,
+        ..spec(FlowKind::Glow, ImageShape::new(1, 4, 4), 0)
+    };
+    let text = spec.architecture().unwrap().to_json_pretty();
+    assert!(text.contains("\"conv\": \"direct\""), "{text}");
+    let old = text.replace("\"conv\": \"direct\"", "\"conv\": \"im2col\"");
+    let mut fast = FlowConfig::from_json(&text)
+        .unwrap()
+        .build::<f32>()
+        .unwrap();
+    use rand::Rng as _;
+    let mut r = rng(8);
+    for (_, p) in fast.named_params_mut() {
+        if p.trainable {
+            p.value_mut()
+                .iter_mut()
+                .for_each(|v| *v += r.gen_range(-0.2..0.2));
+        }
+    }
+    let mut slow = FlowConfig::from_json(&old).unwrap().build::<f32>().unwrap();
+    slow.restore(&fast.snapshot());
+    let x: Mat<f32> = randn(&mut rng(2), 6, 16);
+    let (a, b) = (fast.log_prob(&x, None), slow.log_prob(&x, None));
+    for (u, v) in a.iter().zip(&b) {
+        assert!((u - v).abs() < 1e-4 * (1.0 + v.abs()), "{u} vs {v}");
+    }
+    // a config written before the field existed reads as im2col
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("conv");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut without: serde_json::Value = serde_json::from_str(&text).unwrap();
+    strip(&mut without);
+    let back = FlowConfig::from_json(&without.to_string())
+        .unwrap()
+        .to_json_pretty();
+    assert!(
+        back.contains("\"conv\": \"im2col\"") && !back.contains("direct"),
+        "{back}"
+    );
+}

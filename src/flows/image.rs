@@ -19,7 +19,7 @@ use super::layers::{
 };
 use super::{FlowKind, FlowSpec, Permute};
 use crate::engine::names::Named;
-use crate::nn::ConvNetKind;
+use crate::nn::{ConvKernel, ConvNetKind};
 use crate::transforms::{ImageMask, ImageShape, MapConfig, ScaleBound};
 use crate::Error;
 
@@ -135,6 +135,7 @@ pub(super) fn layers(spec: &FlowSpec) -> Vec<Layer> {
             map,
             net,
             width: spec.hidden,
+            conv: ConvKernel::Direct,
         })
     };
     let actnorm = |shape: ImageShape| Layer::ActNorm(ActNormConfig { image: Some(shape) });

@@ -8,7 +8,7 @@
 
 use super::registry;
 use crate::engine::{Float, Rng};
-use crate::nn::{Activation, ConvNetKind, MadeOpts};
+use crate::nn::{Activation, ConvKernel, ConvNetKind, MadeOpts};
 use crate::transforms::image::channel_permutation;
 use crate::transforms::{
     ActNorm, BatchNorm, ImageMask, ImageShape, InvConv1x1, LuLinear, MapConfig, Mask, NetShape,
@@ -193,6 +193,9 @@ pub struct ConvCouplingConfig {
     pub net: ConvNetKind,
     /// Channels of the CNN's hidden layers.
     pub width: usize,
+    /// How its few-output convolutions are evaluated; a config without the field: `im2col`, as it was written.
+    #[serde(default = "ConvKernel::im2col")]
+    pub conv: ConvKernel,
 }
 
 /// Squeeze (2x2 space-to-depth) of images of `shape`.
@@ -443,8 +446,16 @@ impl Layer {
                     }
                     _ => {}
                 }
-                o.map
-                    .conv_coupling(&o.name, o.shape, o.mask, o.net, o.width, c.cond_dim, r)
+                o.map.conv_coupling(
+                    &o.name,
+                    o.shape,
+                    o.mask,
+                    o.net,
+                    o.width,
+                    c.cond_dim,
+                    o.conv == ConvKernel::Direct,
+                    r,
+                )
             }
             Layer::Custom(l) => registry::build::<F>(&l.kind, &l.options, c, r)?,
         };

@@ -794,12 +794,16 @@ fn check_buffer(name: &str, built: &[f32], loaded: &[f32]) -> std::result::Resul
     }
 }
 
-/// Every spline config in `v` (an object with `min_derivative`) set to the reference kernel.
+/// Every spline config in `v` (an object with `min_derivative`) set to the reference kernel, every image
+/// coupling (an object with `net` and `width`) to im2col convolutions: what version 1 computed with.
 fn reference_splines(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(m) => {
             if m.contains_key("min_derivative") {
                 m.insert("kernel".into(), "reference".into());
+            }
+            if m.contains_key("net") && m.contains_key("width") && m.contains_key("mask") {
+                m.insert("conv".into(), "im2col".into());
             }
             m.values_mut().for_each(reference_splines);
         }

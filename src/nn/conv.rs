@@ -60,6 +60,26 @@ pub struct Conv2d<F> {
     pub k: usize,
     pub cin: usize,
     pub cout: usize,
+    /// Evaluate a `k x k` layer with few outputs directly ([`conv_direct`]) instead of through im2col. The two
+    /// round differently in the last bits, so a model keeps the one it was written with (its config's
+    /// `conv`); training passes take the direct one either way.
+    pub direct: bool,
+}
+
+/// How a model's convolutions with few output channels are evaluated: through an im2col matrix and a product
+/// (`im2col`, what models written before the direct kernel use) or directly (`direct`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvKernel {
+    Im2col,
+    Direct,
+}
+
+impl ConvKernel {
+    /// What a config without the field means.
+    pub fn im2col() -> Self {
+        ConvKernel::Im2col
+    }
 }
 
 impl<F: Float> Conv2d<F> {
@@ -79,6 +99,7 @@ impl<F: Float> Conv2d<F> {
             k,
             cin,
             cout,
+            direct: false,
         }
     }
     pub fn zero_init(&mut self) {
@@ -91,7 +112,7 @@ impl<F: Float> Conv2d<F> {
         let mut y = Mat::zeros(x.rows, self.cout);
         if self.k == 1 {
             linear(x, self.weight.value(), self.bias.value(), self.cout, &mut y);
-        } else if self.cout <= DIRECT_MAX_COUT {
+        } else if self.direct && self.cout <= DIRECT_MAX_COUT {
             conv_direct(x, s, self.k, self.weight.value(), self.bias.value(), &mut y);
         } else {
             let mut cols = columns();
@@ -211,6 +232,15 @@ pub struct ConvNet<F> {
 }
 
 impl<F: Float> ConvNet<F> {
+    /// Whether the layers with few outputs evaluate directly ([`Conv2d::direct`]).
+    pub fn set_direct(&mut self, on: bool) {
+        let res = self.res.iter_mut().flat_map(|(a, b)| [a, b]);
+        for c in self.first.iter_mut().chain(self.mid.iter_mut()).chain(res) {
+            c.direct = on;
+        }
+        self.last.direct = on;
+    }
+
     pub fn new(
         name: &str,
         kind: ConvNetKind,
@@ -399,10 +429,14 @@ mod tests {
                 k,
             );
             let s = Hw { n, h, w };
-            let y = conv.forward(&chw_to_nhwc(&x, cin, h * w), s);
-            let got = nhwc_to_chw(&y, n, h * w);
-            for (a, b) in got.data.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-12, "k={k}: {a} vs {b}");
+            let mut conv = conv;
+            for direct in [false, true] {
+                conv.direct = direct;
+                let y = conv.forward(&chw_to_nhwc(&x, cin, h * w), s);
+                let got = nhwc_to_chw(&y, n, h * w);
+                for (a, b) in got.data.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-12, "k={k} direct {direct}: {a} vs {b}");
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ mod piecewise;
 pub mod scale;
 
 pub use activation::Activation;
-pub use conv::{Conv2d, ConvNet, ConvNetKind};
+pub use conv::{Conv2d, ConvKernel, ConvNet, ConvNetKind};
 pub use linear::{Block, Linear};
 pub use made::{Made, MadeOpts};
 pub use mlp::Mlp;

@@ -216,7 +216,7 @@ impl MapConfig {
         }
     }
 
-    /// A coupling of this map on images of `shape` with a CNN conditioner (`net` of `width` channels).
+    /// An image coupling of this map; `direct`: its conditioner's few-output convolutions evaluate directly.
     #[allow(clippy::too_many_arguments)]
     pub fn conv_coupling<F: Float>(
         &self,
@@ -226,36 +226,36 @@ impl MapConfig {
         net: ConvNetKind,
         width: usize,
         ctx_dim: usize,
+        direct: bool,
         r: &mut Rng,
     ) -> Box<dyn Transform<F>> {
         match *self {
-            MapConfig::Affine { scale } => Box::new(ConvCoupling::new(
-                name, shape, mask, true, scale, net, width, ctx_dim, r,
-            )),
-            MapConfig::Additive => Box::new(ConvCoupling::new(
-                name,
-                shape,
-                mask,
-                false,
-                ScaleBound::default(),
-                net,
-                width,
-                ctx_dim,
-                r,
-            )),
-            MapConfig::RqSpline(s) => Box::new(MapConvCoupling::new(
-                name, shape, mask, s, net, width, ctx_dim, r,
-            )),
-            MapConfig::SinhArcsinh => Box::new(MapConvCoupling::new(
-                name,
-                shape,
-                mask,
-                SinhArcsinh,
-                net,
-                width,
-                ctx_dim,
-                r,
-            )),
+            MapConfig::Affine { scale } => Box::new(
+                ConvCoupling::new(name, shape, mask, true, scale, net, width, ctx_dim, r)
+                    .with_direct(direct),
+            ),
+            MapConfig::Additive => Box::new(
+                ConvCoupling::new(
+                    name,
+                    shape,
+                    mask,
+                    false,
+                    ScaleBound::default(),
+                    net,
+                    width,
+                    ctx_dim,
+                    r,
+                )
+                .with_direct(direct),
+            ),
+            MapConfig::RqSpline(s) => Box::new(
+                MapConvCoupling::new(name, shape, mask, s, net, width, ctx_dim, r)
+                    .with_direct(direct),
+            ),
+            MapConfig::SinhArcsinh => Box::new(
+                MapConvCoupling::new(name, shape, mask, SinhArcsinh, net, width, ctx_dim, r)
+                    .with_direct(direct),
+            ),
         }
     }
 
@@ -412,7 +412,16 @@ mod tests {
                 // images of 2 channels of 2x3 pixels, with a channel and a checkerboard mask
                 let shape = ImageShape::new(2, 2, 3);
                 let conv = |m, r: &mut crate::engine::Rng| {
-                    map.conv_coupling(&format!("net{i}"), shape, m, ConvNetKind::Glow, 4, ctx, r)
+                    map.conv_coupling(
+                        &format!("net{i}"),
+                        shape,
+                        m,
+                        ConvNetKind::Glow,
+                        4,
+                        ctx,
+                        true,
+                        r,
+                    )
                 };
                 let layers: Vec<Box<dyn Transform<f64>>> = vec![
                     map.coupling(&mask, ctx, net, &mut r),

@@ -79,6 +79,10 @@ pub struct MapConvCoupling<F, M> {
 }
 
 impl<F: Float> ConvCore<F> {
+    fn set_direct(&mut self, on: bool) {
+        self.net.set_direct(on);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn new(
         name: &str,
@@ -254,6 +258,12 @@ impl<F: Float> ConvCoupling<F> {
         }
     }
 
+    /// With the conditioner's few-output convolutions evaluated directly (`on`) or through im2col.
+    pub fn with_direct(mut self, on: bool) -> Self {
+        self.core.set_direct(on);
+        self
+    }
+
     /// A training pass in either direction: the conditioner with its caches, then the element-wise part
     /// keeping (affine) x_b on the data side, `exp(±l)` and dl/dh for the backward of that direction.
     fn train_pass(&mut self, x: &Mat<F>, ctx: Option<&Mat<F>>, inverse: bool) -> (Mat<F>, Vec<F>) {
@@ -421,6 +431,12 @@ impl<F: Float, M: ElementwiseMap> MapConvCoupling<F, M> {
             x: Mat::zeros(0, 0),
             h: Mat::zeros(0, 0),
         }
+    }
+
+    /// With the conditioner's few-output convolutions evaluated directly (`on`) or through im2col.
+    pub fn with_direct(mut self, on: bool) -> Self {
+        self.core.set_direct(on);
+        self
     }
 
     /// The maps of one batch given the conditioner's output `h`: the new rows and their log-dets.
