@@ -197,3 +197,16 @@ fn stats(lp: &[f64]) -> (f64, f64) {
     let var = lp.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
     (mean, (var / n).sqrt())
 }
+
+/// Comma-separated finite numbers of option `flag` (`--context 1,2`), each bad one named.
+pub(crate) fn parse_numbers(flag: &str, s: &str) -> Result<Vec<f64>> {
+    s.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .with_context(|| format!("{flag}: '{v}' is not a finite number"))
+        })
+        .collect()
+}

@@ -194,16 +194,10 @@ pub(super) fn plot(a: PlotArgs) -> Result<()> {
 
 /// `0,0.5,1`: finite, not negative, at most 12.
 pub(super) fn parse_temperatures(s: &str) -> Result<Vec<f64>> {
-    let t: Vec<f64> = s
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|t| t.is_finite() && *t >= 0.0)
-                .with_context(|| format!("--temperatures: '{v}' is not a number >= 0"))
-        })
-        .collect::<Result<_>>()?;
+    let t = super::parse_numbers("--temperatures", s)?;
+    if let Some(bad) = t.iter().find(|t| **t < 0.0) {
+        bail!("--temperatures: '{bad}' is negative");
+    }
     if t.len() > 12 {
         bail!("--temperatures: at most 12, got {}", t.len());
     }
@@ -235,16 +229,7 @@ pub(super) fn slice_view(
         }
     }
     if let Some(r) = reference {
-        let vals: Vec<f64> = r
-            .split(',')
-            .map(|s| {
-                s.trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite())
-                    .with_context(|| format!("--reference: '{s}' is not a finite number"))
-            })
-            .collect::<Result<_>>()?;
+        let vals = super::parse_numbers("--reference", r)?;
         if vals.len() != model.dim() {
             bail!(
                 "--reference has {} values, the model has {} columns ({})",

@@ -154,16 +154,7 @@ pub(super) fn context_rows(
     }
     let t = match (values, file) {
         (Some(v), _) => {
-            let vals: Vec<f64> = v
-                .split(',')
-                .map(|s| {
-                    s.trim()
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|x| x.is_finite())
-                        .with_context(|| format!("--context: '{s}' is not a finite number"))
-                })
-                .collect::<Result<_>>()?;
+            let vals = super::parse_numbers("--context", v)?;
             if vals.len() != k {
                 bail!(
                     "--context has {} values, the model's context has {k} columns ({})",

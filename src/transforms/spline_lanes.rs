@@ -249,6 +249,18 @@ fn locate<const FMA: bool>(c: &Shape, s: &mut Scratch, h: &[f32], v: &[f32], inv
     }
 }
 
+/// A size's gradient: `below` for bins before the element's bin (`j < cnt`), `at` for its own, 0 after it.
+#[inline(always)]
+fn below_at(j: f32, cnt: f32, below: f32, at: f32) -> f32 {
+    if j < cnt {
+        below
+    } else if j == cnt {
+        at
+    } else {
+        0.0
+    }
+}
+
 /// `ln(s² g / den²)`, the log-slope at `ξ` (one logarithm instead of three).
 #[inline(always)]
 fn log_slope<const FMA: bool>(xi: f32, s: f32, dk: f32, dk1: f32) -> f32 {
@@ -426,20 +438,8 @@ fn row_backward_in<const FMA: bool>(
         let jf = j as f32;
         let (sw, sh) = (&s.sw[j][..n], &s.sh[j][..n]);
         for l in 0..n {
-            let gw = if jf < cnt[l] {
-                a_w[l]
-            } else if jf == cnt[l] {
-                b_w[l]
-            } else {
-                0.0
-            };
-            let gh = if jf < cnt[l] {
-                a_h[l]
-            } else if jf == cnt[l] {
-                b_h[l]
-            } else {
-                0.0
-            };
+            let gw = below_at(jf, cnt[l], a_w[l], b_w[l]);
+            let gh = below_at(jf, cnt[l], a_h[l], b_h[l]);
             dot_w[l] = madd::<FMA>(sw[l], gw, dot_w[l]);
             dot_h[l] = madd::<FMA>(sh[l], gh, dot_h[l]);
         }
@@ -450,20 +450,8 @@ fn row_backward_in<const FMA: bool>(
         let (dw, rest) = dh[j * n..].split_at_mut(n);
         let dhh = &mut rest[(nb - 1) * n..nb * n];
         for l in 0..n {
-            let gw = if jf < cnt[l] {
-                a_w[l]
-            } else if jf == cnt[l] {
-                b_w[l]
-            } else {
-                0.0
-            };
-            let gh = if jf < cnt[l] {
-                a_h[l]
-            } else if jf == cnt[l] {
-                b_h[l]
-            } else {
-                0.0
-            };
+            let gw = below_at(jf, cnt[l], a_w[l], b_w[l]);
+            let gh = below_at(jf, cnt[l], a_h[l], b_h[l]);
             dw[l] = sw[l] * (gw - dot_w[l]);
             dhh[l] = sh[l] * (gh - dot_h[l]);
         }
