@@ -77,9 +77,7 @@ pub fn im2col<F: Float>(x: &Mat<F>, s: Hw, k: usize, out: &mut Mat<F>) {
             for y in 0..s.h {
                 for xx in 0..s.w {
                     let row = &mut dst[(y * s.w + xx) * kc..(y * s.w + xx + 1) * kc];
-                    // taps kx in kx0..kx1 fall inside the image: sx = xx + kx - p in 0..w
-                    let kx0 = p.saturating_sub(xx);
-                    let kx1 = k.min(s.w + p - xx);
+                    let (kx0, kx1) = taps(xx, s.w, k);
                     for ky in 0..k {
                         let seg = &mut row[ky * k * c..(ky + 1) * k * c];
                         let sy = (y + ky).wrapping_sub(p);
@@ -160,7 +158,7 @@ pub fn conv_direct<F: Float>(x: &Mat<F>, s: Hw, k: usize, w: &[F], b: &[F], y: &
 
 /// Whether the AVX2 + FMA versions run (f32 on a CPU that has them).
 fn wide<F: Float>() -> bool {
-    std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() && super::sgemm::available()
+    super::is_f32::<F>() && super::sgemm::available()
 }
 
 #[cfg(target_arch = "x86_64")]

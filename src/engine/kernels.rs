@@ -122,7 +122,7 @@ unsafe fn gemm_serial<F: Float>(o: Operands<F>, av: View, bv: View, cv: View, ac
 
 /// Whether an `m x k` by `k x n` product of `F` goes to our own f32 kernel ([`sgemm`]).
 fn own_kernel<F: Float>(m: usize, k: usize, n: usize) -> bool {
-    std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() && sgemm::suits(m, k, n)
+    super::is_f32::<F>() && sgemm::suits(m, k, n)
 }
 
 /// [`sgemm::sgemm`] on views, `threads` threads, with its epilogue, each tile over its `depth` range when given.

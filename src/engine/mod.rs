@@ -193,6 +193,24 @@ impl<F: Float> Mat<F> {
 /// The seeded random number generator used everywhere: same seed, same stream, on every platform.
 pub type Rng = rand_chacha::ChaCha8Rng;
 
+/// Whether `F` is `f32` (the vectorised kernels' type).
+pub fn is_f32<F: Float>() -> bool {
+    std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()
+}
+
+/// `v` as `f32` when `F` is `f32`.
+pub fn as_f32<F: Float>(v: &[F]) -> Option<&[f32]> {
+    // SAFETY: F is f32 (same type, same layout)
+    is_f32::<F>().then(|| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) })
+}
+
+/// `v` as `f32` when `F` is `f32`.
+pub fn as_f32_mut<F: Float>(v: &mut [F]) -> Option<&mut [f32]> {
+    // SAFETY: F is f32 (same type, same layout)
+    is_f32::<F>()
+        .then(|| unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len()) })
+}
+
 pub fn rng(seed: u64) -> Rng {
     Rng::seed_from_u64(seed)
 }

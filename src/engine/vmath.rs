@@ -4,8 +4,7 @@
 //! eight at a time, with fused multiply-adds there (`FMA`: each polynomial step one instruction, rounded once).
 //! f64 (the gradient and Jacobian tests) keeps the standard library's functions.
 
-use super::Float;
-use std::any::TypeId;
+use super::{as_f32, as_f32_mut, Float};
 
 /// `a * b + c`, rounded once with `FMA` (a single instruction where the caller enables the feature; a library
 /// call elsewhere, so only the AVX2 path asks for it).
@@ -106,15 +105,11 @@ pub fn soft_clamp_exp<F: Float>(
     e: &mut [F],
 ) -> bool {
     assert!(h.len() == l.len() && h.len() == dl.len() && h.len() == e.len());
-    if TypeId::of::<F>() != TypeId::of::<f32>() {
+    let (Some(h), Some(l), Some(dl), Some(e)) =
+        (as_f32(h), as_f32_mut(l), as_f32_mut(dl), as_f32_mut(e))
+    else {
         return false;
-    }
-    // SAFETY: F is f32 (same type, same layout)
-    let cast = |v: &[F]| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
-    let cast_mut = |v: &mut [F]| unsafe {
-        std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len())
     };
-    let (h, l, dl, e) = (cast(h), cast_mut(l), cast_mut(dl), cast_mut(e));
     #[cfg(target_arch = "x86_64")]
     if super::sgemm::available() {
         // SAFETY: the CPU has AVX2 and FMA

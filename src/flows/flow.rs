@@ -163,12 +163,11 @@ impl<F: Float> Flow<F> {
     /// (`y_k = f_k(y_{k-1})`, `y_0 = x`; the log-determinant is that of `f_k` at `y_{k-1}`).
     pub fn forward_stages(&self, x: &Mat<F>, ctx: Option<&Mat<F>>) -> Vec<(Mat<F>, Vec<F>)> {
         let e = self.embed(ctx);
-        let mut y = x.clone();
-        let mut out = Vec::with_capacity(self.transforms.len());
+        let mut out: Vec<(Mat<F>, Vec<F>)> = Vec::with_capacity(self.transforms.len());
         for t in &self.transforms {
-            let (next, ld) = t.forward(&y, e.as_deref());
-            y = next.clone();
-            out.push((next, ld));
+            let y = out.last().map_or(x, |(y, _)| y);
+            let step = t.forward(y, e.as_deref());
+            out.push(step);
         }
         out
     }

@@ -796,7 +796,7 @@ fn check_buffer(name: &str, built: &[f32], loaded: &[f32]) -> std::result::Resul
 
 /// Every spline config in `v` (an object with `min_derivative`) set to the reference kernel, every image
 /// coupling (an object with `net` and `width`) to im2col convolutions: what version 1 computed with.
-fn reference_splines(v: &mut serde_json::Value) {
+fn reference_kernels(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(m) => {
             if m.contains_key("min_derivative") {
@@ -805,9 +805,9 @@ fn reference_splines(v: &mut serde_json::Value) {
             if m.contains_key("net") && m.contains_key("width") && m.contains_key("mask") {
                 m.insert("conv".into(), "im2col".into());
             }
-            m.values_mut().for_each(reference_splines);
+            m.values_mut().for_each(reference_kernels);
         }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(reference_splines),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(reference_kernels),
         _ => {}
     }
 }
@@ -817,8 +817,8 @@ fn upgrade_v1(mut v: serde_json::Value) -> Result<ConfigFile> {
     let spec: FlowSpec = serde_json::from_value(v["flow"].take())
         .map_err(|e| Error::Config(format!("flow: {e}")))?;
     v["flow"] = serde_json::to_value(spec.architecture_v1()?).expect("architecture serialises");
-    // its splines evaluate with the kernel they were written with
-    reference_splines(&mut v["flow"]);
+    // its splines and convolutions evaluate with the kernels they were written with
+    reference_kernels(&mut v["flow"]);
     v["preset"] = serde_json::to_value(&spec).expect("spec serialises");
     serde_json::from_value(v).map_err(|e| Error::Config(e.to_string()))
 }

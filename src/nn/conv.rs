@@ -133,8 +133,8 @@ impl<F: Float> Conv2d<F> {
         let kc = self.k * self.k * self.cin;
         add_col_sums(dy, self.bias.grad_mut());
         if self.k > 1 && self.cout <= DIRECT_MAX_COUT {
-            let w = self.weight.value().to_vec();
-            return conv_direct_backward(dy, x, s, self.k, &w, self.weight.grad_mut());
+            let (w, dw) = self.weight.value_and_grad();
+            return conv_direct_backward(dy, x, s, self.k, w, dw);
         }
         let mut owned = None;
         let cols = if self.k == 1 {

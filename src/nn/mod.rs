@@ -159,6 +159,11 @@ impl<F: Float> Param<F> {
         }
         &mut self.grad
     }
+    /// The values to read and the gradient to add to ([`Param::grad_mut`]) at once.
+    pub fn value_and_grad(&mut self) -> (&[F], &mut [F]) {
+        self.grad_mut();
+        (&self.value, &mut self.grad)
+    }
     /// The gradient's memory and whether it holds a gradient to add to (`false`: it is zero, and the caller
     /// must write every entry, as a product that does not accumulate does).
     pub fn grad_for_write(&mut self) -> (&mut [F], bool) {

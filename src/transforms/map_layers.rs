@@ -14,22 +14,9 @@ use super::coupling::{delegate_to_core, CouplingCore};
 use super::map::ElementwiseMap;
 use super::spline::RqSpline;
 use super::{negate, Transform};
-use crate::engine::{Float, Mat, Rng};
+use crate::engine::{as_f32, as_f32_mut, Float, Mat, Rng};
 use crate::nn::{Activation, Made, MadeOpts, Param};
 use rayon::prelude::*;
-
-/// `v` as f32 when `F` is f32.
-fn as_f32<F: Float>(v: &[F]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>())
-        // SAFETY: F is f32 (same type, same layout)
-        .then(|| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) })
-}
-
-fn as_f32_mut<F: Float>(v: &mut [F]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>())
-        // SAFETY: F is f32 (same type, same layout)
-        .then(|| unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len()) })
-}
 
 /// Apply the maps of one batch: `x` (rows x dim), conditioner outputs `h` (rows x P*n), `cols[k]` = the
 /// feature transformed by map `k`. Returns the new matrix and the per-row log-det.
