@@ -128,7 +128,7 @@ fn axpy<F: Float>(y: &mut [F], g: F, x: &[F]) {
 
 /// The taps of a `k x k` kernel (padding `p`) at column `px` of a `w`-wide image that fall inside it: `kx0..kx1`.
 #[inline(always)]
-fn taps(px: usize, w: usize, k: usize) -> (usize, usize) {
+pub(super) fn taps(px: usize, w: usize, k: usize) -> (usize, usize) {
     let p = k / 2;
     (p.saturating_sub(px), k.min(w + p - px))
 }
@@ -149,7 +149,18 @@ pub fn conv_direct<F: Float>(x: &Mat<F>, s: Hw, k: usize, w: &[F], b: &[F], y: &
             let src = &x.data[img * per_image * cin..(img + 1) * per_image * cin];
             #[cfg(target_arch = "x86_64")]
             if fast {
-                // SAFETY: the CPU has AVX2 and FMA (`wide`)
+                if let (Some(src), Some(dst), Some(w), Some(b)) = (
+                    super::as_f32(src),
+                    super::as_f32_mut(dst),
+                    super::as_f32(w),
+                    super::as_f32(b),
+                ) {
+                    if cin.is_multiple_of(8) {
+                        // SAFETY: the CPU has AVX2 and FMA (`wide`)
+                        return unsafe { super::conv_x86::forward_image(src, dst, s, k, w, b) };
+                    }
+                }
+                // SAFETY: as above
                 return unsafe { forward_image_avx2(src, dst, s, k, w, b) };
             }
             forward_image(src, dst, s, k, w, b)
@@ -176,7 +187,7 @@ unsafe fn forward_image_avx2<F: Float>(
 
 /// [`conv_direct`] of one image: `src` its `pixels x cin` input, `dst` its `pixels x cout` output.
 #[inline(always)]
-fn forward_image<F: Float>(src: &[F], dst: &mut [F], s: Hw, k: usize, w: &[F], b: &[F]) {
+pub(super) fn forward_image<F: Float>(src: &[F], dst: &mut [F], s: Hw, k: usize, w: &[F], b: &[F]) {
     let cout = b.len();
     let cin = src.len() / (s.h * s.w);
     let kc = k * k * cin;
@@ -234,7 +245,20 @@ pub fn conv_direct_backward<F: Float>(
                 let d = &dy.data[img * per_image * cout..(img + 1) * per_image * cout];
                 #[cfg(target_arch = "x86_64")]
                 if fast {
-                    // SAFETY: the CPU has AVX2 and FMA (`wide`)
+                    if let (Some(src), Some(d), Some(dxi), Some(dwg), Some(w)) = (
+                        super::as_f32(src),
+                        super::as_f32(d),
+                        super::as_f32_mut(dxi),
+                        super::as_f32_mut(dwg),
+                        super::as_f32(w),
+                    ) {
+                        if cin.is_multiple_of(8) {
+                            // SAFETY: the CPU has AVX2 and FMA (`wide`)
+                            unsafe { super::conv_x86::backward_image(src, d, dxi, dwg, s, k, w) };
+                            continue;
+                        }
+                    }
+                    // SAFETY: as above
                     unsafe { backward_image_avx2(src, d, dxi, dwg, s, k, w) };
                     continue;
                 }

@@ -5,6 +5,7 @@
 //! transforms know their `(C, H, W)` layout, so the same type carries NCHW tensors without a second tensor type.
 
 pub mod conv;
+mod conv_x86;
 pub mod kernels;
 pub mod names;
 pub mod pool;
