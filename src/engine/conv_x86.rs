@@ -109,7 +109,9 @@ pub(super) unsafe fn forward_image(
 ) {
     let cout = b.len();
     let cin = src.len() / (s.h * s.w);
-    debug_assert!(cin.is_multiple_of(8) && dst.len() == s.h * s.w * cout && w.len() == cout * k * k * cin);
+    debug_assert!(
+        cin.is_multiple_of(8) && dst.len() == s.h * s.w * cout && w.len() == cout * k * k * cin
+    );
     let mut co0 = 0;
     while co0 < cout {
         // output channels in groups of 8, 4, 2, 1; pixels of a row in tiles that fill eight accumulators
@@ -204,7 +206,9 @@ pub(super) unsafe fn backward_image(
 ) {
     let per_image = s.h * s.w;
     let (cin, cout) = (src.len() / per_image, d.len() / per_image);
-    debug_assert!(cin.is_multiple_of(8) && dxi.len() == src.len() && dwg.len() == cout * k * k * cin);
+    debug_assert!(
+        cin.is_multiple_of(8) && dxi.len() == src.len() && dwg.len() == cout * k * k * cin
+    );
     let mut co0 = 0;
     while co0 < cout {
         let g = [8, 4, 2, 1]

@@ -9,7 +9,7 @@
 use crate::engine::conv::{
     col2im_add, conv_direct, conv_direct_backward, im2col, Hw, DIRECT_MAX_COUT,
 };
-use crate::engine::kernels::{add_col_sums, gemm, linear};
+use crate::engine::kernels::{add_col_sums, gemm, gemm_view_new, View};
 use crate::engine::{Float, Mat, Rng};
 use crate::nn::Param;
 use rand::Rng as _;
@@ -108,24 +108,36 @@ impl<F: Float> Conv2d<F> {
     }
     /// `y = conv(x)`; `x` is `pixels x cin`.
     pub fn forward(&self, x: &Mat<F>, s: Hw) -> Mat<F> {
+        self.forward_act(x, s, false)
+    }
+    /// `y = conv(x)`, or `max(0, conv(x))` with `relu`. Through a product (1x1 and im2col), the bias and the
+    /// ReLU ride on the product's stores, so the output is written once (the same values as a bias fill, an
+    /// accumulating product and a ReLU pass).
+    pub fn forward_act(&self, x: &Mat<F>, s: Hw, relu: bool) -> Mat<F> {
         assert_eq!(x.cols, self.cin, "conv input channels");
-        let mut y = Mat::zeros(x.rows, self.cout);
+        let (rows, cout) = (x.rows, self.cout);
+        // W^T: `cout x (k*k*cin)` row-major seen as `(k*k*cin) x cout`
+        let product = |a: &Mat<F>| {
+            let av = View::block(a.cols, 0, rows, 0, a.cols);
+            let wv = View::block(a.cols, 0, cout, 0, a.cols).t();
+            let (w, b) = (self.weight.value(), Some(self.bias.value()));
+            Mat::from_vec(rows, cout, gemm_view_new(&a.data, av, w, wv, b, relu, None))
+        };
         if self.k == 1 {
-            linear(x, self.weight.value(), self.bias.value(), self.cout, &mut y);
-        } else if self.direct && self.cout <= DIRECT_MAX_COUT {
-            conv_direct(x, s, self.k, self.weight.value(), self.bias.value(), &mut y);
-        } else {
-            let mut cols = columns();
-            im2col(x, s, self.k, &mut cols);
-            linear(
-                &cols,
-                self.weight.value(),
-                self.bias.value(),
-                self.cout,
-                &mut y,
-            );
-            keep_columns(cols);
+            return product(x);
         }
+        if self.direct && self.cout <= DIRECT_MAX_COUT {
+            let mut y = Mat::zeros(rows, cout);
+            conv_direct(x, s, self.k, self.weight.value(), self.bias.value(), &mut y);
+            if relu {
+                relu_inplace(&mut y);
+            }
+            return y;
+        }
+        let mut cols = columns();
+        im2col(x, s, self.k, &mut cols);
+        let y = product(&cols);
+        keep_columns(cols);
         y
     }
     /// Accumulate weight and bias gradients for `dy` at input `x`; return `dx`.
@@ -296,25 +308,31 @@ impl<F: Float> ConvNet<F> {
             keep(x);
             return y;
         };
-        let mut h = first.forward(&x, s);
+        // the ReLUs ride on the products' stores, except after the first convolution of a residual net, whose
+        // output itself (not its ReLU) feeds the residual sums
+        let fused = self.res.is_empty();
+        let mut h = first.forward_act(&x, s, fused);
         keep(x);
         for m in &self.mid {
-            relu_inplace(&mut h);
-            let y = m.forward(&h, s);
+            if !fused {
+                relu_inplace(&mut h);
+            }
+            let y = m.forward_act(&h, s, fused);
             keep(Cow::Owned(h));
             h = y;
         }
         for (c1, c2) in &self.res {
             let mut u = h.clone(); // h itself is still needed for the residual sum
             relu_inplace(&mut u);
-            let mut v = c1.forward(&u, s);
+            let v = c1.forward_act(&u, s, true);
             keep(Cow::Owned(u));
-            relu_inplace(&mut v);
             let w = c2.forward(&v, s);
             keep(Cow::Owned(v));
             h.data.iter_mut().zip(&w.data).for_each(|(a, &b)| *a += b);
         }
-        relu_inplace(&mut h);
+        if !fused {
+            relu_inplace(&mut h);
+        }
         let y = self.last.forward(&h, s);
         keep(Cow::Owned(h));
         y
