@@ -303,7 +303,6 @@ impl Drop for Tuner {
 /// threads meet at every one of them, while whole shards of the batch run a step's kernels with no meeting
 /// (data parallelism, as a multi-process trainer does across devices).
 pub fn shards<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
-    use rayon::prelude::*;
     let share = (threads() / n.max(1)).max(1);
     let run = |i: usize| {
         /// Puts the thread's share back however `f` ends.
@@ -316,10 +315,61 @@ pub fn shards<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
         let _restore = Restore(SHARE.with(|s| s.replace(share)));
         f(i)
     };
-    match threads() {
-        1 => (0..n).map(run).collect(),
-        _ => (0..n).into_par_iter().with_max_len(1).map(run).collect(),
+    let threads = threads();
+    if threads == 1 || n < 2 {
+        return (0..n).map(run).collect();
     }
+    // Each thread that joins takes the next shard not yet taken; the calling thread then waits for the shards
+    // others took by spinning, not in rayon's join (which puts a thread that waits long to sleep: waking it
+    // costs tens to hundreds of microseconds on a virtual machine whose host is busy, per step, which made w1's
+    // step slower on two threads than on one). A thread that never comes leaves its shards to the caller.
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        /// Counts the shard as finished however it ends (a panic then reaches the caller through the scope,
+        /// instead of leaving it waiting).
+        struct Done<'a>(&'a AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::Release);
+            }
+        }
+        let _done = Done(&done);
+        let r = run(i);
+        if let Ok(mut slot) = slots[i].lock() {
+            *slot = Some(r);
+        }
+    };
+    rayon::scope(|s| {
+        for _ in 1..threads.min(n) {
+            s.spawn(|_| work());
+        }
+        work();
+        let (t0, mut looks) = (Instant::now(), 0u32);
+        while done.load(Ordering::Acquire) < n {
+            looks = looks.wrapping_add(1);
+            // (the clock read every 64 looks; past SPIN, a shard much longer than ours: the core given away
+            // between looks)
+            match looks % 64 == 0 && t0.elapsed() > SPIN {
+                true => std::thread::yield_now(),
+                false => std::hint::spin_loop(),
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .expect("shards: every shard ran")
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -354,6 +404,75 @@ mod tests {
         assert!(r.is_err());
         // the pool still works afterwards
         assert_eq!(pool.install(|| run_warm(|| 7)), 7);
+    }
+
+    /// Shards come back in shard order, each with its share of the threads, both threads take shards (under
+    /// [`run_warm`], and from a plain pool thread too), a caller whose helper never comes runs them all, and a
+    /// panicking shard reaches the caller instead of leaving it waiting.
+    #[test]
+    fn shards_come_back_in_order_and_pass_panics_on() {
+        let _one = CAP_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let run = |warm: bool| {
+            let go = || {
+                shards(6, |i| {
+                    std::thread::sleep(Duration::from_millis(2));
+                    (i, threads(), rayon::current_thread_index())
+                })
+            };
+            match warm {
+                true => pool.install(|| run_warm(go)),
+                false => pool.install(go),
+            }
+        };
+        for warm in [true, false] {
+            let out = run(warm);
+            assert_eq!(
+                out.iter().map(|r| r.0).collect::<Vec<_>>(),
+                (0..6).collect::<Vec<_>>()
+            );
+            assert!(
+                out.iter().all(|r| r.1 == 1),
+                "a shard's kernels split over more than its share"
+            );
+            let who: std::collections::HashSet<_> = out.iter().map(|r| r.2).collect();
+            assert_eq!(who.len(), 2, "warm {warm}: one thread ran every shard");
+        }
+        // the other thread busy for the whole call: the caller runs every shard itself
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let out = pool.install(|| {
+            rayon::join(
+                move || {
+                    let r = shards(4, |i| (i, rayon::current_thread_index()));
+                    drop(tx);
+                    r
+                },
+                move || {
+                    let _ = rx.recv();
+                },
+            )
+            .0
+        });
+        assert_eq!(
+            out.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| {
+                run_warm(|| {
+                    shards(4, |i| {
+                        std::thread::sleep(Duration::from_millis(1));
+                        assert!(i != 3, "shard 3 fails");
+                        i
+                    })
+                })
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(pool.install(|| run_warm(|| shards(2, |i| i))), vec![0, 1]);
     }
 
     /// A tuner tries every candidate (2 threads, then 1) and then holds one; the limit is lifted when it is

@@ -483,16 +483,18 @@ impl<F: Float> Pieces<F> {
             } else {
                 (&p0[..w], &p1[..w], false) // never active: nothing
             };
-            // e = Σ_r c_j(r) (g_r, x_r g_r) with c_j = 1 where active, alpha elsewhere
-            for i in 0..w {
-                let (a0, a1) = if above {
-                    (t0[i] - s0[i], t1[i] - s1[i])
+            // e = Σ_r c_j(r) (g_r, x_r g_r) with c_j = 1 where active, alpha elsewhere (the branch outside the
+            // loops, so that they vectorise)
+            let ea = |e: &mut [f64], t: &[f64], s: &[f64]| {
+                let it = e.iter_mut().zip(t).zip(s);
+                if above {
+                    it.for_each(|((e, &t), &s)| *e = alpha * t + (1.0 - alpha) * (t - s));
                 } else {
-                    (s0[i], s1[i])
-                };
-                e0[i] = alpha * t0[i] + (1.0 - alpha) * a0;
-                e1[i] = alpha * t1[i] + (1.0 - alpha) * a1;
-            }
+                    it.for_each(|((e, &t), &s)| *e = alpha * t + (1.0 - alpha) * s);
+                }
+            };
+            ea(&mut e0, t0, s0);
+            ea(&mut e1, t1, s1);
             let col = &self.cols[j * out + c0..j * out + c1];
             dw0[j] = dot(col, &e1);
             db0[j] = dot(col, &e0);
