@@ -72,6 +72,7 @@ pub fn im2col<F: Float>(x: &Mat<F>, s: Hw, k: usize, out: &mut Mat<F>) {
     out.data
         .par_chunks_mut(per_image * kc)
         .enumerate()
+        .with_min_len(crate::engine::pool::min_len())
         .for_each(|(img, dst)| {
             let src = &x.data[img * per_image * c..(img + 1) * per_image * c];
             for y in 0..s.h {
@@ -145,6 +146,7 @@ pub fn conv_direct<F: Float>(x: &Mat<F>, s: Hw, k: usize, w: &[F], b: &[F], y: &
     y.data
         .par_chunks_mut(per_image * cout)
         .enumerate()
+        .with_min_len(crate::engine::pool::min_len())
         .for_each(|(img, dst)| {
             let src = &x.data[img * per_image * cin..(img + 1) * per_image * cin];
             #[cfg(target_arch = "x86_64")]
@@ -238,6 +240,7 @@ pub fn conv_direct_backward<F: Float>(
         .par_chunks_mut(GROUP * per_image * cin)
         .zip(partial.par_chunks_mut(cout * kc))
         .enumerate()
+        .with_min_len(crate::engine::pool::min_len())
         .for_each(|(g, (dxg, dwg))| {
             for (i, dxi) in dxg.chunks_mut(per_image * cin).enumerate() {
                 let img = g * GROUP + i;
@@ -335,6 +338,7 @@ pub fn col2im_add<F: Float>(cols: &Mat<F>, s: Hw, k: usize, dx: &mut Mat<F>) {
     dx.data
         .par_chunks_mut(per_image * c)
         .enumerate()
+        .with_min_len(crate::engine::pool::min_len())
         .for_each(|(img, dst)| {
             let src = &cols.data[img * per_image * kc..(img + 1) * per_image * kc];
             for y in 0..s.h {
@@ -370,6 +374,7 @@ pub fn chw_to_nhwc<F: Float>(x: &Mat<F>, c: usize, hw: usize) -> Mat<F> {
     out.data
         .par_chunks_mut(hw * c)
         .zip(x.data.par_chunks(c * hw))
+        .with_min_len(crate::engine::pool::min_len())
         .for_each(|(dst, src)| {
             for ch in 0..c {
                 for p in 0..hw {
@@ -388,6 +393,7 @@ pub fn nhwc_to_chw<F: Float>(x: &Mat<F>, n: usize, hw: usize) -> Mat<F> {
     out.data
         .par_chunks_mut(c * hw)
         .zip(x.data.par_chunks(hw * c))
+        .with_min_len(crate::engine::pool::min_len())
         .for_each(|(dst, src)| {
             for p in 0..hw {
                 for ch in 0..c {

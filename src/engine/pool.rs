@@ -91,6 +91,18 @@ pub fn threads() -> usize {
     }
 }
 
+/// The fewest items a piece of a parallel iterator over a kernel's fixed chunks may hold: all of them where
+/// this thread's share is one thread (inside one of several [`shards`], or with a [`Tuner`] holding one), so
+/// that the kernel runs on its caller's thread. Why: split anyway, the pieces were stolen by the thread running
+/// the other shard, which then computed on this shard's data: a round trip of it between the cores' caches,
+/// slow where the two cores sit on different dies (rayon's own splitting does not know the shards).
+pub fn min_len() -> usize {
+    match threads() {
+        1 => usize::MAX,
+        _ => 1,
+    }
+}
+
 /// [`threads`] without a [`Tuner`]'s limit: what a batch's shard count follows, so that the limit never
 /// changes a result.
 pub fn shard_threads() -> usize {

@@ -9,8 +9,12 @@ use crate::Error;
 use std::borrow::Cow;
 
 /// Rows per shard at least: a small flow's batch runs in as many shards as there are threads, as long as each
-/// gets this many rows.
+/// gets this many rows, or (wide rows: images) this many values ([`SHARD_VALUES`]).
 const SHARD_ROWS: usize = 64;
+/// Values of data per shard at least: 64 rows of 64, or a few images (w6's batch of 64 MNIST images runs in
+/// two shards of 32 on two threads: each thread then keeps to its own images for the whole step, instead of
+/// the two meeting at every kernel and passing the images' activations between their caches).
+const SHARD_VALUES: usize = 64 * 64;
 /// Flows with at most this many parameters (and buffers) evaluate large batches in shards; larger ones keep
 /// whole batches, whose products split well over the threads on their own.
 const SHARD_PARAMS: usize = 1 << 22;
@@ -100,9 +104,10 @@ impl<F: Float> Flow<F> {
     }
 
     /// How many shards a batch of `rows` rows runs in: one per thread for a large batch (each shard at least
-    /// [`SHARD_ROWS`] rows) of a flow of at most `most_params` parameters, else 1.
+    /// [`SHARD_ROWS`] rows or [`SHARD_VALUES`] values) of a flow of at most `most_params` parameters, else 1.
     pub(crate) fn shard_count(&self, rows: usize, most_params: usize) -> usize {
-        let shards = crate::engine::pool::shard_threads().min(rows / SHARD_ROWS);
+        let least = SHARD_ROWS.min(SHARD_VALUES.div_ceil(self.dim().max(1)));
+        let shards = crate::engine::pool::shard_threads().min(rows / least);
         if shards < 2 {
             return 1;
         }

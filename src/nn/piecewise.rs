@@ -272,6 +272,7 @@ impl<F: Float> Pieces<F> {
             const ROWS: usize = 128;
             dst.par_chunks_mut(ROWS * out)
                 .zip(x.data.par_chunks(ROWS))
+                .with_min_len(crate::engine::pool::min_len())
                 .for_each(|(d, xb)| self.rows(xb, d, act));
         } else {
             self.rows(&x.data, dst, act);
@@ -367,10 +368,14 @@ impl<F: Float> Pieces<F> {
             };
             self.half(half, gw, gb)
         };
-        let (lo, hi) = rayon::join(
-            || job((0, mid), gw_lo, gb_lo),
-            || job((mid, out), gw_hi, gb_hi),
-        );
+        let (lo, hi) = match crate::engine::pool::threads() {
+            // (on one thread the halves in turn, not offered to a thread busy with another shard)
+            1 => (job((0, mid), gw_lo, gb_lo), job((mid, out), gw_hi, gb_hi)),
+            _ => rayon::join(
+                || job((0, mid), gw_lo, gb_lo),
+                || job((mid, out), gw_hi, gb_hi),
+            ),
+        };
         if params {
             for j in 0..h {
                 l0.weight.grad_mut()[j] += F::c(lo.0[j] + hi.0[j]);

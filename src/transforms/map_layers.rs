@@ -40,6 +40,7 @@ fn apply_maps<F: Float, M: ElementwiseMap>(
         .par_chunks_mut(d)
         .zip(ld.par_iter_mut())
         .enumerate()
+        .with_min_len(crate::engine::pool::min_len())
         .for_each(|(r, (zr, ldr))| {
             let hr = h.row(r);
             if lanes {
@@ -100,6 +101,7 @@ fn backward_maps<F: Float, M: ElementwiseMap>(
         .par_chunks_mut(d)
         .zip(dh.data.par_chunks_mut(h.cols))
         .enumerate()
+        .with_min_len(crate::engine::pool::min_len())
         .for_each(|(r, (dxr, dhr))| {
             let (xr, hr) = (x.row(r), h.row(r));
             if lanes {

@@ -168,6 +168,7 @@ impl<F: Float> ConvCore<F> {
         inp.data
             .par_chunks_mut(hw * ci)
             .enumerate()
+            .with_min_len(crate::engine::pool::min_len())
             .for_each(|(r, dst)| {
                 let xr = x.row(r);
                 for &(j, p, ic) in &self.a_map {
@@ -214,6 +215,7 @@ impl<F: Float> ConvCore<F> {
             g.data
                 .par_chunks_mut(self.ctx_dim)
                 .zip(din.data.par_chunks(hw * ci))
+                .with_min_len(crate::engine::pool::min_len())
                 .for_each(|(gr, dr)| {
                     for p in 0..hw {
                         for (k, v) in gr.iter_mut().enumerate() {
@@ -226,6 +228,7 @@ impl<F: Float> ConvCore<F> {
         dx.data
             .par_chunks_mut(d)
             .zip(din.data.par_chunks(hw * ci))
+            .with_min_len(crate::engine::pool::min_len())
             .for_each(|(dxr, dr)| {
                 for &(j, p, ic) in &self.a_map {
                     dxr[j] += dr[p * ci + ic];
@@ -295,6 +298,7 @@ impl<F: Float> ConvCoupling<F> {
             .par_chunks_mut(hw * cout)
             .zip(d_in.data.par_chunks_mut(d))
             .enumerate()
+            .with_min_len(crate::engine::pool::min_len())
             .for_each(|(r, (dhr, dr))| {
                 let g = dlogdet[r];
                 for (k, &(j, p, oc)) in core.b_map.iter().enumerate() {
@@ -366,6 +370,7 @@ impl<F: Float> ConvCoupling<F> {
         let rows = z.data.par_chunks_mut(d).zip(ld.par_iter_mut()).enumerate();
         if cache {
             rows.zip(kept.par_chunks_mut(nb))
+                .with_min_len(crate::engine::pool::min_len())
                 .for_each(|((r, (zr, ldr)), kp)| body(r, zr, ldr, Some(kp)));
         } else {
             rows.for_each(|(r, (zr, ldr))| body(r, zr, ldr, None));
@@ -450,6 +455,7 @@ impl<F: Float, M: ElementwiseMap> MapConvCoupling<F, M> {
             .par_chunks_mut(x.cols)
             .zip(ld.par_iter_mut())
             .enumerate()
+            .with_min_len(crate::engine::pool::min_len())
             .for_each(|(r, (zr, ldr))| {
                 let hr = &h.data[r * hw * cout..(r + 1) * hw * cout];
                 let mut st = M::State::<F>::default();
@@ -484,6 +490,7 @@ impl<F: Float, M: ElementwiseMap> MapConvCoupling<F, M> {
             .par_chunks_mut(hw * cout)
             .zip(dx.data.par_chunks_mut(dz.cols))
             .enumerate()
+            .with_min_len(crate::engine::pool::min_len())
             .for_each(|(r, (dhr, dxr))| {
                 let (xr, hr) = (x.row(r), &h.data[r * hw * cout..(r + 1) * hw * cout]);
                 let mut st = M::State::<F>::default();

@@ -269,6 +269,7 @@ impl<F: Float> InvConv1x1<F> {
         z.data
             .par_chunks_mut(c * hw)
             .zip(x.data.par_chunks(c * hw))
+            .with_min_len(crate::engine::pool::min_len())
             .for_each(|(zr, xr)| {
                 for i in 0..c {
                     let out = &mut zr[i * hw..(i + 1) * hw];
@@ -321,6 +322,7 @@ impl<F: Float> Transform<F> for InvConv1x1<F> {
             .data
             .par_chunks(64 * c * hw)
             .zip(self.x.data.par_chunks(64 * c * hw))
+            .with_min_len(crate::engine::pool::min_len())
             .map(|(dzc, xc)| {
                 let mut g = vec![0.0; c * c];
                 for (dzr, xr) in dzc.chunks(c * hw).zip(xc.chunks(c * hw)) {
