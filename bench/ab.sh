@@ -10,8 +10,11 @@ base=${1:?usage: bench/ab.sh BASE_BINARY [WORKLOADS]}
 workloads=${2:-w1 w2 w6}
 out=${OUT:-bench/ab-results.jsonl}
 cargo build --release -q
+# the cores' distance (bench/pingpong.c) once a round: the multi-threaded timings follow it on these VMs
+pingpong() { if cc -O2 -pthread -o target/pingpong bench/pingpong.c 2> /dev/null; then target/pingpong; fi; }
 : > "$out"
 for round in $(seq "${ROUNDS:-3}"); do
+  pingpong >> "$out"
   for w in $workloads; do
     reps=30
     [ "$w" = w6 ] && reps=10
@@ -28,6 +31,8 @@ done
 python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+pp = [r["pingpong_ns"] for r in rows if "pingpong_ns" in r]
+rows = [r for r in rows if "workload" in r]
 best = {}
 for r in rows:
     for m in ("train_step_ms", "log_prob_ms", "sample_ms"):
@@ -38,4 +43,6 @@ for w, t, m in sorted({k[:3] for k in best}):
     b, n = best.get((w, t, m, "base")), best.get((w, t, m, "this"))
     if b and n:
         print(f"| {w} | {t} | {m[:-3]} | {b:.3f} | {n:.3f} | {b / n:.2f}x |")
+if pp:
+    print(f"\ncore-to-core round trip (bench/pingpong.c), once a round: {', '.join(f'{v:.0f}' for v in pp)} ns")
 PY

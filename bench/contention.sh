@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-docs/results/contention.jsonl}
 cargo build --release -q
+# the cores' distance (bench/pingpong.c) once a round: the multi-threaded timings follow it on these VMs
+pingpong() { if cc -O2 -pthread -o target/pingpong bench/pingpong.c 2> /dev/null; then target/pingpong; fi; }
 bin=$PWD/target/release/nflow
 : > "$out"
 cg=/sys/fs/cgroup/cpu/nflow-contention
@@ -48,6 +50,7 @@ for cond in idle busy quota; do
     busy_pid=$!
   fi
   for round in $(seq "${ROUNDS:-2}"); do
+    pingpong | sed "s/^{/{\"condition\":\"$cond\",/" >> "$out"
     for t in "--threads 1" "--threads 2" ""; do
       name=${t:-auto}
       name=${name#--threads }
@@ -69,6 +72,8 @@ done
 python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+pp = [r["pingpong_ns"] for r in rows if "pingpong_ns" in r]
+rows = [r for r in rows if "workload" in r]
 best = {}
 for r in rows:
     k = (r["condition"], r["workload"], r["threads"])
@@ -79,4 +84,6 @@ for cond in ("idle", "busy", "quota"):
         v = [best.get((cond, w, t)) for t in ("1", "2", "auto")]
         if any(x is not None for x in v):
             print(f"| {cond} | {w} | " + " | ".join("-" if x is None else f"{x:.2f}" for x in v) + " |")
+if pp:
+    print(f"\ncore-to-core round trip (bench/pingpong.c), once a round: {', '.join(f'{v:.0f}' for v in pp)} ns")
 PY
