@@ -11,7 +11,8 @@ workloads=${2:-w1 w2 w6}
 out=${OUT:-bench/ab-results.jsonl}
 cargo build --release -q
 # the cores' distance (bench/pingpong.c) once a round: the multi-threaded timings follow it on these VMs
-pingpong() { if cc -O2 -pthread -o target/pingpong bench/pingpong.c 2> /dev/null; then target/pingpong; fi; }
+cc -O2 -pthread -o target/pingpong bench/pingpong.c 2> /dev/null || rm -f target/pingpong
+pingpong() { if [ -x target/pingpong ]; then target/pingpong; fi; }
 : > "$out"
 for round in $(seq "${ROUNDS:-3}"); do
   pingpong >> "$out"

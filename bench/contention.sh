@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 out=${OUT:-docs/results/contention.jsonl}
 cargo build --release -q
 # the cores' distance (bench/pingpong.c) once a round: the multi-threaded timings follow it on these VMs
-pingpong() { if cc -O2 -pthread -o target/pingpong bench/pingpong.c 2> /dev/null; then target/pingpong; fi; }
+cc -O2 -pthread -o target/pingpong bench/pingpong.c 2> /dev/null || rm -f target/pingpong
+pingpong() { if [ -x target/pingpong ]; then target/pingpong; fi; }
 bin=$PWD/target/release/nflow
 : > "$out"
 cg=/sys/fs/cgroup/cpu/nflow-contention

@@ -21,38 +21,19 @@ use std::arch::x86_64::*;
 /// transpose, then seven vector adds in lane order).
 #[inline(always)]
 unsafe fn ordered_row_sums(r: [__m256; 8]) -> __m256 {
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
     // column l of the transpose holds lane l of every row
-    let cols = [
-        _mm256_permute2f128_ps::<0x20>(s0, s4),
-        _mm256_permute2f128_ps::<0x20>(s1, s5),
-        _mm256_permute2f128_ps::<0x20>(s2, s6),
-        _mm256_permute2f128_ps::<0x20>(s3, s7),
-        _mm256_permute2f128_ps::<0x31>(s0, s4),
-        _mm256_permute2f128_ps::<0x31>(s1, s5),
-        _mm256_permute2f128_ps::<0x31>(s2, s6),
-        _mm256_permute2f128_ps::<0x31>(s3, s7),
-    ];
+    let cols = super::sgemm::transpose8(r);
     let mut acc = _mm256_setzero_ps();
     for c in cols {
         acc = _mm256_add_ps(acc, c);
     }
     acc
+}
+
+/// The block a loop over `left` more channels takes next: the largest of 8, 4, 2, 1 that fits (1 for none).
+#[inline(always)]
+fn block(left: usize) -> usize {
+    [8, 4, 2, 1].into_iter().find(|&b| b <= left).unwrap_or(1)
 }
 
 /// Dot products of `P` neighbouring pixels' input runs (pixel `p`'s at `x + p * cin`, `len` values) with `G`
@@ -115,10 +96,7 @@ pub(super) unsafe fn forward_image(
     let mut co0 = 0;
     while co0 < cout {
         // output channels in groups of 8, 4, 2, 1; pixels of a row in tiles that fill eight accumulators
-        let g = [8, 4, 2, 1]
-            .into_iter()
-            .find(|&g| g <= cout - co0)
-            .unwrap_or(1);
+        let g = block(cout - co0);
         match g {
             8 => forward_group::<1, 8>(src, dst, s, k, w, b, co0),
             4 => forward_group::<2, 4>(src, dst, s, k, w, b, co0),
@@ -211,10 +189,7 @@ pub(super) unsafe fn backward_image(
     );
     let mut co0 = 0;
     while co0 < cout {
-        let g = [8, 4, 2, 1]
-            .into_iter()
-            .find(|&g| g <= cout - co0)
-            .unwrap_or(1);
+        let g = block(cout - co0);
         match g {
             8 => weight_grad_group::<8, 1>(src, d, dwg, s, k, co0, cout),
             4 => weight_grad_group::<4, 2>(src, d, dwg, s, k, co0, cout),
@@ -320,14 +295,14 @@ unsafe fn input_grad(
 ) {
     let mut c0 = 0;
     while c0 < cin {
-        let v = ((cin - c0) / 8).min(8);
+        let v = block((cin - c0) / 8);
         match v {
             8 => input_grad_block::<8>(d, dxi, s, k, w, cin, cout, c0),
-            4..=7 => input_grad_block::<4>(d, dxi, s, k, w, cin, cout, c0),
-            2 | 3 => input_grad_block::<2>(d, dxi, s, k, w, cin, cout, c0),
+            4 => input_grad_block::<4>(d, dxi, s, k, w, cin, cout, c0),
+            2 => input_grad_block::<2>(d, dxi, s, k, w, cin, cout, c0),
             _ => input_grad_block::<1>(d, dxi, s, k, w, cin, cout, c0),
         }
-        c0 += 8 * [8, 4, 2, 1].into_iter().find(|&b| b <= v).unwrap_or(1);
+        c0 += 8 * v;
     }
 }
 

@@ -93,9 +93,9 @@ pub fn threads() -> usize {
 
 /// The fewest items a piece of a parallel iterator over a kernel's fixed chunks may hold: all of them where
 /// this thread's share is one thread (inside one of several [`shards`], or with a [`Tuner`] holding one), so
-/// that the kernel runs on its caller's thread. Why: split anyway, the pieces were stolen by the thread running
-/// the other shard, which then computed on this shard's data: a round trip of it between the cores' caches,
-/// slow where the two cores sit on different dies (rayon's own splitting does not know the shards).
+/// that the kernel runs on its caller's thread, as the kernels that test `threads() > 1` do. Split anyway, its
+/// pieces could be taken by the thread running the other shard, on this shard's data (rayon's splitting does
+/// not know the shards); on w1 and w6 the difference was within this VM's noise.
 pub fn min_len() -> usize {
     match threads() {
         1 => usize::MAX,
@@ -315,7 +315,8 @@ impl Drop for Tuner {
 /// threads meet at every one of them, while whole shards of the batch run a step's kernels with no meeting
 /// (data parallelism, as a multi-process trainer does across devices).
 pub fn shards<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
-    let share = (threads() / n.max(1)).max(1);
+    let threads = threads();
+    let share = (threads / n.max(1)).max(1);
     let run = |i: usize| {
         /// Puts the thread's share back however `f` ends.
         struct Restore(usize);
@@ -327,7 +328,6 @@ pub fn shards<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
         let _restore = Restore(SHARE.with(|s| s.replace(share)));
         f(i)
     };
-    let threads = threads();
     if threads == 1 || n < 2 {
         return (0..n).map(run).collect();
     }
@@ -432,6 +432,16 @@ mod tests {
             let go = || {
                 shards(6, |i| {
                     std::thread::sleep(Duration::from_millis(2));
+                    // a kernel's pieces inside a one-thread share stay on this thread
+                    let pieces: std::collections::HashSet<_> = (0..64)
+                        .into_par_iter()
+                        .with_min_len(min_len())
+                        .map(|_| {
+                            std::thread::sleep(Duration::from_micros(50));
+                            rayon::current_thread_index()
+                        })
+                        .collect();
+                    assert_eq!(pieces.len(), 1, "a shard's kernel ran on another thread");
                     (i, threads(), rayon::current_thread_index())
                 })
             };
@@ -453,7 +463,8 @@ mod tests {
             let who: std::collections::HashSet<_> = out.iter().map(|r| r.2).collect();
             assert_eq!(who.len(), 2, "warm {warm}: one thread ran every shard");
         }
-        // the other thread busy for the whole call: the caller runs every shard itself
+        // the other thread perhaps busy for the whole call (if it took the blocking job first): every shard
+        // still comes back, the caller taking those nobody else takes
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let out = pool.install(|| {
             rayon::join(

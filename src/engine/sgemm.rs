@@ -976,10 +976,13 @@ unsafe fn pack_panel<const W: usize>(
     }
 }
 
-/// Columns of an 8 x 8 block given as its rows: `out[k][q] = rows[q][k]`.
+/// Columns of an 8 x 8 block given as its rows: `out[k][q] = rows[q][k]` (also the direct convolution's
+/// ordered lane sums, `conv_x86`). Inlined into its callers, which all enable AVX2.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+#[inline(always)]
+pub(super) unsafe fn transpose8(
+    r: [std::arch::x86_64::__m256; 8],
+) -> [std::arch::x86_64::__m256; 8] {
     use std::arch::x86_64::*;
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);

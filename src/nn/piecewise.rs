@@ -272,7 +272,6 @@ impl<F: Float> Pieces<F> {
             const ROWS: usize = 128;
             dst.par_chunks_mut(ROWS * out)
                 .zip(x.data.par_chunks(ROWS))
-                .with_min_len(crate::engine::pool::min_len())
                 .for_each(|(d, xb)| self.rows(xb, d, act));
         } else {
             self.rows(&x.data, dst, act);

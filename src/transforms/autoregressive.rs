@@ -131,7 +131,6 @@ impl<F: Float> AffineAr<F> {
                 blocks
                     .zip(s.par_chunks_mut(BLOCK * d))
                     .zip(dl.par_chunks_mut(BLOCK * d))
-                    .with_min_len(crate::engine::pool::min_len())
                     .for_each(|(((b, (yb, ldb)), sb), db)| block(b, yb, ldb, Some((sb, db))));
             }
             None => blocks.for_each(|(b, (yb, ldb))| block(b, yb, ldb, None)),
