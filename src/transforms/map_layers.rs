@@ -44,7 +44,6 @@ fn apply_maps<F: Float, M: ElementwiseMap>(
         .for_each(|(r, (zr, ldr))| {
             let hr = h.row(r);
             if lanes {
-                // the map's vectorised f32 path, where it has one
                 let mut v: Vec<f32> = cols
                     .iter()
                     .map(|&j| zr[j].to_f32().unwrap_or(0.0))
