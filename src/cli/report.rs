@@ -65,10 +65,13 @@ pub(super) fn report(a: ReportArgs) -> Result<()> {
         None => None,
     };
     // the figures go to a private folder, then inline
-    let tmp = std::env::temp_dir().join(format!("nflow-report-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let result = sections(&a, &model, data.as_ref(), &tmp);
-    let _ = std::fs::remove_dir_all(&tmp);
+    // (unpredictable name, created exclusively, mode 0700: nothing another user planted is written through)
+    let tmp = tempfile::Builder::new()
+        .prefix("nflow-report-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    let result = sections(&a, &model, data.as_ref(), tmp.path());
+    drop(tmp);
     let sections = result?;
     let mut html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>nflow report: {t}</title>\n\
@@ -93,18 +96,25 @@ pub(super) fn report(a: ReportArgs) -> Result<()> {
         env!("CARGO_PKG_VERSION"),
         escape(&a.model.display().to_string())
     ));
-    // whole or not at all
-    let part = a.out.with_file_name(format!(
-        ".{}.tmp-{}",
-        a.out
-            .file_name()
-            .map_or("report".into(), |n| n.to_string_lossy().into_owned()),
-        std::process::id()
-    ));
-    std::fs::write(&part, &html)
-        .and_then(|_| std::fs::rename(&part, &a.out))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&part);
+    // whole or not at all (a temporary file beside it, created exclusively under an unpredictable name)
+    let parent = match a.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".nflow-report-")
+        .tempfile_in(&parent)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, html.as_bytes())?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            }
+            f.as_file().sync_all()?;
+            f.persist(&a.out).map_err(|e| e.error)?;
+            Ok(())
         })
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     eprintln!(

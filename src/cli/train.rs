@@ -508,7 +508,7 @@ fn animation(
     every: usize,
     total: usize,
 ) -> Result<(
-    (PathBuf, std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>),
+    (tempfile::TempDir, std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>),
     impl FnMut(usize, &nflow::flows::Flow<f32>, &data::Standardizer) + Send + 'static,
 )> {
     if table.cols != 2 || conditional_or_preprocessed {
@@ -527,10 +527,13 @@ fn animation(
     let ext = nflow::plot::extent_of(&pts);
     let n = 100;
     let grid = nflow::plot::grid_points(ext, n);
-    let dir = std::env::temp_dir().join(format!("nflow-frames-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // a private folder (unpredictable name, created exclusively, mode 0700), removed when dropped
+    let dir = tempfile::Builder::new()
+        .prefix("nflow-frames-")
+        .tempdir()
+        .context("cannot create a temporary folder for the frames")?;
     let list = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (d, l) = (dir.clone(), list.clone());
+    let (d, l) = (dir.path().to_path_buf(), list.clone());
     let f = move |step: usize, flow: &nflow::flows::Flow<f32>, norm: &data::Standardizer| {
         let mut v = grid.clone();
         norm.apply(&mut v);
@@ -648,6 +651,10 @@ fn integer_hint(table: &Table) {
 pub(super) fn train(a: TrainArgs) -> Result<()> {
     // one writer per output, and a bad output found before any training
     let _lock = nflow::io::OutputLock::acquire(&a.out)?;
+    if a.checkpoint_every.is_some() {
+        // the checkpoint folder is replaced and at the end removed: it must be nflow's too
+        nflow::io::output::check_replaceable(&checkpoint_dir(&a.out))?;
+    }
     let full = data::load_source(&a.data, a.sel.toy_n, a.seed)?;
     // the weight column travels with the data columns (rows left out by --drop-missing go with it), then
     // leaves them
@@ -779,7 +786,7 @@ pub(super) fn train(a: TrainArgs) -> Result<()> {
         let list = list.lock().map(|l| l.clone()).unwrap_or_default();
         let gif = a.out.join("training.gif");
         let r = nflow::plot::gif_from_pngs(&list, &gif, 120);
-        let _ = std::fs::remove_dir_all(&dir);
+        drop(dir);
         r?;
         eprintln!("wrote {} ({} frames)", gif.display(), list.len());
     }

@@ -4,7 +4,7 @@ use super::{io_msg, DataError, Result};
 use flate2::read::MultiGzDecoder;
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Opens `path` for reading, transparently decompressing gzip. Returns the reader and whether it is gzip.
 pub(crate) fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool)> {
@@ -61,7 +61,50 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// The process id at the end of a name `PREFIX<pid>` (a run's temporary file or folder).
+/// The process id in a name `PREFIX<pid>` or `PREFIX<pid>.<random>` (a run's temporary file or folder).
 pub(crate) fn pid_suffix(name: &str, prefix: &str) -> Option<u32> {
-    name.strip_prefix(prefix)?.parse().ok()
+    let rest = name.strip_prefix(prefix)?;
+    rest.split_once('.').map_or(rest, |(pid, _)| pid).parse().ok()
+}
+
+/// The name of `path`'s temporary siblings: `.NAME.tmp-`.
+fn temp_prefix(path: &Path) -> std::io::Result<(PathBuf, String)> {
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
+    })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, format!(".{}.tmp-", name.to_string_lossy())))
+}
+
+/// A new file beside `path` to write its contents into before they are put in place: named
+/// `.NAME.tmp-PID.RANDOM` (the process id lets a later run clean up after a killed one, the random part makes
+/// the name unpredictable), created exclusively, so never an existing file or one a link points to, mode 0600.
+pub(crate) fn temp_file_beside(path: &Path) -> std::io::Result<(PathBuf, File)> {
+    let (parent, prefix) = temp_prefix(path)?;
+    let (file, p) = tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}.", std::process::id()))
+        .rand_bytes(8)
+        .tempfile_in(parent)?
+        .keep()
+        .map_err(|e| e.error)?;
+    // what is put in place is read like any other output (the temporary file alone was private)
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok((p, file))
+}
+
+/// A new folder beside `path` on the same terms as [`temp_file_beside`] (mode 0700).
+pub(crate) fn temp_dir_beside(path: &Path) -> std::io::Result<PathBuf> {
+    let (parent, prefix) = temp_prefix(path)?;
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}.", std::process::id()))
+        .rand_bytes(8)
+        .tempdir_in(parent)?
+        .keep())
 }

@@ -336,8 +336,7 @@ impl TableSink {
                 }
             }
         }
-        let tmp = path.with_file_name(format!("{prefix}{}", std::process::id()));
-        let file = File::create(&tmp).map_err(werr(&what))?;
+        let (tmp, file) = super::open::temp_file_beside(path).map_err(werr(&what))?;
         Ok((tmp, file, what))
     }
 

@@ -18,7 +18,7 @@ use crate::flows::{Flow, FlowConfig, FlowSpec};
 use crate::{Error, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub const FORMAT: &str = "nflow-model";
@@ -96,6 +96,33 @@ struct ConfigFile {
     preprocess: Option<Preprocess>,
     #[serde(default)]
     training: Option<TrainSummary>,
+    /// The other files' sizes and checksums: a load that overlaps a save could otherwise pair this config with
+    /// the other save's weights (folders written before it have none, and load unchecked).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    files: BTreeMap<String, FileSum>,
+}
+
+/// A file's size and CRC-32 as `config.json` records them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct FileSum {
+    bytes: u64,
+    crc32: String,
+}
+
+impl FileSum {
+    fn of(bytes: &[u8]) -> FileSum {
+        FileSum {
+            bytes: bytes.len() as u64,
+            crc32: format!("{:08x}", crc32fast::hash(bytes)),
+        }
+    }
+}
+
+/// Only the checksums of a `config.json` (read before the files they cover).
+#[derive(Deserialize)]
+struct FileSums {
+    #[serde(default)]
+    files: BTreeMap<String, FileSum>,
 }
 
 /// A trained flow with everything needed to use it on raw data: the density is reported in the units of
@@ -479,7 +506,7 @@ impl Model {
         Ok(())
     }
 
-    fn config(&self) -> ConfigFile {
+    fn config(&self, files: BTreeMap<String, FileSum>) -> ConfigFile {
         ConfigFile {
             format: FORMAT.into(),
             version: VERSION,
@@ -493,6 +520,7 @@ impl Model {
             context_classes: self.context_classes.clone(),
             preprocess: self.preprocess.clone(),
             training: self.summary.clone(),
+            files,
         }
     }
 
@@ -507,19 +535,13 @@ impl Model {
             let p = path.display().to_string();
             move |source| Error::Io { path: p, source }
         };
-        let (parent, name) = output::split(dir)?;
+        let (parent, _) = output::split(dir)?;
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
         output::recover(dir)?;
         output::check_replaceable(dir)?;
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
-        std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+        let tmp = crate::data::temp_dir_beside(dir).map_err(io(dir))?;
         let write = || -> Result<()> {
             let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-            let cfg = serde_json::to_string_pretty(&self.config()).expect("config serialises");
-            files.push((CONFIG.into(), cfg.into_bytes()));
             let mut meta = HashMap::new();
             meta.insert("format".to_string(), FORMAT.to_string());
             files.push((WEIGHTS.into(), self.weights_bytes(meta)));
@@ -531,6 +553,12 @@ impl Model {
             for (name, bytes) in extras {
                 files.push((name.to_string(), bytes.clone()));
             }
+            let sums = files
+                .iter()
+                .map(|(n, b)| (n.clone(), FileSum::of(b)))
+                .collect();
+            let cfg = serde_json::to_string_pretty(&self.config(sums)).expect("config serialises");
+            files.push((CONFIG.into(), cfg.into_bytes()));
             // each file written and synced, then the folder: what is put in place is on disk
             for (name, bytes) in &files {
                 let path = tmp.join(name);
@@ -555,7 +583,27 @@ impl Model {
     }
 
     /// Load a model folder; every inconsistency is an error naming the folder and the field or tensor.
+    ///
+    /// A save may replace the folder while it is read: the files' checksums in `config.json` tell a config
+    /// from one save read with the weights of another, and the load is then tried again (the folder is swapped
+    /// whole, so a later try sees one save); a mismatch that stays is an error.
     pub fn load(dir: &Path) -> Result<Model> {
+        let mut wait = std::time::Duration::from_millis(1);
+        let mut tries = 0;
+        loop {
+            match Self::load_once(dir) {
+                Err(Changed(_)) if tries < 20 => {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(std::time::Duration::from_millis(100));
+                    tries += 1;
+                }
+                Err(Changed(e)) | Ok(Err(e)) => return Err(e),
+                Ok(Ok(m)) => return Ok(m),
+            }
+        }
+    }
+
+    fn load_once(dir: &Path) -> std::result::Result<Result<Model>, Changed> {
         let bad = |msg: String| Error::Model {
             path: dir.display().to_string(),
             msg,
@@ -565,23 +613,71 @@ impl Model {
             let _ = output::recover(dir);
         }
         if !dir.is_dir() {
-            return Err(bad("no such folder".into()));
+            return Ok(Err(bad("no such folder".into())));
         }
-        let text = std::fs::read_to_string(dir.join(CONFIG)).map_err(|e| {
-            bad(format!(
-                "cannot read {CONFIG}: {e} (not an nflow model folder?)"
-            ))
-        })?;
-        let log = std::fs::read_to_string(dir.join(LOG))
-            .map(|s| s.lines().map(String::from).collect())
+        let text = match read_regular(&dir.join(CONFIG), output::MAX_CONFIG_BYTES) {
+            Ok(b) => match String::from_utf8(b) {
+                Ok(t) => t,
+                Err(_) => return Ok(Err(bad(format!("{CONFIG} is not UTF-8 text")))),
+            },
+            Err(ReadFail::Missing) => {
+                return Ok(Err(bad(format!(
+                    "cannot read {CONFIG}: no such file (not an nflow model folder?)"
+                ))))
+            }
+            Err(ReadFail::Other(m)) => return Ok(Err(bad(format!("cannot read {CONFIG}: {m}")))),
+        };
+        // the checksums the other files must have (none in folders written before them)
+        let sums = serde_json::from_str::<FileSums>(&text)
+            .map(|f| f.files)
+            .unwrap_or_default();
+        // a file that went missing or does not match: another save in between
+        let changed = |name: &str| {
+            Changed(bad(format!(
+                "{name} does not match the size and checksum config.json gives it: the folder was \
+                 changed by something other than nflow, or is corrupt"
+            )))
+        };
+        let read_checked = |name: &str, limit: u64| -> std::result::Result<Option<Vec<u8>>, Changed> {
+            match read_regular(&dir.join(name), limit) {
+                Ok(b) => match sums.get(name) {
+                    Some(s) if *s != FileSum::of(&b) => Err(changed(name)),
+                    _ => Ok(Some(b)),
+                },
+                Err(ReadFail::Missing) if sums.contains_key(name) => Err(changed(name)),
+                Err(_) => Ok(None),
+            }
+        };
+        let log = read_checked(LOG, u64::MAX)?
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .lines()
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default();
         // the weights are read once the config is known to be good (its errors come first)
-        let weights = || {
-            std::fs::read(dir.join(WEIGHTS))
-                .map(std::borrow::Cow::Owned)
-                .map_err(|e| bad(format!("cannot read {WEIGHTS}: {e}")))
+        let mut mismatch = None;
+        let weights = || match read_regular(&dir.join(WEIGHTS), u64::MAX) {
+            Ok(b) => match sums.get(WEIGHTS) {
+                Some(s) if *s != FileSum::of(&b) => {
+                    mismatch = Some(changed(WEIGHTS));
+                    Err(bad(String::new()))
+                }
+                _ => Ok(std::borrow::Cow::Owned(b)),
+            },
+            Err(ReadFail::Missing) if sums.contains_key(WEIGHTS) => {
+                mismatch = Some(changed(WEIGHTS));
+                Err(bad(String::new()))
+            }
+            Err(ReadFail::Missing) => Err(bad(format!("cannot read {WEIGHTS}: no such file"))),
+            Err(ReadFail::Other(m)) => Err(bad(format!("cannot read {WEIGHTS}: {m}"))),
         };
-        Self::from_parts(&dir.display().to_string(), &text, weights, log)
+        let r = Self::from_parts(&dir.display().to_string(), &text, weights, log);
+        match mismatch {
+            Some(c) => Err(c),
+            None => Ok(r),
+        }
     }
 
     /// The whole model as one byte string (what pickling and sending to worker processes use): the
@@ -590,7 +686,7 @@ impl Model {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), FORMAT.to_string());
-        let cfg = serde_json::to_string(&self.config()).expect("config serialises");
+        let cfg = serde_json::to_string(&self.config(BTreeMap::new())).expect("config serialises");
         meta.insert(CONFIG.to_string(), cfg);
         meta.insert(LOG.to_string(), self.log.join("\n"));
         self.weights_bytes(meta)
@@ -741,6 +837,51 @@ impl Model {
             log,
         })
     }
+}
+
+/// A load that saw a folder change under it (or a folder whose files do not match their checksums).
+struct Changed(Error);
+
+enum ReadFail {
+    Missing,
+    Other(String),
+}
+
+/// The bytes of `path`, which must be a regular file (a link to one is fine) of at most `limit` bytes that fit
+/// in memory: a pipe, a device or a folder where a model file belongs is an error, never a wait or an
+/// endless read.
+fn read_regular(path: &Path, limit: u64) -> std::result::Result<Vec<u8>, ReadFail> {
+    use std::io::Read;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    // opening a FIFO for reading would wait for a writer
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NONBLOCK);
+    let mut f = match opts.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadFail::Missing),
+        Err(e) => return Err(ReadFail::Other(e.to_string())),
+    };
+    let meta = f.metadata().map_err(|e| ReadFail::Other(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(ReadFail::Other(
+            "not a regular file (a folder, pipe or device)".into(),
+        ));
+    }
+    let len = meta.len();
+    if len > limit {
+        return Err(ReadFail::Other(format!(
+            "{len} bytes, more than the {limit} such a file can have"
+        )));
+    }
+    crate::engine::check_fits(u128::from(len), "reading it").map_err(ReadFail::Other)?;
+    let mut buf = Vec::with_capacity(len as usize);
+    // never more than the size it had when opened (a file still growing is another writer's)
+    f.by_ref()
+        .take(len)
+        .read_to_end(&mut buf)
+        .map_err(|e| ReadFail::Other(e.to_string()))?;
+    Ok(buf)
 }
 
 /// A buffer that indexes (a permutation, a mask, an autoregressive order, MADE's degrees, an LU sign, an

@@ -75,18 +75,95 @@ pub fn recover(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `dir` may be written over: it is missing, empty, or a model folder (it has a `config.json`).
-pub(crate) fn check_replaceable(dir: &Path) -> Result<()> {
-    if dir.is_dir()
-        && !dir.join("config.json").exists()
-        && fs::read_dir(dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(Error::Model {
+/// What nflow itself writes into a model folder (a model, a checkpoint): a folder holding anything else is
+/// not replaced.
+pub(crate) const MODEL_FILES: &[&str] = &[
+    "config.json",
+    "weights.safetensors",
+    "train_log.jsonl",
+    "trainer_state.json",
+    "trainer_state.safetensors",
+];
+
+/// The most bytes a `config.json` may have (a larger one is not nflow's).
+pub(crate) const MAX_CONFIG_BYTES: u64 = 256 << 20;
+
+/// Whether `dir/config.json` is nflow's: a regular file (not a link, not a pipe), of a sane size, JSON with
+/// `"format": "nflow-model"` (another tool's `config.json`, a Hugging Face model's say, has no such field).
+fn has_nflow_config(dir: &Path) -> bool {
+    let path = dir.join("config.json");
+    let Ok(meta) = fs::symlink_metadata(&path) else {
+        return false;
+    };
+    if !meta.file_type().is_file() || meta.len() > MAX_CONFIG_BYTES {
+        return false;
+    }
+    let Ok(text) = fs::read_to_string(&path) else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("format").and_then(|f| f.as_str()).map(String::from))
+        .as_deref()
+        == Some(super::FORMAT)
+}
+
+/// `dir` may be written over: it is missing, an empty folder, or an nflow model folder (a `config.json` whose
+/// `format` field says so, and no file that nflow does not write). Anything else (a file, a link, a folder of
+/// someone else's, a model folder with files added to it) is refused, naming what is there.
+pub fn check_replaceable(dir: &Path) -> Result<()> {
+    let refuse = |msg: String| {
+        Err(Error::Model {
             path: dir.display().to_string(),
-            msg: "exists and is not an nflow model folder; refusing to replace it".into(),
-        });
+            msg,
+        })
+    };
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return refuse(format!("cannot inspect it ({e}); refusing to replace it")),
+    };
+    if meta.file_type().is_symlink() {
+        return refuse("is a symbolic link; refusing to replace it (give the folder it points to)".into());
+    }
+    if !meta.is_dir() {
+        return refuse("exists and is not a folder; refusing to replace it".into());
+    }
+    let entries: Vec<String> = match fs::read_dir(dir) {
+        Ok(d) => d
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect(),
+        Err(e) => return refuse(format!("cannot list it ({e}); refusing to replace it")),
+    };
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if !has_nflow_config(dir) {
+        let mut shown: Vec<&str> = entries.iter().map(String::as_str).collect();
+        shown.sort_unstable();
+        let more = shown.len().saturating_sub(5);
+        shown.truncate(5);
+        return refuse(format!(
+            "exists and is not an nflow model folder (it holds {}{}; an nflow model's config.json says \
+             \"format\": \"{}\"); refusing to replace it",
+            shown.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() },
+            super::FORMAT
+        ));
+    }
+    let mut foreign: Vec<&str> = entries
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !MODEL_FILES.contains(n))
+        .collect();
+    if !foreign.is_empty() {
+        foreign.sort_unstable();
+        return refuse(format!(
+            "is an nflow model folder holding files nflow did not write ({}); refusing to replace it \
+             (move them out, or choose another output)",
+            foreign.join(", ")
+        ));
     }
     Ok(())
 }
@@ -156,12 +233,6 @@ impl OutputLock {
     pub fn acquire(dir: &Path) -> Result<OutputLock> {
         let (parent, name) = split(dir)?;
         fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::Model {
-                path: dir.display().to_string(),
-                msg: "exists and is not a folder; refusing to replace it".into(),
-            });
-        }
         check_replaceable(dir)?;
         let path = parent.join(format!(".{name}.lock"));
         for _ in 0..2 {
@@ -253,6 +324,45 @@ mod tests {
             .contains("not an nflow model folder"));
         fs::write(d.join("file"), "x").unwrap();
         assert!(OutputLock::acquire(&d.join("file")).is_err());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn only_nflow_model_folders_are_replaceable() {
+        let d = tmp("replaceable");
+        let ok = |p: &Path| check_replaceable(p).is_ok();
+        let why = |p: &Path| check_replaceable(p).unwrap_err().to_string();
+        assert!(ok(&d.join("missing")));
+        fs::create_dir_all(d.join("empty")).unwrap();
+        assert!(ok(&d.join("empty")));
+        // another tool's folder with a config.json (a Hugging Face model)
+        let hf = d.join("hf");
+        fs::create_dir_all(&hf).unwrap();
+        fs::write(hf.join("config.json"), "{}").unwrap();
+        fs::write(hf.join("pytorch_model.bin"), "w").unwrap();
+        let e = why(&hf);
+        assert!(e.contains("not an nflow model folder") && e.contains("pytorch_model.bin"), "{e}");
+        // nflow's own folder, and the same with a file of the user's added
+        let m = d.join("m");
+        fs::create_dir_all(&m).unwrap();
+        fs::write(m.join("config.json"), r#"{"format": "nflow-model", "version": 2}"#).unwrap();
+        fs::write(m.join("weights.safetensors"), "w").unwrap();
+        assert!(ok(&m));
+        fs::write(m.join("notes.txt"), "mine").unwrap();
+        let e = why(&m);
+        assert!(e.contains("files nflow did not write (notes.txt)"), "{e}");
+        fs::remove_file(m.join("notes.txt")).unwrap();
+        // a config.json that is a link to an nflow config elsewhere is not nflow's writing
+        fs::remove_file(m.join("config.json")).unwrap();
+        fs::write(d.join("elsewhere.json"), r#"{"format": "nflow-model"}"#).unwrap();
+        std::os::unix::fs::symlink(d.join("elsewhere.json"), m.join("config.json")).unwrap();
+        assert!(why(&m).contains("not an nflow model folder"));
+        // a file, and a link to a model folder
+        fs::write(d.join("file"), "x").unwrap();
+        assert!(why(&d.join("file")).contains("not a folder"));
+        std::os::unix::fs::symlink(d.join("empty"), d.join("link")).unwrap();
+        assert!(why(&d.join("link")).contains("symbolic link"));
         fs::remove_dir_all(&d).unwrap();
     }
 
