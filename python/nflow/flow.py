@@ -363,8 +363,10 @@ class Flow:
             raise RuntimeError("this flow is not fitted yet: call fit(X) or nflow.load(path)")
         return self._model
 
-    def _rows(self, X: ArrayLike, name: str = "X") -> np.ndarray:
-        m = self._fitted()
+    # Each method below reads `self._model` once and uses that model throughout: another thread's `fit` may
+    # replace it meanwhile (the call then finishes on the model it started with).
+
+    def _rows(self, X: ArrayLike, m: "_nflow.Model", name: str = "X") -> np.ndarray:
         if _is_frame(X):
             want = m.columns
             have = [str(c) for c in X.columns]
@@ -377,8 +379,7 @@ class Flow:
             raise ValueError(f"{name}: has {x.shape[1]} columns, the model expects {m.dim} ({', '.join(m.columns)})")
         return x
 
-    def _context(self, context: Any, X: Any = None) -> Optional[np.ndarray]:
-        m = self._fitted()
+    def _context(self, m: "_nflow.Model", context: Any, X: Any = None) -> Optional[np.ndarray]:
         if context is None and X is not None and _is_frame(X) and m.context_columns:
             if all(c in X.columns for c in m.context_columns):
                 context = X[m.context_columns]
@@ -392,42 +393,51 @@ class Flow:
     def log_prob(self, X: ArrayLike, context: ArrayLike = None) -> np.ndarray:
         """``log p(x)`` of every row (nats, data units), float64. A DataFrame's columns are matched by name
         (a conditional model also finds its context columns there)."""
-        c = self._context(context, X)
-        return self._fitted().log_prob(self._rows(X), c)
+        m = self._fitted()
+        c = self._context(m, context, X)
+        return m.log_prob(self._rows(X, m), c)
 
     def sample(self, n: int, context: ArrayLike = None, seed: Optional[int] = None, temperature: float = 1.0) -> np.ndarray:
         """``n`` draws (a conditional model: one per context row), float64 ``(n, dim)``. ``seed=None`` draws a
         fresh seed; the same seed gives the same samples."""
+        return self._sample(self._fitted(), n, context, seed, temperature)
+
+    def _sample(self, m: "_nflow.Model", n: int, context: ArrayLike, seed: Optional[int], temperature: float = 1.0) -> np.ndarray:
         seed = secrets.randbits(63) if seed is None else int(seed)
         if n < 0:
             raise ValueError(f"n must be non-negative, got {n}")
-        return self._fitted().sample(int(n), seed, self._context(context), float(temperature))
+        return m.sample(int(n), seed, self._context(m, context), float(temperature))
 
     def sample_and_log_prob(
         self, n: int, context: ArrayLike = None, seed: Optional[int] = None
     ) -> Tuple[np.ndarray, np.ndarray]:
         """Samples and their log-densities."""
-        c = self._context(context)
-        x = self.sample(n, c, seed)
-        return x, self._fitted().log_prob(x, c)
+        m = self._fitted()
+        c = self._context(m, context)
+        x = self._sample(m, n, c, seed)
+        return x, m.log_prob(x, c)
 
     def grad_log_prob(self, X: ArrayLike, context: ArrayLike = None) -> np.ndarray:
         """The score ``d log p(x) / dx`` of every row (data units), float64 ``(n, dim)``: for HMC, Langevin
         or MAP on the learned density."""
-        c = self._context(context, X)
-        return self._fitted().grad_log_prob(self._rows(X), c)[1]
+        m = self._fitted()
+        c = self._context(m, context, X)
+        return m.grad_log_prob(self._rows(X, m), c)[1]
 
     def transform_to_noise(self, X: ArrayLike, context: ArrayLike = None) -> np.ndarray:
         """``z = f(x)``: the rows mapped to the base distribution's space."""
-        c = self._context(context, X)
-        return self._fitted().transform_to_noise(self._rows(X), c)
+        m = self._fitted()
+        c = self._context(m, context, X)
+        return m.transform_to_noise(self._rows(X, m), c)
 
     def percentile(self, X: ArrayLike, context: ArrayLike = None) -> np.ndarray:
         """Where each row's log-density falls among the held-out validation rows kept at fitting time, in
         percent (``nflow score``): 1 means lower than 99% of rows like the training data. Flag unusual rows with
         ``flow.percentile(X) < 100 * fpr``."""
-        lp = np.ascontiguousarray(self.log_prob(X, context), dtype=np.float64)
-        return self._fitted().percentiles(lp)
+        m = self._fitted()
+        c = self._context(m, context, X)
+        lp = np.ascontiguousarray(m.log_prob(self._rows(X, m), c), dtype=np.float64)
+        return m.percentiles(lp)
 
     def score(self, X: ArrayLike, context: ArrayLike = None) -> float:
         """Mean log-likelihood of the rows."""

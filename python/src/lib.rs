@@ -19,8 +19,8 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 // The module's Rust allocations (the layers' buffers, result arrays) go through mimalloc, as polars' wheel
@@ -49,46 +49,141 @@ fn config_err(msg: impl Into<String>) -> PyErr {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The thread pool
+// Thread pools
+//
+// Every top-level operation (one `compute` call, or one whole fit) runs on a rayon pool of its own, checked
+// out of a small free list of idle pools and given back afterwards; a new pool is made when none is idle. Two
+// operations never share a pool, so none can wait for a pool thread that another holds: a fit keeps every
+// thread of its pool (`run_warm`) and its training thread waits for the Python callback, and a callback's own
+// `log_prob`, `sample` or nested `fit`, another thread's fit, or a concurrent reader of the same model simply
+// gets another pool. In a child made by `fork` the parent's pools have no threads: a pool list made in another
+// process is forgotten (leaked, never dropped or locked: a thread that no longer exists may have held its
+// lock at the fork) and the child starts a fresh one.
 
-static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
+/// Idle pools kept for the next operations (more are dropped when given back).
+const MAX_IDLE: usize = 4;
+
+/// The pools of one process.
+struct Pools {
+    /// The process that made this list (a forked child makes its own).
+    pid: u32,
+    /// Threads per pool: the user's `set_num_threads`, or 0 for all cores.
+    threads: AtomicUsize,
+    idle: Mutex<Vec<rayon::ThreadPool>>,
+}
+
+/// The current process's pool list; replaced (the old one leaked) only in a forked child, so a reference to
+/// it lives as long as the process.
+static POOLS: AtomicPtr<Pools> = AtomicPtr::new(std::ptr::null_mut());
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
-    if let Some(p) = POOL.read().ok().and_then(|p| p.clone()) {
-        return Ok(p);
+fn pools() -> &'static Pools {
+    let pid = std::process::id();
+    loop {
+        let cur = POOLS.load(Ordering::Acquire);
+        // SAFETY: a published list is never freed (see POOLS)
+        let old = unsafe { cur.as_ref() };
+        if let Some(p) = old.filter(|p| p.pid == pid) {
+            return p;
+        }
+        if old.is_none() {
+            // the count is ours to choose: training steps measure whether fewer threads run faster (other
+            // work on the machine)
+            nflow::engine::pool::set_auto(true);
+        }
+        // first use, or a forked child (which keeps the user's thread count)
+        let fresh = Box::into_raw(Box::new(Pools {
+            pid,
+            threads: AtomicUsize::new(old.map_or(0, |p| p.threads.load(Ordering::Relaxed))),
+            idle: Mutex::new(Vec::new()),
+        }));
+        match POOLS.compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // the parent's list (if any) is leaked on purpose: its pools' threads are not in this process
+            Ok(_) => return unsafe { &*fresh },
+            // another thread of this process was first
+            Err(_) => drop(unsafe { Box::from_raw(fresh) }),
+        }
     }
-    // the count is ours to choose: training steps measure whether fewer threads run faster (other work on
-    // the machine)
-    nflow::engine::pool::set_auto(true);
-    set_pool(cores())
 }
 
-fn set_pool(n: usize) -> PyResult<Arc<rayon::ThreadPool>> {
-    let p = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("nflow-{i}"))
-            .build()
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the thread pool: {e}")))?,
-    );
-    if let Ok(mut g) = POOL.write() {
-        *g = Some(p.clone());
+impl Pools {
+    fn size(&self) -> usize {
+        match self.threads.load(Ordering::Relaxed) {
+            0 => cores(),
+            n => n,
+        }
     }
-    Ok(p)
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<rayon::ThreadPool>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle pool of the current size, or a new one: this caller's alone until the lease is dropped.
+    fn lease(&'static self) -> PyResult<Lease> {
+        let n = self.size();
+        let idle = self.idle().pop();
+        let pool = match idle {
+            Some(p) if p.current_num_threads() == n => p,
+            _ => rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("nflow-{i}"))
+                .build()
+                .map_err(|e| PyRuntimeError::new_err(format!("cannot start a thread pool: {e}")))?,
+        };
+        Ok(Lease {
+            pool: Some(pool),
+            pools: self,
+        })
+    }
 }
 
-/// Run `f` on the pool with the GIL released.
+/// A pool checked out for one operation; given back to the idle list when dropped.
+struct Lease {
+    pool: Option<rayon::ThreadPool>,
+    pools: &'static Pools,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = rayon::ThreadPool;
+    fn deref(&self) -> &rayon::ThreadPool {
+        self.pool
+            .as_ref()
+            .expect("a lease holds its pool until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.take() else { return };
+        if std::process::id() != self.pools.pid {
+            // forked while this lease was out: the pool's threads are in the parent
+            std::mem::forget(pool);
+            return;
+        }
+        if pool.current_num_threads() == self.pools.size() {
+            let mut idle = self.pools.idle();
+            if idle.len() < MAX_IDLE {
+                idle.push(pool);
+            }
+        }
+        // (one not kept is dropped here, outside the lock: its threads end)
+    }
+}
+
+/// Run `f` on a pool of its own with the GIL released.
 fn compute<R: Send>(py: Python<'_>, f: impl FnOnce() -> R + Send) -> PyResult<R> {
-    let p = pool()?;
-    Ok(py.detach(|| p.install(f)))
+    py.detach(|| {
+        let pool = pools().lease()?;
+        Ok(pool.install(f))
+    })
 }
 
 /// Use `n` threads for training, scoring and sampling from now on (default: all cores). At most 4 x the
-/// cores: more only wait on each other.
+/// cores: more only wait on each other. Each operation running at once (a fit, a `log_prob` from another
+/// thread or from a fit's callback) has a pool of `n` threads of its own.
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
     if n == 0 {
@@ -101,14 +196,19 @@ fn set_num_threads(n: usize) -> PyResult<()> {
             cores()
         )));
     }
+    let p = pools();
     nflow::engine::pool::set_auto(false);
-    set_pool(n).map(|_| ())
+    p.threads.store(n, Ordering::Relaxed);
+    // the idle pools have the old size (those in use are dropped when given back)
+    let old = std::mem::take(&mut *p.idle());
+    drop(old);
+    Ok(())
 }
 
 /// Threads used for training, scoring and sampling.
 #[pyfunction]
-fn get_num_threads() -> PyResult<usize> {
-    Ok(pool()?.current_num_threads())
+fn get_num_threads() -> usize {
+    pools().size()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -350,21 +450,68 @@ fn train_config(o: &Bound<'_, PyDict>, rows: usize, image: bool) -> PyResult<Tra
 // ---------------------------------------------------------------------------------------------------------
 // The model
 
-/// A trained flow with its columns and data normalisation (a model folder in memory).
+/// A trained flow with its columns and data normalisation (a model folder in memory). Immutable: any number
+/// of threads use it at once (a fit makes a new one), with no lock to wait for or to leave held at a fork.
 #[pyclass(module = "nflow._nflow", frozen)]
 struct Model {
-    // write access only for the score (its backward pass keeps caches in the layers)
-    inner: RwLock<nflow::Model>,
+    inner: nflow::Model,
+    /// Copies for the score, whose backward pass keeps caches in the layers (so needs a model of its own):
+    /// taken and given back without ever waiting for the lock (a busy or stuck lock: a fresh copy).
+    scratch: Mutex<Vec<nflow::Model>>,
 }
+
+/// Score copies kept per model.
+const MAX_SCRATCH: usize = 2;
 
 impl Model {
     fn new(m: nflow::Model) -> Self {
         Model {
-            inner: RwLock::new(m),
+            inner: m,
+            scratch: Mutex::new(Vec::new()),
         }
     }
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, nflow::Model> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> &nflow::Model {
+        &self.inner
+    }
+
+    /// A copy of the model for one score computation: the same architecture, parameters and buffers (as
+    /// `Model::load` rebuilds one), in evaluation mode.
+    fn scratch(&self) -> PyResult<nflow::Model> {
+        if let Some(m) = self.scratch.try_lock().ok().and_then(|mut s| s.pop()) {
+            return Ok(m);
+        }
+        let m = &self.inner;
+        let mut flow: nflow::flows::Flow<f32> = m.arch.build().map_err(py_err)?;
+        for ((_, to), (_, from)) in flow
+            .named_params_mut()
+            .into_iter()
+            .zip(m.flow.named_params())
+        {
+            to.value_mut().copy_from_slice(from.value());
+        }
+        flow.reload();
+        flow.set_training(false);
+        Ok(nflow::Model {
+            arch: m.arch.clone(),
+            preset: m.preset.clone(),
+            flow,
+            columns: m.columns.clone(),
+            norm: m.norm.clone(),
+            context_columns: m.context_columns.clone(),
+            context_norm: m.context_norm.clone(),
+            context_classes: m.context_classes.clone(),
+            preprocess: m.preprocess.clone(),
+            summary: None,
+            log: Vec::new(),
+        })
+    }
+
+    fn keep_scratch(&self, m: nflow::Model) {
+        if let Ok(mut s) = self.scratch.try_lock() {
+            if s.len() < MAX_SCRATCH {
+                s.push(m);
+            }
+        }
     }
 }
 
@@ -383,7 +530,8 @@ struct Report {
 /// Progress reports between evaluations come at most this often.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 
-/// Run `work` (a training run, given a way to report progress) on the pool's warm scope, off this thread;
+/// Run `work` (a training run, given a way to report progress) on a pool of its own (in its warm scope), off
+/// this thread;
 /// meanwhile this thread waits with the GIL released, calls `hook(step, total, loss, eval)` for each report
 /// (True stops training through `stop`) and checks for signals (Ctrl-C stops it too). Returns what `work`
 /// returned and the exception that stopped it (KeyboardInterrupt, or the hook's own), for the caller to raise
@@ -396,10 +544,12 @@ fn drive<R: Send>(
 ) -> PyResult<(R, Option<PyErr>)> {
     let (tx, rx) = std::sync::mpsc::channel::<Report>();
     let rx = Mutex::new(rx);
-    let pool = pool()?;
+    // this fit's own pool: `run_warm` keeps all its threads, and the callback's calls get other pools
+    let pool = py.detach(|| pools().lease())?;
     let mut raised: Option<PyErr> = None;
     let has_hook = hook.is_some();
     let result = std::thread::scope(|s| {
+        let pool = &pool;
         let worker = s.spawn(move || {
             pool.install(move || {
                 nflow::engine::pool::run_warm(move || {
@@ -649,7 +799,7 @@ impl Model {
     /// Load a model folder (as `nflow train` writes it).
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Model> {
-        let m = py.detach(|| nflow::Model::load(&path)).map_err(py_err)?;
+        let m = compute(py, || nflow::Model::load(&path))?.map_err(py_err)?;
         Ok(Model::new(m))
     }
 
@@ -657,21 +807,19 @@ impl Model {
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Model> {
         let data = data.to_vec();
-        let m = py
-            .detach(|| nflow::Model::from_bytes(&data))
-            .map_err(py_err)?;
+        let m = compute(py, || nflow::Model::from_bytes(&data))?.map_err(py_err)?;
         Ok(Model::new(m))
     }
 
     /// Write the model folder (atomically: an interrupted save leaves any previous model in place).
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| self.read().save(&path)).map_err(py_err)
+        compute(py, || self.read().save(&path))?.map_err(py_err)
     }
 
     /// The whole model as bytes (config, weights, log): what pickling uses.
-    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let b = py.detach(|| self.read().to_bytes());
-        PyBytes::new(py, &b)
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let b = compute(py, || self.read().to_bytes())?;
+        Ok(PyBytes::new(py, &b))
     }
 
     /// `log p(x)` of every row, nats, in the data's own units.
@@ -699,7 +847,7 @@ impl Model {
         py: Python<'py>,
         log_probs: PyReadonlyArray1<'py, f64>,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-        let p = nflow::train::scores::percentiles(&self.read(), log_probs.as_slice()?)
+        let p = nflow::train::scores::percentiles(self.read(), log_probs.as_slice()?)
             .map_err(py_err)?;
         Ok(PyArray1::from_vec(py, p))
     }
@@ -743,11 +891,12 @@ impl Model {
             Some(c) => Some(table_ctx(c, ccols, "context")?),
             None => None,
         };
-        let (lp, g) = compute(py, || {
-            let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
-            m.grad_log_prob(&t, c.as_ref())
-        })?
-        .map_err(py_err)?;
+        let (lp, g) = compute(py, || -> PyResult<_> {
+            let mut m = self.scratch()?;
+            let r = m.grad_log_prob(&t, c.as_ref());
+            self.keep_scratch(m);
+            r.map_err(py_err)
+        })??;
         Ok((PyArray1::from_vec(py, lp), array2(py, t.rows, t.cols, g)))
     }
 
