@@ -16,6 +16,8 @@ def target_log_prob(
     name: str, x: npt.NDArray[np.float64]
 ) -> Tuple[Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]], Optional[float]]: ...
 
+def target_info(name: str) -> Tuple[int, Optional[float]]: ...
+
 class Model:
     @staticmethod
     def fit(

@@ -66,6 +66,20 @@ def _matrix(x: ArrayLike, name: str) -> Tuple[np.ndarray, Optional[List[str]]]:
     return np.ascontiguousarray(a, dtype=np.float64), columns
 
 
+def _uint(v: Any, name: str, least: int = 0) -> int:
+    """``v`` as a Python int in ``[least, 2**64)`` (what the binding takes as an unsigned integer), or a
+    ValueError / TypeError naming the argument (instead of the binding's OverflowError)."""
+    if isinstance(v, (str, bytes)) or v is None:
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+    try:
+        i = int(v)
+    except (OverflowError, ValueError) as e:  # inf, nan
+        raise ValueError(f"{name} must be an integer, got {v!r}") from e
+    if not least <= i < 2**64:
+        raise ValueError(f"{name} must be an integer from {least} to 2**64 - 1, got {i}")
+    return i
+
+
 class Flow:
     """A normalizing flow: a preset by name with its options, or a hand-composed list of layers.
 
@@ -97,7 +111,7 @@ class Flow:
     ) -> None:
         self._model: Optional[_nflow.Model] = None
         self.vi_diagnostics: Optional[Dict[str, Any]] = None
-        self.seed = int(seed)
+        self.seed = _uint(seed, "seed")
         self.dim = dim
         if isinstance(layers, (list, tuple)):
             if flow is not None:
@@ -125,7 +139,7 @@ class Flow:
                 raise ValueError(f"unknown flow '{name}' (presets: {', '.join(_nflow.presets())})")
             opts = dict(options)
             if layers is not None:
-                opts["layers"] = int(layers)
+                opts["layers"] = _uint(layers, "layers")
             if base is not None:
                 opts["base"] = base.type if isinstance(base, Spec) else str(base)
             if isinstance(opts.get("map"), str):
@@ -141,12 +155,14 @@ class Flow:
             self._def = {"flow": name, **{k: _json(v) for k, v in opts.items()}}
         if dim is not None:
             # check the options now rather than at fit time
-            self.architecture_for(int(dim))
+            self.dim = dim = _uint(dim, "dim", 1)
+            self.architecture_for(dim)
 
     # ---- architecture -------------------------------------------------------------------------------------
 
     def architecture_for(self, dim: int, context_dim: int = 0) -> Dict[str, Any]:
         """The layer list this definition gives for ``dim`` features (what ``config.json`` stores)."""
+        dim, context_dim = _uint(dim, "dim", 1), _uint(context_dim, "context_dim")
         return json.loads(_nflow.architecture(self._kind, json.dumps(self._def), dim, context_dim, self.seed))
 
     @property
@@ -207,7 +223,7 @@ class Flow:
         weights are kept). Ctrl-C stops within a fraction of a second, keeps the best weights in this flow and
         then raises KeyboardInterrupt. Returns ``self``.
         """
-        seed = self.seed if seed is None else int(seed)
+        seed = self.seed if seed is None else _uint(seed, "seed")
         source = "DataFrame" if _is_frame(X) else "array"
         ctx_cols: List[str] = []
         if context is not None and isinstance(context, (list, tuple)) and all(isinstance(c, str) for c in context):
@@ -322,8 +338,8 @@ class Flow:
         """
         from .vi import checked_target
 
-        seed = self.seed if seed is None else int(seed)
-        dim = dim if dim is not None else self.dim
+        seed = self.seed if seed is None else _uint(seed, "seed")
+        dim = _uint(dim, "dim", 1) if dim is not None else self.dim
         c = None
         if contexts is not None:
             c, _ = _matrix(contexts, "contexts")
@@ -403,10 +419,10 @@ class Flow:
         return self._sample(self._fitted(), n, context, seed, temperature)
 
     def _sample(self, m: "_nflow.Model", n: int, context: ArrayLike, seed: Optional[int], temperature: float = 1.0) -> np.ndarray:
-        seed = secrets.randbits(63) if seed is None else int(seed)
-        if n < 0:
+        seed = secrets.randbits(63) if seed is None else _uint(seed, "seed")
+        if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n < 0:
             raise ValueError(f"n must be non-negative, got {n}")
-        return m.sample(int(n), seed, self._context(m, context), float(temperature))
+        return m.sample(_uint(n, "n"), seed, self._context(m, context), float(temperature))
 
     def sample_and_log_prob(
         self, n: int, context: ArrayLike = None, seed: Optional[int] = None

@@ -57,8 +57,7 @@ def target_log_prob(name: str, x: Any) -> Tuple[np.ndarray, np.ndarray]:
 
 def target_log_z(name: str) -> Optional[float]:
     """A built-in target's ``log Z`` (analytic, or fine-grid quadrature for U1-U4)."""
-    dim = 2 if name.lower().startswith("u") else int(name.split(":")[1])  # gauss:D..., mix:D...
-    return _nflow.target_log_prob(name, np.zeros((1, dim)))[1]
+    return _nflow.target_info(name)[1]
 
 
 def _log_target(target: Union[str, TargetFn], x: np.ndarray, context: Optional[np.ndarray]) -> np.ndarray:

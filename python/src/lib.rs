@@ -1116,6 +1116,13 @@ fn target_log_prob<'py>(
     ))
 }
 
+/// A built-in target's dimensions and its `log Z` where known.
+#[pyfunction]
+fn target_info(name: &str) -> PyResult<(usize, Option<f64>)> {
+    let t = nflow::train::targets::by_name::<f64>(name).map_err(py_err)?;
+    Ok((t.dim(), t.log_z()))
+}
+
 #[pymodule]
 fn _nflow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
@@ -1125,6 +1132,7 @@ fn _nflow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(presets, m)?)?;
     m.add_function(wrap_pyfunction!(diagnostics, m)?)?;
     m.add_function(wrap_pyfunction!(target_log_prob, m)?)?;
+    m.add_function(wrap_pyfunction!(target_info, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
