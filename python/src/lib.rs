@@ -1,8 +1,10 @@
 //! `nflow._nflow`: the Python binding, a thin shell over the library (the pure-Python layer in
 //! `python/nflow/` gives it its API). Arrays cross as contiguous float64 numpy arrays (the Python layer
 //! converts); every library error becomes a Python exception of the usual type carrying the Rust message;
-//! the GIL is released while Rust computes, and all work runs on this module's own thread pool
-//! (`set_num_threads`).
+//! the GIL is released while Rust computes, and all work runs on this module's own thread pools
+//! (`set_num_threads` threads each): every operation in flight (a fit, a score from another thread or from a
+//! fit's callback) on a pool of its own, so that any number of threads may use any models at once, callbacks
+//! and nested fits included, and a forked child starts pools of its own. Models are immutable (no lock).
 
 use nflow::data::{ColumnSupport, Preprocess, Table};
 use nflow::flows::{FlowConfig, FlowDef, FlowSpec};

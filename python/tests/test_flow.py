@@ -368,3 +368,18 @@ def test_column_supports_from_python():
 
     g = pickle.loads(pickle.dumps(f))
     np.testing.assert_array_equal(g.log_prob(X[:20]), f.log_prob(X[:20]))
+
+
+@pytest.mark.parametrize(
+    "kind,opts,ctx",
+    [("realnvp", dict(batch_norm=True), False), ("maf-mog", {}, False), ("nsf-c", dict(actnorm=True), False), ("realnvp", {}, True)],
+)
+def test_the_score_runs_on_a_copy_with_the_same_weights_and_buffers(banana, kind, opts, ctx):
+    # grad_log_prob works on a copy of the model (rebuilt from the architecture, every parameter and buffer
+    # copied): its log p must be the model's own, batch-norm statistics, actnorm and a context embedding included
+    c = np.sin(banana[:, :1]) if ctx else None
+    f = nflow.Flow(kind, layers=3, hidden=16, **opts).fit(banana, c, steps=200, verbose=False)
+    x, cx = banana[:50], (None if c is None else c[:50])
+    lp, g = f._model.grad_log_prob(np.ascontiguousarray(x), cx)
+    np.testing.assert_allclose(lp, f.log_prob(x, cx), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(g, f.grad_log_prob(x, cx))
