@@ -264,7 +264,10 @@ def interrupts(rounds: int) -> None:
         for _ in range(rounds):
             others: List[Any] = []
             ts = [
-                threading.Thread(target=lambda s=s: others.append(tiny(seed=s).fit(x, **FIT)), daemon=True)
+                threading.Thread(
+                    target=lambda s=s: others.append(tiny(seed=s).fit(x, steps=300, batch_size=64, eval_every=10, verbose=False)),
+                    daemon=True,
+                )
                 for s in (1, 2)
             ]
             for t in ts:
