@@ -68,6 +68,101 @@ row "--resume --lr 0.01 (other option)" $B train --data toy:moons:2000 --steps 4
 row "sample without --out" bash -c "$B sample --model m -n 2 | tr '\n' ' '"
 row "unknown option" $B train --bogus
 row "eval with one far row" $B eval --model m --data far.csv
+
+# Issue 36: data safety, temporary files, sizes, options (PY: the Python package's interpreter, if installed)
+PY=${PY:-$(dirname "$B")/../../.venv/bin/python}
+echo
+echo "| issue 36 case | exit | what nflow says |"
+echo "|---|---|---|"
+mkdir hf; echo '{}' > hf/config.json; echo w > hf/pytorch_model.bin
+row "train --out a Hugging Face folder" $B train --data toy:moons --steps 50 --out hf
+row "vi --out a Hugging Face folder" $B vi --target u1 --steps 50 --out hf
+row "  the folder afterwards" bash -c "ls hf | tr '\n' ' '"
+cp -r m mnotes; echo mine > mnotes/notes.txt
+row "train --out a model folder with a file added" $B train --data toy:moons --steps 50 --out mnotes
+if [ -x "$PY" ]; then
+    row "Python Flow.save onto a regular file" "$PY" -c "
+import nflow, numpy as np
+f = nflow.Flow('maf').fit(np.random.default_rng(0).normal(size=(300, 2)), steps=20)
+open('pyfile', 'w').write('mine')
+try:
+    f.save('pyfile')
+except Exception as e:
+    print('error:', type(e).__name__, e)
+print('pyfile holds', open('pyfile').read())"
+fi
+# the old predictable temporary names, planted for the next 3000 process ids, each holding a link to a
+# victim file
+mkdir -p plant victim; echo keep > victim/important
+me=$$
+for i in $(seq 1 3000); do
+    d=plant/nflow-report-$((me + i)); mkdir -p "$d"; ln -s "$PWD/victim/important" "$d/curve.png"
+    d=plant/nflow-frames-$((me + i)); mkdir -p "$d"; ln -s "$PWD/victim/important" "$d/frame-00000000.png"
+done
+row "report, links planted at /tmp/nflow-report-PID" env TMPDIR="$PWD/plant" $B report --model m --out r.html
+row "train --frames, links planted at /tmp/nflow-frames-PID" env TMPDIR="$PWD/plant" $B train --data toy:moons --steps 100 --frames 50 --out fr
+row "  the victim file afterwards" cat victim/important
+row "train --base mixture --components 1e12" $B train --data toy:moons --base mixture --components 1000000000000 --out c1
+row "train --flow maf-mog --components 1e12" $B train --data toy:moons --flow maf-mog --components 1000000000000 --out c2
+row "train --data toy:moons:1e12" $B train --data toy:moons:1000000000000 --out c3
+row "vi --target mix:2:1e12" $B vi --target mix:2:1000000000000 --out c4
+cp -r m big; sed -i 's/"type": "normal"/"type": "mixture", "components": 1000000000000/' big/config.json
+row "eval of a folder asking for a 1e12-component base" $B eval --model big --data toy:moons
+if [ -x "$PY" ]; then
+    row "Python base=Mixture(components=10**12)" "$PY" -c "
+import nflow, numpy as np
+from nflow.layers import Mixture
+try:
+    nflow.Flow('maf', base=Mixture(components=10**12)).fit(np.zeros((100, 2)) + np.arange(100)[:, None], steps=5)
+except Exception as e:
+    print('error:', type(e).__name__, e)"
+fi
+"$PY" -c "
+import gzip
+with gzip.open('bomb.csv.gz', 'wb', compresslevel=9) as f:
+    f.write(b'a,b\n')
+    for _ in range(100):
+        f.write(b'0,0\n' * 1000000)
+" 2>/dev/null
+row "a .csv.gz that expands to 1e8 rows, ulimit -v 3 GB" bash -c "ulimit -v 3000000; $B train --data bomb.csv.gz --steps 5 --out gz"
+"$PY" -c "
+import pyarrow as pa, pyarrow.parquet as pq
+t = pa.table({'a': pa.array([0.0] * 1000000), 'b': pa.array([0.0] * 1000000)})
+w = pq.ParquetWriter('bomb.parquet', t.schema, compression='zstd')
+for _ in range(200):
+    w.write_table(t)
+w.close()
+" 2>/dev/null
+row "a Parquet file of 2e8 rows ($(du -k bomb.parquet 2>/dev/null | cut -f1) KB), ulimit -v 3 GB" bash -c "ulimit -v 3000000; $B train --data bomb.parquet --steps 5 --out pqb"
+row "--tail-bound 1e10" $B train --data toy:moons --flow nsf-c --tail-bound 1e10 --steps 100 --out tb
+row "--tail-bound 1e5" $B train --data toy:moons --flow nsf-c --tail-bound 1e5 --steps 100 --out tb
+row "--tail-bound 100 (the largest)" $B train --data toy:moons --flow nsf-c --tail-bound 100 --steps 300 --out tb
+row "--clip=-1" $B train --data toy:moons --steps 50 --clip=-1 --out cl
+row "--clip=0" $B train --data toy:moons --steps 50 --clip=0 --out cl
+if [ -x "$PY" ]; then
+    row "Python fit(clip=-1.0)" "$PY" -c "
+import nflow, numpy as np
+try:
+    nflow.Flow('maf').fit(np.random.default_rng(0).normal(size=(300, 2)), steps=20, clip=-1.0)
+except Exception as e:
+    print('error:', type(e).__name__, e)"
+fi
+row "--map with an unknown option (additive)" $B train --data toy:moons --steps 50 --flow realnvp --map '{"type":"additive","bins":3}' --out mp
+row "--map with an unknown option (sinh-arcsinh)" $B train --data toy:moons --steps 50 --flow maf --map '{"type":"sinh-arcsinh","tail":3}' --out mp
+echo '{"format": "nflow-model", "version": 2, "api_key": "SECRET123", "flow": "SECRETFLOW"}' > secret.json
+mkdir sl; ln -s ../secret.json sl/config.json
+row "config.json a link to another JSON file" $B eval --model sl --data toy:moons
+$B sample --model m -n 200 --out rows.csv >/dev/null 2>&1
+row "--data from a pipe (cat |)" bash -c "cat rows.csv | $B eval --model m --data -"
+row "--data a process substitution" bash -c "$B eval --model m --data <(cat rows.csv)"
+mkfifo ff; (cat rows.csv > ff &)
+row "--data a FIFO" $B eval --model m --data ff
+row "--data /dev/zero" timeout 20 $B eval --model m --data /dev/zero
+cp -r m mz; rm mz/weights.safetensors; ln -s /dev/zero mz/weights.safetensors
+row "weights.safetensors a link to /dev/zero" timeout 20 $B eval --model mz --data toy:moons
+cp -r m mf; rm mf/config.json; mkfifo mf/config.json
+row "config.json a FIFO" timeout 20 $B eval --model mf --data toy:moons
+
 echo
 echo "contended: the demo, the other core kept busy"
 (while :; do :; done) &

@@ -39,6 +39,50 @@ impl Default for OptimConfig {
     }
 }
 
+impl OptimConfig {
+    /// Wrong options, as a message naming the option.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!(
+                "learning rate (lr) must be positive, got {}",
+                self.lr
+            ));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(format!(
+                    "{name} must be in [0, 1), got {b} (a moving average's decay)"
+                ));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(format!(
+                "eps must be positive, got {} (it keeps Adam's division finite)",
+                self.eps
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "weight decay must be zero or positive, got {} (a negative decay grows the weights)",
+                self.weight_decay
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Gradient clipping's norm, where one is given: a positive number (0 would stop learning, a negative one
+/// turn the gradient around).
+pub fn check_clip(clip: Option<f64>) -> Result<(), String> {
+    match clip {
+        Some(c) if !(c.is_finite() && c > 0.0) => Err(format!(
+            "gradient clipping norm (clip) must be a positive number, got {c}: it caps the gradient's length \
+             (0 would stop learning, a negative value turns the gradient around); leave it out for no clipping"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Learning-rate schedule over the run's total number of steps.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "kebab-case")]

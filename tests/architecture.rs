@@ -100,7 +100,7 @@ fn hand_composed() -> FlowConfig {
     };
     Flow::<f32>::builder(2)
         .layer(Layer::custom(&ShiftLayer { init: 0.25 }))
-        .layer(coupling(0, MapConfig::SinhArcsinh))
+        .layer(coupling(0, MapConfig::SinhArcsinh {}))
         .layer(Layer::LuLinear(LuLinearConfig {
             random_permutation: true,
         }))
@@ -115,8 +115,8 @@ fn hand_composed() -> FlowConfig {
             },
             ..AutoregressiveConfig::default()
         }))
-        .layer(coupling(1, MapConfig::Additive))
-        .base(BaseConfig::DiagNormal)
+        .layer(coupling(1, MapConfig::Additive {}))
+        .base(BaseConfig::DiagNormal {})
         .seed(3)
 }
 
@@ -222,7 +222,7 @@ fn wrong_architectures_are_errors_naming_the_layer() {
     .to_string();
     assert!(e.contains("layers[1]") && e.contains("mapp"), "{e}");
     let bad = Flow::<f64>::builder(2).layer(Layer::Iaf(AutoregressiveConfig {
-        map: MapConfig::SinhArcsinh,
+        map: MapConfig::SinhArcsinh {},
         ..AutoregressiveConfig::default()
     }));
     let e = bad.build::<f64>().err().unwrap().to_string();
@@ -233,4 +233,126 @@ fn wrong_architectures_are_errors_naming_the_layer() {
         .unwrap()
         .to_string();
     assert!(e.contains("at least one layer"), "{e}");
+}
+
+/// Every object of a flow's JSON (layers, maps, bases, conditioners, schedules of scales) refuses an option it
+/// does not know, whichever layer or map it belongs to: a misspelt option is an error, never ignored.
+#[test]
+fn an_unknown_option_anywhere_in_a_flow_is_an_error() {
+    use nflow::dist::BaseKind;
+    use nflow::flows::{FlowKind, FlowSpec};
+    use nflow::transforms::{ImageShape, ScaleBound};
+    let mut specs = Vec::new();
+    let maps = [
+        MapConfig::Additive {},
+        MapConfig::SinhArcsinh {},
+        MapConfig::Affine {
+            scale: ScaleBound::Sigmoid {},
+        },
+        MapConfig::RqSpline(RqSpline::default()),
+    ];
+    for kind in [
+        FlowKind::Realnvp,
+        FlowKind::Maf,
+        FlowKind::Iaf,
+        FlowKind::NsfAr,
+    ] {
+        for map in maps {
+            specs.push(FlowSpec {
+                map: Some(map),
+                context_dim: 2,
+                ..FlowSpec::preset(kind, 3)
+            });
+        }
+    }
+    for base in [
+        BaseKind::DiagNormal,
+        BaseKind::Logistic,
+        BaseKind::StudentT,
+        BaseKind::Mixture,
+        BaseKind::MadeMog,
+    ] {
+        specs.push(FlowSpec {
+            base: Some(base),
+            ..FlowSpec::preset(FlowKind::Maf, 3)
+        });
+    }
+    specs.push(FlowSpec {
+        batch_norm: true,
+        context_embed: 4,
+        context_dim: 2,
+        ..FlowSpec::preset(FlowKind::Realnvp, 3)
+    });
+    specs.push(FlowSpec::preset(FlowKind::Nice, 4));
+    specs.push(FlowSpec::preset(FlowKind::NsfC, 4));
+    for (kind, map) in [
+        (FlowKind::Glow, None),
+        (FlowKind::RealnvpMultiscale, Some(maps[3])),
+    ] {
+        specs.push(FlowSpec {
+            image: Some(ImageShape::new(1, 4, 4)),
+            layers: 1,
+            scales: 2,
+            map,
+            ..FlowSpec::preset(kind, 16)
+        });
+    }
+    let mut checked = 0;
+    for spec in specs {
+        // (combinations a preset does not take, IAF with another map, are left out)
+        let Ok(cfg) = spec.architecture() else {
+            continue;
+        };
+        let json = serde_json::to_value(&cfg).unwrap();
+        // every object in the JSON, by its path of keys and indices
+        let mut paths: Vec<Vec<serde_json::Value>> = vec![vec![]];
+        let mut i = 0;
+        while i < paths.len() {
+            let p = paths[i].clone();
+            let mut v = &json;
+            for k in &p {
+                v = match k {
+                    serde_json::Value::String(s) => &v[s.as_str()],
+                    k => &v[k.as_u64().unwrap() as usize],
+                };
+            }
+            match v {
+                serde_json::Value::Object(m) => {
+                    for k in m.keys() {
+                        paths.push([p.clone(), vec![k.clone().into()]].concat());
+                    }
+                }
+                serde_json::Value::Array(a) => {
+                    for j in 0..a.len() {
+                        paths.push([p.clone(), vec![j.into()]].concat());
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        for p in paths {
+            let mut bad = json.clone();
+            let mut v = &mut bad;
+            for k in &p {
+                v = match k {
+                    serde_json::Value::String(s) => &mut v[s.as_str()],
+                    k => &mut v[k.as_u64().unwrap() as usize],
+                };
+            }
+            if let serde_json::Value::Object(m) = v {
+                m.insert("bogus_option".into(), 1.into());
+                let r = FlowConfig::from_json(&bad.to_string());
+                assert!(
+                    r.as_ref()
+                        .is_err_and(|e| e.to_string().contains("bogus_option")),
+                    "{:?} at {p:?}: an unknown option was accepted ({:?})",
+                    spec.kind,
+                    r.map(|_| ())
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 200, "{checked}");
 }

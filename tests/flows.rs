@@ -597,7 +597,7 @@ fn trainer_reports_divergence_and_keeps_last_good_model() {
         ..TrainConfig::default()
     };
     let spec = FlowSpec {
-        scale: nflow::transforms::ScaleBound::SoftClamp { bound: 80.0 },
+        scale: nflow::transforms::ScaleBound::SoftClamp { bound: 30.0 },
         ..small_spec(FlowKind::Realnvp, 2)
     };
     match Trainer::new(cfg).fit(spec, &t, None, |_| {}) {

@@ -18,15 +18,15 @@ fn random_map(r: &mut nflow::engine::Rng) -> MapConfig {
             scale: ScaleBound::default(),
         },
         1 => MapConfig::Affine {
-            scale: ScaleBound::Sigmoid,
+            scale: ScaleBound::Sigmoid {},
         },
-        2 => MapConfig::Additive,
+        2 => MapConfig::Additive {},
         3 => MapConfig::RqSpline(RqSpline {
             bins: r.gen_range(2..7),
             bound: r.gen_range(1.5..4.0),
             ..RqSpline::default()
         }),
-        _ => MapConfig::SinhArcsinh,
+        _ => MapConfig::SinhArcsinh {},
     }
 }
 

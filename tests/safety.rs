@@ -51,7 +51,10 @@ fn a_folder_nflow_did_not_write_is_never_replaced() {
     fs::write(hf.join("pytorch_model.bin"), "weights").unwrap();
     let e = m.save(&hf).unwrap_err().to_string();
     assert!(e.contains("not an nflow model folder"), "{e}");
-    assert_eq!(fs::read_to_string(hf.join("pytorch_model.bin")).unwrap(), "weights");
+    assert_eq!(
+        fs::read_to_string(hf.join("pytorch_model.bin")).unwrap(),
+        "weights"
+    );
     // a regular file where the folder would go
     fs::write(d.join("file"), "mine").unwrap();
     assert!(m.save(&d.join("file")).is_err());
@@ -85,10 +88,19 @@ fn links_planted_at_the_old_temporary_names_are_not_followed() {
     let m = model(1);
     m.save(&d.join("m")).unwrap();
     write_csv(&d.join("out.csv"), &toy("moons", 10, 0).unwrap()).unwrap();
-    assert_eq!(fs::read_to_string(victim.join("important")).unwrap(), "keep");
+    assert_eq!(
+        fs::read_to_string(victim.join("important")).unwrap(),
+        "keep"
+    );
     assert_eq!(fs::read_dir(&victim).unwrap().count(), 1);
     assert!(Model::load(&d.join("m")).is_ok());
-    assert_eq!(fs::read_to_string(d.join("out.csv")).unwrap().lines().count(), 11);
+    assert_eq!(
+        fs::read_to_string(d.join("out.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        11
+    );
     fs::remove_dir_all(&d).unwrap();
 }
 

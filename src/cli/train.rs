@@ -271,7 +271,7 @@ fn build_spec(a: &TrainArgs, table: &Table, context_dim: usize) -> Result<FlowSp
     spec.mask = a.mask.parse()?;
     spec.order = a.order.parse()?;
     if a.sigmoid_scale {
-        spec.scale = ScaleBound::Sigmoid;
+        spec.scale = ScaleBound::Sigmoid {};
     } else if let Some(bound) = a.scale_bound {
         spec.scale = ScaleBound::SoftClamp { bound };
     }
@@ -319,11 +319,26 @@ pub(super) fn load_arch(
     let toml = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    // errors name the line and what is wrong there, never print the file's text (it may not be ours)
     let mut v: serde_json::Value = if toml {
-        toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map_or(0, |s| {
+                text[..s.start.min(text.len())].lines().count().max(1)
+            });
+            anyhow::anyhow!(
+                "{}: not valid TOML (line {line}): {}",
+                path.display(),
+                e.message()
+            )
+        })?
     } else {
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", path.display()))?
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not valid JSON: {}",
+                path.display(),
+                nflow::json_error(&e)
+            )
+        })?
     };
     let Some(o) = v.as_object_mut() else {
         bail!(
@@ -334,8 +349,8 @@ pub(super) fn load_arch(
     o.entry("dim").or_insert(dim.into());
     o.entry("context_dim").or_insert(context_dim.into());
     o.entry("seed").or_insert(seed.into());
-    let arch: FlowConfig =
-        serde_json::from_value(v).with_context(|| format!("{}", path.display()))?;
+    let arch: FlowConfig = serde_json::from_value(v)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), nflow::json_error(&e)))?;
     if arch.dim != dim || arch.context_dim != context_dim {
         bail!(
             "{}: the architecture has dim {} and context_dim {}, the data {dim} and {context_dim}",
@@ -508,7 +523,10 @@ fn animation(
     every: usize,
     total: usize,
 ) -> Result<(
-    (tempfile::TempDir, std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>),
+    (
+        tempfile::TempDir,
+        std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    ),
     impl FnMut(usize, &nflow::flows::Flow<f32>, &data::Standardizer) + Send + 'static,
 )> {
     if table.cols != 2 || conditional_or_preprocessed {

@@ -115,6 +115,10 @@ fn read(path: &Path, kind: Columnar) -> Result<Table> {
     let mut rows = 0usize;
     for batch in batches {
         let batch = batch.map_err(|e| bad(&e))?;
+        super::check_room(
+            ((rows + batch.num_rows()) as u128).saturating_mul(ncols as u128),
+            &p,
+        )?;
         for (j, col) in batch.columns().iter().enumerate() {
             if text[j].is_none() {
                 match numbers(col) {

@@ -1,7 +1,6 @@
 //! CSV tables (a header row; plain or gzipped, detected by content): reading with errors that name the
 //! line and column, writing.
 
-use std::io::Read;
 use std::path::Path;
 
 use super::open::{open_maybe_gz, path_str};
@@ -36,24 +35,22 @@ fn parse_cell(s: &str) -> Option<f64> {
 /// magic bytes). Fields are trimmed. Every cell must be a finite number.
 pub fn read_csv(path: &Path) -> Result<Table> {
     let p = path_str(path);
-    let (mut reader, gz) = open_maybe_gz(path)?;
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).map_err(|e| {
-        if gz {
-            DataError::Gzip {
-                path: p.clone(),
-                msg: io_msg(&e),
-            }
-        } else {
-            DataError::Read {
-                path: p.clone(),
-                msg: io_msg(&e),
-            }
+    // Parquet / Arrow by their first bytes (a regular file: a pipe cannot be read twice, nor seeked)
+    let regular = super::open::is_regular(path);
+    if regular {
+        if let Some(kind) = super::columnar::sniff(path) {
+            return super::columnar::read_columnar(path, kind);
         }
-    })?;
+    }
+    let (mut reader, gz) = open_maybe_gz(path)?;
+    let bytes = super::open::read_all(&mut reader, &p, gz)?;
     drop(reader);
-    if let Some(kind) = super::columnar::sniff(path) {
-        return super::columnar::read_columnar(path, kind);
+    if !regular && (bytes.starts_with(b"PAR1") || bytes.starts_with(b"ARROW1")) {
+        return Err(DataError::Format {
+            path: p,
+            msg: "a Parquet / Arrow file from a pipe: these are read by seeking, so save it to a file first"
+                .into(),
+        });
     }
     parse_csv(&bytes, p)
 }
@@ -61,14 +58,7 @@ pub fn read_csv(path: &Path) -> Result<Table> {
 /// Reads a CSV table (with a header row) from standard input (`--data -`); messages call it "standard input".
 pub fn read_csv_stdin() -> Result<Table> {
     let p = "standard input".to_string();
-    let mut bytes = Vec::new();
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut bytes)
-        .map_err(|e| DataError::Read {
-            path: p.clone(),
-            msg: io_msg(&e),
-        })?;
+    let bytes = super::open::read_all(&mut std::io::stdin().lock(), &p, false)?;
     parse_csv(&bytes, p)
 }
 
@@ -175,6 +165,7 @@ fn parse_csv(bytes: &[u8], p: String) -> Result<Table> {
                 found: rec.len(),
             });
         }
+        super::check_growth(&data, cols, &p)?;
         for (j, cell) in rec.iter().enumerate() {
             if text[j].is_some() {
                 data.push(f64::NAN);

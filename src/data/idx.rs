@@ -6,8 +6,7 @@
 
 use super::open::open_maybe_gz;
 use super::table::Table;
-use super::{io_msg, DataError, Result};
-use std::io::Read;
+use super::{DataError, Result};
 use std::path::{Path, PathBuf};
 
 /// Whether a path names an IDX file.
@@ -19,12 +18,10 @@ pub fn is_idx_name(path: &str) -> bool {
 /// Reads an IDX file of unsigned bytes with 1 (labels) or 3 (images) dimensions.
 pub fn read_idx(path: &Path) -> Result<Table> {
     let p = path.display().to_string();
-    let (mut r, _) = open_maybe_gz(path)?;
-    let mut buf = Vec::new();
-    r.read_to_end(&mut buf).map_err(|e| DataError::Gzip {
-        path: p.clone(),
-        msg: io_msg(&e),
-    })?;
+    let (mut r, gz) = open_maybe_gz(path)?;
+    let buf = super::open::read_all(&mut r, &p, gz)?;
+    // every byte becomes one value of the table
+    super::check_room(buf.len() as u128, &p)?;
     let bad = |msg: String| DataError::Npy {
         path: p.clone(),
         msg,

@@ -170,6 +170,34 @@ pub enum DataError {
 /// Result type of the data module.
 pub type Result<T> = std::result::Result<T, DataError>;
 
+/// Copies of a table's values a run holds at its peak while reading and preparing data (the values read, the
+/// kept columns, the training and validation splits).
+const TABLE_COPIES: u128 = 3;
+
+/// An error unless a table of `values` numbers (f64), with the copies a run makes of it, fits in memory: what
+/// readers check as the data grows, so an input that expands past memory (a compressed file, a generator's
+/// count) stops with a clean error instead of an aborted allocation.
+pub(crate) fn check_room(values: u128, path: &str) -> Result<()> {
+    crate::engine::check_fits(
+        values.saturating_mul(8).saturating_mul(TABLE_COPIES),
+        &format!("a table of {values} values"),
+    )
+    .map_err(|msg| DataError::Format {
+        path: path.to_string(),
+        msg,
+    })
+}
+
+/// [`check_room`] for a vector about to grow by `extra` values: checked only when it would reallocate (its
+/// capacity doubles), so a reader pays for it a few dozen times, not once a row.
+pub(crate) fn check_growth(v: &Vec<f64>, extra: usize, path: &str) -> Result<()> {
+    if v.len() + extra <= v.capacity() {
+        return Ok(());
+    }
+    let next = (v.capacity().saturating_mul(2)).max(v.len() + extra);
+    check_room(next as u128, path)
+}
+
 /// An `io::Error` rendered without the trailing " (os error N)" noise.
 pub(crate) fn io_msg(e: &std::io::Error) -> String {
     let s = e.to_string();

@@ -115,6 +115,7 @@ pub fn read_npy(path: &Path) -> Result<Table> {
             "the header says {rows} x {cols} values ({need} bytes of data), the file has only {have} bytes"
         )));
     }
+    super::check_room((rows as u128) * (cols as u128), &p)?;
     let read_err =
         |e: std::io::Error| npy_err(format!("truncated or unreadable data: {}", io_msg(&e)));
     let raw: Vec<f64> = if width == 8 {

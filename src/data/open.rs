@@ -13,11 +13,27 @@ pub(crate) fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool)> {
         path: p.clone(),
         msg: io_msg(&e),
     })?;
-    if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(DataError::Open {
-            path: p,
-            msg: "is a directory".to_string(),
-        });
+    if let Ok(m) = f.metadata() {
+        let t = m.file_type();
+        if t.is_dir() {
+            return Err(DataError::Open {
+                path: p,
+                msg: "is a directory".to_string(),
+            });
+        }
+        // a device (/dev/zero, a disk) is no data file and might never end; pipes, FIFOs and process
+        // substitutions are read like files
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if t.is_char_device() || t.is_block_device() {
+                return Err(DataError::Open {
+                    path: p,
+                    msg: "is a device, not a data file (give a file, a pipe, or - for standard input)"
+                        .to_string(),
+                });
+            }
+        }
     }
     let mut magic = [0u8; 2];
     let mut got = 0;
@@ -43,6 +59,43 @@ pub(crate) fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool)> {
     }
 }
 
+/// Whether `path` is a regular file (following links): what can be opened twice and seeked, unlike a pipe.
+pub(crate) fn is_regular(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// Everything `r` gives, read in pieces with the room for each checked first ([`super::check_room`]): a
+/// compressed stream or a pipe may give more than fits in memory, and that is a clean error, not an abort.
+/// `gz`: the stream is decompressed (its read errors are gzip errors).
+pub(crate) fn read_all(r: &mut dyn Read, p: &str, gz: bool) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    loop {
+        let before = buf.len();
+        let want = before.max(1 << 20);
+        // the text, and the table of about one value per 8 bytes of it that is made from it
+        crate::engine::check_fits(
+            ((before + want) as u128).saturating_mul(2),
+            &format!("reading {} MB of it", (before + want) >> 20),
+        )
+        .map_err(|msg| DataError::Format {
+            path: p.to_string(),
+            msg,
+        })?;
+        let got = r.take(want as u64).read_to_end(&mut buf).map_err(|e| {
+            let msg = io_msg(&e);
+            let path = p.to_string();
+            if gz {
+                DataError::Gzip { path, msg }
+            } else {
+                DataError::Read { path, msg }
+            }
+        })?;
+        if got == 0 {
+            return Ok(buf);
+        }
+    }
+}
+
 /// A path as messages show it.
 pub(crate) fn path_str(path: &Path) -> String {
     path.display().to_string()
@@ -64,14 +117,17 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 /// The process id in a name `PREFIX<pid>` or `PREFIX<pid>.<random>` (a run's temporary file or folder).
 pub(crate) fn pid_suffix(name: &str, prefix: &str) -> Option<u32> {
     let rest = name.strip_prefix(prefix)?;
-    rest.split_once('.').map_or(rest, |(pid, _)| pid).parse().ok()
+    rest.split_once('.')
+        .map_or(rest, |(pid, _)| pid)
+        .parse()
+        .ok()
 }
 
 /// The name of `path`'s temporary siblings: `.NAME.tmp-`.
 fn temp_prefix(path: &Path) -> std::io::Result<(PathBuf, String)> {
-    let name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

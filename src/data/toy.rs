@@ -76,6 +76,7 @@ pub fn toy(name: &str, n: usize, seed: u64) -> Result<Table> {
             "toy data set '{key}': number of samples must be at least 1"
         )));
     }
+    super::check_room((n as u128).saturating_mul(2), &format!("toy:{key}:{n}"))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut data = Vec::with_capacity(2 * n);
     for _ in 0..n {

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 /// `(channels, height, width)` of one image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageShape {
     pub c: usize,
     pub h: usize,

@@ -216,13 +216,42 @@ pub fn rng(seed: u64) -> Rng {
     Rng::seed_from_u64(seed)
 }
 
-/// Memory the system can still give this process, in bytes (Linux `MemAvailable`; `None` elsewhere or when it
-/// cannot be read): what size checks compare an allocation's estimate with before they start.
+/// Memory the system can still give this process, in bytes: the least of the kernel's `MemAvailable`, what
+/// the process's control group may still use (cgroup v2 `memory.max` less `memory.current`) and what its
+/// address-space limit (`ulimit -v`) leaves; `None` where none of them can be read (not Linux). What size checks
+/// compare an allocation's estimate with before they start.
 pub fn memory_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb.saturating_mul(1024))
+    fn kb_field(text: &str, key: &str) -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb.saturating_mul(1024))
+    }
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let mut least: Option<u64> = read("/proc/meminfo").and_then(|t| kb_field(&t, "MemAvailable:"));
+    let mut take = |v: Option<u64>| {
+        if let Some(v) = v {
+            least = Some(least.map_or(v, |l| l.min(v)));
+        }
+    };
+    let num = |s: Option<String>| s.and_then(|t| t.trim().parse::<u64>().ok());
+    if let Some(max) = num(read("/sys/fs/cgroup/memory.max")) {
+        let used = num(read("/sys/fs/cgroup/memory.current")).unwrap_or(0);
+        take(Some(max.saturating_sub(used)));
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0;
+        if ok && lim.rlim_cur != libc::RLIM_INFINITY {
+            let size = read("/proc/self/status").and_then(|t| kb_field(&t, "VmSize:"));
+            take(Some(lim.rlim_cur.saturating_sub(size.unwrap_or(0))));
+        }
+    }
+    least
 }
 
 /// `Err(message)` when `bytes` cannot fit in the memory available (see [`memory_available`]).

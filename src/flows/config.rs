@@ -4,12 +4,12 @@
 //!
 //! ```
 //! use nflow::flows::{BaseConfig, CouplingConfig, Flow, Layer, MapConfig};
-//! let coupling = |index| Layer::Coupling(CouplingConfig { index, map: MapConfig::SinhArcsinh, ..Default::default() });
+//! let coupling = |index| Layer::Coupling(CouplingConfig { index, map: MapConfig::SinhArcsinh {}, ..Default::default() });
 //! let arch = Flow::<f64>::builder(2)
 //!     .layer(coupling(0))
 //!     .layer(Layer::LuLinear(Default::default()))
 //!     .layer(coupling(1))
-//!     .base(BaseConfig::Normal);
+//!     .base(BaseConfig::Normal {});
 //! let flow = arch.build::<f64>().unwrap();
 //! assert_eq!(flow.dim(), 2);
 //! ```
@@ -27,18 +27,19 @@ use crate::Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The base distribution `p_Z`.
-#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+/// (The option-less ones are written with braces so that an unknown option in their JSON is refused: serde
+/// ignores extra fields of a tagged unit variant.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum BaseConfig {
     /// `N(0, I)`.
-    #[default]
-    Normal,
+    Normal {},
     /// A diagonal normal with learned mean and scale.
-    DiagNormal,
+    DiagNormal {},
     /// The standard logistic (NICE's prior).
-    Logistic,
+    Logistic {},
     /// Independent Student-t marginals with learned degrees of freedom per feature (tail-adaptive flows).
-    StudentT,
+    StudentT {},
     /// A Gaussian mixture with learned weights, means and diagonal scales, initialised from the first batch.
     Mixture {
         components: usize,
@@ -59,13 +60,19 @@ pub enum BaseConfig {
     },
 }
 
+impl Default for BaseConfig {
+    fn default() -> Self {
+        BaseConfig::Normal {}
+    }
+}
+
 impl BaseConfig {
     pub fn kind(&self) -> BaseKind {
         match self {
-            BaseConfig::Normal => BaseKind::Normal,
-            BaseConfig::DiagNormal => BaseKind::DiagNormal,
-            BaseConfig::Logistic => BaseKind::Logistic,
-            BaseConfig::StudentT => BaseKind::StudentT,
+            BaseConfig::Normal {} => BaseKind::Normal,
+            BaseConfig::DiagNormal {} => BaseKind::DiagNormal,
+            BaseConfig::Logistic {} => BaseKind::Logistic,
+            BaseConfig::StudentT {} => BaseKind::StudentT,
             BaseConfig::Mixture { .. } => BaseKind::Mixture,
             BaseConfig::MadeMog { .. } => BaseKind::MadeMog,
         }
@@ -79,10 +86,10 @@ impl BaseConfig {
         r: &mut Rng,
     ) -> Result<Box<dyn Distribution<F>>, Error> {
         Ok(match self {
-            BaseConfig::Normal => Box::new(StandardNormal { d }),
-            BaseConfig::DiagNormal => Box::new(DiagNormal::new(d)),
-            BaseConfig::Logistic => Box::new(StandardLogistic { d }),
-            BaseConfig::StudentT => Box::new(StudentT::new(d)),
+            BaseConfig::Normal {} => Box::new(StandardNormal { d }),
+            BaseConfig::DiagNormal {} => Box::new(DiagNormal::new(d)),
+            BaseConfig::Logistic {} => Box::new(StandardLogistic { d }),
+            BaseConfig::StudentT {} => Box::new(StudentT::new(d)),
             BaseConfig::Mixture { components, init } => {
                 if *components == 0 {
                     return Err(Error::Config(
@@ -194,7 +201,7 @@ impl FlowConfig {
             context_dim: 0,
             image: None,
             layers: Vec::new(),
-            base: BaseConfig::Normal,
+            base: BaseConfig::Normal {},
             embedding: None,
             seed: 0,
         }
@@ -292,8 +299,8 @@ impl FlowConfig {
         )
             .map_err(|m| {
                 Error::Config(format!(
-                    "{m}: about {params} parameters, the largest layer {} (make it smaller: hidden, depth, width)",
-                    largest.map_or("?".into(), |i| format!("layers[{i}]"))
+                    "{m}: about {params} parameters, the largest part {} (make it smaller: hidden, depth, width, components)",
+                    largest.unwrap_or_else(|| "?".into())
                 ))
             })?;
         let mut r = rng(self.seed);
@@ -321,16 +328,16 @@ impl FlowConfig {
 
     /// About how many parameters the layers hold (their conditioner networks dominate), and the index of the
     /// largest layer: for size checks before anything is allocated. Saturates instead of overflowing.
-    pub fn approx_params(&self) -> (u128, Option<usize>) {
+    pub fn approx_params(&self) -> (u128, Option<String>) {
         use crate::transforms::MapConfig;
         let d = self.dim as u128;
         let cond = self.cond_dim() as u128;
         let per_element = |m: &MapConfig| -> u128 {
             match m {
                 MapConfig::Affine { .. } => 2,
-                MapConfig::Additive => 1,
+                MapConfig::Additive {} => 1,
                 MapConfig::RqSpline(s) => 3 * s.bins as u128 + 1,
-                MapConfig::SinhArcsinh => 4,
+                MapConfig::SinhArcsinh {} => 4,
             }
         };
         let mlp = |inp: u128, h: u128, depth: u128, out: u128| -> u128 {
@@ -369,7 +376,35 @@ impl FlowConfig {
                 largest = (n, Some(i));
             }
         }
-        (total, largest.1)
+        // the base: a mixture's weights, means and scales; MADE MoG's network with three outputs per
+        // component and feature
+        let base = match &self.base {
+            BaseConfig::Mixture { components, .. } => {
+                (*components as u128).saturating_mul(2 * d + 1)
+            }
+            BaseConfig::MadeMog {
+                components, made, ..
+            } => mlp(
+                d + cond,
+                made.hidden as u128,
+                made.depth as u128,
+                d.saturating_mul(3).saturating_mul(*components as u128),
+            ),
+            _ => 2 * d,
+        };
+        total = total.saturating_add(base);
+        if let Some(e) = self.embedding {
+            total = total.saturating_add(mlp(
+                self.context_dim as u128,
+                e.hidden as u128,
+                e.depth as u128,
+                e.features as u128,
+            ));
+        }
+        if base > largest.0 {
+            return (total, Some("the base".into()));
+        }
+        (total, largest.1.map(|i| format!("layers[{i}]")))
     }
 
     /// The widest hidden layer of any conditioner (for estimates of activation memory).
@@ -412,7 +447,8 @@ impl FlowConfig {
 
     /// Read an architecture from JSON; errors name the field or layer.
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        serde_json::from_str(text).map_err(|e| Error::Config(format!("architecture: {e}")))
+        serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("architecture: {}", crate::json_error(&e))))
     }
 }
 

@@ -170,7 +170,7 @@ pub(super) fn layers(spec: &FlowSpec) -> Vec<Layer> {
                     ts.push(coupling(
                         shape,
                         ImageMask::Channel { swap },
-                        ConvNetKind::Glow,
+                        ConvNetKind::Glow {},
                     ));
                 }
                 if level + 1 < spec.scales {
@@ -232,7 +232,7 @@ fn split_prior(
     match coupling(
         shape,
         ImageMask::Channel { swap: false },
-        ConvNetKind::Single,
+        ConvNetKind::Single {},
     ) {
         Layer::ConvCoupling(c) => Layer::ConvCoupling(ConvCouplingConfig {
             map: MapConfig::Affine { scale },

@@ -215,7 +215,8 @@ pub struct CustomLayerConfig {
 /// One layer of a flow's architecture. Transforms of fewer features than the flow (after a multi-scale
 /// split) act on the first features and leave the rest alone.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+/// (The option-less ones are written with braces so that an unknown option in their JSON is refused.)
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Layer {
     Coupling(CouplingConfig),
     Autoregressive(AutoregressiveConfig),
@@ -224,9 +225,9 @@ pub enum Layer {
     Permutation(PermutationConfig),
     LuLinear(LuLinearConfig),
     ActNorm(ActNormConfig),
-    BatchNorm,
+    BatchNorm {},
     /// NICE's final diagonal scaling.
-    Scaling,
+    Scaling {},
     Squeeze(SqueezeConfig),
     #[serde(rename = "inv-conv-1x1")]
     InvConv1x1(InvConv1x1Config),
@@ -287,7 +288,7 @@ impl Layer {
         };
         if BUILT_IN.contains(&kind.as_str()) {
             return serde_json::from_value(v)
-                .map_err(|e| Error::Config(format!("{what} ({kind}): {e}")));
+                .map_err(|e| Error::Config(format!("{what} ({kind}): {}", crate::json_error(&e))));
         }
         if registry::is_registered(&kind) {
             let mut options = v;
@@ -413,8 +414,8 @@ impl Layer {
                 }
                 None => Box::new(ActNorm::new(d)),
             },
-            Layer::BatchNorm => Box::new(BatchNorm::new(d)),
-            Layer::Scaling => Box::new(Scaling::new(d)),
+            Layer::BatchNorm {} => Box::new(BatchNorm::new(d)),
+            Layer::Scaling {} => Box::new(Scaling::new(d)),
             Layer::Squeeze(s) => {
                 check_image(s.shape, d, &name)?;
                 if s.shape.h % 2 != 0 || s.shape.w % 2 != 0 {

@@ -213,7 +213,7 @@ impl FlowSpec {
             mask: Mask::Alternate,
             order: Order::Alternate,
             scale: if kind == FlowKind::Glow {
-                ScaleBound::Sigmoid
+                ScaleBound::Sigmoid {}
             } else {
                 ScaleBound::default()
             },
@@ -297,11 +297,7 @@ impl FlowSpec {
         {
             return bad("a mixture base needs at least one component".into());
         }
-        if let ScaleBound::SoftClamp { bound } = self.scale {
-            if !(bound.is_finite() && bound > 0.0) {
-                return bad(format!("scale bound must be positive, got {bound}"));
-            }
-        }
+        self.scale.validate().map_err(Error::Config)?;
         Ok(())
     }
 
@@ -372,11 +368,11 @@ impl FlowSpec {
             return m;
         }
         match self.kind {
-            FlowKind::Nice => MapConfig::Additive,
+            FlowKind::Nice => MapConfig::Additive {},
             FlowKind::Glow | FlowKind::RealnvpMultiscale
                 if self.coupling == CouplingKind::Additive =>
             {
-                MapConfig::Additive
+                MapConfig::Additive {}
             }
             FlowKind::NsfC | FlowKind::NsfAr => MapConfig::RqSpline(self.spline()),
             _ => MapConfig::Affine { scale: self.scale },
@@ -385,10 +381,10 @@ impl FlowSpec {
 
     fn base_config(&self) -> BaseConfig {
         match self.base_kind() {
-            BaseKind::Normal => BaseConfig::Normal,
-            BaseKind::DiagNormal => BaseConfig::DiagNormal,
-            BaseKind::Logistic => BaseConfig::Logistic,
-            BaseKind::StudentT => BaseConfig::StudentT,
+            BaseKind::Normal => BaseConfig::Normal {},
+            BaseKind::DiagNormal => BaseConfig::DiagNormal {},
+            BaseKind::Logistic => BaseConfig::Logistic {},
+            BaseKind::StudentT => BaseConfig::StudentT {},
             BaseKind::Mixture => BaseConfig::Mixture {
                 components: self.components,
                 init: self.mixture_init,
@@ -480,12 +476,12 @@ impl FlowSpec {
                     })),
                 }
                 if normalised && self.batch_norm {
-                    ts.push(Layer::BatchNorm);
+                    ts.push(Layer::BatchNorm {});
                 }
             }
         }
         if self.kind == FlowKind::Nice {
-            ts.push(Layer::Scaling);
+            ts.push(Layer::Scaling {});
         }
         Ok(FlowConfig {
             layers: ts,

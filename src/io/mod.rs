@@ -638,16 +638,17 @@ impl Model {
                  changed by something other than nflow, or is corrupt"
             )))
         };
-        let read_checked = |name: &str, limit: u64| -> std::result::Result<Option<Vec<u8>>, Changed> {
-            match read_regular(&dir.join(name), limit) {
-                Ok(b) => match sums.get(name) {
-                    Some(s) if *s != FileSum::of(&b) => Err(changed(name)),
-                    _ => Ok(Some(b)),
-                },
-                Err(ReadFail::Missing) if sums.contains_key(name) => Err(changed(name)),
-                Err(_) => Ok(None),
-            }
-        };
+        let read_checked =
+            |name: &str, limit: u64| -> std::result::Result<Option<Vec<u8>>, Changed> {
+                match read_regular(&dir.join(name), limit) {
+                    Ok(b) => match sums.get(name) {
+                        Some(s) if *s != FileSum::of(&b) => Err(changed(name)),
+                        _ => Ok(Some(b)),
+                    },
+                    Err(ReadFail::Missing) if sums.contains_key(name) => Err(changed(name)),
+                    Err(_) => Ok(None),
+                }
+            };
         let log = read_checked(LOG, u64::MAX)?
             .map(|b| {
                 String::from_utf8_lossy(&b)
@@ -742,8 +743,12 @@ impl Model {
             path: path.into(),
             msg,
         };
-        let v: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| bad(format!("{CONFIG} is not valid JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            bad(format!(
+                "{CONFIG} is not valid JSON: {}",
+                crate::json_error(&e)
+            ))
+        })?;
         if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
             return Err(bad(format!(
                 "{CONFIG}: field 'format' is not \"{FORMAT}\" (not an nflow model)"
@@ -759,7 +764,8 @@ impl Model {
         let cfg: ConfigFile = if ver == 1 {
             upgrade_v1(v).map_err(|e| bad(format!("{CONFIG}: {e}")))?
         } else {
-            serde_json::from_value(v).map_err(|e| bad(format!("{CONFIG}: {e}")))?
+            serde_json::from_value(v)
+                .map_err(|e| bad(format!("{CONFIG}: {}", crate::json_error(&e))))?
         };
         let d = cfg.flow.dim;
         if let Some(p) = &cfg.preset {
@@ -956,12 +962,12 @@ fn reference_kernels(v: &mut serde_json::Value) {
 /// A version-1 `config.json` (its `flow` holds a preset's options) as a version-2 one.
 fn upgrade_v1(mut v: serde_json::Value) -> Result<ConfigFile> {
     let spec: FlowSpec = serde_json::from_value(v["flow"].take())
-        .map_err(|e| Error::Config(format!("flow: {e}")))?;
+        .map_err(|e| Error::Config(format!("flow: {}", crate::json_error(&e))))?;
     v["flow"] = serde_json::to_value(spec.architecture_v1()?).expect("architecture serialises");
     // its splines and convolutions evaluate with the kernels they were written with
     reference_kernels(&mut v["flow"]);
     v["preset"] = serde_json::to_value(&spec).expect("spec serialises");
-    serde_json::from_value(v).map_err(|e| Error::Config(e.to_string()))
+    serde_json::from_value(v).map_err(|e| Error::Config(crate::json_error(&e)))
 }
 
 use crate::engine::Float as _;

@@ -83,6 +83,9 @@ pub(crate) const MODEL_FILES: &[&str] = &[
     "train_log.jsonl",
     "trainer_state.json",
     "trainer_state.safetensors",
+    "vi_state.json",
+    "vi_state.safetensors",
+    "training.gif",
 ];
 
 /// The most bytes a `config.json` may have (a larger one is not nflow's).
@@ -124,7 +127,9 @@ pub fn check_replaceable(dir: &Path) -> Result<()> {
         Err(e) => return refuse(format!("cannot inspect it ({e}); refusing to replace it")),
     };
     if meta.file_type().is_symlink() {
-        return refuse("is a symbolic link; refusing to replace it (give the folder it points to)".into());
+        return refuse(
+            "is a symbolic link; refusing to replace it (give the folder it points to)".into(),
+        );
     }
     if !meta.is_dir() {
         return refuse("exists and is not a folder; refusing to replace it".into());
@@ -342,11 +347,18 @@ mod tests {
         fs::write(hf.join("config.json"), "{}").unwrap();
         fs::write(hf.join("pytorch_model.bin"), "w").unwrap();
         let e = why(&hf);
-        assert!(e.contains("not an nflow model folder") && e.contains("pytorch_model.bin"), "{e}");
+        assert!(
+            e.contains("not an nflow model folder") && e.contains("pytorch_model.bin"),
+            "{e}"
+        );
         // nflow's own folder, and the same with a file of the user's added
         let m = d.join("m");
         fs::create_dir_all(&m).unwrap();
-        fs::write(m.join("config.json"), r#"{"format": "nflow-model", "version": 2}"#).unwrap();
+        fs::write(
+            m.join("config.json"),
+            r#"{"format": "nflow-model", "version": 2}"#,
+        )
+        .unwrap();
         fs::write(m.join("weights.safetensors"), "w").unwrap();
         assert!(ok(&m));
         fs::write(m.join("notes.txt"), "mine").unwrap();

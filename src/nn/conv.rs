@@ -207,14 +207,15 @@ impl<F: Float> Conv2d<F> {
 
 /// Which conditioner a convolutional coupling uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+/// (The option-less ones have braces so that an unknown option in their JSON is refused.)
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ConvNetKind {
     /// conv3x3(in, W) - ReLU - conv1x1(W, W) - ReLU - conv3x3(W, out).
-    Glow,
+    Glow {},
     /// conv3x3(in, W), `blocks` residual blocks, ReLU, conv3x3(W, out).
     ResNet { blocks: usize },
     /// One conv3x3(in, out) (Glow's split prior).
-    Single,
+    Single {},
 }
 
 fn relu_inplace<F: Float>(m: &mut Mat<F>) {
@@ -262,7 +263,7 @@ impl<F: Float> ConvNet<F> {
         rng: &mut Rng,
     ) -> Self {
         let (first, mid, res, last_in) = match kind {
-            ConvNetKind::Glow => (
+            ConvNetKind::Glow {} => (
                 Some(Conv2d::new(&format!("{name}.0"), cin, width, 3, rng)),
                 vec![Conv2d::new(&format!("{name}.1"), width, width, 1, rng)],
                 vec![],
@@ -281,7 +282,7 @@ impl<F: Float> ConvNet<F> {
                     .collect(),
                 width,
             ),
-            ConvNetKind::Single => (None, vec![], vec![], cin),
+            ConvNetKind::Single {} => (None, vec![], vec![], cin),
         };
         let mut last = Conv2d::new(&format!("{name}.out"), last_in, cout, 3, rng);
         last.zero_init();
@@ -574,8 +575,8 @@ mod tests {
 
     #[test]
     fn conv_nets_backward_match_finite_differences() {
-        check_net(ConvNetKind::Glow);
+        check_net(ConvNetKind::Glow {});
         check_net(ConvNetKind::ResNet { blocks: 2 });
-        check_net(ConvNetKind::Single);
+        check_net(ConvNetKind::Single {});
     }
 }

@@ -7,13 +7,14 @@ use serde::{Deserialize, Serialize};
 
 /// How the affine coupling bounds its log-scale `l` given the raw network output `h`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+/// (`Sigmoid {}` has braces so that an unknown option in its JSON is refused.)
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ScaleBound {
     /// `l = B tanh(h / B)`: soft clamp to (-B, B); identity near 0 (the default, B = 5).
     SoftClamp { bound: f64 },
     /// `exp(l) = sigmoid(h + 2) / sigmoid(2)` (Glow's sigmoid scale, divided by its value at `h = 0` so that a
     /// zero-initialised conditioner gives the identity): scales in (0, 1.135).
-    Sigmoid,
+    Sigmoid {},
 }
 
 impl Default for ScaleBound {
@@ -39,7 +40,22 @@ impl<F: Float> Scales<F> {
     }
 }
 
+/// The largest soft-clamp bound: a log-scale of 30 already stretches by 1e13, and `e^B` must stay finite in f32
+/// through a stack of layers.
+pub const MAX_SCALE_BOUND: f64 = 30.0;
+
 impl ScaleBound {
+    /// Wrong options, as a message.
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            ScaleBound::SoftClamp { bound } if !(bound > 0.0 && bound <= MAX_SCALE_BOUND) => Err(format!(
+                "scale bound must be in (0, {MAX_SCALE_BOUND}], got {bound} (the log-scale's bound: e^{MAX_SCALE_BOUND} \
+                 already scales by 1e13, and larger scales overflow f32 through a few layers)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// [`eval`](Self::eval) over a slice, with `e = exp(l)` (`exp(-l)` when `inverse`) into `out` (resized to
     /// `h`): the soft clamp in f32 through the vectorised functions of [`vmath`], the rest element by element.
     pub fn eval_slice<F: Float>(self, h: &[F], inverse: bool, out: &mut Scales<F>) {
@@ -69,7 +85,7 @@ impl ScaleBound {
                 let t = (h / b).tanh();
                 (b * t, F::one() - t * t)
             }
-            ScaleBound::Sigmoid => {
+            ScaleBound::Sigmoid {} => {
                 let u = h + F::c(2.0);
                 // log sigmoid(u) = -softplus(-u), d/du = sigmoid(-u)
                 let sp = if u > F::zero() {

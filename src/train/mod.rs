@@ -84,8 +84,13 @@ impl TrainConfig {
         if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
             return bad("need at least one step / epoch");
         }
-        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
-            return bad("learning rate must be positive");
+        self.optim.validate().map_err(Error::Config)?;
+        crate::optim::check_clip(self.clip).map_err(Error::Config)?;
+        if self.eval_every == Some(0) {
+            return bad("evaluation interval (eval_every) must be at least 1 step");
+        }
+        if self.patience == Some(0) {
+            return bad("patience must be at least 1 evaluation");
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return bad("validation fraction must be in [0, 1)");
@@ -276,7 +281,8 @@ pub(crate) fn read_checkpoint_state<S: serde::de::DeserializeOwned>(
     };
     let model = Model::load(dir)?;
     let text = std::fs::read_to_string(dir.join(json)).map_err(|e| bad(format!("{json}: {e}")))?;
-    let st = serde_json::from_str(&text).map_err(|e| bad(format!("{json}: {e}")))?;
+    let st = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("{json}: {}", crate::json_error(&e))))?;
     Ok((model, st))
 }
 
@@ -334,8 +340,8 @@ pub(crate) fn write_checkpoint<S: Serialize>(
     model.save_with(dir, &[(json, j), (tensors, t)])
 }
 
-const STATE_JSON: &str = "trainer_state.json";
-const STATE_TENSORS: &str = "trainer_state.safetensors";
+pub(crate) const STATE_JSON: &str = "trainer_state.json";
+pub(crate) const STATE_TENSORS: &str = "trainer_state.safetensors";
 
 fn tensors_bytes(groups: &[(&str, &[Vec<f32>])]) -> Vec<u8> {
     use safetensors::{tensor::TensorView, Dtype};

@@ -254,6 +254,13 @@ impl GaussianMixture {
                  components {k}, radius {radius}, scale {scale})"
             )));
         }
+        crate::engine::check_fits(
+            (k as u128)
+                .saturating_mul(dim as u128 + 3)
+                .saturating_mul(8),
+            &format!("a mixture target of {k} components in {dim} dimensions"),
+        )
+        .map_err(crate::Error::Config)?;
         let means = (0..k)
             .map(|j| {
                 let mut m = vec![0.0; dim];

@@ -170,12 +170,8 @@ impl ViConfig {
                     .into(),
             ));
         }
-        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
-            return Err(Error::Config(format!(
-                "learning rate must be positive, got {}",
-                self.optim.lr
-            )));
-        }
+        self.optim.validate().map_err(Error::Config)?;
+        crate::optim::check_clip(self.clip).map_err(Error::Config)?;
         if matches!(self.schedule, Schedule::Plateau { .. }) {
             return Err(Error::Config(
                 "the plateau schedule follows a validation split, which reverse-KL training has not: use \
@@ -451,6 +447,20 @@ fn vi_model(
 
 #[cfg(test)]
 mod tests {
+    /// The checkpoint files' names are among those an output folder may hold (else a checkpoint folder
+    /// could not be replaced by the next checkpoint).
+    #[test]
+    fn checkpoint_files_are_known_to_the_output_check() {
+        for name in [
+            VI_STATE_JSON,
+            VI_STATE_TENSORS,
+            super::super::STATE_JSON,
+            super::super::STATE_TENSORS,
+        ] {
+            assert!(crate::io::output::MODEL_FILES.contains(&name), "{name}");
+        }
+    }
+
     use super::*;
     use crate::engine::{randn, rng};
     use crate::flows::{
@@ -525,9 +535,9 @@ mod tests {
                     ..RqSpline::default()
                 }),
             ))
-            .layer(coupling(0, MapConfig::SinhArcsinh))
-            .layer(Layer::Scaling)
-            .base(BaseConfig::Normal)
+            .layer(coupling(0, MapConfig::SinhArcsinh {}))
+            .layer(Layer::Scaling {})
+            .base(BaseConfig::Normal {})
             .seed(seed)
     }
 
@@ -832,7 +842,7 @@ mod tests {
         };
         let z: Mat<f64> = randn(&mut rng(1), 4, 2);
         let mut bn = FlowConfig::new(2)
-            .layer(Layer::BatchNorm)
+            .layer(Layer::BatchNorm {})
             .build::<f64>()
             .unwrap();
         let e = reverse_kl_backward(&mut bn, &target, &z, None)
@@ -840,7 +850,7 @@ mod tests {
             .to_string();
         assert!(e.contains("layer 0 (BatchNorm)"), "{e}");
         let mut diag = mixed_flow(0)
-            .base(BaseConfig::DiagNormal)
+            .base(BaseConfig::DiagNormal {})
             .build::<f64>()
             .unwrap();
         let e = reverse_kl_backward(&mut diag, &target, &z, None)

@@ -100,9 +100,9 @@ mod tests {
     fn conv_couplings_all_masks() {
         let s = ImageShape::new(4, 3, 4);
         let nets = [
-            ConvNetKind::Glow,
+            ConvNetKind::Glow {},
             ConvNetKind::ResNet { blocks: 1 },
-            ConvNetKind::Single,
+            ConvNetKind::Single {},
         ];
         for (i, mask) in [
             ImageMask::Channel { swap: false },
@@ -117,7 +117,7 @@ mod tests {
                 for (k, net) in nets.into_iter().enumerate() {
                     let mut r = rng(i as u64 * 7 + k as u64);
                     let bound = if i % 2 == 0 {
-                        ScaleBound::Sigmoid
+                        ScaleBound::Sigmoid {}
                     } else {
                         ScaleBound::default()
                     };
@@ -141,7 +141,7 @@ mod tests {
             ImageMask::Channel { swap: false },
             true,
             ScaleBound::default(),
-            ConvNetKind::Glow,
+            ConvNetKind::Glow {},
             4,
             0,
             &mut r,

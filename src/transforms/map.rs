@@ -85,11 +85,18 @@ pub trait ElementwiseMap: Copy + Debug + Send + Sync + 'static {
         gl: F,
         dp: &mut [F],
     ) -> F {
-        let mut scratch = [F::zero(); 64];
+        // the first two calls' parameter gradients are not wanted: written to scratch (on the stack for the
+        // usual few parameters)
         let n = dp.len();
-        assert!(n <= scratch.len(), "at most 64 parameters per element");
-        let slope = self.backward(x, s, F::one(), F::zero(), &mut scratch[..n]);
-        let dl_dx = self.backward(x, s, F::zero(), F::one(), &mut scratch[..n]);
+        let (mut small, mut big) = ([F::zero(); 64], Vec::new());
+        let scratch: &mut [F] = if n <= small.len() {
+            &mut small[..n]
+        } else {
+            big.resize(n, F::zero());
+            &mut big
+        };
+        let slope = self.backward(x, s, F::one(), F::zero(), scratch);
+        let dl_dx = self.backward(x, s, F::zero(), F::one(), scratch);
         let c = (gx - gl * dl_dx) / slope;
         self.backward(x, s, -c, -gl, dp);
         c
@@ -148,12 +155,13 @@ pub enum MapConfig {
         #[serde(default)]
         scale: ScaleBound,
     },
-    /// `z = x + t` (NICE).
-    Additive,
+    /// `z = x + t` (NICE). (Written with braces so that an unknown option in its JSON is refused, as for
+    /// the others: serde ignores extra fields of a tagged unit variant.)
+    Additive {},
     /// Monotonic rational-quadratic spline (Durkan et al. 2019).
     RqSpline(RqSpline),
     /// Sinh-arcsinh with location and scale (Jones & Pewsey 2009).
-    SinhArcsinh,
+    SinhArcsinh {},
 }
 
 impl Default for MapConfig {
@@ -177,19 +185,15 @@ impl MapConfig {
     pub fn name(&self) -> &'static str {
         match self {
             MapConfig::Affine { .. } => "affine",
-            MapConfig::Additive => "additive",
+            MapConfig::Additive {} => "additive",
             MapConfig::RqSpline(_) => "rq-spline",
-            MapConfig::SinhArcsinh => "sinh-arcsinh",
+            MapConfig::SinhArcsinh {} => "sinh-arcsinh",
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            MapConfig::Affine {
-                scale: ScaleBound::SoftClamp { bound },
-            } if !(bound.is_finite() && *bound > 0.0) => {
-                Err(format!("scale bound must be positive, got {bound}"))
-            }
+            MapConfig::Affine { scale } => scale.validate(),
             MapConfig::RqSpline(s) => ElementwiseMap::validate(s),
             _ => Ok(()),
         }
@@ -208,9 +212,9 @@ impl MapConfig {
             MapConfig::Affine { scale } => {
                 Box::new(AffineCoupling::new(mask, ctx_dim, h, d, a, scale, r))
             }
-            MapConfig::Additive => Box::new(AdditiveCoupling::new(mask, ctx_dim, h, d, a, r)),
+            MapConfig::Additive {} => Box::new(AdditiveCoupling::new(mask, ctx_dim, h, d, a, r)),
             MapConfig::RqSpline(s) => Box::new(MapCoupling::new(mask, ctx_dim, h, d, a, s, r)),
-            MapConfig::SinhArcsinh => {
+            MapConfig::SinhArcsinh {} => {
                 Box::new(MapCoupling::new(mask, ctx_dim, h, d, a, SinhArcsinh, r))
             }
         }
@@ -234,7 +238,7 @@ impl MapConfig {
                 ConvCoupling::new(name, shape, mask, true, scale, net, width, ctx_dim, r)
                     .with_direct(direct),
             ),
-            MapConfig::Additive => Box::new(
+            MapConfig::Additive {} => Box::new(
                 ConvCoupling::new(
                     name,
                     shape,
@@ -252,7 +256,7 @@ impl MapConfig {
                 MapConvCoupling::new(name, shape, mask, s, net, width, ctx_dim, r)
                     .with_direct(direct),
             ),
-            MapConfig::SinhArcsinh => Box::new(
+            MapConfig::SinhArcsinh {} => Box::new(
                 MapConvCoupling::new(name, shape, mask, SinhArcsinh, net, width, ctx_dim, r)
                     .with_direct(direct),
             ),
@@ -286,13 +290,13 @@ impl MapConfig {
                     false => Box::new(maf),
                 }
             }
-            MapConfig::Additive => {
+            MapConfig::Additive {} => {
                 Box::new(MapAr::new(dim, ctx_dim, h, d, a, Shift, order, opts, r))
             }
             MapConfig::RqSpline(s) => {
                 Box::new(MapAr::new(dim, ctx_dim, h, d, a, s, order, opts, r))
             }
-            MapConfig::SinhArcsinh => Box::new(MapAr::new(
+            MapConfig::SinhArcsinh {} => Box::new(MapAr::new(
                 dim,
                 ctx_dim,
                 h,
@@ -321,22 +325,22 @@ mod tests {
                 scale: ScaleBound::SoftClamp { bound: 2.0 },
             },
             MapConfig::Affine {
-                scale: ScaleBound::Sigmoid,
+                scale: ScaleBound::Sigmoid {},
             },
-            MapConfig::Additive,
+            MapConfig::Additive {},
             MapConfig::RqSpline(RqSpline {
                 bins: 4,
                 bound: 2.0,
                 ..RqSpline::default()
             }),
-            MapConfig::SinhArcsinh,
+            MapConfig::SinhArcsinh {},
         ];
         for m in &all {
             match m {
                 MapConfig::Affine { .. }
-                | MapConfig::Additive
+                | MapConfig::Additive {}
                 | MapConfig::RqSpline(_)
-                | MapConfig::SinhArcsinh => {}
+                | MapConfig::SinhArcsinh {} => {}
             }
         }
         all.to_vec()
@@ -416,7 +420,7 @@ mod tests {
                         &format!("net{i}"),
                         shape,
                         m,
-                        ConvNetKind::Glow,
+                        ConvNetKind::Glow {},
                         4,
                         ctx,
                         true,

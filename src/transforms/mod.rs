@@ -125,7 +125,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            for bound in [ScaleBound::SoftClamp { bound: 2.0 }, ScaleBound::Sigmoid] {
+            for bound in [ScaleBound::SoftClamp { bound: 2.0 }, ScaleBound::Sigmoid {}] {
                 for act in [Activation::Tanh, Activation::Silu, Activation::Elu] {
                     let mut r = rng(i as u64);
                     let m = mask.build(5, i, &mut r);

@@ -106,6 +106,11 @@ impl<F: Float> Knots<F> {
     }
 }
 
+/// The most bins a spline may have.
+pub const MAX_BINS: usize = 128;
+/// The largest tail bound `B` (the spline acts on `[-B, B]`).
+pub const MAX_BOUND: f64 = 100.0;
+
 impl RqSpline {
     /// Number of raw parameters per element: `3K - 1`.
     pub fn params_per_element(&self) -> usize {
@@ -114,11 +119,20 @@ impl RqSpline {
 
     pub fn validate(&self) -> Result<(), String> {
         let k = self.bins as f64;
-        if self.bins < 1 {
-            return Err("a spline needs at least one bin".into());
+        if !(1..=MAX_BINS).contains(&self.bins) {
+            return Err(format!(
+                "a spline needs 1 to {MAX_BINS} bins, got {} (more bins add parameters, not flexibility a \
+                 flow can use: add layers instead)",
+                self.bins
+            ));
         }
-        if !(self.bound.is_finite() && self.bound > 0.0) {
-            return Err(format!("spline bound must be positive, got {}", self.bound));
+        if !(self.bound > 0.0 && self.bound <= MAX_BOUND) {
+            return Err(format!(
+                "spline bound (tail bound) must be in (0, {MAX_BOUND}], got {}: the interval [-B, B] the spline \
+                 reshapes, in standardised units; beyond {MAX_BOUND} its knots lose precision in f32 and the \
+                 density no longer integrates to one",
+                self.bound
+            ));
         }
         let fits = |m: f64| m >= 0.0 && m * k < 1.0;
         if !(fits(self.min_width) && fits(self.min_height)) {

@@ -6,7 +6,7 @@ use crate::transforms::ElementwiseMap;
 
 /// Which features of an image a convolutional coupling keeps (conditions on) and which it transforms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ImageMask {
     /// Channel split: the first `C/2` channels condition the rest (`swap`: the last `C/2` condition the rest).
     Channel { swap: bool },
