@@ -184,3 +184,122 @@ fn special_files_in_a_model_folder_are_refused_without_waiting() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     fs::remove_dir_all(&d).unwrap();
 }
+
+/// A FIFO (or any pipe) given as data is read once, whole: nothing sniffs its first bytes away.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_fifo_as_data_is_read_whole() {
+    let d = scratch("fifo");
+    let fifo = d.join("rows.csv");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let text: String = std::iter::once("x,y\n".to_string())
+        .chain((0..500).map(|i| format!("{i},{}\n", i * 2)))
+        .collect();
+    let writer = {
+        let (f, t) = (fifo.clone(), text.clone());
+        std::thread::spawn(move || fs::write(f, t).unwrap())
+    };
+    let t = nflow::data::load_source(fifo.to_str().unwrap(), 0, 0).unwrap();
+    writer.join().unwrap();
+    assert_eq!(
+        (t.rows, t.columns.clone()),
+        (500, vec!["x".into(), "y".into()])
+    );
+    assert_eq!(t.row(0), &[0.0, 0.0]);
+    fs::remove_dir_all(&d).unwrap();
+}
+
+/// Sizes no machine holds are refused before any allocation, with the size in the message.
+#[test]
+fn sizes_past_memory_are_refused_up_front() {
+    use nflow::dist::BaseKind;
+    for (kind, base) in [
+        (FlowKind::Maf, BaseKind::Mixture),
+        (FlowKind::Maf, BaseKind::MadeMog),
+    ] {
+        let spec = FlowSpec {
+            base: Some(base),
+            components: 1_000_000_000_000,
+            ..FlowSpec::preset(kind, 2)
+        };
+        let e = spec.build::<f32>().err().unwrap().to_string();
+        assert!(e.contains("GB") && e.contains("the base"), "{e}");
+    }
+    let e = nflow::data::load_source("toy:moons:1000000000000", 0, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("GB"), "{e}");
+    let e = nflow::train::targets::by_name::<f32>("mix:2:1000000000000")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("GB"), "{e}");
+}
+
+/// Options outside their range are errors naming the option, not silently wrong results.
+#[test]
+fn options_out_of_range_are_errors_naming_them() {
+    let t = toy("moons", 500, 0).unwrap();
+    let fit = |cfg: TrainConfig, spec: FlowSpec| {
+        Trainer::new(cfg)
+            .fit(spec, &t, None, |_| {})
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let small = || FlowSpec {
+        layers: 1,
+        hidden: 8,
+        ..FlowSpec::preset(FlowKind::NsfC, 2)
+    };
+    let steps = || TrainConfig {
+        steps: Some(5),
+        ..TrainConfig::default()
+    };
+    for clip in [-1.0, 0.0, f64::NAN] {
+        let e = fit(
+            TrainConfig {
+                clip: Some(clip),
+                ..steps()
+            },
+            small(),
+        );
+        assert!(e.contains("clip"), "clip {clip}: {e}");
+    }
+    for tail in [1e10, 1e5, 0.0, -1.0] {
+        let e = fit(
+            steps(),
+            FlowSpec {
+                tail_bound: tail,
+                ..small()
+            },
+        );
+        assert!(e.contains("tail bound"), "tail bound {tail}: {e}");
+    }
+    for bins in [0, 1000] {
+        let e = fit(steps(), FlowSpec { bins, ..small() });
+        assert!(e.contains("bins"), "bins {bins}: {e}");
+    }
+    let e = fit(
+        steps(),
+        FlowSpec {
+            scale: nflow::transforms::ScaleBound::SoftClamp { bound: 1e3 },
+            ..FlowSpec::preset(FlowKind::Realnvp, 2)
+        },
+    );
+    assert!(e.contains("scale bound"), "{e}");
+    let mut bad_beta = steps();
+    bad_beta.optim.beta1 = 1.0;
+    assert!(fit(bad_beta, small()).contains("beta1"));
+    // the largest tail bound is accepted
+    assert!(fit(
+        steps(),
+        FlowSpec {
+            tail_bound: 100.0,
+            ..small()
+        }
+    )
+    .is_empty());
+}

@@ -142,6 +142,17 @@ class Flow:
                 opts["layers"] = _uint(layers, "layers")
             if base is not None:
                 opts["base"] = base.type if isinstance(base, Spec) else str(base)
+                # a preset takes the base's options it has a field for; others would be dropped silently
+                for k, v in (base.options.items() if isinstance(base, Spec) else ()):
+                    key = {"components": "components", "init": "mixture_init"}.get(k)
+                    if key is None:
+                        raise ValueError(
+                            f"base={base!r}: a preset's base takes components and init only; compose the "
+                            f"flow (layers=[...]) to set its {k}"
+                        )
+                    if key in opts and opts[key] != v:
+                        raise ValueError(f"base={base!r} and {key}={opts[key]!r} disagree")
+                    opts[key] = v
             if isinstance(opts.get("map"), str):
                 opts["map"] = {"type": opts["map"]}
             if "image_shape" in opts:

@@ -383,3 +383,27 @@ def test_the_score_runs_on_a_copy_with_the_same_weights_and_buffers(banana, kind
     lp, g = f._model.grad_log_prob(np.ascontiguousarray(x), cx)
     np.testing.assert_allclose(lp, f.log_prob(x, cx), rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(g, f.grad_log_prob(x, cx))
+
+
+def test_a_presets_base_keeps_its_options_or_refuses_them(banana):
+    # the mixture's components reach the preset (they were dropped before: a 10**12-component base trained)
+    f = nflow.Flow("maf", layers=1, hidden=8, base=nflow.layers.Mixture(components=3)).fit(banana, steps=3, verbose=False)
+    assert '"components": 3' in json.dumps(f.architecture)
+    with pytest.raises(ValueError, match="GB"):
+        nflow.Flow("maf", base=nflow.layers.Mixture(components=10**12)).fit(banana, steps=3, verbose=False)
+    with pytest.raises(ValueError, match="components and init only"):
+        nflow.Flow("maf", base=nflow.layers.MadeMog(components=4, order="reversed"))
+
+
+def test_saving_over_something_nflow_did_not_write_is_refused(banana, tmp_path):
+    f = nflow.Flow("maf", layers=1, hidden=8).fit(banana, steps=3, verbose=False)
+    (tmp_path / "file").write_text("mine")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "pytorch_model.bin").write_text("weights")
+    for target in (tmp_path / "file", hf):
+        with pytest.raises(ValueError, match="refusing to replace it"):
+            f.save(str(target))
+    assert (tmp_path / "file").read_text() == "mine"
+    assert (hf / "pytorch_model.bin").read_text() == "weights"

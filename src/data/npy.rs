@@ -26,8 +26,7 @@ const MAX_HEADER_BYTES: usize = 1 << 16;
 /// An error message if the NPY header in `f` (read from its start; the file is rewound) nests brackets
 /// deeper than [`MAX_HEADER_DEPTH`] or is longer than [`MAX_HEADER_BYTES`]. Anything else is left to the
 /// parser.
-fn check_header(mut f: &File) -> std::result::Result<(), String> {
-    use std::io::{Read, Seek};
+fn check_header<R: std::io::Read + std::io::Seek>(f: &mut R) -> std::result::Result<(), String> {
     let mut head = [0u8; 12];
     let n = f.read(&mut head).map_err(|e| io_msg(&e))?;
     f.rewind().map_err(|e| io_msg(&e))?;
@@ -69,6 +68,9 @@ fn check_header(mut f: &File) -> std::result::Result<(), String> {
     Ok(())
 }
 
+trait ReadSeek: std::io::Read + std::io::Seek {}
+impl<T: std::io::Read + std::io::Seek> ReadSeek for T {}
+
 pub fn read_npy(path: &Path) -> Result<Table> {
     let p = path_str(path);
     let f = File::open(path).map_err(|e| DataError::Open {
@@ -79,8 +81,17 @@ pub fn read_npy(path: &Path) -> Result<Table> {
         path: p.clone(),
         msg,
     };
-    check_header(&f).map_err(npy_err)?;
-    let file = npyz::NpyFile::new(BufReader::new(f))
+    // a pipe (a FIFO, a process substitution) is read whole first: the header check seeks
+    let mut input: Box<dyn ReadSeek> = if super::open::is_regular(path) {
+        Box::new(BufReader::new(f))
+    } else {
+        let mut f = f;
+        Box::new(std::io::Cursor::new(super::open::read_all(
+            &mut f, &p, false,
+        )?))
+    };
+    check_header(&mut input).map_err(npy_err)?;
+    let file = npyz::NpyFile::new(input)
         .map_err(|e| npy_err(format!("not a valid .npy file: {}", io_msg(&e))))?;
     let dtype = file.dtype();
     let shape = file.shape().to_vec();
@@ -109,8 +120,9 @@ pub fn read_npy(path: &Path) -> Result<Table> {
     }
     // the header's shape against the file's size, before any allocation for the data
     let need = (rows as u128) * (cols as u128) * (width as u128);
+    // (a regular file's: a pipe's size says nothing, and a short one ends in a read error below)
     let have = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if need > u128::from(have) {
+    if super::open::is_regular(path) && need > u128::from(have) {
         return Err(npy_err(format!(
             "the header says {rows} x {cols} values ({need} bytes of data), the file has only {have} bytes"
         )));

@@ -57,7 +57,11 @@ pub fn load_source(src: &str, toy_n: usize, seed: u64) -> Result<Table> {
     }
     if path.is_dir() {
         super::images::load_png_folder(path)
-    } else if let Some(kind) = super::columnar::sniff(path) {
+    } else if let Some(kind) = super::open::is_regular(path)
+        .then(|| super::columnar::sniff(path))
+        .flatten()
+    {
+        // (a regular file's first bytes only: a pipe's would be gone for the reader after)
         super::columnar::read_columnar(path, kind)
     } else if src.to_ascii_lowercase().ends_with(".npy") {
         read_npy(path)
