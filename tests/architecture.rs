@@ -356,3 +356,60 @@ fn an_unknown_option_anywhere_in_a_flow_is_an_error() {
     }
     assert!(checked > 200, "{checked}");
 }
+
+/// The size check's parameter estimate (`FlowConfig::approx_params`, built on each map's
+/// `params_per_element`) against the real count, layer type by layer type: a drift between the two (the spline's
+/// `3K + 1` against its `3K - 1`, 6% here) fails it.
+#[test]
+fn the_parameter_estimate_follows_the_real_count() {
+    use nflow::dist::BaseKind;
+    use nflow::flows::{FlowKind, FlowSpec};
+    use nflow::transforms::ImageShape;
+    let mut specs = Vec::new();
+    for map in [
+        MapConfig::Additive {},
+        MapConfig::SinhArcsinh {},
+        MapConfig::default(),
+        MapConfig::RqSpline(RqSpline::default()),
+    ] {
+        for kind in [FlowKind::Realnvp, FlowKind::Maf] {
+            specs.push(FlowSpec {
+                map: Some(map),
+                layers: 2,
+                hidden: 64,
+                context_dim: 3,
+                ..FlowSpec::preset(kind, 6)
+            });
+        }
+        specs.push(FlowSpec {
+            map: Some(map),
+            image: Some(ImageShape::new(2, 4, 4)),
+            layers: 1,
+            scales: 1,
+            hidden: 16,
+            ..FlowSpec::preset(FlowKind::Glow, 32)
+        });
+    }
+    for base in [BaseKind::Mixture, BaseKind::MadeMog] {
+        specs.push(FlowSpec {
+            base: Some(base),
+            layers: 1,
+            ..FlowSpec::preset(FlowKind::Maf, 6)
+        });
+    }
+    for spec in specs {
+        let cfg = spec.architecture().unwrap();
+        let real = cfg.build::<f32>().unwrap().num_params() as f64;
+        let est = cfg.approx_params().0 as f64;
+        // never below the real count (it guards memory); on tabular flows within the base's few
+        // parameters of it, on image flows within their ActNorm, 1x1 convolution and mask rounding
+        let most = if spec.image.is_some() { 1.15 } else { 1.01 };
+        assert!(
+            est >= real && est <= most * real,
+            "{:?} {:?} {:?}: {real} parameters, estimated {est}",
+            spec.kind,
+            spec.map.map(|m| m.name()),
+            spec.base
+        );
+    }
+}

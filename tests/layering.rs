@@ -28,11 +28,50 @@ fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// The crate modules `text` names as `crate::NAME`, comments and `#[cfg(test)]` parts left out.
+/// `text` without its `#[cfg(test)]` items (a `mod tests { ... }` block, or a single item up to its closing
+/// brace or semicolon) and without line comments: the code the library is built from, wherever the tests sit.
+fn without_tests(text: &str) -> String {
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut out = String::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..i]);
+        let item = &rest[i + "#[cfg(test)]".len()..];
+        // the item ends at the brace closing its first block, or at a `;` before any block opens
+        let mut depth = 0usize;
+        let mut end = item.len();
+        for (k, c) in item.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        end = k + 1;
+                        break;
+                    }
+                }
+                ';' if depth == 0 => {
+                    end = k + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &item[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The crate modules `text` names as `crate::NAME`, comments and `#[cfg(test)]` items left out.
 fn uses(text: &str) -> Vec<String> {
-    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    let code = without_tests(text);
     let mut v = Vec::new();
-    for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+    for line in code.lines() {
         for (i, _) in line.match_indices("crate::") {
             let name: String = line[i + 7..]
                 .chars()
@@ -77,4 +116,15 @@ fn the_check_sees_an_upward_import() {
         vec!["flows"]
     );
     assert!(uses("#[cfg(test)]\nuse crate::io;").is_empty());
+    // code after an early test block is still read
+    assert_eq!(
+        uses(
+            "#[cfg(test)]\nmod tests {\n    fn f() { crate::io::x(); }\n}\nuse crate::train::T;\n"
+        ),
+        vec!["train"]
+    );
+    assert_eq!(
+        uses("#[cfg(test)]\npub(crate) static L: M = M::new();\nfn g() { crate::plot::p() }\n"),
+        vec!["plot"]
+    );
 }

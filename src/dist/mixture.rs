@@ -11,7 +11,7 @@ use rand::Rng as _;
 use rand_distr::{Distribution as _, StandardNormal as Normal01};
 use serde::{Deserialize, Serialize};
 
-crate::engine::names::named!(MixtureInit => "mixture init");
+crate::names::named!(MixtureInit => "mixture init");
 
 /// How a [`GaussianMixture`] is initialised from its first batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

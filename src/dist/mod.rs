@@ -13,7 +13,7 @@ use crate::nn::Param;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
-crate::engine::names::named!(BaseKind => "base distribution");
+crate::names::named!(BaseKind => "base distribution");
 
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
 

@@ -7,7 +7,6 @@
 pub mod conv;
 mod conv_x86;
 pub mod kernels;
-pub mod names;
 pub mod pool;
 pub(crate) mod sgemm;
 pub mod vmath;

@@ -21,8 +21,8 @@ use crate::dist::{
     StandardNormal, StudentT,
 };
 use crate::engine::{rng, Float, Rng};
-use crate::nn::{Activation, Linear, Mlp};
-use crate::transforms::{ImageShape, Order, ScaleBound};
+use crate::nn::{Activation, ConvNetKind, Linear, Mlp};
+use crate::transforms::{ImageMask, ImageShape, Order, ScaleBound};
 use crate::Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -332,28 +332,30 @@ impl FlowConfig {
         use crate::transforms::MapConfig;
         let d = self.dim as u128;
         let cond = self.cond_dim() as u128;
-        let per_element = |m: &MapConfig| -> u128 {
-            match m {
-                MapConfig::Affine { .. } => 2,
-                MapConfig::Additive {} => 1,
-                MapConfig::RqSpline(s) => 3 * s.bins as u128 + 1,
-                MapConfig::SinhArcsinh {} => 4,
-            }
-        };
+        let per_element = |m: &MapConfig| m.params_per_element() as u128;
+        // weights and biases of an MLP / MADE (masks do not make MADE's dense weights smaller)
         let mlp = |inp: u128, h: u128, depth: u128, out: u128| -> u128 {
-            inp.saturating_mul(h)
-                .saturating_add(depth.saturating_sub(1).saturating_mul(h.saturating_mul(h)))
-                .saturating_add(h.saturating_mul(out))
+            inp.saturating_add(1)
+                .saturating_mul(h)
+                .saturating_add(
+                    depth
+                        .saturating_sub(1)
+                        .saturating_mul(h.saturating_add(1).saturating_mul(h)),
+                )
+                .saturating_add(h.saturating_add(1).saturating_mul(out))
         };
+        // a k x k convolution's weights and biases
+        let conv = |k: u128, inp: u128, out: u128| k * k * inp * out + out;
         let mut total: u128 = 0;
         let mut largest: (u128, Option<usize>) = (0, None);
         for (i, l) in self.layers.iter().enumerate() {
             let n = match l {
+                // a coupling's conditioner sees the kept half and outputs the other half's parameters
                 Layer::Coupling(o) => mlp(
-                    d + cond,
+                    d - d / 2 + cond,
                     o.net.hidden as u128,
                     o.net.depth as u128,
-                    d.saturating_mul(per_element(&o.map)),
+                    (d / 2).saturating_mul(per_element(&o.map)),
                 ),
                 Layer::Autoregressive(o) | Layer::Iaf(o) => mlp(
                     d + cond,
@@ -362,11 +364,26 @@ impl FlowConfig {
                     d.saturating_mul(per_element(&o.map)),
                 ),
                 Layer::ConvCoupling(o) => {
-                    let (c, w) = (o.shape.c as u128, o.width as u128);
-                    9u128
-                        .saturating_mul(c.saturating_mul(w))
-                        .saturating_mul(2 + per_element(&o.map))
-                        .saturating_add(9u128.saturating_mul(w.saturating_mul(w)).saturating_mul(4))
+                    let (c, w) = (o.shape.c as u128, o.width.min(1 << 40) as u128);
+                    let c = c.min(1 << 40);
+                    // a channel mask conditions half the channels on the other half; a checkerboard sees all
+                    let (cin, cout) = match o.mask {
+                        ImageMask::Channel { .. } => (c - c / 2, c / 2),
+                        ImageMask::Checkerboard { .. } => (c, c),
+                    };
+                    let out = cout.saturating_mul(per_element(&o.map));
+                    let ctx = cond.min(1 << 40);
+                    match o.net {
+                        ConvNetKind::Glow {} => conv(3, cin + ctx, w)
+                            .saturating_add(conv(1, w, w))
+                            .saturating_add(conv(3, w, out)),
+                        ConvNetKind::ResNet { blocks } => conv(3, cin + ctx, w)
+                            .saturating_add(
+                                (blocks.min(1 << 20) as u128).saturating_mul(2 * conv(3, w, w)),
+                            )
+                            .saturating_add(conv(3, w, out)),
+                        ConvNetKind::Single {} => conv(3, cin + ctx, out),
+                    }
                 }
                 Layer::LuLinear(_) => d.saturating_mul(d),
                 _ => 2 * d,

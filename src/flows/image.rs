@@ -18,12 +18,12 @@ use super::layers::{
     SqueezeConfig,
 };
 use super::{FlowKind, FlowSpec, Permute};
-use crate::engine::names::Named;
+use crate::names::Named;
 use crate::nn::{ConvKernel, ConvNetKind};
 use crate::transforms::{ImageMask, ImageShape, MapConfig, ScaleBound};
 use crate::Error;
 
-crate::engine::names::named!(CouplingKind => "coupling");
+crate::names::named!(CouplingKind => "coupling");
 
 /// Glow's and RealNVP's coupling function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]

@@ -9,15 +9,15 @@ use super::layers::{
 };
 use super::{CouplingKind, Flow};
 use crate::dist::{BaseKind, MixtureInit};
-use crate::engine::names::Named;
 use crate::engine::Float;
+use crate::names::Named;
 use crate::nn::Activation;
 use crate::transforms::MapConfig;
 use crate::transforms::{ImageShape, Mask, Order, RqSpline, ScaleBound};
 use crate::Error;
 use serde::{Deserialize, Serialize};
 
-crate::engine::names::named!(FlowKind => "flow", Permute => "permute");
+crate::names::named!(FlowKind => "flow", Permute => "permute");
 
 /// Named architectures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

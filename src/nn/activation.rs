@@ -4,7 +4,7 @@ use crate::engine::kernels;
 use crate::engine::Float;
 use serde::{Deserialize, Serialize};
 
-crate::engine::names::named!(Activation => "activation");
+crate::names::named!(Activation => "activation");
 
 /// Hidden-layer non-linearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

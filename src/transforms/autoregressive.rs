@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-crate::engine::names::named!(Order => "order");
+crate::names::named!(Order => "order");
 
 /// Autoregressive ordering of a MADE layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-crate::engine::names::named!(Mask => "mask");
+crate::names::named!(Mask => "mask");
 
 /// Which features a coupling layer transforms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

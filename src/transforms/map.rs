@@ -191,6 +191,18 @@ impl MapConfig {
         }
     }
 
+    /// Unconstrained parameters per transformed element: what a conditioner outputs for each (and what size
+    /// estimates count, so they cannot drift from the maps).
+    pub fn params_per_element(&self) -> usize {
+        match self {
+            // the fused layers' shift and log-scale, and shift
+            MapConfig::Affine { .. } => 2,
+            MapConfig::Additive {} => Shift.params_per_element(),
+            MapConfig::RqSpline(s) => ElementwiseMap::params_per_element(s),
+            MapConfig::SinhArcsinh {} => SinhArcsinh.params_per_element(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         match self {
             MapConfig::Affine { scale } => scale.validate(),

@@ -34,18 +34,18 @@ pub trait Named: Serialize + DeserializeOwned {
 /// `Named`, `FromStr` and `Display` for enums whose variants serialise as plain strings.
 macro_rules! named {
     ($($t:ty => $what:expr),* $(,)?) => {$(
-        impl $crate::engine::names::Named for $t {
+        impl $crate::names::Named for $t {
             const WHAT: &'static str = $what;
         }
         impl std::str::FromStr for $t {
             type Err = $crate::Error;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                <$t as $crate::engine::names::Named>::from_name(s)
+                <$t as $crate::names::Named>::from_name(s)
             }
         }
         impl std::fmt::Display for $t {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&$crate::engine::names::Named::name(self))
+                f.write_str(&$crate::names::Named::name(self))
             }
         }
     )*};
