@@ -118,7 +118,7 @@ pub fn run(cli: Cli) -> Result<()> {
         if t == 0 {
             bail!("--threads must be at least 1");
         }
-        // more threads than cores only wait on each other (thousands took minutes to wind down)
+        // more threads than cores only wait on each other (and thousands are slow even to wind down)
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let most = 4 * cores;
         if t > most {
@@ -136,8 +136,8 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     // The command runs on a worker of the pool: every parallel kernel it calls then starts from inside the
     // pool (a cheap split) instead of handing its work over from the main thread and sleeping until it is done
-    // (a futex round trip per call, ~10% of a small training step), and the other workers wait for its jobs
-    // awake (waking a sleeping one costs ~35 µs a call).
+    // (a futex round trip per call, which adds up over a small training step's many kernels), and the other
+    // workers wait for its jobs awake (waking a sleeping one costs more than a small kernel: see engine::pool).
     nflow::engine::pool::run_warm(|| match cli.cmd {
         Cmd::Demo(a) => demo(a),
         Cmd::Train(a) => train(*a),

@@ -18,7 +18,7 @@ fn describe_dtype(dtype: &npyz::DType) -> String {
 /// Reads a 2-D NPY array of f32 or f64 (C or Fortran order). Columns are named
 /// `x0, x1, ...`. NaN/Inf is an error naming the 0-based row and the column.
 /// The header dictionary's limits, checked before the NPY parser sees it: its grammar parser backtracks
-/// exponentially on deeply nested brackets (found by fuzzing: 80 `{` took over 20 s), and a plain or
+/// exponentially on deeply nested brackets (found by fuzzing; docs/results/robustness.md), and a plain or
 /// structured array's header nests at most three deep and takes a few hundred bytes.
 const MAX_HEADER_DEPTH: usize = 4;
 const MAX_HEADER_BYTES: usize = 1 << 16;

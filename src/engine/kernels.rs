@@ -663,16 +663,16 @@ pub fn prepare_weight<F: Float>(
 /// A trained weight `W` (`out x inp`) packed for both products its layer runs on the kernel, `x W^T` (forward)
 /// and `dy W` (input gradient), and kept in step with the weight by the optimiser, which repacks rows of `W` as
 /// it updates them ([`PacksWriter`]) while they are in cache. Packing the weight inside each product read it
-/// from memory in a cache-hostile order (a line from every row per depth step): a 256 x 1024 x 1024 product at
-/// one thread took 1.12x the time of the same product on a weight packed beforehand. Costs two more copies of
-/// the weight; the products give the same bits either way.
+/// from memory in a cache-hostile order (a line from every row per depth step), slower than the same product on a
+/// weight packed beforehand (docs/results/speed.md, tenth session). Costs two more copies of the weight; the products
+/// give the same bits either way.
 pub struct WeightPacks {
     fwd: PreparedWeight,
     bwd: PreparedWeight,
 }
 
 /// Weights of at most this many floats (1 MB) are packed by each product: they stay in cache, and the packs
-/// would cost the optimiser more than they save (w2 MAF 1.02x the training time with them at 1 thread).
+/// would cost the optimiser more than they save (MAF's 512 x 512 layers: docs/results/speed.md, tenth session).
 const PACKS_MIN: usize = 1 << 18;
 
 impl WeightPacks {

@@ -267,7 +267,7 @@ pub fn check_fits(bytes: u128, what: &str) -> Result<(), String> {
 
 /// Keep freed memory in the process instead of returning it to the kernel. Training allocates and frees the
 /// same large activation buffers every step; with glibc's defaults each one is a fresh `mmap` whose pages are
-/// faulted in and zeroed by the kernel again (measured: a third of a Glow training step). Call once at start-up.
+/// faulted in and zeroed by the kernel again, a cost paid on every step. Call once at start-up.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; it is called before any other thread exists.
@@ -282,9 +282,10 @@ pub fn tune_allocator() {
 /// weights and gradients, Adam's moments, the packed weights), which get a mapping of their own on 2 MB
 /// transparent huge pages (Linux, where THP is in `madvise` mode as on most distributions; elsewhere, or with THP
 /// off, plain pages). Why: a training step streams every parameter, its gradient, Adam's moments and the packed
-/// weights through memory (w3: 13.5M parameters, about 300 MB a step), each 4 KB page a TLB miss; on huge pages
-/// w3's optimiser step took 0.87x the time and the whole training step 0.98-0.99x at one thread. Blocks from the
-/// system allocator's heap could not be relied on for it: parts of them had been used before, on small pages.
+/// weights through memory (w3: 13.5M parameters, about 300 MB a step), each 4 KB page a TLB miss; huge pages
+/// cover the same memory with far fewer TLB entries, which shortens mostly the optimiser's streaming pass
+/// (docs/results/speed.md, tenth session). Blocks from the system allocator's heap could not be relied on for
+/// it: parts of them had been used before, on small pages.
 pub struct HugePages;
 
 /// Size of a transparent huge page on x86-64 (2 MB): the alignment, and the least size, of a lasting block.

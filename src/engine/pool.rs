@@ -1,11 +1,10 @@
 //! Running a whole command on the rayon pool with its other threads kept awake.
 //!
-//! Why: a training step calls a parallel kernel every few hundred microseconds, and between two of them the
-//! pool's other threads go to sleep; waking one costs ~35 µs on this kind of virtual machine (measured: two
-//! 20 µs halves took 57 µs after a 100 µs serial gap, 21 µs after none), which was a third of a small flow's
-//! step. OpenMP runtimes solve this by spinning for a while before sleeping; so do we: while the command runs,
-//! every other thread of the pool runs pending pool jobs as soon as they appear and only naps after a
-//! stretch with none.
+//! Why: a training step calls many short parallel kernels, and between two of them the pool's other threads go to
+//! sleep; waking a sleeping thread costs more than a small kernel takes, so a small flow's step waited on wake-ups
+//! (docs/results/speed.md, "Warm pool"). OpenMP runtimes solve this by spinning for a while before sleeping; so do we:
+//! while the command runs, every other thread of the pool runs pending pool jobs as soon as they appear and only naps
+//! after a stretch with none.
 
 use rayon::Yield;
 use std::cell::Cell;
@@ -95,7 +94,7 @@ pub fn threads() -> usize {
 /// this thread's share is one thread (inside one of several [`shards`], or with a [`Tuner`] holding one), so
 /// that the kernel runs on its caller's thread, as the kernels that test `threads() > 1` do. Split anyway, its
 /// pieces could be taken by the thread running the other shard, on this shard's data (rayon's splitting does
-/// not know the shards); on w1 and w6 the difference was within this VM's noise.
+/// not know the shards).
 pub fn min_len() -> usize {
     match threads() {
         1 => usize::MAX,
@@ -144,10 +143,10 @@ pub fn tuned_steps() -> (usize, usize) {
 ///
 /// Why: a fork-join step waits at every kernel for its slowest thread; when other programs keep some cores
 /// busy, the operating system deschedules one of ours for a whole time slice now and then, and each kernel
-/// waits for it (measured on this 2-core machine with the other core busy: the demo took about 3x as long on
-/// two threads as on one). So the loop times a few steps at each candidate (all threads, half, ..., one),
-/// keeps the fastest, and tries again after a stretch fifteen times as long as the trial, at most a few
-/// seconds, in case the other work has come or gone. Results do not change (see [`CAP`]).
+/// waits for it, so on a busy machine fewer threads can finish a step sooner than all of them
+/// (docs/results/speed-splines.md, "A busier machine"). So the loop times a few steps at each candidate (all threads,
+/// half, ..., one), keeps the fastest, and tries again after a stretch fifteen times as long as the trial, at most a
+/// few seconds, in case the other work has come or gone. Results do not change (see [`CAP`]).
 pub struct Tuner {
     /// Candidate thread counts, most first; empty when tuning is off.
     options: Vec<usize>,
@@ -333,8 +332,8 @@ pub fn shards<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
     }
     // Each thread that joins takes the next shard not yet taken; the calling thread then waits for the shards
     // others took by spinning, not in rayon's join (which puts a thread that waits long to sleep: waking it
-    // costs tens to hundreds of microseconds on a virtual machine whose host is busy, per step, which made w1's
-    // step slower on two threads than on one). A thread that never comes leaves its shards to the caller.
+    // again can cost more than a small flow gains from the second thread; docs/results/speed-splines.md, "Small
+    // flows on a slower or busier machine"). A thread that never comes leaves its shards to the caller.
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<R>>> = (0..n).map(|_| Mutex::new(None)).collect();

@@ -3,10 +3,11 @@
 //! 2015).
 //!
 //! Why our own: the products of a flow are small to mid-sized (256-512 rows, 100-1000 columns), where a
-//! general library's per-thread packing and threading cost a third of the time on two cores. Here A and B are
-//! packed once per product into `MR`-row and `NR`-column micro-panels that all threads share (each core packs
-//! part of them), then each thread computes whole tiles of C. The sum for one element of C runs in the same order
-//! whatever the tiling, so results do not depend on the number of threads.
+//! general library's per-thread packing and threading weigh heavily against the arithmetic (providers compared in
+//! docs/results/speed.md, "GEMM providers on the flows' shapes"). Here A and B are packed once per product into
+//! `MR`-row and `NR`-column micro-panels that all threads share (each core packs part of them), then each thread
+//! computes whole tiles of C. The sum for one element of C runs in the same order whatever the tiling, so results do
+//! not depend on the number of threads.
 //!
 //! Self-contained (std and rayon only) so that `bench/gemm` can time the same file.
 
@@ -602,8 +603,8 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
     // an operand whose lanes (A's rows, B's columns) are contiguous in memory is packed a band of depth steps
     // at a time across all its panels, so its reads sweep memory in order; panel by panel, each would read one
     // line per depth step, a row stride apart (4 KB for a 1024-wide weight: a line per page, which the
-    // prefetcher does not follow; `bench/gemm` at 1 thread: w3's 256 x 1024 x 1024 input-gradient product 60-69
-    // GFLOP/s against 73-92 for its other shapes, 90-91 against 90-94 in bands)
+    // prefetcher does not follow, so such a product ran slower than its other shapes until packed in bands;
+    // docs/results/speed.md, fifth session)
     // (with depth ranges, each panel only over the steps its tiles use: MADE's input gradient, whose weight
     // is B with contiguous lanes)
     let by_rows = |o: Operand| o.cs == 1 && k >= 2 * BAND;
@@ -611,9 +612,8 @@ unsafe fn run(m: usize, n: usize, k: usize, s: Shared<'_>, out: Out, threads: us
     // A big B (a layer's weights) for few rows of A (a batch of a few hundred): B is packed micro-panel by
     // micro-panel just before its tiles use it, its source lines fetched while the panel before is in use
     // ([`compute`]), instead of all of it up front into a buffer that outgrows L2 and is read back panel by
-    // panel (a 256 x 1024 x 1024 product with the weight packed up front took 1.10-1.14x the time of the weight
-    // gradient of the same size, whose operands are small; now 1.05-1.10x). Each B panel then belongs to one
-    // tile: the tiles split the columns only.
+    // panel (slower than the weight gradient of the same size, whose operands are small; docs/results/speed.md, ninth
+    // session). Each B panel then belongs to one tile: the tiles split the columns only.
     let fuse = s.depth.is_none()
         && pm <= 2 * (MC / MR)
         && k * n >= FUSE_B
@@ -1056,11 +1056,12 @@ unsafe fn compute(
             // with `prefetch`, the next B micro-panel (the next one in memory: the next column panel, or the
             // first of the next depth block) comes into L1 a slice per A panel while this one is in use. For
             // weights packed beforehand, which come from memory when a flow's layers outgrow the caches: a cold
-            // panel stalled the first tiles of each column (w3's log-prob at 1 thread 0.94x the time, 6 of 6
-            // A/B pairs). Not for B packed just before (training): no gain there, and 2 threads lost some.
+            // panel stalled the first tiles of each column (docs/results/speed.md, fourth session). Not for B
+            // packed just before (training): there it cost time instead.
             let next = bp.wrapping_add(kc * NR) as *const i8;
             // Each tile's kernel fetches a slice of `per` lines, one per four depth steps (issued together before
-            // each tile, behind two divisions, they were 1.6-2.0% of w3's log-prob at 1 thread).
+            // each tile, behind two divisions, they waited on lines from memory; docs/results/speed.md, eighth
+            // session).
             let lines = kc * NR / 16;
             let per = lines.div_ceil(i1 - i0);
             for i in i0..i1 {

@@ -1,7 +1,8 @@
 //! Vectorisable f32 `exp` and `tanh` for the affine layers' scales (`exp(B tanh(h / B))` per element): glibc's
-//! scalar `expf` / `tanhf` calls were 5-9% of a MAF or RealNVP step. Branch-free polynomial forms (Cephes'
-//! `expf` and `tanhf` coefficients, S. Moshier), compiled for AVX2 where the CPU has it, so the compiler runs
-//! eight at a time, with fused multiply-adds there (`FMA`: each polynomial step one instruction, rounded once).
+//! scalar `expf` / `tanhf` calls, one element at a time, were a visible share of a MAF or RealNVP step
+//! (docs/results/speed.md, "Vectorised f32 exp / tanh"). Branch-free polynomial forms (Cephes' `expf` and `tanhf`
+//! coefficients, S. Moshier), compiled for AVX2 where the CPU has it, so the compiler runs eight at a time, with fused
+//! multiply-adds there (`FMA`: each polynomial step one instruction, rounded once).
 //! f64 (the gradient and Jacobian tests) keeps the standard library's functions.
 
 use super::{as_f32, as_f32_mut, Float};
@@ -144,8 +145,8 @@ fn soft_clamp_exp_f32<const FMA: bool>(
 ) {
     let (inv_b, sign) = (1.0 / b, if inverse { -1.0 } else { 1.0 });
     // two passes: each element's chain of dependent steps (tanh, then exp) is long enough that the core holds
-    // under three of them in flight; half a chain per pass, twice as many (this function: 1.56% of w3's log-prob
-    // at 1 thread -> 1.11%)
+    // under three of them in flight; half a chain per pass, twice as many (docs/results/speed.md, eighth
+    // session)
     for ((&h, l), dl) in h.iter().zip(l.iter_mut()).zip(dl.iter_mut()) {
         let t = tanh_f32::<FMA>(h * inv_b);
         *l = b * t;

@@ -434,7 +434,7 @@ impl FlowSpec {
         let (mask, order) = (self.mask, self.order);
         // A reverse permutation between layers already alternates which features a coupling transforms; an
         // alternating mask as well would undo it (with an even number of features every coupling would transform
-        // the same ones: in 2-D, reverse KL on U2 came out 4x worse), so the mask / order stays put.
+        // the same ones, and the others would pass through the flow unchanged), so the mask / order stays put.
         let fixed = self.permute == Permute::Reverse && !v1;
         for layer in 0..self.layers {
             let index = if fixed { 0 } else { layer };

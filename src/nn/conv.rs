@@ -20,7 +20,7 @@ thread_local! {
     /// This thread's column buffers (`im2col` and its gradient), kept between calls. Why: they are the largest
     /// buffers of an image flow (a batch of 128 28x28 images at 32 channels: 115 MB each), and glibc's
     /// per-thread arenas serve requests above 64 MB as fresh mappings that the kernel zeroes page by page on
-    /// every call (measured: RealNVP multi-scale at 1 thread, 31 images/s at batch 128 against 59 at 64).
+    /// every call, so a large batch ran slower per image than a small one (docs/results/speed.md, seventh session).
     static COLUMNS: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

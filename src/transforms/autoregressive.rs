@@ -86,7 +86,7 @@ impl<F: Float> AffineAr<F> {
 
     /// `g(u)` and `sum l` in one fused pass over MADE's outputs `h`; with `cache`, keeps exp(l) and dl/dh.
     /// Rows are independent: blocks of rows over the pool when large (the same results for any number of
-    /// threads; serial, this pass was a tenth of w2's log-prob at 2 threads).
+    /// threads; serial, this pass left the other threads idle; docs/results/speed.md, sixth session).
     fn apply_h(
         &self,
         u: &Mat<F>,
