@@ -22,6 +22,8 @@
 
 // Numeric kernels index several parallel buffers by the same loop variable on purpose.
 #![allow(clippy::needless_range_loop)]
+// Every unsafe block says why it is sound.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod data;
 pub mod dist;

@@ -1,6 +1,9 @@
 //! `nflow`: train, evaluate, sample and plot normalizing flows from the command line.
 //! A thin layer over the library: argument parsing, files and printing only.
 
+// Every unsafe block says why it is sound.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod cli;
 
 use clap::Parser;

@@ -15,6 +15,9 @@
 //! - `model`: the `Model` class (training, loading and saving, scoring);
 //! - `vi`: variational inference's Python targets, built-in targets and diagnostics.
 
+// Every unsafe block says why it is sound.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod convert;
 mod errors;
 mod flows;

@@ -58,8 +58,10 @@ fn pools() -> &'static Pools {
         }));
         match POOLS.compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire) {
             // the parent's list (if any) is leaked on purpose: its pools' threads are not in this process
+            // SAFETY: `fresh` is now the published list, which is never freed
             Ok(_) => return unsafe { &*fresh },
             // another thread of this process was first
+            // SAFETY: `fresh` was made by `Box::into_raw` above and never published
             Err(_) => drop(unsafe { Box::from_raw(fresh) }),
         }
     }

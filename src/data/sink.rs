@@ -439,6 +439,7 @@ fn free_bytes(path: &Path) -> Option<u128> {
     {
         use std::os::unix::ffi::OsStrExt;
         let dir = std::ffi::CString::new(folder(path).as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs is a plain C struct, for which all zero bytes are a valid value
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: a valid C string and a statvfs to fill
         if unsafe { libc::statvfs(dir.as_ptr(), &mut st) } != 0 {

@@ -80,6 +80,7 @@ struct Operands<F> {
 }
 // SAFETY: the tasks of one product read A and B and write disjoint parts of C (see `gemm_view`).
 unsafe impl<F> Send for Operands<F> {}
+// SAFETY: as for Send, above
 unsafe impl<F> Sync for Operands<F> {}
 
 impl<F> Operands<F> {
@@ -652,9 +653,9 @@ pub fn prepare_weight<F: Float>(
         rs: 1,
         cs: inp as isize,
     };
+    let threads = threads_for(rows * inp * out);
     // SAFETY: F is f32 and the CPU runs the kernel (`preparable`); `b` addresses the `out x inp` elements of `w`
     // as its transpose
-    let threads = threads_for(rows * inp * out);
     Some(PreparedWeight(unsafe {
         sgemm::PackedB::new(inp, out, b, threads)
     }))

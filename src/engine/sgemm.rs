@@ -80,6 +80,7 @@ pub struct Out {
 
 // SAFETY: the bias is only read, by every task of the product
 unsafe impl Send for Out {}
+// SAFETY: as for Send, above
 unsafe impl Sync for Out {}
 
 impl Out {
@@ -141,6 +142,7 @@ struct Shared<'d> {
 }
 // SAFETY: tasks read A and B, write disjoint micro-panels of the packing buffers and disjoint tiles of C.
 unsafe impl Send for Shared<'_> {}
+// SAFETY: as for Send, above
 unsafe impl Sync for Shared<'_> {}
 
 /// `C = act((accumulate ? C : 0) + bias + A B)` ([`Out`]) for `A` `m x k`, `B` `k x n`, `C` `m x n` (row stride
@@ -307,6 +309,7 @@ pub struct PackWriter {
 
 // SAFETY: the writers of one matrix write disjoint parts of it ([`PackWriter::lanes`], [`PackWriter::steps`])
 unsafe impl Send for PackWriter {}
+// SAFETY: as for Send, above
 unsafe impl Sync for PackWriter {}
 
 /// Lanes or depth steps per part a [`PackWriter`] writes: a part starts at a multiple of it.
@@ -1293,6 +1296,7 @@ mod tests {
             .build()
             .unwrap();
         let cp = c.as_mut_ptr() as usize;
+        // SAFETY: the operands' pointers and strides describe the test's own buffers, which outlive the call
         pool.install(|| unsafe {
             // stored shapes: op(A) m x k is A k x m when transposed
             sgemm(
@@ -1327,6 +1331,7 @@ mod tests {
             .num_threads(threads)
             .build()
             .unwrap();
+        // SAFETY: the operands' pointers and strides describe the test's own buffers, which outlive the call
         pool.install(|| unsafe {
             let bo = Operand {
                 ptr: b.as_ptr(),
@@ -1522,10 +1527,11 @@ mod tests {
                         .for_each(|(lo, hi)| write(&w, lo, hi));
                     of(&packed)
                 };
-                // SAFETY (both): the parts are disjoint, nothing reads the matrix meanwhile
+                // SAFETY: the parts are disjoint, nothing reads the matrix meanwhile
                 let lanes = by(n, &|w, q0, q1| unsafe { w.lanes(b(), q0, q1) });
                 assert!(lanes == want, "{k}x{n} by columns, rs {rs}");
                 if cs == 1 {
+                    // SAFETY: as for the lanes, above
                     let steps = by(k, &|w, p0, p1| unsafe { w.steps(b(), p0, p1) });
                     assert!(steps == want, "{k}x{n} by depth steps");
                 }
