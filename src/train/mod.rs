@@ -6,9 +6,9 @@
 
 use crate::data::{split_indices, Preprocess, Standardizer, Table};
 use crate::engine::{rng, Mat};
-use crate::flows::{FlowConfig, FlowDef};
+use crate::flows::FlowDef;
 use crate::io::{Model, TrainSummary};
-use crate::optim::{clip_grad_norm, Adam, OptimConfig, Schedule};
+use crate::optim::{clip_grad_norm, Adam, Schedule};
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -18,11 +18,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub mod auto;
+mod checkpoint;
+mod config;
 pub mod diagnostics;
 pub mod scores;
 mod shards;
 pub mod targets;
 pub mod vi;
+pub(crate) use checkpoint::{
+    checkpoint_word_pos, read_checkpoint_state, read_checkpoint_tensors, write_checkpoint,
+    STATE_JSON, STATE_TENSORS,
+};
+use checkpoint::{differing_options, fingerprint, TrainState};
+pub use config::TrainConfig;
 pub use shards::DataParallel;
 pub use vi::{reverse_kl_backward, Target, ViCheckpoint, ViConfig, ViFitted, ViProgress};
 
@@ -32,88 +40,6 @@ pub use vi::{reverse_kl_backward, Target, ViCheckpoint, ViConfig, ViFitted, ViPr
 /// already inside `log_lik`.
 pub fn bits_per_dim(log_lik: f64, dim: usize) -> f64 {
     -log_lik / (dim as f64 * std::f64::consts::LN_2)
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Number of passes over the training split (used when `steps` is `None`).
-    pub epochs: usize,
-    /// Number of optimiser steps (takes precedence over `epochs`).
-    pub steps: Option<usize>,
-    pub batch_size: usize,
-    pub optim: OptimConfig,
-    pub schedule: Schedule,
-    /// Clip the global gradient norm to this value.
-    pub clip: Option<f64>,
-    /// Fraction of the rows held out for validation (0: none; then the last weights are kept).
-    pub val_fraction: f64,
-    /// Stop after this many evaluations without improvement of the validation NLL (with the plateau
-    /// schedule: reduce the learning rate then, and stop at the plateau after the last reduction).
-    pub patience: Option<usize>,
-    /// Steps between evaluations (`None`: once per epoch, or 20 times per run with `steps`).
-    pub eval_every: Option<usize>,
-    /// Stop (after a final validation, keeping the best weights) once training has run this long.
-    pub max_seconds: Option<f64>,
-    pub seed: u64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            epochs: 50,
-            steps: None,
-            batch_size: 256,
-            optim: OptimConfig::default(),
-            schedule: Schedule::Constant,
-            clip: None,
-            val_fraction: 0.1,
-            patience: Some(10),
-            eval_every: None,
-            max_seconds: None,
-            seed: 0,
-        }
-    }
-}
-
-impl TrainConfig {
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Config(m.into()));
-        if self.batch_size == 0 {
-            return bad("batch size must be at least 1");
-        }
-        if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
-            return bad("need at least one step / epoch");
-        }
-        self.optim.validate().map_err(Error::Config)?;
-        crate::optim::check_clip(self.clip).map_err(Error::Config)?;
-        if self.eval_every == Some(0) {
-            return bad("evaluation interval (eval_every) must be at least 1 step");
-        }
-        if self.patience == Some(0) {
-            return bad("patience must be at least 1 evaluation");
-        }
-        if !(0.0..1.0).contains(&self.val_fraction) {
-            return bad("validation fraction must be in [0, 1)");
-        }
-        if self
-            .max_seconds
-            .is_some_and(|m| !(m.is_finite() && m > 0.0))
-        {
-            return bad("time limit must be positive");
-        }
-        if let Schedule::Plateau { decay, .. } = self.schedule {
-            if !(decay > 0.0 && decay < 1.0) {
-                return bad("the plateau schedule's decay must be in (0, 1)");
-            }
-            if self.val_fraction == 0.0 || self.patience.is_none() {
-                return bad(
-                    "the plateau schedule needs validation rows and a patience (it reduces the learning \
-                     rate when the validation figure stops improving)",
-                );
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A flag set from anywhere (another thread, a signal handler, a progress callback) to stop training after the
@@ -203,184 +129,6 @@ pub struct Trainer {
 pub type Frames =
     std::sync::Mutex<Box<dyn FnMut(usize, &crate::flows::Flow<f32>, &Standardizer) + Send>>;
 
-/// What a checkpoint holds besides the model (weights and buffers are in the model folder).
-#[derive(Serialize, Deserialize)]
-struct TrainState {
-    flow: FlowConfig,
-    cfg: TrainConfig,
-    step: usize,
-    adam_t: i32,
-    rng_word_pos: String,
-    order: Vec<usize>,
-    pos: usize,
-    best_step: Option<usize>,
-    best_val: Option<f64>,
-    since_best: usize,
-    acc: (f64, usize),
-    last_train: f64,
-    seconds: f64,
-    log: Vec<LogEntry>,
-    /// A hash of the training rows (and context), so a resume on other data of the same size is refused.
-    #[serde(default)]
-    data_fingerprint: Option<String>,
-    /// The plateau schedule's reductions so far.
-    #[serde(default)]
-    lr_decays: usize,
-}
-
-/// FNV-1a over the column names and the values' bits of the tables: what a checkpoint remembers of its data.
-fn fingerprint(tables: &[Option<&Table>]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for t in tables.iter().flatten() {
-        for c in &t.columns {
-            eat(c.as_bytes());
-            eat(&[0]);
-        }
-        for v in &t.data {
-            eat(&v.to_le_bytes());
-        }
-    }
-    format!("{h:016x}")
-}
-
-/// The options in which two training configurations differ, by name (for a refused resume).
-fn differing_options(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
-    let (va, vb) = (
-        serde_json::to_value(a).expect("config serialises"),
-        serde_json::to_value(b).expect("config serialises"),
-    );
-    let mut out = Vec::new();
-    if let (Some(ma), Some(mb)) = (va.as_object(), vb.as_object()) {
-        for (k, x) in ma {
-            if mb.get(k) != Some(x) {
-                out.push(format!(
-                    "{k} ({x} in the checkpoint, {} now)",
-                    mb.get(k).unwrap_or(&serde_json::Value::Null)
-                ));
-            }
-        }
-    }
-    out
-}
-
-/// A checkpoint's model folder (the weights when it was written) and its state record `json`, read back;
-/// errors name the folder and the file.
-pub(crate) fn read_checkpoint_state<S: serde::de::DeserializeOwned>(
-    dir: &std::path::Path,
-    json: &str,
-) -> Result<(Model, S)> {
-    let bad = |msg: String| Error::Model {
-        path: dir.display().to_string(),
-        msg,
-    };
-    let model = Model::load(dir)?;
-    let text = std::fs::read_to_string(dir.join(json)).map_err(|e| bad(format!("{json}: {e}")))?;
-    let st = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("{json}: {}", crate::json_error(&e))))?;
-    Ok((model, st))
-}
-
-/// A checkpoint's tensors file: Adam's two moments and the best weights so far, by group.
-pub(crate) struct CheckpointTensors {
-    pub adam_m: Vec<Vec<f32>>,
-    pub adam_v: Vec<Vec<f32>>,
-    pub best: Vec<Vec<f32>>,
-}
-
-pub(crate) fn read_checkpoint_tensors(
-    dir: &std::path::Path,
-    name: &str,
-) -> Result<CheckpointTensors> {
-    let bad = |msg: String| Error::Model {
-        path: dir.display().to_string(),
-        msg,
-    };
-    let bytes = std::fs::read(dir.join(name)).map_err(|e| bad(format!("{name}: {e}")))?;
-    let ts =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{name}: {e}")))?;
-    Ok(CheckpointTensors {
-        adam_m: read_group(&ts, "adam_m"),
-        adam_v: read_group(&ts, "adam_v"),
-        best: read_group(&ts, "best"),
-    })
-}
-
-/// The noise stream's position as a checkpoint stores it (a decimal string: it does not fit JSON's numbers).
-pub(crate) fn checkpoint_word_pos(dir: &std::path::Path, s: &str) -> Result<u128> {
-    s.parse().map_err(|_| Error::Model {
-        path: dir.display().to_string(),
-        msg: "rng_word_pos is not a number".into(),
-    })
-}
-
-/// Write a checkpoint: `model` (the current weights) as the folder `dir`, with the state record as `json` and
-/// the optimiser's moments and the best weights so far as `tensors` beside it.
-pub(crate) fn write_checkpoint<S: Serialize>(
-    model: &Model,
-    dir: &std::path::Path,
-    (json, tensors): (&str, &str),
-    state: &S,
-    opt: &Adam<f32>,
-    best: Option<&Vec<Vec<f32>>>,
-) -> Result<()> {
-    let (m, v, _) = opt.state();
-    let empty: Vec<Vec<f32>> = Vec::new();
-    let t = tensors_bytes(&[
-        ("adam_m", m),
-        ("adam_v", v),
-        ("best", best.unwrap_or(&empty)),
-    ]);
-    let j = serde_json::to_vec(state).expect("state serialises");
-    model.save_with(dir, &[(json, j), (tensors, t)])
-}
-
-pub(crate) const STATE_JSON: &str = "trainer_state.json";
-pub(crate) const STATE_TENSORS: &str = "trainer_state.safetensors";
-
-fn tensors_bytes(groups: &[(&str, &[Vec<f32>])]) -> Vec<u8> {
-    use safetensors::{tensor::TensorView, Dtype};
-    let bytes: Vec<(String, Vec<u8>)> = groups
-        .iter()
-        .flat_map(|(g, vs)| {
-            vs.iter().enumerate().map(move |(i, v)| {
-                (
-                    format!("{g}.{i}"),
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                )
-            })
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = bytes
-        .iter()
-        .map(|(n, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, vec![b.len() / 4], b).expect("consistent shape"),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, None).expect("serialisable tensors")
-}
-
-fn read_group(st: &safetensors::SafeTensors, g: &str) -> Vec<Vec<f32>> {
-    let mut out = Vec::new();
-    while let Ok(t) = st.tensor(&format!("{g}.{}", out.len())) {
-        out.push(
-            t.data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        );
-    }
-    out
-}
-
 impl Trainer {
     pub fn new(cfg: TrainConfig) -> Self {
         Trainer {
@@ -446,8 +194,8 @@ impl Trainer {
         self
     }
 
-    /// Fit a flow (a preset's [`crate::flows::FlowSpec`] or any [`FlowConfig`]) to the rows of `table` (and
-    /// `context`, for a conditional flow), data name `table.source`.
+    /// Fit a flow (a preset's [`crate::flows::FlowSpec`] or any [`FlowConfig`](crate::flows::FlowConfig)) to the
+    /// rows of `table` (and `context`, for a conditional flow), data name `table.source`.
     pub fn fit(
         &self,
         flow: impl Into<FlowDef>,
