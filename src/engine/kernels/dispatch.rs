@@ -366,8 +366,8 @@ pub fn gemm_view<F: Float>(
 }
 
 /// [`gemm_view`] with an [`Epilogue`] (a bias of `cv.cols` values, a ReLU); with `depth`, tiles sum over their
-/// ranges on the kernel ([`gemm_view_ranged`]), which needs operands whose other entries are zero: products
-/// off the kernel run over the whole depth, which gives the same.
+/// ranges on the kernel ([`gemm_view_ranged`](super::gemm_view_ranged)), which needs operands whose other
+/// entries are zero: products off the kernel run over the whole depth, which gives the same.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_view_ep<F: Float>(
     a: &[F],

@@ -154,7 +154,7 @@ impl PacksWriter {
 
 /// `y = act((accumulate ? y : 0) + bias + x W^T)` ([`Epilogue`]) for a prepared `W` (`out x inp`): `x` is
 /// `rows x inp` (row stride `ldx`), `y` `rows x out` (row stride `ldy`); with `depth`, each tile of `y` sums only
-/// over its range ([`gemm_view_ranged`]). Needs [`preparable`] for these rows.
+/// over its range ([`gemm_view_ranged`](super::gemm_view_ranged)). Needs [`preparable`] for these rows.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_prepared<F: Float>(
     x: &[F],
