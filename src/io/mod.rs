@@ -638,41 +638,33 @@ impl Model {
                  changed by something other than nflow, or is corrupt"
             )))
         };
-        let read_checked =
-            |name: &str, limit: u64| -> std::result::Result<Option<Vec<u8>>, Changed> {
-                match read_regular(&dir.join(name), limit) {
-                    Ok(b) => match sums.get(name) {
-                        Some(s) if *s != FileSum::of(&b) => Err(changed(name)),
-                        _ => Ok(Some(b)),
-                    },
-                    Err(ReadFail::Missing) if sums.contains_key(name) => Err(changed(name)),
-                    Err(_) => Ok(None),
+        // a file's bytes, or why it could not be read; `Changed` where it does not match its checksum
+        let read_checked = |name: &str| -> std::result::Result<_, Changed> {
+            match read_regular(&dir.join(name), u64::MAX) {
+                Ok(b) if sums.get(name).is_some_and(|s| *s != FileSum::of(&b)) => {
+                    Err(changed(name))
                 }
-            };
-        let log = read_checked(LOG, u64::MAX)?
-            .map(|b| {
-                String::from_utf8_lossy(&b)
-                    .lines()
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default();
+                Err(ReadFail::Missing) if sums.contains_key(name) => Err(changed(name)),
+                r => Ok(r),
+            }
+        };
+        let log = match read_checked(LOG)? {
+            Ok(b) => String::from_utf8_lossy(&b)
+                .lines()
+                .map(String::from)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         // the weights are read once the config is known to be good (its errors come first)
         let mut mismatch = None;
-        let weights = || match read_regular(&dir.join(WEIGHTS), u64::MAX) {
-            Ok(b) => match sums.get(WEIGHTS) {
-                Some(s) if *s != FileSum::of(&b) => {
-                    mismatch = Some(changed(WEIGHTS));
-                    Err(bad(String::new()))
-                }
-                _ => Ok(std::borrow::Cow::Owned(b)),
-            },
-            Err(ReadFail::Missing) if sums.contains_key(WEIGHTS) => {
-                mismatch = Some(changed(WEIGHTS));
+        let weights = || match read_checked(WEIGHTS) {
+            Ok(Ok(b)) => Ok(std::borrow::Cow::Owned(b)),
+            Ok(Err(ReadFail::Missing)) => Err(bad(format!("cannot read {WEIGHTS}: no such file"))),
+            Ok(Err(ReadFail::Other(m))) => Err(bad(format!("cannot read {WEIGHTS}: {m}"))),
+            Err(c) => {
+                mismatch = Some(c);
                 Err(bad(String::new()))
             }
-            Err(ReadFail::Missing) => Err(bad(format!("cannot read {WEIGHTS}: no such file"))),
-            Err(ReadFail::Other(m)) => Err(bad(format!("cannot read {WEIGHTS}: {m}"))),
         };
         let r = Self::from_parts(&dir.display().to_string(), &text, weights, log);
         match mismatch {
@@ -848,7 +840,7 @@ impl Model {
 /// A load that saw a folder change under it (or a folder whose files do not match their checksums).
 struct Changed(Error);
 
-enum ReadFail {
+pub(crate) enum ReadFail {
     Missing,
     Other(String),
 }
@@ -856,7 +848,7 @@ enum ReadFail {
 /// The bytes of `path`, which must be a regular file (a link to one is fine) of at most `limit` bytes that fit
 /// in memory: a pipe, a device or a folder where a model file belongs is an error, never a wait or an
 /// endless read.
-fn read_regular(path: &Path, limit: u64) -> std::result::Result<Vec<u8>, ReadFail> {
+pub(crate) fn read_regular(path: &Path, limit: u64) -> std::result::Result<Vec<u8>, ReadFail> {
     use std::io::Read;
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true);

@@ -95,16 +95,14 @@ pub(crate) const MAX_CONFIG_BYTES: u64 = 256 << 20;
 /// `"format": "nflow-model"` (another tool's `config.json`, a Hugging Face model's say, has no such field).
 fn has_nflow_config(dir: &Path) -> bool {
     let path = dir.join("config.json");
-    let Ok(meta) = fs::symlink_metadata(&path) else {
-        return false;
-    };
-    if !meta.file_type().is_file() || meta.len() > MAX_CONFIG_BYTES {
+    // a link is not what nflow writes (a link's target is checked by the read below for the rest)
+    if fs::symlink_metadata(&path).map_or(true, |m| m.file_type().is_symlink()) {
         return false;
     }
-    let Ok(text) = fs::read_to_string(&path) else {
+    let Ok(bytes) = super::read_regular(&path, MAX_CONFIG_BYTES) else {
         return false;
     };
-    serde_json::from_str::<serde_json::Value>(&text)
+    serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
         .and_then(|v| v.get("format").and_then(|f| f.as_str()).map(String::from))
         .as_deref()
