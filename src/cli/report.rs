@@ -96,25 +96,15 @@ pub(super) fn report(a: ReportArgs) -> Result<()> {
         env!("CARGO_PKG_VERSION"),
         escape(&a.model.display().to_string())
     ));
-    // whole or not at all (a temporary file beside it, created exclusively under an unpredictable name)
-    let parent = match a.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    tempfile::Builder::new()
-        .prefix(".nflow-report-")
-        .tempfile_in(&parent)
-        .and_then(|mut f| {
-            std::io::Write::write_all(&mut f, html.as_bytes())?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                f.as_file()
-                    .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-            }
-            f.as_file().sync_all()?;
-            f.persist(&a.out).map_err(|e| e.error)?;
-            Ok(())
+    // whole or not at all: a temporary file beside it (created exclusively under an unpredictable name, as
+    // every output's), synced, then renamed into place
+    let (part, mut f) = nflow::data::temp_file_beside(&a.out)
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    std::io::Write::write_all(&mut f, html.as_bytes())
+        .and_then(|_| f.sync_all())
+        .and_then(|_| std::fs::rename(&part, &a.out))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&part);
         })
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     eprintln!(

@@ -22,6 +22,7 @@ pub use csv::{read_csv, write_csv, write_table};
 pub use idx::{load_idx_source, read_idx};
 pub use images::{load_png_folder, parse_shape, pixel_columns, shape_from_columns};
 pub use npy::{read_npy, write_npy};
+pub use open::temp_file_beside;
 pub(crate) use open::{pid_suffix, process_alive, temp_dir_beside};
 pub use preprocess::{count_classes, one_hot, ColumnSupport, Preprocess};
 pub use sink::TableSink;

@@ -138,7 +138,7 @@ fn temp_prefix(path: &Path) -> std::io::Result<(PathBuf, String)> {
 /// A new file beside `path` to write its contents into before they are put in place: named
 /// `.NAME.tmp-PID.RANDOM` (the process id lets a later run clean up after a killed one, the random part makes
 /// the name unpredictable), created exclusively, so never an existing file or one a link points to, mode 0600.
-pub(crate) fn temp_file_beside(path: &Path) -> std::io::Result<(PathBuf, File)> {
+pub fn temp_file_beside(path: &Path) -> std::io::Result<(PathBuf, File)> {
     let (parent, prefix) = temp_prefix(path)?;
     let (file, p) = tempfile::Builder::new()
         .prefix(&format!("{prefix}{}.", std::process::id()))
